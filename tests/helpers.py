@@ -1,0 +1,37 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.model.memory_model import UIOMemoryModel
+
+
+def small_config(**overrides) -> UIOConfig:
+    """l=16, ratio 4 (m=4), rank-4 adapters: every path exercised at test speed."""
+    kwargs = dict(
+        segment_length=16,
+        compression_ratio=4,
+        encoder_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj")),
+        transfer_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("k_proj", "v_proj")),
+    )
+    kwargs.update(overrides)
+    return UIOConfig(**kwargs)
+
+
+def perturb_trainable(model: UIOMemoryModel, seed: int = 0, scale: float = 0.05) -> None:
+    """Move every trainable tensor off its initial value (LoRA B starts at zero), reproducibly."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+
+
+def load(path: str, **overrides) -> UIOMemoryModel:
+    return UIOMemoryModel.from_pretrained(path, small_config(**overrides)).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 500) -> torch.Tensor:
+    # Ids start at 3 to stay clear of the special tokens (<s>, </s>, <pad>).
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))

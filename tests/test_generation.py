@@ -1,0 +1,129 @@
+"""Streaming generation against a slow reference that rebuilds everything for every token."""
+
+import pytest
+import torch
+
+from helpers import load, perturb_trainable, random_ids
+from uio_ds.model.generation import MemoryStream, generate, sample_next
+from uio_ds.model.memory_model import MemoryKV, PositionRangeError, split_segments
+
+
+def reference_next_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    """From scratch: compress every full segment one at a time, decode the residual (1..l tokens)."""
+    bounds = split_segments(ids.shape[1], model.segment_length)
+    memories = [model.memory_kv(model.encode(ids[:, s:e])) for s, e in bounds[:-1]]
+    start, stop = bounds[-1]
+    return model.decode(ids[:, start:stop], MemoryKV.cat(memories) if memories else None).logits[:, -1]
+
+
+@pytest.mark.parametrize("arch, prompt_length", [("llama", 41), ("mistral", 32), ("qwen2", 5)])
+def test_streaming_equals_rebuild_from_scratch(tiny_dirs, arch, prompt_length):
+    model = load(tiny_dirs[arch])
+    perturb_trainable(model, scale=0.2)
+    prompt = random_ids(1, prompt_length, seed=1)
+    result = generate(model, prompt, max_new_tokens=40)  # crosses at least two re-compressions
+    seq = result.sequences
+    assert seq.shape == (1, prompt_length + 40) and torch.equal(seq[:, :prompt_length], prompt)
+    assert result.num_compressions == (prompt_length + 39) // 16
+    assert result.memory_tokens == result.num_compressions * model.num_mem_tokens
+    with torch.no_grad():
+        for t in range(prompt_length, seq.shape[1]):
+            want = reference_next_logits(model, seq[:, :t])
+            assert torch.equal(want.argmax(-1), seq[:, t]), f"token {t}"
+    # logits, not only tokens: replay the stream and compare every step
+    stream = MemoryStream(model)
+    with torch.no_grad():
+        got = stream.prefill(prompt)
+        for t in range(prompt_length, seq.shape[1]):
+            torch.testing.assert_close(got, reference_next_logits(model, seq[:, :t]), rtol=1e-5, atol=1e-5)
+            got = stream.feed(seq[:, t : t + 1])
+
+
+def test_raw_kv_is_dropped_after_compression(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    stream = MemoryStream(model)
+    with torch.no_grad():
+        stream.prefill(random_ids(1, 15))
+        assert stream.cache.get_seq_length() == 15 and stream.memory_tokens == 0
+        stream.feed(random_ids(1, 1, seed=2))  # the residual reaches l=16: compressed
+        assert stream.cache.get_seq_length() == 4 and stream.memory_tokens == 4 and stream.residual.shape[1] == 0
+        stream.feed(random_ids(1, 1, seed=3))
+        assert stream.cache.get_seq_length() == 5
+
+
+def test_batch_rows_match_single_generation(tiny_dirs):
+    model = load(tiny_dirs["qwen2"])
+    perturb_trainable(model, scale=0.2)
+    prompts = random_ids(3, 37, seed=4)
+    batched = generate(model, prompts, max_new_tokens=20).sequences
+    for row in range(3):
+        single = generate(model, prompts[row : row + 1], max_new_tokens=20).sequences
+        assert torch.equal(batched[row : row + 1], single)
+
+
+def test_stop_tokens_finish_rows_and_pad(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.2)
+    prompts = random_ids(2, 20, seed=5)
+    free = generate(model, prompts, max_new_tokens=12).sequences[:, 20:]
+    stop = int(free[0, 3])  # row 0 emits this at step 3
+    out = generate(model, prompts, max_new_tokens=12, stop_token_ids=[stop], pad_token_id=0)
+    new = out.sequences[:, 20:]
+    first = int((free[0] == stop).nonzero()[0])
+    assert torch.equal(new[0, : first + 1], free[0, : first + 1])
+    assert (new[0, first + 1 :] == 0).all()
+    assert out.finished[0]
+    row1_stops = (free[1] == stop).nonzero()
+    if len(row1_stops) == 0:  # row 1 never stops: it runs to the end unchanged
+        assert not out.finished[1] and torch.equal(new[1], free[1])
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_dirs):
+    model = load(tiny_dirs["mistral"])
+    prompt = random_ids(2, 24, seed=6)
+    a = generate(model, prompt, 16, do_sample=True, temperature=1.5, seed=7).sequences
+    b = generate(model, prompt, 16, do_sample=True, temperature=1.5, seed=7).sequences
+    c = generate(model, prompt, 16, do_sample=True, temperature=1.5, seed=8).sequences
+    greedy = generate(model, prompt, 16).sequences
+    top1 = generate(model, prompt, 16, do_sample=True, top_k=1, seed=9).sequences
+    assert torch.equal(a, b) and not torch.equal(a, c) and torch.equal(top1, greedy)
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, True, top_p=0.7, generator=gen)) for _ in range(200)}
+    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are never drawn
+
+
+def test_generation_past_the_position_range(short_context_dir):
+    strict = load(short_context_dir)  # 64 positions: at most 220 tokens of text
+    called = []
+    strict.encode = lambda *a, **k: called.append(1)  # must not be reached
+    with pytest.raises(PositionRangeError, match="longest supported text is 220 tokens"):
+        generate(strict, random_ids(1, 200), max_new_tokens=21)
+    assert not called
+    del strict.encode
+    result = generate(strict, random_ids(1, 200), max_new_tokens=20)  # exactly 220: fits
+    assert result.sequences.shape[1] == 220 and result.memory_tokens == 13 * 4
+
+    sliding = load(short_context_dir, position_overflow="drop_oldest")
+    perturb_trainable(sliding, scale=0.2)
+    prompt = random_ids(1, 230, seed=10)
+    result = generate(sliding, prompt, max_new_tokens=30)
+    assert result.num_compressions == (229 + 30) // 16
+    assert result.memory_tokens == 48  # the most recent 12 memories are kept, older ones released
+    with torch.no_grad():
+        for t in range(230, result.sequences.shape[1]):
+            want = reference_next_logits(sliding, result.sequences[:, :t])
+            assert torch.equal(want.argmax(-1), result.sequences[:, t])
+
+
+def test_bad_generation_arguments(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(model, random_ids(1, 4), 4, do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, random_ids(1, 4), 4, top_p=0)

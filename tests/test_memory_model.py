@@ -1,0 +1,288 @@
+"""The UIO memory model against plain transformers references, on all three tiny architectures."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers import load, perturb_trainable, random_ids, small_config
+from uio_ds.model.memory_model import (
+    IGNORE_INDEX,
+    MemoryKV,
+    UIOMemoryModel,
+    segment_targets,
+    split_segments,
+)
+
+ARCHS = ("llama", "mistral", "qwen2")
+
+
+def plain_base(path: str, attention: str = "sdpa"):
+    return AutoModelForCausalLM.from_pretrained(path, attn_implementation=attention).eval()
+
+
+def prefix_kv(base, prefix: torch.Tensor) -> MemoryKV:
+    """The base model's own un-rotated K/V of ``prefix``, captured at k_proj / v_proj."""
+    keys, values, hooks = [], [], []
+    cfg = base.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+
+    def grab(store):
+        def hook(_m, _i, out):
+            store.append(out.view(out.shape[0], out.shape[1], cfg.num_key_value_heads, head_dim).transpose(1, 2))
+        return hook
+
+    for layer in base.model.layers:
+        hooks.append(layer.self_attn.k_proj.register_forward_hook(grab(keys)))
+        hooks.append(layer.self_attn.v_proj.register_forward_hook(grab(values)))
+    with torch.no_grad():
+        base(prefix)
+    for h in hooks:
+        h.remove()
+    return MemoryKV(torch.stack(keys), torch.stack(values))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_zero_lora_encoder_equals_base(tiny_dirs, arch):
+    model, base = load(tiny_dirs[arch]), plain_base(tiny_dirs[arch])
+    ids = random_ids(3, 16)
+    with torch.no_grad():
+        memory = model.encode(ids)
+        embeds = torch.cat([base.get_input_embeddings()(ids), model.mem_embeddings.expand(3, -1, -1)], dim=1)
+        hidden = base.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states
+        reference = torch.stack(
+            [layer.input_layernorm(hidden[i])[:, 16:] for i, layer in enumerate(base.model.layers)], dim=1
+        )
+    assert memory.shape == (3, model.num_layers, model.num_mem_tokens, base.config.hidden_size)
+    torch.testing.assert_close(memory, reference, rtol=0, atol=1e-6)
+    # and the comparison can fail: a non-zero encoder LoRA changes the memory
+    perturb_trainable(model)
+    with torch.no_grad():
+        assert (model.encode(ids) - reference).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_memory_decoder_equals_base_exactly(tiny_dirs, arch):
+    model, base = load(tiny_dirs[arch]), plain_base(tiny_dirs[arch])
+    perturb_trainable(model)  # adapters must be off in the decoder even when trained
+    ids = random_ids(2, 16, seed=1)
+    with torch.no_grad():
+        assert torch.equal(model.decode(ids).logits, base(ids).logits)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_memory_prefix_equals_full_attention(tiny_dirs, arch, attention):
+    """Memory K/V that are the base's own K/V of a real prefix must give exactly the logits
+    of the base reading [prefix ; segment] in one pass: RoPE positions, bottom-right causal
+    alignment, GQA and the cache plumbing are all checked by this one identity."""
+    model = load(tiny_dirs[arch], attention=attention)
+    base = plain_base(tiny_dirs[arch], attention)
+    prefix, segment = random_ids(2, 24, seed=2), random_ids(2, 16, seed=3)
+    with torch.no_grad():
+        got = model.decode(segment, prefix_kv(base, prefix)).logits
+        want = base(torch.cat([prefix, segment], dim=1)).logits[:, 24:]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_first_query_sees_the_last_memory_slot(tiny_dirs):
+    """Top-left causal alignment (torch SDPA's is_causal with more keys than queries) would
+    show the first segment token only the first memory slot; ours must see all of them."""
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model)
+    ids = random_ids(1, 8, seed=4)
+    with torch.no_grad():
+        memory = model.memory_kv(model.encode(random_ids(1, 16, seed=5)))
+        changed = MemoryKV(memory.keys.clone(), memory.values.clone())
+        changed.values[:, :, :, -1] += 1.0
+        a, b = model.decode(ids, memory).logits, model.decode(ids, changed).logits
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sdpa_and_eager_agree_with_memory(tiny_dirs, arch):
+    sdpa, eager = load(tiny_dirs[arch], attention="sdpa"), load(tiny_dirs[arch], attention="eager")
+    perturb_trainable(sdpa)
+    eager.load_state_dict(sdpa.state_dict())
+    ids = random_ids(2, 40, seed=6)
+    with torch.no_grad():
+        a, b = sdpa(ids), eager(ids)
+    assert a.num_tokens == b.num_tokens == 2 * 39
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(a.segment_loss_sums), torch.stack(b.segment_loss_sums), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parallel_compression_equals_one_by_one(tiny_dirs, arch):
+    model = load(tiny_dirs[arch])
+    perturb_trainable(model)
+    segments = random_ids(5, 16, seed=7)
+    with torch.no_grad():
+        together = model.memory_kv(model.encode(segments))
+        apart = MemoryKV.cat(
+            [model.memory_kv(model.encode(segments[i : i + 1])) for i in range(5)]
+        )  # one row each: the token axis now holds segment after segment
+    torch.testing.assert_close(together.per_text(1).keys, apart.keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together.per_text(1).values, apart.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_reach_trainable_parts_only(tiny_dirs, arch):
+    model = load(tiny_dirs[arch])
+    perturb_trainable(model)  # LoRA B starts at zero, which would leave LoRA A without gradient
+    ids = random_ids(2, 40, seed=8)
+    memory = model.encode(ids[:, :16])
+    memory.retain_grad()
+    kv = model.memory_kv(memory)
+    out = model.decode(ids[:, 16:32], kv, segment_targets(ids, 16, 32))
+    out.loss.backward()
+    assert memory.grad is not None and memory.grad.abs().sum() > 0
+    names = dict(model.named_trainable_parameters())
+    assert any(".encoder." in n for n in names) and any(".transfer." in n for n in names)
+    for name, p in names.items():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    frozen = [n for n, p in model.named_parameters() if n not in names]
+    assert frozen and all(model.get_parameter(n).grad is None for n in frozen)
+    summary = model.trainable_summary()
+    assert summary["trainable"] == sum(p.numel() for p in names.values()) and 0 < summary["share"] < 0.1
+
+
+@pytest.mark.parametrize("group", ["encoder", "transfer", "mem_embeddings"])
+def test_gradient_matches_finite_differences(tiny_dirs, group):
+    """Autograd through the adapter switches equals a central finite difference (float64),
+    for each trainable group on its own, so a dropped gradient in any one of them shows.
+    (RMSNorm computes in float32 inside, which bounds the achievable agreement near 1e-4.)"""
+    model = load(tiny_dirs["qwen2"]).double()
+    perturb_trainable(model)
+    ids = random_ids(1, 40, seed=9)
+    params = [p for n, p in model.named_trainable_parameters() if group in n]
+    assert params
+    grads = torch.autograd.grad(model(ids).loss, params)
+    gen = torch.Generator().manual_seed(0)
+    direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+    analytic = sum((g * d).sum() for g, d in zip(grads, direction)).item()
+    eps = 1e-4
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+        up = model(ids).loss.item()
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+        down = model(ids).loss.item()
+    numeric = (up - down) / (2 * eps)
+    assert abs(analytic) > 1e-2
+    assert abs(numeric - analytic) <= 1e-3 * abs(analytic)
+
+
+def test_document_targets_score_every_token_once():
+    ids = torch.arange(10).unsqueeze(0)
+    bounds = split_segments(10, 4)
+    assert bounds == [(0, 4), (4, 8), (8, 10)]
+    targets = torch.cat([segment_targets(ids, s, e) for s, e in bounds], dim=1)
+    assert targets.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, IGNORE_INDEX]]
+    with pytest.raises(ValueError, match="empty"):
+        split_segments(0, 4)
+
+
+def test_document_loss_matches_manual_segments(tiny_dirs):
+    model = load(tiny_dirs["mistral"])
+    perturb_trainable(model)
+    ids = random_ids(1, 37, seed=10)
+    with torch.no_grad():
+        out = model(ids)
+        kv = [model.memory_kv(model.encode(ids[:, s : s + 16])) for s in (0, 16)]
+        manual = [
+            model.decode(ids[:, 0:16], None, segment_targets(ids, 0, 16)),
+            model.decode(ids[:, 16:32], kv[0], segment_targets(ids, 16, 32)),
+            model.decode(ids[:, 32:37], MemoryKV.cat(kv), segment_targets(ids, 32, 37)),
+        ]
+    assert out.segment_num_tokens == [16, 16, 4]
+    torch.testing.assert_close(torch.stack(out.segment_loss_sums), torch.stack([m.loss_sum for m in manual]))
+
+
+def test_trained_parts_round_trip(tiny_dirs, tmp_path):
+    model = load(tiny_dirs["qwen2"], mem_init="normal")
+    perturb_trainable(model, seed=11)
+    model.save_trained(str(tmp_path / "uio"))
+    loaded = UIOMemoryModel.from_pretrained(tiny_dirs["qwen2"], trained_path=str(tmp_path / "uio")).eval()
+    ids = random_ids(2, 45, seed=12)
+    with torch.no_grad():
+        a, b = model(ids), loaded(ids)
+    assert torch.equal(torch.stack(a.segment_loss_sums), torch.stack(b.segment_loss_sums))
+    for (n1, p1), (n2, p2) in zip(model.named_trainable_parameters(), loaded.named_trainable_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_saved_encoder_adapter_loads_in_peft(tiny_dirs, tmp_path):
+    """The adapters are peft-format: peft's own loader reads the encoder adapter."""
+    from peft import PeftModel
+
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, seed=13)
+    model.save_trained(str(tmp_path / "uio"))
+    peft_model = PeftModel.from_pretrained(plain_base(tiny_dirs["llama"]), str(tmp_path / "uio" / "encoder")).eval()
+    ids = random_ids(2, 16, seed=14)
+    with torch.no_grad():
+        embeds = torch.cat([model.base.get_input_embeddings()(ids), model.mem_embeddings.expand(2, -1, -1)], dim=1)
+        hidden = peft_model.base_model.model.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states
+        layer = peft_model.base_model.model.model.layers[1]
+        want = layer.input_layernorm(hidden[1])[:, 16:]
+        got = model.encode(ids)[:, 1]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
+        UIOMemoryModel.from_pretrained(str(tmp_path), small_config())
+
+
+def test_missing_path_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does-not-exist"):
+        UIOMemoryModel.from_pretrained(str(tmp_path / "does-not-exist"), small_config())
+
+
+def test_trained_parts_on_another_base_are_refused(tiny_dirs, tmp_path):
+    load(tiny_dirs["llama"]).save_trained(str(tmp_path / "uio"))
+    with pytest.raises(ValueError, match="different base model") as err:
+        UIOMemoryModel.from_pretrained(tiny_dirs["mistral"], trained_path=str(tmp_path / "uio"))
+    assert "model_type: saved 'llama' vs base 'mistral'" in str(err.value)
+    other = load(tiny_dirs["llama"], compression_ratio=8)
+    with pytest.raises(ValueError, match="differs from this model's"):
+        other.load_trained(str(tmp_path / "uio"))
+    with pytest.raises(ValueError, match="either config or trained_path"):
+        UIOMemoryModel.from_pretrained(tiny_dirs["llama"], small_config(), trained_path=str(tmp_path / "uio"))
+
+
+def test_segment_longer_than_l_is_refused(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    with pytest.raises(ValueError, match="longer than segment_length=16"):
+        model.encode(random_ids(1, 17))
+    with pytest.raises(ValueError, match="longer than segment_length=16"):
+        model.decode(random_ids(1, 17))
+
+
+def test_position_range_error_and_drop_oldest(short_context_dir):
+    # 64 positions, l=16, m=4: a full segment fits after at most 12 memories (12*4+16=64),
+    # then a residual of 64-13*4=12 tokens after 13 memories: 13*16+12 = 220 tokens
+    strict = load(short_context_dir)
+    assert strict.max_tokens_supported() == 220
+    assert [strict.peak_positions(t) for t in (16, 17, 208, 209, 220, 221)] == [16, 16, 64, 64, 64, 65]
+    strict.check_length(220)
+    with pytest.raises(ValueError, match="position_overflow='drop_oldest'"):
+        strict.check_length(221)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        strict(random_ids(1, 221))
+    with torch.no_grad():
+        assert torch.isfinite(strict(random_ids(1, 220)).loss)
+    sliding = load(short_context_dir, position_overflow="drop_oldest")
+    sliding.load_state_dict(strict.state_dict())
+    ids = random_ids(1, 20 * 16, seed=15)
+    with torch.no_grad():
+        memory = sliding.memory_kv(sliding.encode(ids[:, : 19 * 16].reshape(19, 16))).per_text(1)
+        kept = sliding.fit_positions(memory, 16)
+        assert kept.num_tokens == 48
+        torch.testing.assert_close(kept.keys, memory.keys[..., -48:, :])
+        out = sliding(ids)
+    assert torch.isfinite(out.loss) and out.num_tokens == 20 * 16 - 1

@@ -1,0 +1,5 @@
+import sys
+
+from uio_ds.cli import main
+
+sys.exit(main())

@@ -1,0 +1,193 @@
+"""Configuration of the UIO memory model.
+
+Every option is a dataclass field with a docstring. ``__post_init__`` collects
+every problem and raises one ``ValueError`` that names each bad option and how
+to fix it; nothing is silently rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_NAME = "uio_config.json"
+
+ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
+DTYPES = ("float32", "bfloat16", "float16")
+MEM_INITS = ("vocab_mean", "normal")
+POSITION_OVERFLOW_POLICIES = ("error", "drop_oldest")
+TRANSFER_TARGETS = ("k_proj", "v_proj")
+ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message lists every bad option and its fix."""
+
+    def __init__(self, owner: str, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid {owner} ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass
+class LoRAConfig:
+    """One LoRA adapter on the base model's linear layers."""
+
+    rank: int = 128
+    """LoRA rank r (the paper uses 128)."""
+
+    alpha: float = 512.0
+    """LoRA alpha; the update is scaled by alpha / rank (the paper uses 512)."""
+
+    dropout: float = 0.0
+    """Dropout on the LoRA input. Keep 0 for exact gradient checks between algorithms."""
+
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    """Names of the linear layers (inside each decoder layer) that get the adapter."""
+
+    def problems(self, prefix: str, allowed: tuple[str, ...]) -> list[str]:
+        out = []
+        if not isinstance(self.rank, int) or self.rank < 1:
+            out.append(f"{prefix}.rank={self.rank!r}: must be an integer >= 1 (e.g. 128)")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            out.append(f"{prefix}.alpha={self.alpha!r}: must be a positive number (e.g. 4 * rank)")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            out.append(f"{prefix}.dropout={self.dropout!r}: must be in [0, 1)")
+        targets = tuple(self.target_modules) if isinstance(self.target_modules, (list, tuple)) else ()
+        if not targets:
+            out.append(f"{prefix}.target_modules={self.target_modules!r}: give a non-empty list out of {list(allowed)}")
+        bad = [t for t in targets if t not in allowed]
+        if bad:
+            out.append(f"{prefix}.target_modules: {bad} not allowed here; choose from {list(allowed)}")
+        if len(set(targets)) != len(targets):
+            out.append(f"{prefix}.target_modules={list(targets)}: remove the duplicates")
+        return out
+
+
+def _default_encoder_lora() -> LoRAConfig:
+    return LoRAConfig(target_modules=("q_proj", "v_proj"))
+
+
+def _default_transfer_lora() -> LoRAConfig:
+    return LoRAConfig(target_modules=("k_proj", "v_proj"))
+
+
+@dataclass
+class UIOConfig:
+    """The UIO memory model: segmenting, compression, adapters, numerics."""
+
+    segment_length: int = 1024
+    """l: tokens per segment. Each full segment is compressed into ``num_mem_tokens`` memory slots."""
+
+    compression_ratio: int = 32
+    """l / m. Must divide ``segment_length``; 32 gives 32 <mem> tokens per 1K segment, 8 gives 128."""
+
+    encoder_lora: LoRAConfig = field(default_factory=_default_encoder_lora)
+    """Encoder adapter (paper: W_Q and W_V, r=128, alpha=512)."""
+
+    transfer_lora: LoRAConfig = field(default_factory=_default_transfer_lora)
+    """Transfer-head adapter on W_K and W_V, applied to the memory hidden states only."""
+
+    mem_init: str = "vocab_mean"
+    """Initial <mem> embeddings: 'vocab_mean' (every slot = mean input embedding) or 'normal'
+    (Gaussian with the input embeddings' standard deviation, seeded by ``seed``)."""
+
+    attention: str = "auto"
+    """Attention kernel: 'auto' (flash-attn on CUDA when installed, else torch SDPA),
+    'flash_attention_2', 'sdpa', or 'eager' (for debugging)."""
+
+    dtype: str = "float32"
+    """Parameter dtype of the base model and the trainable parts: float32, bfloat16 or float16."""
+
+    position_overflow: str = "error"
+    """What to do when [memories ; segment] would pass the base model's position range:
+    'error' refuses before any work; 'drop_oldest' keeps only the most recent memories that fit."""
+
+    seed: int = 0
+    """Seed for the initialisation of the trainable parts."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.encoder_lora, dict):
+            self.encoder_lora = LoRAConfig(**_tuple_targets(self.encoder_lora))
+        if isinstance(self.transfer_lora, dict):
+            self.transfer_lora = LoRAConfig(**_tuple_targets(self.transfer_lora))
+        problems = []
+        l, r = self.segment_length, self.compression_ratio
+        if not isinstance(l, int) or isinstance(l, bool) or l < 2:
+            problems.append(f"segment_length={l!r}: must be an integer >= 2 (the paper uses 1024)")
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            problems.append(f"compression_ratio={r!r}: must be an integer >= 1 (e.g. 8 or 32)")
+        elif isinstance(l, int) and l >= 2 and l % r != 0:
+            divisors = [d for d in (2, 4, 8, 16, 32, 64) if l % d == 0]
+            problems.append(
+                f"compression_ratio={r} does not divide segment_length={l}: choose a ratio "
+                f"out of {divisors} or a segment_length that is a multiple of {r}"
+            )
+        elif isinstance(l, int) and r > l:
+            problems.append(f"compression_ratio={r} exceeds segment_length={l}: no memory slot would remain")
+        problems += self.encoder_lora.problems("encoder_lora", ENCODER_TARGETS)
+        problems += self.transfer_lora.problems("transfer_lora", TRANSFER_TARGETS)
+        for name, allowed in (
+            ("mem_init", MEM_INITS),
+            ("attention", ATTENTION_BACKENDS),
+            ("dtype", DTYPES),
+            ("position_overflow", POSITION_OVERFLOW_POLICIES),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                problems.append(f"{name}={value!r}: choose one of {list(allowed)}")
+        if problems:
+            raise ConfigError("UIOConfig", problems)
+
+    @property
+    def num_mem_tokens(self) -> int:
+        """m = l / ratio: memory slots per segment."""
+        return self.segment_length // self.compression_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("encoder_lora", "transfer_lora"):
+            out[key]["target_modules"] = list(out[key]["target_modules"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "UIOConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError("UIOConfig", [f"unknown option(s) {unknown}; known options: {sorted(known)}"])
+        return cls(**data)
+
+    def save(self, directory: str, extra: dict[str, Any] | None = None) -> str:
+        """Write ``uio_config.json`` (plus ``extra`` metadata under its own key) into ``directory``."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, CONFIG_NAME)
+        payload = {"uio": self.to_dict(), **({"base_model": extra} if extra else {})}
+        with open(path, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+        return path
+
+    @classmethod
+    def load(cls, directory: str) -> tuple["UIOConfig", dict[str, Any]]:
+        """Read ``uio_config.json`` from ``directory``; returns the config and the base-model metadata."""
+        path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} not found: '{directory}' is not a saved UIO model "
+                f"(expected the directory written by UIOMemoryModel.save_trained)"
+            )
+        with open(path) as f:
+            payload = json.load(f)
+        if "uio" not in payload:
+            raise ConfigError("UIOConfig", [f"{path} has no 'uio' section; re-save it with save_trained"])
+        return cls.from_dict(payload["uio"]), payload.get("base_model", {})
+
+
+def _tuple_targets(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    if isinstance(d.get("target_modules"), list):
+        d["target_modules"] = tuple(d["target_modules"])
+    return d

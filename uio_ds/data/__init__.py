@@ -1,0 +1,1 @@
+"""Text sources: generated text for tiny models, and (later) corpora through datasets."""

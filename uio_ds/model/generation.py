@@ -1,0 +1,201 @@
+"""Streaming generation with a UIO memory model.
+
+Prefill compresses every full segment of the prompt in parallel, then runs the
+decoder over the residual (1..l tokens). Decoding feeds one token at a time
+into a KV cache of ``[memory ; residual]``. When the residual reaches l tokens
+(after its logits are taken), it is compressed into a new memory and its raw
+K/V is dropped, exactly as a segment of a training document would be.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
+
+
+class MemoryStream:
+    """Memories, residual tokens and decoder cache of a batch of equal-length texts."""
+
+    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | None = None):
+        self.model = model
+        self.encode_batch_size = encode_batch_size
+        self.memory: MemoryKV | None = None
+        self.residual: torch.Tensor | None = None
+        self.cache = None
+        self.num_compressions = 0
+
+    @property
+    def memory_tokens(self) -> int:
+        return self.memory.num_tokens if self.memory is not None else 0
+
+    def _compress(self, segments: torch.Tensor) -> MemoryKV:
+        """Memory K/V of ``segments`` (B, c*l), one row per text, segments in order."""
+        model, l = self.model, self.model.segment_length
+        batch, count = segments.shape[0], segments.shape[1] // l
+        flat = segments.reshape(batch * count, l)
+        step = self.encode_batch_size or flat.shape[0]
+        kv = MemoryKV.cat([model.memory_kv(model.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)])
+        self.num_compressions += count
+        return kv.per_text(batch)
+
+    def _append_memory(self, kv: MemoryKV) -> None:
+        memory = kv if self.memory is None else MemoryKV.cat([self.memory, kv])
+        # Under 'drop_oldest' the memories outside the window are released, not just hidden;
+        # under 'error' the whole text was checked before any work (UIOMemoryModel.check_length).
+        self.memory = self.model.fit_positions(memory, 1)
+        self.residual = self.residual[:, :0]
+        self.cache = self.model.build_cache(self.memory)
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Read the prompt (B, P); return the next-token logits (B, vocab)."""
+        residual_start = split_segments(input_ids.shape[1], self.model.segment_length)[-1][0]
+        self.residual = input_ids[:, :0]
+        if residual_start > 0:
+            self._append_memory(self._compress(input_ids[:, :residual_start]))
+        else:
+            self.cache = self.model.build_cache(None)
+        return self.feed(input_ids[:, residual_start:])
+
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
+        logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+        self.residual = torch.cat([self.residual, tokens], dim=1)
+        if self.residual.shape[1] == self.model.segment_length:
+            self._append_memory(self._compress(self.residual))
+        return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Greedy or temperature / top-k / top-p sampling of one token per row."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    scores = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1, descending=True)
+        probs = sorted_scores.softmax(-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass
+        drop = probs.cumsum(-1) - probs > top_p
+        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.Tensor
+    """Prompt followed by the generated tokens, (B, P + generated)."""
+    num_generated: int
+    prefill_seconds: float
+    decode_seconds: float
+    num_compressions: int
+    memory_tokens: int
+    finished: list[bool] = field(default_factory=list)
+
+    @property
+    def prompt_length(self) -> int:
+        return self.sequences.shape[1] - self.num_generated
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.sequences.shape[0] * self.prompt_length / max(self.prefill_seconds, 1e-9)
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return self.sequences.shape[0] * self.num_generated / max(self.decode_seconds, 1e-9)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate(
+    model: UIOMemoryModel,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_token_ids: Sequence[int] = (),
+    pad_token_id: int | None = None,
+    seed: int | None = None,
+    encode_batch_size: int | None = None,
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
+) -> GenerationResult:
+    """Generate up to ``max_new_tokens`` after equal-length prompts ``input_ids`` (B, P).
+
+    Rows that emit a token of ``stop_token_ids`` are finished; they are padded with
+    ``pad_token_id`` (default: their stop token) until every row has finished.
+    ``on_tokens`` receives each new column of tokens (B,), for streaming output.
+    """
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature={temperature}: must be > 0 when sampling (or use do_sample=False)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p}: must be in (0, 1]")
+    # Fail before any work when the whole text would pass the position range.
+    model.check_length(input_ids.shape[1] + max_new_tokens)
+    device = model.device
+    input_ids = input_ids.to(device)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+
+    stream = MemoryStream(model, encode_batch_size)
+    _sync(device)
+    start = time.perf_counter()
+    logits = stream.prefill(input_ids)
+    _sync(device)
+    prefill_seconds = time.perf_counter() - start
+
+    batch = input_ids.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    fill = torch.full((batch,), -1, dtype=torch.long, device=device)
+    new_tokens: list[torch.Tensor] = []
+    start = time.perf_counter()
+    for step in range(max_new_tokens):
+        token = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
+        token = torch.where(finished, fill, token)
+        new_tokens.append(token)
+        if on_tokens is not None:
+            on_tokens(token)
+        if stops.numel():
+            just_stopped = torch.isin(token, stops) & ~finished
+            fill = torch.where(just_stopped, token if pad_token_id is None else torch.full_like(token, pad_token_id), fill)
+            finished |= just_stopped
+            if bool(finished.all()):
+                break
+        if step + 1 < max_new_tokens:
+            logits = stream.feed(token.unsqueeze(1))
+    _sync(device)
+    decode_seconds = time.perf_counter() - start
+    generated = torch.stack(new_tokens, dim=1) if new_tokens else input_ids[:, :0]
+    return GenerationResult(
+        sequences=torch.cat([input_ids, generated], dim=1),
+        num_generated=generated.shape[1],
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        num_compressions=stream.num_compressions,
+        memory_tokens=stream.memory_tokens,
+        finished=finished.tolist(),
+    )

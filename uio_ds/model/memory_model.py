@@ -1,0 +1,626 @@
+"""The UIO memory model over any Hugging Face Llama-family causal LM.
+
+Three roles share one set of frozen base weights:
+
+* encoder: base + encoder LoRA reads ``[segment ; <mem> x m]``; the memory of
+  the segment is, at every layer, the attention input (after that layer's
+  input norm) at the ``<mem>`` positions: a ``(L, m, H)`` stack;
+* transfer head: per layer ``K = k_proj(h_mem)``, ``V = v_proj(h_mem)`` with a
+  second LoRA on k_proj / v_proj, giving memory K/V with the model's own
+  number of KV heads;
+* decoder: the frozen base (adapters off) reads a segment with the memory K/V
+  of earlier segments as a prefix cache; RoPE positions start at 0 over
+  ``[memories ; segment]``.
+
+Training code calls ``encode``, ``memory_kv`` and ``decode`` directly, never
+the root ``forward`` (which a DeepSpeed engine hooks); ``forward`` is the
+plain full-BPTT document loss, the reference the algorithms are checked against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uio_ds.config import UIOConfig
+from uio_ds.model.attention import resolve_attention
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+ADAPTERS = ("encoder", "transfer")
+MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
+IGNORE_INDEX = -100
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Shape facts a saved set of trained parts must share with the base model it is loaded onto.
+_FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
+
+class _EncoderDone(Exception):
+    """Raised by the encoder's capture hook once the last layer's memory is taken."""
+
+
+class PositionRangeError(ValueError):
+    """[memories ; segment] would pass the base model's position range."""
+
+
+@dataclass
+class MemoryKV:
+    """Memory keys and values of one or more segments, un-rotated.
+
+    ``keys`` and ``values`` have shape ``(num_layers, batch, kv_heads, tokens, head_dim)``.
+    RoPE is applied when a cache is built, because a memory's position depends on
+    how many memories precede it in that cache.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.keys.shape[-2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @staticmethod
+    def cat(parts: list["MemoryKV"]) -> "MemoryKV":
+        """Concatenate memories in order along the token axis (earliest first)."""
+        if len(parts) == 1:
+            return parts[0]
+        return MemoryKV(torch.cat([p.keys for p in parts], dim=-2), torch.cat([p.values for p in parts], dim=-2))
+
+    def token_slice(self, start: int, stop: int) -> "MemoryKV":
+        return MemoryKV(self.keys[..., start:stop, :], self.values[..., start:stop, :])
+
+    def select_batch(self, start: int, stop: int) -> "MemoryKV":
+        return MemoryKV(self.keys[:, start:stop], self.values[:, start:stop])
+
+    def per_text(self, num_texts: int) -> "MemoryKV":
+        """Rows ordered (text, segment) -> one row per text, its segments in order along the tokens."""
+
+        def regroup(x: torch.Tensor) -> torch.Tensor:
+            layers, rows, heads, m, dim = x.shape
+            count = rows // num_texts
+            x = x.view(layers, num_texts, count, heads, m, dim).transpose(2, 3)
+            return x.reshape(layers, num_texts, heads, count * m, dim)
+
+        if self.batch_size % num_texts:
+            raise ValueError(f"{self.batch_size} memory rows cannot be split evenly over {num_texts} texts")
+        return MemoryKV(regroup(self.keys), regroup(self.values))
+
+
+@dataclass
+class DecoderOutput:
+    """What ``decode`` returns: logits, and the summed loss over ``num_tokens`` targets."""
+
+    logits: torch.Tensor
+    loss_sum: torch.Tensor | None = None
+    num_tokens: int = 0
+    memory_tokens: int = 0
+
+    @property
+    def loss(self) -> torch.Tensor | None:
+        """Mean next-token loss over the scored targets."""
+        if self.loss_sum is None:
+            return None
+        return self.loss_sum / max(self.num_tokens, 1)
+
+
+@dataclass
+class DocumentOutput:
+    """What ``forward`` returns for a batch of documents: token-weighted loss and per-segment sums."""
+
+    loss_sum: torch.Tensor
+    num_tokens: int
+    segment_loss_sums: list[torch.Tensor]
+    segment_num_tokens: list[int]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.loss_sum / max(self.num_tokens, 1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def split_segments(length: int, segment_length: int) -> list[tuple[int, int]]:
+    """(start, stop) of each segment of a ``length``-token text: full segments, then a residual of 1..l tokens."""
+    if length < 1:
+        raise ValueError("cannot segment an empty text: it has no tokens")
+    return [(s, min(s + segment_length, length)) for s in range(0, length, segment_length)]
+
+
+def segment_targets(input_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Next-token targets of positions [start, stop): target i is token i+1, across the segment border.
+
+    The document's last token has no successor and is marked ``IGNORE_INDEX``, so every
+    token after the first is scored exactly once over a document.
+    """
+    targets = input_ids[:, start + 1 : stop + 1]
+    if targets.shape[1] < stop - start:
+        pad = input_ids.new_full((input_ids.shape[0], stop - start - targets.shape[1]), IGNORE_INDEX)
+        targets = torch.cat([targets, pad], dim=1)
+    return targets
+
+
+def _base_fingerprint(base_config) -> dict:
+    return {k: getattr(base_config, k, None) for k in _FINGERPRINT_KEYS}
+
+
+class UIOMemoryModel(nn.Module):
+    """Encoder, transfer head and decoder of UIO-LLMs over one frozen base causal LM."""
+
+    def __init__(self, base: nn.Module, config: UIOConfig):
+        super().__init__()
+        model_type = getattr(base.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"unsupported architecture {model_type!r}: uio_ds needs a Llama-family decoder with RoPE "
+                f"and k_proj/v_proj attention; supported model_type values are {list(SUPPORTED_MODEL_TYPES)}"
+            )
+        if base.config.num_hidden_layers < 2:
+            raise ValueError(
+                f"the base model has {base.config.num_hidden_layers} layer(s); UIO needs at least 2 "
+                "(the encoder adapter lives in every layer but the last)"
+            )
+        positions_needed = config.segment_length + config.num_mem_tokens
+        if positions_needed > base.config.max_position_embeddings:
+            raise PositionRangeError(
+                f"segment_length={config.segment_length} plus {config.num_mem_tokens} <mem> tokens needs "
+                f"{positions_needed} positions for the encoder, but the base model has "
+                f"max_position_embeddings={base.config.max_position_embeddings}; use a shorter segment_length"
+            )
+        self.config = config
+        self.base = base
+        self.base.requires_grad_(False)
+        self._inject_adapters()
+        hidden = base.config.hidden_size
+        self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
+        self.to(_TORCH_DTYPES[config.dtype])
+        self._trainable = [p for n, p in self.named_parameters() if self._is_trainable_name(n)]
+        self._restore_trainable()
+        self._set_adapter(None)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_path: str,
+        config: UIOConfig | None = None,
+        trained_path: str | None = None,
+        device: str | torch.device | None = None,
+    ) -> "UIOMemoryModel":
+        """Load a base model from a local directory and add UIO parts.
+
+        With ``trained_path`` the UIO config and trained weights come from that directory
+        (written by ``save_trained``); ``config`` must then be omitted.
+        """
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if not os.path.isdir(base_path):
+            raise FileNotFoundError(
+                f"base model directory {base_path!r} does not exist: pass a local directory holding "
+                "config.json and weights (no hub downloads are made)"
+            )
+        meta = None
+        if trained_path is not None:
+            if config is not None:
+                raise ValueError("pass either config or trained_path, not both: a trained model carries its config")
+            config, meta = UIOConfig.load(trained_path)
+        config = config or UIOConfig()
+        base_config = AutoConfig.from_pretrained(base_path)
+        if meta:
+            _check_fingerprint(meta, base_config, trained_path, base_path)
+        dtype = _TORCH_DTYPES[config.dtype]
+        base = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=dtype, attn_implementation=resolve_attention(config.attention, dtype)
+        )
+        model = cls(base, config)
+        if trained_path is not None:
+            model.load_trained(trained_path)
+        if device is not None:
+            model.to(device)
+        return model
+
+    def _inject_adapters(self) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        for name, lora in (("encoder", self.config.encoder_lora), ("transfer", self.config.transfer_lora)):
+            missing = [t for t in lora.target_modules if not hasattr(self.layers[0].self_attn, t)
+                       and not hasattr(getattr(self.layers[0], "mlp", None), t)]
+            if missing:
+                raise ValueError(f"{name}_lora.target_modules: {missing} not found in the base model's layers")
+            peft_config = self._peft_config(name)
+            with warnings.catch_warnings():
+                # peft warns that a second adapter is added to the same model: that is the design.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.config.seed + (0 if name == "encoder" else 1))
+                    inject_adapter_in_model(peft_config, self.base, adapter_name=name)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._lora_layers = [m for m in self.base.modules() if isinstance(m, BaseTunerLayer)]
+
+    def _peft_config(self, adapter: str):
+        from peft import LoraConfig
+
+        lora = self.config.encoder_lora if adapter == "encoder" else self.config.transfer_lora
+        # A regex over the decoder layers only, so no other module that happens to share a
+        # name (a vision tower, a value head) is adapted. The memory is the *input* of every
+        # layer's attention, so the last layer's weights never reach it: an encoder adapter
+        # there would be a parameter without gradient, and is not created.
+        last = self.num_layers - 1 if adapter == "encoder" else self.num_layers
+        layer_ids = "|".join(str(i) for i in range(last))
+        pattern = rf".*layers\.({layer_ids})\.(self_attn|mlp)\.(" + "|".join(lora.target_modules) + r")$"
+        return LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=pattern,
+            bias="none",
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=getattr(self.base.config, "_name_or_path", None),
+        )
+
+    def _initial_mem_embeddings(self, m: int, hidden: int) -> torch.Tensor:
+        table = self.base.get_input_embeddings().weight.detach().float()
+        if self.config.mem_init == "vocab_mean":
+            return table.mean(0, keepdim=True).expand(m, hidden).clone()
+        gen = torch.Generator().manual_seed(self.config.seed)
+        return torch.randn(m, hidden, generator=gen) * table.std()
+
+    @staticmethod
+    def _is_trainable_name(name: str) -> bool:
+        return name == "mem_embeddings" or ".lora_A." in name or ".lora_B." in name
+
+    # ------------------------------------------------------------------ shapes
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.base.model.layers
+
+    @property
+    def num_layers(self) -> int:
+        return self.base.config.num_hidden_layers
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.base.config.num_key_value_heads
+
+    @property
+    def head_dim(self) -> int:
+        cfg = self.base.config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    @property
+    def num_mem_tokens(self) -> int:
+        return self.config.num_mem_tokens
+
+    @property
+    def segment_length(self) -> int:
+        return self.config.segment_length
+
+    @property
+    def max_positions(self) -> int:
+        return self.base.config.max_position_embeddings
+
+    @property
+    def device(self) -> torch.device:
+        return self.mem_embeddings.device
+
+    # ------------------------------------------------------------------ trainable parts
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Encoder LoRA, transfer-head LoRA and <mem> embeddings, in a fixed order."""
+        return list(self._trainable)
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, p in self.named_parameters():
+            if self._is_trainable_name(name):
+                yield name, p
+
+    def trainable_summary(self) -> dict:
+        """Counts of trainable and total parameters and the trainable share."""
+        trainable = sum(p.numel() for p in self._trainable)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable": trainable, "total": total, "share": trainable / total}
+
+    def _restore_trainable(self) -> None:
+        # peft's adapter switching flips requires_grad of the adapters it turns off, and autograd
+        # then drops their gradients even for graphs built before the switch: every switch is
+        # followed by turning all trainable parts back on.
+        for p in self._trainable:
+            p.requires_grad_(True)
+
+    def _set_adapter(self, name: str | None) -> None:
+        for layer in self._lora_layers:
+            if name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(name)
+        self._restore_trainable()
+
+    @contextlib.contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        """Run the base model with one adapter active ('encoder', 'transfer') or none (None)."""
+        if name is not None and name not in ADAPTERS:
+            raise ValueError(f"unknown adapter {name!r}: choose one of {list(ADAPTERS)} or None")
+        self._set_adapter(name)
+        try:
+            yield
+        finally:
+            self._set_adapter(None)
+
+    # ------------------------------------------------------------------ encoder
+
+    def encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Compress segments (N, n) with 1 <= n <= l, all in one batched call.
+
+        Returns the memory, shape ``(N, num_layers, m, hidden)``: per layer, the attention
+        input at the <mem> positions. Segments are independent, so N may mix documents.
+        """
+        if input_ids.ndim != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"encode expects token ids of shape (segments, length), got {tuple(input_ids.shape)}")
+        n = input_ids.shape[1]
+        if n > self.segment_length:
+            raise ValueError(
+                f"segment of {n} tokens is longer than segment_length={self.segment_length}: split it first "
+                "(uio_ds.model.memory_model.split_segments)"
+            )
+        embeds = self.base.get_input_embeddings()(input_ids)
+        mem = self.mem_embeddings.to(embeds.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+        captured: list[torch.Tensor] = []
+
+        def keep_mem_positions(_module, _inputs, output):
+            captured.append(output[:, n:])
+            if len(captured) == self.num_layers:
+                # Nothing after the last layer's input norm reaches the memory: stop the
+                # forward here instead of running that layer's attention and MLP for nothing.
+                raise _EncoderDone
+
+        hooks = [layer.input_layernorm.register_forward_hook(keep_mem_positions) for layer in self.layers]
+        try:
+            with self.adapter("encoder"):
+                self.base.model(inputs_embeds=torch.cat([embeds, mem], dim=1), use_cache=False)
+        except _EncoderDone:
+            pass
+        finally:
+            for h in hooks:
+                h.remove()
+        if len(captured) != self.num_layers:
+            raise RuntimeError(f"encoder captured {len(captured)} of {self.num_layers} layers' memory")
+        return torch.stack(captured, dim=1)
+
+    # ------------------------------------------------------------------ transfer head
+
+    def memory_kv(self, memory: torch.Tensor) -> MemoryKV:
+        """Transfer head: memory (N, L, m, H) -> un-rotated K/V (L, N, kv_heads, m, head_dim)."""
+        if memory.ndim != 4 or memory.shape[1] != self.num_layers:
+            raise ValueError(
+                f"memory must have shape (segments, {self.num_layers}, m, hidden), got {tuple(memory.shape)}"
+            )
+        n_seg, _, m, _ = memory.shape
+        keys, values = [], []
+        with self.adapter("transfer"):
+            for i, layer in enumerate(self.layers):
+                h = memory[:, i]
+                keys.append(layer.self_attn.k_proj(h).view(n_seg, m, self.num_kv_heads, self.head_dim).transpose(1, 2))
+                values.append(layer.self_attn.v_proj(h).view(n_seg, m, self.num_kv_heads, self.head_dim).transpose(1, 2))
+        return MemoryKV(torch.stack(keys), torch.stack(values))
+
+    # ------------------------------------------------------------------ decoder
+
+    def fit_positions(self, memory: MemoryKV | None, query_length: int) -> MemoryKV | None:
+        """Apply ``position_overflow`` when [memory ; query] exceeds the base model's positions.
+
+        'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l) / m)
+        memories, a fixed window that leaves room for a full segment, so training and
+        streaming generation see the same memories whatever the query length.
+        """
+        if query_length > self.segment_length:
+            raise ValueError(
+                f"decoder input of {query_length} tokens is longer than segment_length={self.segment_length}"
+            )
+        num_memory = memory.num_tokens if memory is not None else 0
+        if self.config.position_overflow == "drop_oldest":
+            keep = (self.max_positions - self.segment_length) // self.num_mem_tokens * self.num_mem_tokens
+            if num_memory <= keep:
+                return memory
+            return memory.token_slice(num_memory - keep, num_memory) if keep > 0 else None
+        used = num_memory + query_length
+        if used > self.max_positions:
+            raise PositionRangeError(
+                f"{num_memory} memory tokens + {query_length} segment tokens need {used} positions, "
+                f"but the base model has max_position_embeddings={self.max_positions} "
+                f"(about {self.max_tokens_supported()} tokens of text at segment_length={self.segment_length}, "
+                f"compression_ratio={self.config.compression_ratio}); use a larger compression_ratio, a "
+                "shorter input, or position_overflow='drop_oldest'"
+            )
+        return memory
+
+    def max_tokens_supported(self) -> int:
+        """Longest text whose every decoder call fits in the position range (policy 'error')."""
+        l, m, limit = self.segment_length, self.num_mem_tokens, self.max_positions
+        # A full segment still fits after c memories while c*m + l <= limit; after one more
+        # memory, a final residual can use whatever positions are left.
+        c = (limit - l) // m
+        return (c + 1) * l + max(0, limit - (c + 1) * m)
+
+    def peak_positions(self, total_tokens: int) -> int:
+        """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
+        l, m = self.segment_length, self.num_mem_tokens
+        c = (total_tokens - 1) // l
+        last = c * m + (total_tokens - c * l)
+        return max(last, (c - 1) * m + l) if c >= 1 else last
+
+    def check_length(self, total_tokens: int) -> None:
+        """Refuse, before any work, a text that would pass the position range under policy 'error'."""
+        if self.config.position_overflow == "error" and self.peak_positions(total_tokens) > self.max_positions:
+            raise PositionRangeError(
+                f"{total_tokens} tokens need {self.peak_positions(total_tokens)} positions but the base model has "
+                f"max_position_embeddings={self.max_positions}; the longest supported text is "
+                f"{self.max_tokens_supported()} tokens at segment_length={self.segment_length}, "
+                f"compression_ratio={self.config.compression_ratio}; use a larger compression_ratio, "
+                "a shorter input, or position_overflow='drop_oldest'"
+            )
+
+    def build_cache(self, memory: MemoryKV | None):
+        """A transformers DynamicCache holding the memory K/V rotated at positions 0..M-1."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.base.config)
+        if memory is None or memory.num_tokens == 0:
+            return cache
+        positions = torch.arange(memory.num_tokens, device=memory.keys.device).unsqueeze(0)
+        cos, sin = self.base.model.rotary_emb(memory.values[0], positions)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for i in range(self.num_layers):
+            k = memory.keys[i]
+            cache.update(k * cos + rotate_half(k) * sin, memory.values[i], i)
+        return cache
+
+    def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Frozen decoder over ``input_ids`` after whatever ``cache`` holds; returns logits.
+
+        ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place.
+        """
+        offset = cache.get_seq_length() if cache is not None else 0
+        positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        with self.adapter(None):
+            out = self.base(
+                input_ids=input_ids,
+                past_key_values=cache,
+                position_ids=positions,
+                use_cache=cache is not None,
+                logits_to_keep=logits_to_keep,
+            )
+        return out.logits
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        memory: MemoryKV | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Decoder pass of one segment (B, n) after the memories in ``memory`` (B rows, M tokens).
+
+        ``targets`` are aligned with the inputs: ``targets[b, i]`` is the token position i
+        should predict (``IGNORE_INDEX`` to skip). The loss is summed; see ``DecoderOutput.loss``.
+        """
+        if memory is not None and memory.batch_size != input_ids.shape[0]:
+            raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
+        memory = self.fit_positions(memory, input_ids.shape[1])
+        cache = self.build_cache(memory) if memory is not None else None
+        logits = self.decoder_forward(input_ids, cache)
+        out = DecoderOutput(logits=logits, memory_tokens=memory.num_tokens if memory is not None else 0)
+        if targets is not None:
+            if targets.shape != input_ids.shape:
+                raise ValueError(f"targets shape {tuple(targets.shape)} differs from input shape {tuple(input_ids.shape)}")
+            out.loss_sum = F.cross_entropy(
+                logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1),
+                targets.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            out.num_tokens = int((targets != IGNORE_INDEX).sum())
+        return out
+
+    # ------------------------------------------------------------------ whole documents
+
+    def forward(self, input_ids: torch.Tensor) -> DocumentOutput:
+        """Full-BPTT loss of documents (B, T): all segments compressed in parallel, each
+        segment decoded after the memories of every earlier segment, gradients through all."""
+        batch, length = input_ids.shape
+        bounds = split_segments(length, self.segment_length)
+        self.check_length(length)
+        memory = None
+        if len(bounds) > 1:
+            # The last segment's memory would serve no loss: never build it.
+            full = input_ids[:, : bounds[-1][0]].reshape(batch * (len(bounds) - 1), self.segment_length)
+            memory = self.memory_kv(self.encode(full)).per_text(batch)
+        sums, counts = [], []
+        for t, (start, stop) in enumerate(bounds):
+            previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
+            out = self.decode(input_ids[:, start:stop], previous, segment_targets(input_ids, start, stop))
+            sums.append(out.loss_sum)
+            counts.append(out.num_tokens)
+        return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_trained(self, directory: str) -> str:
+        """Write the trained parts: peft-format ``encoder/`` and ``transfer/`` adapters,
+        ``mem_embeddings.safetensors`` and ``uio_config.json`` (with the base model's shape)."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        for name in ADAPTERS:
+            sub = os.path.join(directory, name)
+            self._peft_config(name).save_pretrained(sub)
+            state = get_peft_model_state_dict(self.base, adapter_name=name)
+            # The key prefix a PeftModel writes, so peft's own loader reads these files too.
+            state = {f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
+            save_file(state, os.path.join(sub, "adapter_model.safetensors"))
+        save_file(
+            {"mem_embeddings": self.mem_embeddings.detach().contiguous().cpu()},
+            os.path.join(directory, MEM_EMBEDDINGS_FILE),
+        )
+        self.config.save(directory, extra=_base_fingerprint(self.base.config))
+        return directory
+
+    def load_trained(self, directory: str) -> None:
+        """Load what ``save_trained`` wrote; every tensor must match by name and shape."""
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        config, meta = UIOConfig.load(directory)
+        if config.to_dict() != self.config.to_dict():
+            raise ValueError(
+                f"the UIO config saved in {directory} differs from this model's: build the model with "
+                f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
+            )
+        _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))
+        for name in ADAPTERS:
+            path = os.path.join(directory, name, "adapter_model.safetensors")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
+            state = {k.removeprefix("base_model.model."): v for k, v in load_file(path).items()}
+            expected = get_peft_model_state_dict(self.base, adapter_name=name)
+            if set(state) != set(expected):
+                raise ValueError(
+                    f"{path}: adapter tensors do not match the model (missing {sorted(set(expected) - set(state))[:3]}, "
+                    f"unexpected {sorted(set(state) - set(expected))[:3]})"
+                )
+            bad = [k for k in state if state[k].shape != expected[k].shape]
+            if bad:
+                raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
+            set_peft_model_state_dict(self.base, state, adapter_name=name)
+        mem = load_file(os.path.join(directory, MEM_EMBEDDINGS_FILE))["mem_embeddings"]
+        if mem.shape != self.mem_embeddings.shape:
+            raise ValueError(f"saved <mem> embeddings have shape {tuple(mem.shape)}, expected {tuple(self.mem_embeddings.shape)}")
+        with torch.no_grad():
+            self.mem_embeddings.copy_(mem)
+        self._set_adapter(None)
+
+
+def _check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
+    have = _base_fingerprint(base_config)
+    diff = {k: (meta.get(k), have[k]) for k in _FINGERPRINT_KEYS if k in meta and meta.get(k) != have[k]}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs base {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"the UIO parts in {trained_path} were trained on a different base model than {base_path} ({detail}); "
+            "load them onto the base model they were trained with"
+        )
