@@ -1,0 +1,178 @@
+"""The four gradient strategies, checked exactly against each other and statistically against Eq. 5."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from helpers import load, perturb_trainable, random_ids
+from uio_ds.algo import TBPTT, Full, Incremental, Unbiased, build_strategy
+from uio_ds.algo.tbptt import _Reservoir
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    m = load(tiny_dirs["mistral"])  # GQA; l=16, m=4
+    perturb_trainable(m, seed=3, scale=0.2)  # non-zero LoRA B, so every parameter has gradient
+    return m
+
+
+def flat(grads) -> torch.Tensor:
+    return torch.cat([g.flatten() for g in grads if g is not None])
+
+
+def rel_err(a, b) -> float:
+    return ((flat(a) - flat(b)).norm() / flat(b).norm()).item()
+
+
+def assert_same_structure(a, b):
+    assert [g is None for g in a.grads] == [g is None for g in b.grads]
+
+
+def test_full_matches_plain_backward(model):
+    doc = random_ids(2, 70, seed=1)
+    res = Full().run(model, doc)
+    loss = model(doc).loss
+    ref = torch.autograd.grad(loss, model.trainable_parameters(), allow_unused=True)
+    assert res.num_tokens == 2 * 69 and math.isclose(res.loss, loss.item(), rel_tol=1e-6)
+    assert all(g is not None for g in res.grads)
+    assert rel_err(res.grads, ref) < 1e-6
+
+
+@pytest.mark.parametrize("S, T", [(1, 5), (2, 5), (3, 7), (2, 3)])
+def test_incremental_equals_tbptt(model, S, T):
+    doc = random_ids(1, 16 * (T - 1) + 7, seed=S * 10 + T)  # T segments, the last one short
+    plain, inc = TBPTT(S).run(model, doc), Incremental(S).run(model, doc)
+    assert_same_structure(plain, inc)
+    assert rel_err(inc.grads, plain.grads) <= 1e-5
+    assert plain.segment_loss_sums == pytest.approx(inc.segment_loss_sums, rel=1e-6)
+    # the cost the method promises: T-1 encoder backward passes instead of about (T-1)*S
+    assert inc.stats["encoder_backward_passes"] == T - 1
+    assert plain.stats["encoder_backward_passes"] == sum(min(S, t) for t in range(T))
+    assert inc.stats["max_live_graphs"] == min(S, T - 1)
+
+
+def test_truncation_changes_the_gradient(model):
+    doc = random_ids(1, 16 * 5, seed=2)
+    assert rel_err(Incremental(1).run(model, doc).grads, Full().run(model, doc).grads) > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["keep", "offload", "recompute"])
+def test_graph_modes_agree(model, mode):
+    doc = random_ids(2, 16 * 6, seed=4)
+    ref = Incremental(2).run(model, doc)
+    res = Incremental(2, graph_mode=mode, encode_batch_size=2).run(model, doc)
+    assert rel_err(res.grads, ref.grads) <= 1e-5
+    if mode == "recompute":
+        assert res.stats["max_live_graphs"] == 0 and res.stats["encoder_recomputes"] == 5
+    else:
+        assert res.stats["max_live_graphs"] == 2
+
+
+def test_incremental_without_window_and_unbiased_with_large_window_equal_full(model):
+    doc = random_ids(1, 16 * 5 + 3, seed=5)
+    full = Full().run(model, doc)
+    assert rel_err(Incremental(None).run(model, doc).grads, full.grads) <= 1e-5
+    for S in (5, 9):  # S >= T-1: nothing is ever evicted and the factor is 1
+        res = Unbiased(S, seed=S).run(model, doc)
+        assert rel_err(res.grads, full.grads) <= 1e-5
+        assert res.stats["evictions"] == 0
+
+
+def test_documents_of_different_lengths(model):
+    docs = [random_ids(1, 40, seed=6)[0], random_ids(1, 75, seed=7)[0]]
+    together = Incremental(2).run(model, docs)
+    scale = 1.0 / (39 + 74)
+    apart = [Incremental(2).run(model, d.unsqueeze(0), loss_scale=scale) for d in docs]
+    assert together.num_tokens == 39 + 74
+    summed = [a + b for a, b in zip(apart[0].grads, apart[1].grads)]
+    assert rel_err(together.grads, summed) <= 1e-6
+    with pytest.raises(ValueError, match="different lengths go in a list"):
+        Incremental(2).run(model, torch.zeros(2, 3, 40, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: TBPTT(0), "S=0"),
+        (lambda: Incremental(-1), "S=-1"),
+        (lambda: Unbiased(None), "reservoir size"),
+        (lambda: Incremental(2, graph_mode="disk"), "graph_mode"),
+        (lambda: build_strategy("rtrl"), "unknown strategy"),
+        (lambda: build_strategy("tbptt"), "needs a window"),
+    ],
+)
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_documents(model):
+    with pytest.raises(ValueError, match="at least 2"):
+        Incremental(2).run(model, torch.tensor([[5]]))
+    with pytest.raises(ValueError, match="non-empty list"):
+        Incremental(2).run(model, [])
+    with pytest.raises(ValueError, match="not a tensor of token ids"):
+        Incremental(2).run(model, [torch.rand(10)])
+
+
+def test_recompute_refuses_dropout(tiny_dirs):
+    from uio_ds.config import LoRAConfig
+
+    m = load(tiny_dirs["llama"], encoder_lora=LoRAConfig(rank=4, alpha=8.0, dropout=0.1))
+    with pytest.raises(ValueError, match="dropout"):
+        Incremental(2, graph_mode="recompute").run(m, random_ids(1, 40))
+
+
+def test_reservoir_keeps_each_past_memory_with_probability_s_over_n():
+    """Chi-square test of the window at step n: each of n memories is in it w.p. S/n."""
+    S, n, trials = 3, 12, 4000
+    rng = random.Random(0)
+    counts = [0] * n
+    for _ in range(trials):
+        enters, evict, _ = _Reservoir(S, True, rng).plan(n)
+        for s in range(n):
+            if enters[s] and evict[s] is None:  # still in the window after all n arrivals
+                counts[s] += 1
+    expected = trials * S / n
+    chi2 = sum((c - expected) ** 2 / expected for c in counts)
+    # 11 degrees of freedom: the 0.999 quantile is 31.3
+    assert chi2 < 31.3, (counts, chi2)
+    assert sum(counts) == trials * S
+
+
+def test_reservoir_state_round_trips():
+    a = Unbiased(2, seed=5)
+    a._window().plan(10)
+    state = a.state_dict()
+    b = Unbiased(2, seed=99)
+    b.load_state_dict(state)
+    assert a._window().plan(20) == b._window().plan(20)
+
+
+def test_unbiased_is_unbiased_and_the_factor_matters(model):
+    """Over many seeds the mean of unbiased(S) converges to the full gradient; without the
+    compensation factor it is measurably short of it. Tolerances come from the sample variance."""
+    doc = random_ids(1, 16 * 7, seed=8)  # T=7 segments, 6 memories
+    full = flat(Full().run(model, doc).grads)
+    enc_mask = torch.cat([
+        torch.full((p.numel(),), not (".transfer." in n), dtype=torch.bool)
+        for n, p in model.named_trainable_parameters()
+    ])  # the encoder-side parameters (LoRA + <mem>) are where the estimator acts
+    direction = full[enc_mask] / full[enc_mask].norm()
+
+    def projections(compensate: bool, seeds: range) -> torch.Tensor:
+        return torch.tensor([
+            (flat(Unbiased(2, seed=s, compensate=compensate).run(model, doc).grads)[enc_mask] @ direction).item()
+            for s in seeds
+        ])
+
+    target = (full[enc_mask] @ direction).item()
+    with_factor, without = projections(True, range(60)), projections(False, range(60))
+    n = len(with_factor)
+    se = with_factor.std().item() / math.sqrt(n)
+    assert abs(with_factor.mean().item() - target) < 4 * se + 1e-6 * abs(target)
+    se_wo = without.std().item() / math.sqrt(n)
+    assert target - without.mean().item() > 4 * se_wo
+    assert without.mean().item() < 0.97 * target

@@ -1,0 +1,449 @@
+"""Gradient strategies for memory models: full BPTT, TBPTT, incremental and unbiased incremental TBPTT.
+
+Pure PyTorch (no DeepSpeed): a strategy reads documents, runs the decoder losses and the
+encoder passes of a memory model, and returns the gradient of every trainable parameter
+in buffers of its own (``torch.autograd.grad``, never ``.grad``), plus loss statistics.
+An engine then hands the buffers to its optimizer however it needs to.
+
+The model is a recurrent net over segments: J_t, the loss of segment t, depends on the
+memories m_1..m_{t-1} of all earlier segments, and m_s depends on segment s only
+(Eq. 5 of the paper). The strategies differ in which d J_t / d m_s reach the encoder:
+
+* ``full``: all of them (plain autograd through the whole document; the reference).
+* ``tbptt(S)``: the S most recent memories, computed the plain way: for every t the window
+  is re-encoded with a graph and back-propagated through: O(T*S) encoder backward passes.
+* ``incremental(S)``: the same gradient; each memory the decoders read is a detached leaf
+  copy that accumulates d J_t / d m_s, and its encoder graph is back-propagated once, when
+  it leaves the window: O(T) encoder backward passes.
+* ``unbiased(S)``: the window is a reservoir sample of size S over all past memories (each
+  kept with probability min(1, S/(t-1))); each new contribution is multiplied by
+  max(1, (t-1)/S), so the expected gradient is the full one. Evicted memories get their
+  encoder backward at eviction, the rest at the end.
+
+Everything outside the encoder path is exact in every strategy: the transfer head sees
+every memory (detached ones included) with its own gradient, as does the decoder loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from uio_ds.model.memory_model import IGNORE_INDEX, segment_targets, split_segments
+
+GRAPH_MODES = ("keep", "offload", "recompute")
+
+
+class MemoryModel(Protocol):
+    """What the strategies need of a model (``UIOMemoryModel`` provides it)."""
+
+    segment_length: int
+
+    def encode(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+    def memory_kv(self, memory: torch.Tensor): ...
+    def decode(self, input_ids: torch.Tensor, memory=None, targets=None): ...
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+
+
+@dataclass
+class TBPTTResult:
+    """Gradients (aligned with ``model.trainable_parameters()``; ``None`` = no gradient) and statistics."""
+
+    grads: list[torch.Tensor | None]
+    loss_sum: float
+    num_tokens: int
+    segment_loss_sums: list[float] = field(default_factory=list)
+    segment_num_tokens: list[int] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.num_tokens, 1)
+
+    def merge(self, other: "TBPTTResult") -> "TBPTTResult":
+        """Sum of two results (gradients add; statistics add, maxima take the max)."""
+        grads = [a if b is None else b if a is None else a + b for a, b in zip(self.grads, other.grads)]
+        stats = dict(self.stats)
+        for k, v in other.stats.items():
+            stats[k] = max(stats.get(k, 0), v) if k.startswith("max_") else stats.get(k, 0) + v
+        return TBPTTResult(grads, self.loss_sum + other.loss_sum, self.num_tokens + other.num_tokens,
+                           self.segment_loss_sums + other.segment_loss_sums,
+                           self.segment_num_tokens + other.segment_num_tokens, stats)
+
+
+def count_targets(documents: Sequence[torch.Tensor]) -> int:
+    """Scored tokens of a list of document batches: every token but the first of each row."""
+    return sum(d.shape[0] * (d.shape[1] - 1) for d in documents)
+
+
+class Strategy:
+    """Base class: argument checks, multi-document batches, gradient buffers."""
+
+    name = "strategy"
+
+    def __init__(self, window: int | None = None):
+        if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
+            raise ValueError(f"window S={window!r}: must be an integer >= 1")
+        self.window = window
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self.window})" if self.window is not None else self.name
+
+    # -- public entry points ------------------------------------------------------------
+
+    def run(self, model: MemoryModel, documents, loss_scale: float | None = None) -> TBPTTResult:
+        """Gradient of ``loss_scale * (summed token loss)`` over ``documents``.
+
+        ``documents``: a (B, T) tensor of equal-length documents, or a list of such tensors
+        (or of 1-D token tensors) of different lengths, processed one after another.
+        ``loss_scale`` defaults to 1 / (number of scored tokens): the token-weighted mean.
+        """
+        docs = self._as_batches(model, documents)
+        scale = 1.0 / count_targets(docs) if loss_scale is None else float(loss_scale)
+        params = model.trainable_parameters()
+        result = None
+        for doc in docs:
+            part = self._run_document(model, doc, scale, params)
+            result = part if result is None else result.merge(part)
+        return result
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    # -- to implement ---------------------------------------------------------------------
+
+    def _run_document(self, model, doc: torch.Tensor, scale: float, params) -> TBPTTResult:
+        raise NotImplementedError
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_batches(model, documents) -> list[torch.Tensor]:
+        if isinstance(documents, torch.Tensor):
+            documents = [documents]
+        if not isinstance(documents, (list, tuple)) or not documents:
+            raise ValueError("documents must be a (batch, tokens) tensor or a non-empty list of token tensors")
+        out = []
+        for i, d in enumerate(documents):
+            if not isinstance(d, torch.Tensor) or d.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"document {i} is not a tensor of token ids")
+            d = d.unsqueeze(0) if d.ndim == 1 else d
+            if d.ndim != 2:
+                raise ValueError(
+                    f"document {i} has shape {tuple(d.shape)}: give (tokens,) or (batch, tokens); documents of "
+                    "different lengths go in a list, not one padded batch"
+                )
+            if d.shape[1] < 2:
+                raise ValueError(f"document {i} has {d.shape[1]} token(s): a document needs at least 2 to score one")
+            out.append(d)
+        return out
+
+    @staticmethod
+    def _add(buffers: list, grads: Sequence[torch.Tensor | None], offset: int = 0) -> None:
+        for i, g in enumerate(grads):
+            if g is not None:
+                j = offset + i
+                buffers[j] = g.detach() if buffers[j] is None else buffers[j] + g.detach()
+
+
+class Full(Strategy):
+    """Eq. 5 exactly: plain autograd through the whole document (every memory, every path)."""
+
+    name = "full"
+
+    def _run_document(self, model, doc, scale, params):
+        out = model(doc)
+        grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
+        segments = len(split_segments(doc.shape[1], model.segment_length))
+        return TBPTTResult(
+            list(g.detach() if g is not None else None for g in grads), out.loss_sum.item(), out.num_tokens,
+            [s.item() for s in out.segment_loss_sums], list(out.segment_num_tokens),
+            {"encoder_graph_forwards": segments - 1, "encoder_backward_passes": segments - 1,
+             "max_live_graphs": segments - 1, "segments": segments},
+        )
+
+
+class TBPTT(Strategy):
+    """TBPTT(S) computed the plain way: every decoder step re-encodes its window with a graph."""
+
+    name = "tbptt"
+
+    def __init__(self, window: int):
+        super().__init__(window)
+
+    def _run_document(self, model, doc, scale, params):
+        l, S = model.segment_length, self.window
+        bounds = split_segments(doc.shape[1], l)
+        batch = doc.shape[0]
+        segs = [doc[:, a:b] for a, b in bounds]
+        with torch.no_grad():  # values of every memory, for the part outside each window
+            values = _encode_all(model, segs[:-1], batch)
+        buffers: list = [None] * len(params)
+        stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
+                 "segments": len(bounds)}
+        sums, counts = [], []
+        for t, (a, b) in enumerate(bounds):
+            first = max(0, t - S)
+            if t > first:
+                fresh = model.encode(torch.cat(segs[first:t], dim=0))  # one graph over the window
+                fresh = list(fresh.split(batch, dim=0))
+                stats["encoder_graph_forwards"] += t - first
+                stats["encoder_backward_passes"] += t - first
+                stats["max_live_graphs"] = max(stats["max_live_graphs"], t - first)
+            else:
+                fresh = []
+            memory = values[:first] + fresh
+            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
+            self._add(buffers, _grad(out.loss_sum * scale, params))
+            sums.append(out.loss_sum.item())
+            counts.append(out.num_tokens)
+        return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
+
+
+class _Window:
+    """Which memories receive gradient from each decoder step, decided before any compute.
+
+    ``plan(n)`` for memories 0..n-1 returns per memory whether it ever enters the window,
+    the decoder step at whose start it is evicted (None: stays to the end), and per
+    decoder step t the factor applied to new contributions.
+    """
+
+    def plan(self, num_memories: int) -> tuple[list[bool], list[int | None], list[float]]:
+        raise NotImplementedError
+
+
+class _RecentWindow(_Window):
+    def __init__(self, size: int | None):
+        self.size = size
+
+    def plan(self, n):
+        if self.size is None:
+            return [True] * n, [None] * n, [1.0] * (n + 1)
+        # memory s is read with gradient by decoder steps s+1..s+S; it leaves at step s+S+1
+        evict = [s + self.size + 1 if s + self.size + 1 <= n else None for s in range(n)]
+        return [True] * n, evict, [1.0] * (n + 1)
+
+
+class _Reservoir(_Window):
+    """Reservoir sampling (Vitter's algorithm R) of size S over the arriving memories."""
+
+    def __init__(self, size: int, compensate: bool, rng: random.Random):
+        self.size, self.compensate, self.rng = size, compensate, rng
+
+    def plan(self, n):
+        enters, evict, members = [False] * n, [None] * n, []
+        for s in range(n):  # memory s arrives before decoder step s+1; s+1 memories seen
+            seen = s + 1
+            if len(members) < self.size:
+                enters[s] = True
+                members.append(s)
+            elif self.rng.random() < self.size / seen:
+                out = members.pop(self.rng.randrange(len(members)))
+                evict[out] = s + 1
+                enters[s] = True
+                members.append(s)
+        # at decoder step t, t memories have been seen; each is in the window w.p. min(1, S/t)
+        factors = [max(1.0, t / self.size) if self.compensate else 1.0 for t in range(n + 1)]
+        return enters, evict, factors
+
+
+class _LeafWindowStrategy(Strategy):
+    """Incremental machinery shared by ``incremental`` and ``unbiased``: decoders read detached
+    leaf copies of the memories; the gradient each leaf accumulates is back-propagated through
+    its encoder once, when it leaves the window or at the end."""
+
+    def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = None):
+        super().__init__(window)
+        if graph_mode not in GRAPH_MODES:
+            raise ValueError(f"graph_mode={graph_mode!r}: choose one of {list(GRAPH_MODES)}")
+        if encode_batch_size is not None and encode_batch_size < 1:
+            raise ValueError(f"encode_batch_size={encode_batch_size}: must be >= 1 (or None for all at once)")
+        self.graph_mode = graph_mode
+        self.encode_batch_size = encode_batch_size
+
+    def _window(self) -> _Window:
+        raise NotImplementedError
+
+    def _run_document(self, model, doc, scale, params):
+        _check_recompute(model, self.graph_mode)
+        bounds = split_segments(doc.shape[1], model.segment_length)
+        batch, n_mem = doc.shape[0], len(bounds) - 1
+        segs = [doc[:, a:b] for a, b in bounds]
+        enters, evict_at, factors = self._window().plan(n_mem)
+        evictions: dict[int, list[int]] = {}
+        for s, t in enumerate(evict_at):
+            if t is not None:
+                evictions.setdefault(t, []).append(s)
+
+        # Memory values. Memories that never take gradient are computed without a graph, all
+        # at once; in 'recompute' mode so are the others (their graph is rebuilt at backward).
+        parallel = [s for s in range(n_mem) if not enters[s] or self.graph_mode == "recompute"]
+        values: list = [None] * n_mem
+        with torch.no_grad():
+            for s, v in zip(parallel, _encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size)):
+                values[s] = v
+        graphs: dict[int, torch.Tensor] = {}   # memory -> encoder output with its graph alive
+        leaves: dict[int, torch.Tensor] = {}   # memory -> detached leaf the decoders read
+        accumulated: dict[int, torch.Tensor] = {}
+        enc_params = params  # encoder outputs depend on encoder LoRA and <mem> embeddings only
+        buffers: list = [None] * len(params)
+        stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
+                 "encoder_recomputes": 0, "segments": len(bounds), "evictions": 0}
+
+        def flush(s: int) -> None:
+            """Back-propagate the gradient accumulated on memory s through its encoder, once."""
+            leaves.pop(s)
+            grad = accumulated.pop(s, None)
+            out = graphs.pop(s, None)
+            if grad is None:  # entered but no decoder step used it with gradient: nothing to do
+                return
+            if out is None:  # recompute mode: rebuild this segment's encoder graph now
+                out = model.encode(segs[s])
+                stats["encoder_recomputes"] += 1
+            grads = torch.autograd.grad(out, enc_params, grad_outputs=grad, allow_unused=True)
+            self._add(buffers, grads)
+            stats["encoder_backward_passes"] += 1
+
+        sums, counts = [], []
+        for t, (a, b) in enumerate(bounds):
+            if t > 0:
+                s = t - 1  # memory s arrives before decoder step t
+                for old in evictions.get(t, []):
+                    flush(old)
+                    stats["evictions"] += 1
+                if enters[s]:
+                    if self.graph_mode != "recompute":
+                        with _graph_context(self.graph_mode):
+                            graphs[s] = model.encode(segs[s])
+                        stats["encoder_graph_forwards"] += 1
+                        values[s] = graphs[s].detach()
+                    leaves[s] = values[s].detach().requires_grad_(True)
+                stats["max_live_graphs"] = max(stats["max_live_graphs"], len(graphs))
+            window = sorted(leaves)
+            memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
+            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
+            inputs = list(params) + [leaves[s] for s in window]
+            grads = _grad(out.loss_sum * scale, inputs)
+            self._add(buffers, grads[: len(params)])
+            for s, g in zip(window, grads[len(params):]):
+                if g is not None:
+                    g = g * factors[t] if factors[t] != 1.0 else g
+                    accumulated[s] = g if s not in accumulated else accumulated[s] + g
+            sums.append(out.loss_sum.item())
+            counts.append(out.num_tokens)
+        for s in sorted(leaves):
+            flush(s)
+        return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
+
+
+class Incremental(_LeafWindowStrategy):
+    """Incremental TBPTT(S): the gradient of ``tbptt(S)`` with O(T) encoder backward passes.
+    ``window=None`` gives the full gradient the incremental way."""
+
+    name = "incremental"
+
+    def _window(self):
+        return _RecentWindow(self.window)
+
+
+class Unbiased(_LeafWindowStrategy):
+    """Unbiased incremental TBPTT(S): reservoir window, compensation factor max(1, (t-1)/S)."""
+
+    name = "unbiased"
+
+    def __init__(self, window: int, seed: int = 0, compensate: bool = True, graph_mode: str = "keep",
+                 encode_batch_size: int | None = None):
+        if window is None:
+            raise ValueError("unbiased needs a reservoir size S >= 1")
+        super().__init__(window, graph_mode, encode_batch_size)
+        self.compensate = compensate
+        self.rng = random.Random(seed)
+
+    def _window(self):
+        return _Reservoir(self.window, self.compensate, self.rng)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(_as_rng_state(state["rng"]))
+
+
+def build_strategy(name: str, window: int | None = None, **kwargs) -> Strategy:
+    """``full``, ``tbptt``, ``incremental`` or ``unbiased`` with window S."""
+    if name == "full":
+        return Full()
+    if name == "tbptt":
+        if window is None:
+            raise ValueError("tbptt needs a window S >= 1")
+        return TBPTT(window)
+    if name == "incremental":
+        return Incremental(window, **kwargs)
+    if name == "unbiased":
+        return Unbiased(window, **kwargs)
+    raise ValueError(f"unknown strategy {name!r}: choose full, tbptt, incremental or unbiased")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _encode_all(model, segments: list[torch.Tensor], batch: int, chunk: int | None = None) -> list[torch.Tensor]:
+    """Memories of several (B, l) segments in batched encoder calls; one (B, L, m, H) per segment."""
+    if not segments:
+        return []
+    flat = torch.cat(segments, dim=0)
+    step = (chunk or len(segments)) * batch
+    out = torch.cat([model.encode(flat[i : i + step]) for i in range(0, flat.shape[0], step)], dim=0)
+    return list(out.split(batch, dim=0))
+
+
+def _kv(model, memory: list[torch.Tensor], batch: int):
+    """Transfer head over the memories of earlier segments, side by side along the tokens."""
+    if not memory:
+        return None
+    # rows ordered (document, segment), which per_text turns into one row per document
+    return model.memory_kv(torch.stack(memory, dim=1).flatten(0, 1)).per_text(batch)
+
+
+def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
+    """d loss / d inputs, ``None`` where an input is unused; all ``None`` when nothing trainable
+    produced the loss (the first segment's decoder pass reads no memory)."""
+    if not loss.requires_grad:
+        return (None,) * len(inputs)
+    return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def _graph_context(mode: str):
+    if mode == "offload":
+        return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+    return contextlib.nullcontext()
+
+
+def _check_recompute(model, mode: str) -> None:
+    if mode != "recompute":
+        return
+    config = getattr(model, "config", None)
+    lora = getattr(config, "encoder_lora", None)
+    if lora is not None and lora.dropout > 0:
+        raise ValueError(
+            "graph_mode='recompute' rebuilds encoder graphs at backward time, which would draw new "
+            f"dropout masks (encoder_lora.dropout={lora.dropout}); set the dropout to 0 or use graph_mode='keep'"
+        )
+
+
+def _as_rng_state(state):
+    # random.Random state is a nested tuple; it may come back from a checkpoint as lists
+    if isinstance(state, list):
+        return tuple(_as_rng_state(s) for s in state)
+    return state
+
+
+__all__ = ["Full", "TBPTT", "Incremental", "Unbiased", "TBPTTResult", "build_strategy", "count_targets",
+           "IGNORE_INDEX", "GRAPH_MODES"]
