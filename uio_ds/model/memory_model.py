@@ -187,8 +187,8 @@ class UIOMemoryModel(nn.Module):
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
         self.to(_TORCH_DTYPES[config.dtype])
         self._trainable = [p for n, p in self.named_parameters() if self._is_trainable_name(n)]
-        self._restore_trainable()
-        self._set_adapter(None)
+        self._active_adapter: str | None = None
+        self._set_adapter(None, force=True)
 
     # ------------------------------------------------------------------ construction
 
@@ -342,7 +342,12 @@ class UIOMemoryModel(nn.Module):
         for p in self._trainable:
             p.requires_grad_(True)
 
-    def _set_adapter(self, name: str | None) -> None:
+    def _set_adapter(self, name: str | None, force: bool = False) -> None:
+        # Switching walks every adapted layer; a decode loop asks for the same state on
+        # every token, so an unchanged state is not switched again.
+        if not force and name == self._active_adapter:
+            return
+        self._active_adapter = name
         for layer in self._lora_layers:
             if name is None:
                 layer.enable_adapters(False)
@@ -612,7 +617,7 @@ class UIOMemoryModel(nn.Module):
             raise ValueError(f"saved <mem> embeddings have shape {tuple(mem.shape)}, expected {tuple(self.mem_embeddings.shape)}")
         with torch.no_grad():
             self.mem_embeddings.copy_(mem)
-        self._set_adapter(None)
+        self._set_adapter(None, force=True)
 
 
 def _check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
