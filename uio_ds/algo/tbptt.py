@@ -57,6 +57,7 @@ class TBPTTResult:
     loss_sum: float
     num_tokens: int
     segment_loss_sums: list[float] = field(default_factory=list)
+    """Summed loss per segment position (0 = first segment of a document), over all documents."""
     segment_num_tokens: list[int] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
 
@@ -65,14 +66,20 @@ class TBPTTResult:
         return self.loss_sum / max(self.num_tokens, 1)
 
     def merge(self, other: "TBPTTResult") -> "TBPTTResult":
-        """Sum of two results (gradients add; statistics add, maxima take the max)."""
+        """Sum of two results: gradients add, per-segment-position losses add position by position,
+        statistics add (``max_*`` take the max)."""
         grads = [a if b is None else b if a is None else a + b for a, b in zip(self.grads, other.grads)]
         stats = dict(self.stats)
         for k, v in other.stats.items():
             stats[k] = max(stats.get(k, 0), v) if k.startswith("max_") else stats.get(k, 0) + v
         return TBPTTResult(grads, self.loss_sum + other.loss_sum, self.num_tokens + other.num_tokens,
-                           self.segment_loss_sums + other.segment_loss_sums,
-                           self.segment_num_tokens + other.segment_num_tokens, stats)
+                           _add_lists(self.segment_loss_sums, other.segment_loss_sums),
+                           _add_lists(self.segment_num_tokens, other.segment_num_tokens), stats)
+
+
+def _add_lists(a: list, b: list) -> list:
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
 
 
 def count_targets(documents: Sequence[torch.Tensor]) -> int:

@@ -60,12 +60,12 @@ def group_records(
     joiner: str = "\n",
 ) -> tuple[list[dict], GroupingStats]:
     """Documents (dicts with ``doc_id``, ``text``, ``num_records``, ``num_chars``, ``order``) in
-    first-seen order, from jsonl ``files``; records of one document need not be adjacent."""
+    first-seen order, from jsonl ``files``; records of one document need not be adjacent.
+    With ``group_by`` empty every record is a document, named by its file and line."""
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"corpus file(s) not found: {missing}")
-    if not group_by:
-        raise ValueError("group_by is empty: name the record field(s) that identify a document, e.g. ['book']")
+    group_by = tuple(group_by or ())  # empty: every record is a document of its own
     stats = GroupingStats()
     docs: dict[tuple, list[str]] = {}
     for path in files:
@@ -99,7 +99,8 @@ def group_records(
                 if any(k not in record for k in group_by):
                     stats.skip(f"missing group key(s) {[k for k in group_by if k not in record]}", where)
                     continue
-                docs.setdefault(tuple(record[k] for k in group_by), []).append(text.strip())
+                key = tuple(record[k] for k in group_by) if group_by else (where,)
+                docs.setdefault(key, []).append(text.strip())
     out = []
     for order, (key, texts) in enumerate(docs.items()):
         text = joiner.join(texts)

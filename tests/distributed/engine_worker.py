@@ -1,0 +1,46 @@
+"""Run by the real ``deepspeed`` launcher from tests/test_engine.py: a few optimizer steps under
+several DeepSpeed configs, ranks holding different numbers of documents and segments. Rank 0
+saves the trainable parameters after every step for comparison with a single-process reference."""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import torch  # noqa: E402
+
+from engine_cases import CASES, case_documents, case_model, case_train_config  # noqa: E402
+from uio_ds import engine  # noqa: E402
+from uio_ds.algo import build_strategy  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--local_rank", type=int, default=-1)
+    args = p.parse_args()
+    rank, world = engine.init_distributed()
+    for name, case in CASES.items():
+        cfg = case_train_config(args.model, case)
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ds_configs", case["ds"])) as f:
+            ds_config, graph_mode = engine.resolve_ds_config(json.load(f), cfg, world)
+        model = case_model(args.model, case)
+        strategy = build_strategy(case["algorithm"], case["window"])
+        eng = engine.UIOEngine(model, ds_config, strategy,
+                               lr_lambda=lambda step, cfg=cfg: cfg.optim.lr_multiplier(step, cfg.steps))
+        history = []
+        for step in range(case["steps"]):
+            out = eng.train_step(case_documents(case, rank, step))
+            history.append({"loss": out.loss, "grad_norm": out.grad_norm, "lr": out.lr, "tokens": out.tokens,
+                            "params": [p.detach().clone() for p in model.trainable_parameters()]})
+        if rank == 0:
+            torch.save({"history": history, "graph_mode": graph_mode}, os.path.join(args.out, f"{name}.pt"))
+        engine.barrier()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""DeepSpeed ZeRO-1/2 steps on two real CPU ranks against a single-process PyTorch reference."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
+
+from engine_cases import CASES, WORLD, case_documents, case_model, case_train_config  # noqa: E402
+from uio_ds.algo import build_strategy, count_targets  # noqa: E402
+from uio_ds.config import ConfigError  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def deepspeed_env() -> dict:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(tiny_dirs, tmp_path_factory):
+    """Every case of engine_cases.CASES, run once through the deepspeed launcher with 2 CPU ranks."""
+    out = tmp_path_factory.mktemp("engine")
+    cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", "29631",
+           os.path.join(REPO, "tests", "distributed", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
+    proc = subprocess.run(cmd, env=deepspeed_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in CASES}
+
+
+def reference(model_dir: str, case: dict) -> list[dict]:
+    """The same steps in one process: each rank's gradient by the same strategy, averaged the way
+    the global token-weighted mean demands, clipped like DeepSpeed, and torch's AdamW."""
+    cfg = case_train_config(model_dir, case)
+    model = case_model(model_dir, case)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.optim.lr_multiplier(s, cfg.steps))
+    strategy = build_strategy(case["algorithm"], case["window"])
+    history = []
+    for step in range(case["steps"]):
+        docs = [case_documents(case, r, step) for r in range(WORLD)]
+        total = sum(count_targets([d.unsqueeze(0) for d in rank_docs]) for rank_docs in docs)
+        results = [strategy.run(model, rank_docs, loss_scale=1.0 / total) for rank_docs in docs]
+        grads = [sum(g for g in gs if g is not None) for gs in zip(*(r.grads for r in results))]
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item()
+        coef = case["clip"] / (norm + 1e-6)
+        for p, g in zip(params, grads):
+            p.grad = g * coef if case["clip"] > 0 and coef < 1 else g.clone()
+        opt.step()
+        sched.step()
+        history.append({"params": [p.detach().clone() for p in params], "grad_norm": norm,
+                        "loss": sum(r.loss_sum for r in results) / total, "lr": sched.get_last_lr()[0]})
+    return history
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.flatten().double() for t in tensors])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_rank_steps_match_reference(deepspeed_runs, tiny_dirs, name):
+    case = CASES[name]
+    got = deepspeed_runs[name]["history"]
+    want = reference(tiny_dirs["llama"], case)
+    start = flat(case_model(tiny_dirs["llama"], case).trainable_parameters())
+    for step, (g, w) in enumerate(zip(got, want)):
+        update_ds, update_ref = flat(g["params"]) - start, flat(w["params"]) - start
+        err = ((update_ds - update_ref).norm() / update_ref.norm()).item()
+        # fp32 rounding only; it grows over steps as Adam amplifies tiny differences
+        assert err < 1e-5 * 10**step, f"step {step}: relative update error {err:.2e}"
+        assert g["loss"] == pytest.approx(w["loss"], rel=1e-5)
+        assert g["grad_norm"] == pytest.approx(w["grad_norm"], rel=1e-4)
+    # the parameters really moved, and clipping happened where asked
+    assert (flat(got[-1]["params"]) - start).norm() > 1e-3
+    if case["clip"] == 0.5:
+        assert want[0]["grad_norm"] > 0.5
+
+
+def test_offload_config_keeps_encoder_graphs_on_cpu(deepspeed_runs):
+    assert deepspeed_runs["zero2_offload"]["graph_mode"] == "offload"
+    assert deepspeed_runs["zero2"]["graph_mode"] == "keep"
+
+
+def test_every_shipped_deepspeed_config_resolves(tiny_dirs):
+    from uio_ds.engine import resolve_ds_config
+
+    cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
+    configs = sorted(f for f in os.listdir(os.path.join(REPO, "ds_configs")) if f.endswith(".json"))
+    assert {"zero1.json", "zero2.json", "zero2_offload.json"} <= set(configs)
+    for name in configs:
+        with open(os.path.join(REPO, "ds_configs", name)) as f:
+            raw = json.load(f)
+        assert "gradient_clipping" in raw, name  # stated explicitly in every shipped file
+        ds, _ = resolve_ds_config(raw, cfg, 2)
+        assert "auto" not in json.dumps(ds), name
+        assert ds["gradient_clipping"] == 0.5 and ds["train_batch_size"] == 2
+        assert ds["optimizer"]["params"]["torch_adam"] is True  # CPU: no fused Adam
+
+
+def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
+    from uio_ds.engine import resolve_ds_config
+
+    cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
+    raw = {"gradient_accumulation_steps": 4, "zero_optimization": {"stage": 3}, "bf16": {"enabled": True},
+           "optimizer": {"type": "Lamb", "params": {"lr": 0.5}}, "scheduler": {"type": "WarmupLR"}}
+    with pytest.raises(ConfigError) as err:
+        resolve_ds_config(raw, cfg, 2)
+    text = str(err.value)
+    for needle in ("gradient_accumulation_steps=4", "no gradient_clipping", "stage=3", "bf16.enabled=True",
+                   "optimizer.type='Lamb'", "optimizer.params.lr=0.5", "scheduler section"):
+        assert needle in text, needle

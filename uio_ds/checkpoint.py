@@ -1,0 +1,82 @@
+"""Checkpoint directory protocol: complete markers, an atomic ``latest`` pointer, keep-last-N.
+
+A checkpoint ``<root>/step00000042/`` is written by every rank (DeepSpeed's sharded files).
+Only after all ranks have finished does rank 0 write ``COMPLETE`` inside it and then
+replace ``<root>/latest`` atomically (write a temporary file, ``os.replace``). A save that
+is interrupted at any point therefore leaves ``latest`` naming the previous complete
+checkpoint; incomplete directories are ignored on resume and deleted by the next prune.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+_TAG = re.compile(r"^step(\d{8})$")
+
+
+def step_tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def tag_step(tag: str) -> int:
+    m = _TAG.match(tag)
+    if not m:
+        raise ValueError(f"{tag!r} is not a uio_ds checkpoint tag (stepNNNNNNNN)")
+    return int(m.group(1))
+
+
+def is_complete(root: str, tag: str) -> bool:
+    return os.path.isfile(os.path.join(root, tag, COMPLETE))
+
+
+def complete_tags(root: str) -> list[str]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(t for t in os.listdir(root) if _TAG.match(t) and is_complete(root, t))
+
+
+def latest_tag(root: str) -> str | None:
+    """The checkpoint to resume from: ``latest`` if it names a complete one, else the newest complete."""
+    path = os.path.join(root, LATEST)
+    if os.path.isfile(path):
+        with open(path) as f:
+            tag = f.read().strip()
+        if _TAG.match(tag) and is_complete(root, tag):
+            return tag
+    tags = complete_tags(root)
+    return tags[-1] if tags else None
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def mark_complete(root: str, tag: str, info: dict) -> None:
+    """Rank 0, after every rank finished writing ``tag``: mark it complete, then point ``latest`` at it."""
+    _atomic_write(os.path.join(root, tag, COMPLETE), json.dumps({**info, "time": time.time()}))
+    _atomic_write(os.path.join(root, LATEST), tag)
+
+
+def prune(root: str, keep_last: int) -> list[str]:
+    """Delete complete checkpoints beyond the newest ``keep_last`` and incomplete leftovers older than
+    the newest complete one (a save still running is never older). Returns what was deleted."""
+    tags = complete_tags(root)
+    removed = tags[:-keep_last] if keep_last > 0 else []
+    if tags:
+        newest = tag_step(tags[-1])
+        removed += [t for t in os.listdir(root) if _TAG.match(t) and not is_complete(root, t) and tag_step(t) < newest]
+    for tag in removed:
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+    return removed

@@ -1,0 +1,239 @@
+"""Training documents: read sources, tokenise once (cached through ``datasets``), mix, shard, resume.
+
+Sources are checked before any work (a missing file or an empty glob fails with its path).
+Bad records are skipped and counted (see ``uio_ds.data.corpus.group_records``). Each source
+is tokenised once per tokenizer and cached as a ``datasets`` Arrow directory. Documents
+shorter than ``min_tokens`` are skipped; longer than ``max_tokens`` are cut into pieces.
+
+``DocumentStream`` draws, for every optimizer step, ``world_size * documents_per_step``
+pieces: a source by weight, then the next piece of that source's seeded permutation
+(a new permutation each epoch). Every rank draws the same sequence and keeps its own
+slice, so ranks read different documents and the whole state is a few integers.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from uio_ds.data.corpus import CORPUS_FILE, GroupingStats, group_records
+from uio_ds.train_config import DataConfig, SourceConfig
+
+TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+
+
+def source_files(source: SourceConfig) -> list[str]:
+    """The files of a source, checked to exist and be readable (raises with the path otherwise)."""
+    path = source.path
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, CORPUS_FILE)):
+            raise FileNotFoundError(
+                f"data source {path!r} is a directory but not a prepared corpus (no {CORPUS_FILE}); "
+                "give files, a glob, or run `python -m uio_ds prepare-corpus`"
+            )
+        return [path]
+    files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
+    if not files:
+        raise FileNotFoundError(f"data source glob {path!r} matches no file")
+    for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"data source file {f!r} not found")
+        if not f.endswith(TEXT_SUFFIXES):
+            raise ValueError(f"data source file {f!r}: unsupported type; use one of {list(TEXT_SUFFIXES)}")
+        if not os.access(f, os.R_OK):
+            raise PermissionError(f"data source file {f!r} is not readable")
+    return files
+
+
+def read_texts(source: SourceConfig) -> tuple[list[str], GroupingStats]:
+    """Document texts of a source, bad records skipped and counted."""
+    files = source_files(source)
+    if os.path.isdir(files[0]):
+        from datasets import load_from_disk
+
+        corpus = load_from_disk(files[0])
+        if source.split not in corpus:
+            raise ValueError(f"prepared corpus {files[0]} has no split {source.split!r} (it has {list(corpus)})")
+        return list(corpus[source.split]["text"]), GroupingStats(records=len(corpus[source.split]))
+    texts, stats = [], GroupingStats()
+    jsonl = [f for f in files if f.endswith((".jsonl", ".json"))]
+    if jsonl:
+        docs, stats = group_records(jsonl, source.text_field, group_by=())
+        texts += [d["text"] for d in docs]
+    for f in files:
+        if f.endswith(".parquet"):
+            from datasets import load_dataset
+
+            table = load_dataset("parquet", data_files=f, split="train")
+            if source.text_field not in table.column_names:
+                raise ValueError(f"{f}: no column {source.text_field!r} (columns: {table.column_names})")
+            for row, text in enumerate(table[source.text_field]):
+                stats.records += 1
+                if not isinstance(text, str) or not text.strip():
+                    stats.skip("missing, non-string or empty text", f"{f}:row {row}")
+                else:
+                    texts.append(text)
+        elif f.endswith(".txt"):
+            stats.records += 1
+            try:
+                with open(f, encoding="utf-8") as handle:
+                    text = handle.read()
+            except UnicodeDecodeError:
+                stats.skip("undecodable bytes (not UTF-8)", f)
+                continue
+            if text.strip():
+                texts.append(text)
+            else:
+                stats.skip("empty text", f)
+    return texts, stats
+
+
+def _fingerprint(source: SourceConfig, tokenizer) -> str:
+    files = source_files(source)
+    parts = []
+    for f in files:
+        target = os.path.join(f, "dataset_dict.json") if os.path.isdir(f) else f
+        st = os.stat(target)
+        parts.append([os.path.abspath(f), st.st_size, int(st.st_mtime)])
+    vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer.get_vocab())
+    key = json.dumps([parts, source.text_field, source.split, hashlib.sha1(vocab.encode()).hexdigest()])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=print):
+    """A ``datasets.Dataset`` with ``input_ids`` per document, built once per source and tokenizer."""
+    from datasets import Dataset, load_from_disk
+
+    path = os.path.join(cache_dir, _fingerprint(source, tokenizer))
+    if os.path.isfile(os.path.join(path, "uio_stats.json")):
+        with open(os.path.join(path, "uio_stats.json")) as f:
+            return load_from_disk(path), json.load(f)
+    texts, stats = read_texts(source)
+    if not texts:
+        raise ValueError(f"data source {source.path!r} has no usable document: {stats.skipped} {stats.examples}")
+    dataset = Dataset.from_dict({"text": texts}).map(
+        lambda batch: {"input_ids": tokenizer(batch["text"])["input_ids"]},
+        batched=True,
+        remove_columns=["text"],
+        desc=f"tokenising {source.name or source.path}",
+    )
+    info = {"records": stats.records, "skipped": stats.skipped, "examples": stats.examples, "documents": len(texts)}
+    staging = f"{path}.tmp-{os.getpid()}"
+    dataset.save_to_disk(staging)
+    with open(os.path.join(staging, "uio_stats.json"), "w") as f:
+        json.dump(info, f)
+    if os.path.exists(path):  # another rank finished first: keep its copy
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        os.replace(staging, path)
+    return load_from_disk(path), info
+
+
+def document_pieces(lengths: list[int], min_tokens: int, max_tokens: int | None) -> tuple[list[tuple], int]:
+    """(document, start, stop) pieces: long documents cut at ``max_tokens``, short pieces dropped.
+    Returns the pieces and the number of documents or tails skipped as too short."""
+    pieces, skipped = [], 0
+    for i, n in enumerate(lengths):
+        step = max_tokens or n
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            if stop - start >= min_tokens:
+                pieces.append((i, start, stop))
+            else:
+                skipped += 1
+    return pieces, skipped
+
+
+@dataclass
+class StreamState:
+    draws: int = 0
+    cursors: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    mix_rng: object = None
+
+
+class DocumentStream:
+    """Seeded, resumable stream of training documents, sharded over data-parallel ranks."""
+
+    def __init__(self, datasets: list, config: DataConfig, world_size: int = 1, rank: int = 0):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.config, self.world_size, self.rank = config, world_size, rank
+        self.datasets = datasets
+        self.pieces, self.skipped_short = [], 0
+        for ds in datasets:
+            lengths = [len(ids) for ids in ds["input_ids"]]
+            pieces, skipped = document_pieces(lengths, config.min_tokens, config.max_tokens)
+            self.pieces.append(pieces)
+            self.skipped_short += skipped
+        empty = [config.sources[i].path for i, p in enumerate(self.pieces) if not p]
+        if empty:
+            raise ValueError(f"data source(s) {empty} have no document of at least {config.min_tokens} tokens")
+        total = sum(s.weight for s in config.sources)
+        self.weights = [s.weight / total for s in config.sources]
+        self.state = StreamState(cursors=[0] * len(datasets), epochs=[0] * len(datasets))
+        self._mix = random.Random(config.seed)
+        self._orders: dict[int, tuple[int, list[int]]] = {}
+
+    def _order(self, source: int, epoch: int) -> list[int]:
+        cached = self._orders.get(source)
+        if cached is None or cached[0] != epoch:  # one permutation per source and epoch, kept per source
+            order = list(range(len(self.pieces[source])))
+            random.Random(f"{self.config.seed}/{source}/{epoch}").shuffle(order)
+            self._orders[source] = (epoch, order)
+        return self._orders[source][1]
+
+    def _draw(self) -> tuple[int, int]:
+        source = self._mix.choices(range(len(self.weights)), weights=self.weights)[0]
+        piece = self._order(source, self.state.epochs[source])[self.state.cursors[source]]
+        self.state.cursors[source] += 1
+        if self.state.cursors[source] == len(self.pieces[source]):
+            self.state.cursors[source] = 0
+            self.state.epochs[source] += 1
+        self.state.draws += 1
+        return source, piece
+
+    def next_documents(self) -> list[torch.Tensor]:
+        """This rank's documents for the next optimizer step (1-D token tensors, lengths may differ)."""
+        k = self.config.documents_per_step
+        drawn = [self._draw() for _ in range(self.world_size * k)]
+        mine = drawn[self.rank * k : (self.rank + 1) * k]
+        out = []
+        for source, piece in mine:
+            doc, start, stop = self.pieces[source][piece]
+            ids = self.datasets[source][doc]["input_ids"][start:stop]
+            out.append(torch.tensor(ids, dtype=torch.long))
+        return out
+
+    def state_dict(self) -> dict:
+        return {"draws": self.state.draws, "cursors": list(self.state.cursors), "epochs": list(self.state.epochs),
+                "mix_rng": self._mix.getstate(), "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = StreamState(state["draws"], list(state["cursors"]), list(state["epochs"]))
+        self._mix.setstate(_tuplify(state["mix_rng"]))
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int = 0, log=print) -> tuple[DocumentStream, dict]:
+    """Tokenise (or load from cache) every source and build the stream; returns it with data statistics."""
+    datasets, info = [], {}
+    for source in config.sources:
+        ds, stats = tokenize_source(source, tokenizer, config.cache_dir, log=log)
+        datasets.append(ds)
+        info[source.name or source.path] = stats
+    stream = DocumentStream(datasets, config, world_size, rank)
+    info["skipped_short_pieces"] = stream.skipped_short
+    info["pieces"] = [len(p) for p in stream.pieces]
+    return stream, info

@@ -1,0 +1,277 @@
+"""Everything DeepSpeed, in one module.
+
+One optimizer step under ZeRO-1/2:
+
+1. every rank counts its scored tokens; one all-reduce gives the global count N;
+2. the TBPTT strategy runs the documents of this rank, with every decoder and encoder
+   pass going through the memory model's own methods (never the engine's root
+   forward, which DeepSpeed hooks), and returns gradients of
+   ``world_size / N * (summed token loss)`` in buffers (``torch.autograd.grad``);
+3. ONE engine forward computes a surrogate scalar ``sum_p <p, buffer_p>`` whose gradient
+   with respect to each trainable parameter is exactly its buffer, then ONE
+   ``engine.backward`` and ``engine.step()``.
+
+DeepSpeed therefore reduces (averages over ranks) exactly once per step, whatever number
+of segments or backward passes each rank ran, and the average is the gradient of the
+token-weighted mean loss over all ranks' documents. Calling ``engine.backward`` once per
+segment instead was measured to give silently wrong parameters (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed  # noqa: E402
+import deepspeed.comm as dist  # noqa: E402
+
+from uio_ds.algo.tbptt import Strategy, count_targets  # noqa: E402
+from uio_ds.config import ConfigError  # noqa: E402
+from uio_ds.train_config import TrainConfig  # noqa: E402
+
+SUPPORTED_ZERO_STAGES = (0, 1, 2)
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group (gloo on CPU, NCCL on GPUs); returns (rank, world_size)."""
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    elif "OMP_NUM_THREADS" not in os.environ:
+        # CPU ranks share the machine's cores; more threads than cores slows every rank down.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum of ``values`` over ranks (float64 on the communication device)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_max(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int) -> tuple[dict, str]:
+    """Fill the ``"auto"`` values of a DeepSpeed config from the training config, check that the two
+    agree, and choose where retained encoder graphs live. Returns (DeepSpeed config, graph mode).
+
+    Every problem is collected and raised at once, before any model is loaded."""
+    ds = copy.deepcopy(raw)
+    problems: list[str] = []
+    on_gpu = torch.cuda.is_available()
+
+    def fill(section: dict, key: str, value, where: str, explicit_must_match: bool = True):
+        current = section.get(key, "auto")
+        if current == "auto":
+            section[key] = value
+        elif explicit_must_match and current != value:
+            problems.append(f"DeepSpeed {where}={current!r} disagrees with the training config ({value!r}): "
+                            f"set it to \"auto\" or make the two equal")
+
+    docs = cfg.data.documents_per_step
+    fill(ds, "train_micro_batch_size_per_gpu", docs, "train_micro_batch_size_per_gpu")
+    gas = ds.get("gradient_accumulation_steps", "auto")
+    if gas not in ("auto", 1):
+        problems.append(f"DeepSpeed gradient_accumulation_steps={gas!r}: must be 1 (or \"auto\"); gradients of "
+                        "data.documents_per_step documents are accumulated inside one step, set that instead")
+    ds["gradient_accumulation_steps"] = 1
+    fill(ds, "train_batch_size", docs * world_size, "train_batch_size")
+    if "gradient_clipping" not in raw:
+        problems.append("DeepSpeed config has no gradient_clipping: state it (\"auto\" takes optim.grad_clip); "
+                        "DeepSpeed's default silently clips at 1.0")
+    else:
+        fill(ds, "gradient_clipping", float(cfg.optim.grad_clip), "gradient_clipping")
+
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    if opt.get("type") not in ("AdamW", "Adam"):
+        problems.append(f"DeepSpeed optimizer.type={opt.get('type')!r}: uio_ds configures AdamW (or Adam)")
+    params = opt.setdefault("params", {})
+    fill(params, "lr", cfg.optim.lr, "optimizer.params.lr")
+    fill(params, "betas", list(cfg.optim.betas), "optimizer.params.betas")
+    fill(params, "eps", cfg.optim.eps, "optimizer.params.eps")
+    fill(params, "weight_decay", cfg.optim.weight_decay, "optimizer.params.weight_decay")
+    # DeepSpeed's fused Adam needs CUDA; on CPU ranks torch's AdamW does the same update.
+    fill(params, "torch_adam", not on_gpu, "optimizer.params.torch_adam", explicit_must_match=False)
+    if params["torch_adam"] is False and not on_gpu:
+        problems.append("DeepSpeed optimizer.params.torch_adam=false needs CUDA (fused Adam): use \"auto\" on CPU")
+
+    if "scheduler" in ds:
+        problems.append("DeepSpeed config has a scheduler section: uio_ds schedules the learning rate itself "
+                        "(optim.warmup_steps, optim.min_lr_ratio); remove the section")
+
+    dtype = cfg.uio.dtype
+    for key, wanted in (("bf16", dtype == "bfloat16"), ("fp16", dtype == "float16")):
+        section = ds.setdefault(key, {})
+        enabled = section.get("enabled", "auto")
+        if enabled == "auto":
+            section["enabled"] = wanted
+        elif bool(enabled) != wanted:
+            problems.append(f"DeepSpeed {key}.enabled={enabled} but uio.dtype={dtype!r}: set {key}.enabled to "
+                            f"\"auto\" or change uio.dtype")
+
+    zero = ds.setdefault("zero_optimization", {"stage": 2})
+    stage = zero.get("stage", 0)
+    if stage not in SUPPORTED_ZERO_STAGES:
+        problems.append(
+            f"DeepSpeed zero_optimization.stage={stage}: uio_ds supports stages {list(SUPPORTED_ZERO_STAGES)}. "
+            "ZeRO-3 gathers parameters in hooks on module forwards and needs the same forwards on every rank, "
+            "while TBPTT runs a different number of segment passes per rank; use stage 2"
+        )
+    if zero.get("offload_optimizer", {}).get("device") not in (None, "none", "cpu"):
+        problems.append("DeepSpeed zero_optimization.offload_optimizer.device: only \"cpu\" is supported")
+
+    cpu_activations = bool(ds.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
+    graph_mode = cfg.algorithm.graph_mode
+    if graph_mode == "auto":
+        graph_mode = "offload" if cpu_activations else "keep"
+    elif cpu_activations and graph_mode != "offload":
+        problems.append(f"DeepSpeed activation_checkpointing.cpu_checkpointing=true but algorithm.graph_mode="
+                        f"{graph_mode!r}: use graph_mode \"auto\" or \"offload\"")
+    ds.pop("activation_checkpointing", None)  # honoured by graph_mode; no DeepSpeed checkpointing API is used
+    if problems:
+        raise ConfigError("DeepSpeed config", problems)
+    return ds, graph_mode
+
+
+class SurrogateObjective(nn.Module):
+    """The engine's root module: forward(buffers) = sum_p <p, buffer_p>, so that d/dp = buffer_p.
+
+    It owns the memory model, so DeepSpeed sees (and partitions, casts, checkpoints) its
+    parameters; the training passes themselves call ``self.model``'s methods directly."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, buffers: list[torch.Tensor], loss_scale: float = 1.0) -> torch.Tensor:
+        """``buffers`` hold gradients already multiplied by ``loss_scale`` (fp16); the value is
+        divided by it because engine.backward multiplies by it again (a power of two: exact)."""
+        params = self.model.trainable_parameters()
+        if len(buffers) != len(params):
+            raise ValueError(f"{len(buffers)} gradient buffers for {len(params)} trainable parameters")
+        return sum((p * g.to(p.dtype)).sum() for p, g in zip(params, buffers)) / loss_scale
+
+
+@dataclass
+class StepOutput:
+    """One optimizer step, reduced over all ranks."""
+
+    loss: float
+    tokens: int
+    grad_norm: float | None
+    lr: float
+    segment_loss_sums: list[float] = field(default_factory=list)
+    segment_tokens: list[float] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+
+class UIOEngine:
+    """A DeepSpeed engine over the trainable parts of a memory model, stepped by a TBPTT strategy."""
+
+    def __init__(self, model: nn.Module, ds_config: dict, strategy: Strategy, lr_lambda=None):
+        """``lr_lambda(step) -> factor`` of the base learning rate (default: constant)."""
+        self.model = model
+        self.strategy = strategy
+        self.objective = SurrogateObjective(model)
+        schedule = lr_lambda or (lambda step: 1.0)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=self.objective,
+            model_parameters=model.trainable_parameters(),
+            config=ds_config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        )
+        self.world_size = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.fp16 = self.engine.fp16_enabled()
+
+    @property
+    def global_step(self) -> int:
+        return self.engine.global_steps
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def _loss_scale(self) -> float:
+        # Under fp16 the strategy's gradients carry the dynamic loss scale (no underflow in the
+        # fp16 backward passes); DeepSpeed unscales them in its fp32 master copy as usual.
+        if not self.fp16:
+            return 1.0
+        return float(getattr(self.optimizer, "cur_scale", None) or getattr(self.optimizer, "loss_scale", 1.0))
+
+    def train_step(self, documents: list[torch.Tensor]) -> StepOutput:
+        """One optimizer step over this rank's ``documents`` (1-D or (B, T) token tensors)."""
+        documents = [d.to(device()) for d in documents]
+        local_tokens = count_targets([d.unsqueeze(0) if d.ndim == 1 else d for d in documents])
+        global_tokens = int(all_reduce_sum([local_tokens])[0])
+        loss_scale = self._loss_scale()
+        result = self.strategy.run(self.model, documents, loss_scale=self.world_size * loss_scale / global_tokens)
+        params = self.model.trainable_parameters()
+        # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
+        buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]
+        surrogate = self.engine(buffers, loss_scale)
+        self.engine.backward(surrogate)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        skipped = bool(getattr(self.optimizer, "overflow", False))
+
+        # Reduced statistics for logging: global token-weighted loss and per-segment-position loss.
+        positions = all_reduce_max(len(result.segment_loss_sums))
+        pad = positions - len(result.segment_loss_sums)
+        sums = all_reduce_sum(
+            [result.loss_sum] + list(result.segment_loss_sums) + [0.0] * pad
+            + list(map(float, result.segment_num_tokens)) + [0.0] * pad
+        )
+        stats = {k: v for k, v in result.stats.items() if not k.startswith("max_")}
+        reduced = all_reduce_sum(list(stats.values())) if stats else []
+        return StepOutput(
+            loss=sums[0] / global_tokens,
+            tokens=global_tokens,
+            grad_norm=float(norm) if norm is not None else None,
+            lr=self.lr(),
+            segment_loss_sums=sums[1 : 1 + positions],
+            segment_tokens=sums[1 + positions :],
+            stats=dict(zip(stats, reduced)),
+            skipped=skipped,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: str, tag: str, client_state: dict) -> None:
+        """Write ZeRO-partitioned optimizer state and the trainable weights (frozen base excluded)."""
+        self.engine.save_checkpoint(
+            directory, tag=tag, client_state=client_state, save_latest=False, exclude_frozen_parameters=True
+        )
+
+    def load(self, directory: str, tag: str) -> dict:
+        """Restore what ``save`` wrote; returns the client state."""
+        path, client_state = self.engine.load_checkpoint(
+            directory, tag=tag, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint {tag!r} in {directory}")
+        return client_state

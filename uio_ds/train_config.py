@@ -1,0 +1,303 @@
+"""Configuration of a training run: model, data, algorithm, optimisation, outputs.
+
+A run's config is one JSON file (``launch/configs/*.json``) plus ``--set a.b=value``
+overrides. ``TrainConfig.from_dict`` builds the nested dataclasses and collects every
+problem (unknown keys, bad values, bad combinations) into one ``ConfigError`` before
+any model or data is touched. The DeepSpeed config is DeepSpeed's own file; the engine
+fills its "auto" values from this config and checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from uio_ds.config import ConfigError, UIOConfig
+
+ALGORITHMS = ("full", "tbptt", "incremental", "unbiased")
+GRAPH_MODES = ("auto", "keep", "offload", "recompute")
+
+
+@dataclass
+class SourceConfig:
+    """One data source: text files or a corpus prepared by ``python -m uio_ds prepare-corpus``."""
+
+    path: str = ""
+    """A .jsonl / .json / .parquet / .txt file, a glob of them, or a prepared corpus directory."""
+
+    text_field: str = "text"
+    """Record field holding the document text (jsonl / parquet)."""
+
+    weight: float = 1.0
+    """Sampling weight when several sources are mixed (normalised over sources)."""
+
+    split: str = "train"
+    """Split of a prepared corpus directory to read."""
+
+    name: str = ""
+    """Name used in logs (default: the path)."""
+
+    def problems(self, where: str) -> list[str]:
+        out = []
+        if not self.path:
+            out.append(f"{where}.path is empty: give a file, a glob or a prepared corpus directory")
+        if not isinstance(self.weight, (int, float)) or self.weight <= 0:
+            out.append(f"{where}.weight={self.weight!r}: must be a positive number")
+        return out
+
+
+@dataclass
+class DataConfig:
+    """Documents, how they are cut and batched."""
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    """The data sources, mixed by weight."""
+
+    documents_per_step: int = 1
+    """Documents each rank reads per optimizer step (their gradients are summed)."""
+
+    min_tokens: int = 2
+    """Documents (or pieces) shorter than this are skipped and counted."""
+
+    max_tokens: int | None = None
+    """Longer documents are cut into consecutive pieces of at most this many tokens (None: no cut)."""
+
+    cache_dir: str = "cache/tokens"
+    """Where tokenised sources are cached (a datasets Arrow directory per source and tokenizer)."""
+
+    seed: int = 0
+    """Seed of the document order."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.sources:
+            out.append("data.sources is empty: give at least one source, e.g. {\"path\": \"data/kjv\"}")
+        for i, s in enumerate(self.sources):
+            out += s.problems(f"data.sources[{i}]")
+        if not isinstance(self.documents_per_step, int) or self.documents_per_step < 1:
+            out.append(f"data.documents_per_step={self.documents_per_step!r}: must be an integer >= 1")
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 2:
+            out.append(f"data.min_tokens={self.min_tokens!r}: must be >= 2 (one token scores nothing)")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < self.min_tokens):
+            out.append(f"data.max_tokens={self.max_tokens!r}: must be an integer >= data.min_tokens or null")
+        return out
+
+
+@dataclass
+class AlgorithmConfig:
+    """The gradient strategy (uio_ds.algo)."""
+
+    name: str = "unbiased"
+    """full, tbptt, incremental or unbiased."""
+
+    window: int | None = 4
+    """S: memories that take gradient per decoder step (null = all, for incremental)."""
+
+    compensate: bool = True
+    """unbiased only: multiply new contributions by max(1, (t-1)/S)."""
+
+    graph_mode: str = "auto"
+    """Retained encoder graphs: keep, offload (to CPU), recompute; auto = offload when the DeepSpeed
+    config asks for CPU activation checkpointing, else keep."""
+
+    encode_batch_size: int | None = None
+    """Segments per batched encoder call when memories are computed in parallel (null = all)."""
+
+    seed: int = 0
+    """Seed of the reservoir."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.name not in ALGORITHMS:
+            out.append(f"algorithm.name={self.name!r}: choose one of {list(ALGORITHMS)}")
+        if self.graph_mode not in GRAPH_MODES:
+            out.append(f"algorithm.graph_mode={self.graph_mode!r}: choose one of {list(GRAPH_MODES)}")
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+            out.append(f"algorithm.window={self.window!r}: must be an integer >= 1 or null")
+        if self.name in ("tbptt", "unbiased") and self.window is None:
+            out.append(f"algorithm.window is null but {self.name} needs a window S >= 1")
+        if self.name in ("full", "tbptt") and self.graph_mode not in ("auto", "keep"):
+            out.append(f"algorithm.graph_mode={self.graph_mode!r} applies to incremental/unbiased only")
+        return out
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to ``lr * min_lr_ratio`` at the last step."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+
+    def lr_multiplier(self, step: int, total_steps: int) -> float:
+        """Learning-rate factor for the optimizer step with index ``step`` (0-based): linear warm-up
+        reaching 1 at the last warm-up step, then a cosine to ``min_lr_ratio`` at the last step."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, total_steps - self.warmup_steps - 1)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+            out.append(f"optim.lr={self.lr!r}: must be > 0")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            out.append(f"optim.warmup_steps={self.warmup_steps!r}: must be an integer >= 0")
+        if not isinstance(self.min_lr_ratio, (int, float)) or not 0 <= self.min_lr_ratio <= 1:
+            out.append(f"optim.min_lr_ratio={self.min_lr_ratio!r}: must be in [0, 1]")
+        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
+            out.append(f"optim.grad_clip={self.grad_clip!r}: must be >= 0")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            out.append(f"optim.weight_decay={self.weight_decay!r}: must be >= 0")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    model_path: str = ""
+    """Local base model directory (from_pretrained path)."""
+
+    uio: UIOConfig = field(default_factory=UIOConfig)
+    """The memory model."""
+
+    init_from: str | None = None
+    """Directory of trained UIO parts (save_trained) to start from; its UIO config must equal ``uio``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    steps: int = 100
+    """Optimizer steps."""
+
+    output_dir: str = "runs/uio"
+    """Checkpoints (``checkpoints/``), TensorBoard events (``tensorboard/``) and the exported parts (``final/``)."""
+
+    log_every: int = 1
+    save_every: int = 0
+    """Save a checkpoint every N steps (0: only at the end)."""
+
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
+
+    seed: int = 0
+    """Seed of torch (dropout) and of every generator not seeded elsewhere."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.model_path:
+            problems.append("model_path is empty: give a local model directory (e.g. models/smollm2)")
+        problems += self.data.problems() + self.algorithm.problems() + self.optim.problems()
+        for name in ("steps", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                problems.append(f"{name}={v!r}: must be an integer >= 1")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            problems.append(f"save_every={self.save_every!r}: must be an integer >= 0")
+        if not isinstance(self.keep_last, int) or self.keep_last < 1:
+            problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 1")
+        if problems:
+            raise ConfigError("training config", problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["uio"] = self.uio.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        problems: list[str] = []
+        built = _build(cls, data, "", problems)
+        if problems:
+            raise ConfigError("training config", problems)
+        return built
+
+    @classmethod
+    def from_file(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
+        """Read a JSON config and apply ``a.b=value`` overrides (values parsed as JSON, else strings)."""
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training config {path!r} not found") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError("training config", [f"{path} is not valid JSON: {err}"]) from None
+        return cls.from_dict(apply_overrides(data, overrides or []))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with each ``a.b.c=value`` set (value parsed as JSON when it parses, else a string)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("training config", [f"override {item!r}: expected key.path=value"])
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError("training config", [f"override {item!r}: {p} is not a section"])
+        node[parts[-1]] = value
+    return data
+
+
+def _build(cls, data: Any, where: str, problems: list[str]):
+    """Instantiate dataclass ``cls`` from ``data``, collecting problems instead of stopping at the first."""
+    if not isinstance(data, dict):
+        problems.append(f"{where or 'config'} must be a JSON object, got {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        problems.append(f"{where or 'config'}: unknown option(s) {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name in known & set(data):
+        value, hint, here = data[name], hints[name], f"{where}.{name}" if where else name
+        if hint is UIOConfig:
+            try:
+                kwargs[name] = UIOConfig.from_dict(value) if isinstance(value, dict) else value
+            except ConfigError as err:
+                problems += [f"uio.{p}" for p in err.problems]
+                continue
+        elif dataclasses.is_dataclass(hint):
+            value = _build(hint, value, here, problems)
+            if value is None:
+                continue
+            kwargs[name] = value
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+            if not isinstance(value, list):
+                problems.append(f"{here} must be a list")
+                continue
+            items = [_build(typing.get_args(hint)[0], v, f"{here}[{i}]", problems) for i, v in enumerate(value)]
+            kwargs[name] = [v for v in items if v is not None]
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    if problems:
+        return None
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        problems += err.problems
+        return None

@@ -1,0 +1,247 @@
+"""The training run: set-up, the step loop, logging, checkpoints, export.
+
+``Trainer.train()`` is a short list of calls; ``train_step()`` is one optimizer step and
+can be driven alone. All DeepSpeed work goes through ``uio_ds.engine``; this module never
+imports deepspeed. Rank 0 alone writes TensorBoard events, the progress bar and exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import torch
+
+from uio_ds import checkpoint as ckpt
+from uio_ds.algo.tbptt import build_strategy
+from uio_ds.train_config import TrainConfig
+
+STATE_FILE = "trainer_state_rank{rank}.pt"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _NullWriter:
+    """Stands in for TensorBoard on ranks other than 0."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        return None
+
+    def add_text(self, *args, **kwargs) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class Trainer:
+    """Trains the UIO parts of a memory model with a TBPTT strategy under DeepSpeed."""
+
+    def __init__(self, config: TrainConfig, ds_config: dict, resume: str | None = None, log=print):
+        self.config = config
+        self.raw_ds_config = ds_config
+        self.resume = resume
+        self._print = log
+        self.step = 0
+        self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+
+    # ------------------------------------------------------------------ set-up
+
+    def log(self, message: str) -> None:
+        if self.rank == 0:
+            self._print(message)
+
+    def setup(self) -> "Trainer":
+        from transformers import AutoTokenizer
+
+        from uio_ds import engine
+        from uio_ds.data.pipeline import build_stream
+        from uio_ds.model.memory_model import UIOMemoryModel
+
+        cfg = self.config
+        self.rank, self.world_size = engine.init_distributed()
+        ds_config, graph_mode = engine.resolve_ds_config(self.raw_ds_config, cfg, self.world_size)
+        torch.manual_seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+        if self.rank != 0:
+            engine.barrier()  # rank 0 tokenises and caches first; the others read its cache
+        self.stream, self.data_info = build_stream(cfg.data, tokenizer, self.world_size, self.rank, log=self.log)
+        if self.rank == 0:
+            engine.barrier()
+
+        if cfg.init_from:
+            model = UIOMemoryModel.from_pretrained(cfg.model_path, trained_path=cfg.init_from)
+            if model.config.to_dict() != cfg.uio.to_dict():
+                raise ValueError(f"init_from={cfg.init_from!r} holds a different UIO config than 'uio': make them equal")
+        else:
+            model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
+        model.to(engine.device())
+        self.model = model
+        algo = cfg.algorithm
+        kwargs = {}
+        if algo.name in ("incremental", "unbiased"):
+            kwargs = {"graph_mode": graph_mode, "encode_batch_size": algo.encode_batch_size}
+        if algo.name == "unbiased":
+            kwargs.update(seed=algo.seed + self.rank, compensate=algo.compensate)
+        self.strategy = build_strategy(algo.name, algo.window, **kwargs)
+        self.engine = engine.UIOEngine(
+            model, ds_config, self.strategy, lr_lambda=lambda step: cfg.optim.lr_multiplier(step, cfg.steps)
+        )
+        self.ds_config = ds_config
+
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
+                json.dump({"train": cfg.to_dict(), "deepspeed": ds_config, "world_size": self.world_size,
+                           "graph_mode": graph_mode, "data": self.data_info}, f, indent=2, default=str)
+            self.writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"))
+        else:
+            self.writer = _NullWriter()
+        summary = model.trainable_summary()
+        self.log(f"{self.world_size} rank(s), ZeRO stage {ds_config['zero_optimization'].get('stage', 0)}, "
+                 f"{self.strategy}, graph_mode={graph_mode}; trainable {summary['trainable']:,} of "
+                 f"{summary['total']:,} parameters ({100 * summary['share']:.2f}%)")
+        if self.resume:
+            self._resume(self.resume)
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """This rank's trainer state: step, data position, every random generator."""
+        return {
+            "step": self.step,
+            "world_size": self.world_size,
+            "stream": self.stream.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.stream.load_state_dict(state["stream"])
+        self.strategy.load_state_dict(state["strategy"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        random.setstate(state["python_rng"])
+
+    def save_checkpoint(self) -> str:
+        from uio_ds import engine
+
+        tag = ckpt.step_tag(self.step)
+        os.makedirs(os.path.join(self.checkpoint_dir, tag), exist_ok=True)
+        torch.save(self.state_dict(), os.path.join(self.checkpoint_dir, tag, STATE_FILE.format(rank=self.rank)))
+        self.engine.save(self.checkpoint_dir, tag, {"step": self.step})  # ends with a barrier
+        if self.rank == 0:
+            ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
+            removed = ckpt.prune(self.checkpoint_dir, self.config.keep_last)
+            self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
+                     + (f" (removed {', '.join(removed)})" if removed else ""))
+        engine.barrier()
+        return tag
+
+    def _resume(self, resume: str) -> None:
+        root = self.checkpoint_dir if resume in ("auto", "latest") else resume
+        tag = None
+        if os.path.isfile(os.path.join(root, ckpt.COMPLETE)):  # a checkpoint directory itself
+            root, tag = os.path.split(os.path.normpath(root))
+        tag = tag or ckpt.latest_tag(root)
+        if tag is None:
+            if resume == "auto":
+                self.log(f"no complete checkpoint in {root}: starting from step 0")
+                return
+            raise FileNotFoundError(f"no complete checkpoint to resume from in {root}")
+        with open(os.path.join(root, tag, ckpt.COMPLETE)) as f:
+            info = json.load(f)
+        if info["world_size"] != self.world_size:
+            raise RuntimeError(
+                f"checkpoint {tag} was written by {info['world_size']} rank(s) and this run has {self.world_size}: "
+                "ZeRO optimizer partitions and the data order depend on the number of ranks; resume with "
+                f"{info['world_size']} rank(s), or start a new run with init_from=<exported parts>"
+            )
+        self.engine.load(root, tag)
+        state = torch.load(os.path.join(root, tag, STATE_FILE.format(rank=self.rank)), weights_only=False)
+        self.load_state_dict(state)
+        self.log(f"resumed from {os.path.join(root, tag)} at step {self.step}")
+
+    # ------------------------------------------------------------------ training
+
+    def train_step(self):
+        """One optimizer step on the next documents of this rank; returns the engine's StepOutput."""
+        documents = self.stream.next_documents()
+        out = self.engine.train_step(documents)
+        self.step += 1
+        return out
+
+    def _log_step(self, out, seconds: float) -> None:
+        w, s = self.writer, self.step
+        w.add_scalar("train/loss", out.loss, s)
+        w.add_scalar("train/perplexity", float(torch.tensor(out.loss).exp()), s)
+        w.add_scalar("train/lr", out.lr, s)
+        if out.grad_norm is not None:
+            w.add_scalar("train/grad_norm", out.grad_norm, s)
+        w.add_scalar("speed/tokens_per_s", out.tokens / seconds, s)
+        w.add_scalar("speed/segments_per_s", out.stats.get("segments", 0) / seconds, s)
+        for i, (loss_sum, n) in enumerate(zip(out.segment_loss_sums, out.segment_tokens)):
+            if n > 0:
+                w.add_scalar(f"segment_loss/position_{i:03d}", loss_sum / n, s)
+        for key in ("evictions", "encoder_backward_passes", "encoder_graph_forwards", "encoder_recomputes"):
+            if key in out.stats:
+                w.add_scalar(f"algorithm/{key}", out.stats[key], s)
+        w.add_scalar("memory/rss_mb", _rss_mb(), s)
+        if torch.cuda.is_available():
+            w.add_scalar("memory/cuda_allocated_mb", torch.cuda.memory_allocated() / 2**20, s)
+            w.add_scalar("memory/cuda_peak_mb", torch.cuda.max_memory_allocated() / 2**20, s)
+        if out.skipped:
+            w.add_scalar("train/skipped_step", 1, s)
+
+    def train(self) -> list[float]:
+        """Run to ``config.steps``; returns the loss of every step run here."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        losses = []
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            start = time.perf_counter()
+            out = self.train_step()
+            seconds = time.perf_counter() - start
+            losses.append(out.loss)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._log_step(out, seconds)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.loss:.3f}", lr=f"{out.lr:.2e}", tok_s=f"{out.tokens / seconds:.0f}")
+            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        self.writer.flush()
+        if self.rank == 0:
+            final = os.path.join(cfg.output_dir, "final")
+            self.model.save_trained(final)
+            self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
+                     f"{os.path.join(cfg.output_dir, 'tensorboard')}")
+        return losses
+
+    def close(self) -> None:
+        self.writer.close()
