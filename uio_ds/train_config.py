@@ -185,7 +185,8 @@ class TrainConfig:
     """Optimizer steps."""
 
     output_dir: str = "runs/uio"
-    """Checkpoints (``checkpoints/``), TensorBoard events (``tensorboard/``) and the exported parts (``final/``)."""
+    """Checkpoints (``checkpoints/``), TensorBoard events (``tensorboard/``), per-step ``metrics.jsonl``
+    and the exported parts (``final/``)."""
 
     log_every: int = 1
     save_every: int = 0

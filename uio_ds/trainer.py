@@ -215,6 +215,11 @@ class Trainer:
             w.add_scalar("memory/cuda_peak_mb", torch.cuda.max_memory_allocated() / 2**20, s)
         if out.skipped:
             w.add_scalar("train/skipped_step", 1, s)
+        if self.rank == 0:
+            record = {"step": s, "loss": out.loss, "lr": out.lr, "grad_norm": out.grad_norm, "tokens": out.tokens,
+                      "seconds": round(seconds, 4), "skipped": out.skipped}
+            with open(os.path.join(self.config.output_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def train(self) -> list[float]:
         """Run to ``config.steps``; returns the loss of every step run here."""

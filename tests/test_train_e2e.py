@@ -1,0 +1,131 @@
+"""launch/train.py through the real ``deepspeed`` launcher on two CPU ranks: outputs, and kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from uio_ds import checkpoint as ckpt
+from uio_ds.data.synthetic import synthetic_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env() -> dict:
+    e = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
+    return e
+
+
+@pytest.fixture(scope="module")
+def run_config(tiny_dirs, tmp_path_factory):
+    """A training config over a jsonl of generated documents of different lengths."""
+    root = tmp_path_factory.mktemp("e2e")
+    with open(root / "docs.jsonl", "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"text": synthetic_text(8 + 5 * (i % 7), seed=i)}) + "\n")
+        f.write("{broken json\n")  # skipped and counted, not fatal
+    config = {
+        "model_path": tiny_dirs["llama"],
+        "uio": {"segment_length": 32, "compression_ratio": 8,
+                "encoder_lora": {"rank": 4, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+                "transfer_lora": {"rank": 4, "alpha": 16, "target_modules": ["k_proj", "v_proj"]}},
+        "data": {"sources": [{"path": str(root / "docs.jsonl")}], "documents_per_step": 2, "max_tokens": 200,
+                 "cache_dir": str(root / "cache")},
+        "algorithm": {"name": "unbiased", "window": 2},
+        "optim": {"lr": 0.003, "warmup_steps": 2},
+        "steps": 4,
+        "save_every": 2,
+        "keep_last": 1,
+    }
+    path = root / "config.json"
+    path.write_text(json.dumps(config))
+    return str(path), root
+
+
+def launch(config: str, out: str, port: int, *extra: str, background: bool = False):
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), os.path.join(REPO, "launch", "train.py"),
+           "--deepspeed", os.path.join(REPO, "ds_configs", "zero2.json"), "--config", config,
+           "--set", f"output_dir={out}", *extra]
+    if background:
+        return subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+def losses(out: str) -> dict[int, float]:
+    """Loss per step from metrics.jsonl (a step re-run after a resume keeps its last record)."""
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path):
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    proc = launch(config, out, 29641)
+    assert "trained UIO parts exported" in proc.stdout + proc.stderr
+    checkpoints = os.path.join(out, "checkpoints")
+    assert ckpt.complete_tags(checkpoints) == ["step00000004"]  # keep_last=1 removed step 2
+    assert ckpt.latest_tag(checkpoints) == "step00000004"
+    files = os.listdir(os.path.join(checkpoints, "step00000004"))
+    assert any("optim_states" in f for f in files) and "trainer_state_rank1.pt" in files
+    events = os.listdir(os.path.join(out, "tensorboard"))
+    assert any(f.startswith("events.out.tfevents") for f in events)
+    assert set(os.listdir(os.path.join(out, "final"))) >= {"encoder", "transfer", "uio_config.json",
+                                                          "mem_embeddings.safetensors"}
+    steps = losses(out)
+    assert sorted(steps) == [1, 2, 3, 4] and all(0 < v < 20 for v in steps.values())
+    with open(os.path.join(out, "run_config.json")) as f:
+        run = json.load(f)
+    assert run["world_size"] == 2 and run["deepspeed"]["zero_optimization"]["stage"] == 2
+    data = next(iter(run["data"].values()))
+    assert data["skipped"] == {"not valid JSON": 1} and data["documents"] == 24
+
+
+def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
+    config, _ = run_config
+    long_run = ["steps=30", "save_every=2", "keep_last=2"]
+    reference = str(tmp_path / "reference")
+    launch(config, reference, 29651, *long_run)
+    want = losses(reference)
+
+    out = str(tmp_path / "killed")
+    proc = launch(config, out, 29661, *long_run, background=True)
+    checkpoints = os.path.join(out, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        tag = ckpt.latest_tag(checkpoints)
+        if tag and ckpt.tag_step(tag) >= 4:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "final")), "the run finished before it was killed"
+    resumed_from = ckpt.tag_step(ckpt.latest_tag(checkpoints))
+    assert 4 <= resumed_from < 30
+
+    launch(config, out, 29671, *long_run, "--resume", "auto")
+    got = losses(out)
+    assert sorted(got) == list(range(1, 31))
+    for step in range(resumed_from + 1, 31):
+        assert got[step] == want[step], f"step {step}: {got[step]} after resume vs {want[step]} uninterrupted"
+
+
+def test_bad_config_fails_before_any_work(run_config, tmp_path):
+    config, _ = run_config
+    cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
+           "--set", "optim.lr=-1", "algorithm.name=rtrl", "data.sources=[{\"path\": \"/nope/*.jsonl\"}]"]
+    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "optim.lr=-1" in proc.stderr and "algorithm.name='rtrl'" in proc.stderr
+    cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
+           "--set", "data.sources=[{\"path\": \"/nope/*.jsonl\"}]"]
+    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "/nope/*.jsonl" in proc.stderr and "matches no file" in proc.stderr
+    assert not os.path.exists(os.path.join(REPO, "runs", "uio"))
