@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def validate(args) -> tuple:
     """Everything that can be checked without loading the model or the data."""
+    from uio_ds.checkpoint import check_world_size, resume_target
     from uio_ds.data.pipeline import source_files
     from uio_ds.engine import resolve_ds_config
     from uio_ds.train_config import TrainConfig
@@ -48,7 +49,12 @@ def validate(args) -> tuple:
                                 "(make prepare writes models/smollm2; python -m uio_ds make-tiny writes a tiny one)")
     for source in config.data.sources:
         source_files(source)
-    resolve_ds_config(ds_config, config, int(os.environ.get("WORLD_SIZE", "1")))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    resolve_ds_config(ds_config, config, world_size)
+    if args.resume:
+        target = resume_target(args.resume, os.path.join(config.output_dir, "checkpoints"))
+        if target is not None:
+            check_world_size(*target, world_size)
     return config, ds_config
 
 
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         config, ds_config = validate(args)
-    except (ValueError, FileNotFoundError, PermissionError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
         return 2

@@ -117,3 +117,32 @@ def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
     for needle in ("gradient_accumulation_steps=4", "no gradient_clipping", "stage=3", "bf16.enabled=True",
                    "optimizer.type='Lamb'", "optimizer.params.lr=0.5", "scheduler section"):
         assert needle in text, needle
+
+
+def test_fp16_is_refused_where_deepspeed_cannot_run_it(tiny_dirs):
+    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train_config import apply_overrides, TrainConfig
+
+    cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
+    cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), ["uio.dtype=float16"]))
+    with open(os.path.join(REPO, "ds_configs", "zero2.json")) as f:
+        raw = json.load(f)
+    if torch.cuda.is_available():
+        pytest.skip("fp16 runs on this machine's GPU")
+    with pytest.raises(ConfigError, match="fp16 is not supported"):
+        resolve_ds_config(raw, cfg, 2)
+
+
+def test_surrogate_gradient_equals_buffers_under_a_loss_scale(tiny_dirs):
+    """engine.backward multiplies by the fp16 loss scale; buffers that already carry it must come
+    out unchanged (the scale divides out exactly, being a power of two)."""
+    from uio_ds.engine import SurrogateObjective
+
+    model = case_model(tiny_dirs["llama"], CASES["zero2"])
+    params = model.trainable_parameters()
+    gen = torch.Generator().manual_seed(0)
+    buffers = [torch.randn(p.shape, generator=gen) for p in params]
+    scale = 2.0**16
+    value = SurrogateObjective(model)(buffers, loss_scale=scale)
+    grads = torch.autograd.grad(value * scale, params)
+    assert all(torch.equal(g, b) for g, b in zip(grads, buffers))

@@ -75,6 +75,11 @@ def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path)
     assert ckpt.latest_tag(checkpoints) == "step00000004"
     files = os.listdir(os.path.join(checkpoints, "step00000004"))
     assert any("optim_states" in f for f in files) and "trainer_state_rank1.pt" in files
+    # resuming this 2-rank run on 1 rank is refused before any work, with the reason
+    single = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
+                             "--set", f"output_dir={out}", "--resume", "auto"],
+                            env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert single.returncode == 2 and "written by 2 rank(s) and this run has 1" in single.stderr
     events = os.listdir(os.path.join(out, "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in events)
     assert set(os.listdir(os.path.join(out, "final"))) >= {"encoder", "transfer", "uio_config.json",

@@ -80,3 +80,31 @@ def prune(root: str, keep_last: int) -> list[str]:
     for tag in removed:
         shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
     return removed
+
+
+def resume_target(resume: str, checkpoint_dir: str) -> tuple[str, str] | None:
+    """Where ``--resume`` points: (root, tag) of a complete checkpoint, or None for a fresh start.
+
+    'auto': the run's latest complete checkpoint if any, else None; 'latest': it must exist;
+    a path: a checkpoint root (its latest) or one checkpoint directory."""
+    root, tag = (checkpoint_dir if resume in ("auto", "latest") else resume), None
+    if os.path.isfile(os.path.join(root, COMPLETE)):
+        root, tag = os.path.split(os.path.normpath(root))
+    tag = tag or latest_tag(root)
+    if tag is None:
+        if resume == "auto":
+            return None
+        raise FileNotFoundError(f"no complete checkpoint to resume from in {root}")
+    return root, tag
+
+
+def check_world_size(root: str, tag: str, world_size: int) -> None:
+    """Refuse to resume a checkpoint written by another number of ranks."""
+    with open(os.path.join(root, tag, COMPLETE)) as f:
+        saved = json.load(f)["world_size"]
+    if saved != world_size:
+        raise RuntimeError(
+            f"checkpoint {os.path.join(root, tag)} was written by {saved} rank(s) and this run has {world_size}: "
+            "ZeRO optimizer partitions and the data order depend on the number of ranks; resume with "
+            f"{saved} rank(s), or start a new run with init_from=<the run's exported final/ parts>"
+        )

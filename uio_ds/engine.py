@@ -31,6 +31,7 @@ if not torch.cuda.is_available():
 
 import deepspeed  # noqa: E402
 import deepspeed.comm as dist  # noqa: E402
+from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from uio_ds.algo.tbptt import Strategy, count_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
@@ -132,6 +133,10 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int) -> tuple[dic
         elif bool(enabled) != wanted:
             problems.append(f"DeepSpeed {key}.enabled={enabled} but uio.dtype={dtype!r}: set {key}.enabled to "
                             f"\"auto\" or change uio.dtype")
+
+    if ds["fp16"]["enabled"] and not get_accelerator().is_fp16_supported():
+        problems.append(f"fp16 is not supported by DeepSpeed's {get_accelerator().device_name()} accelerator: "
+                        "use uio.dtype=\"bfloat16\" (or float32) here; fp16 with loss scaling needs a GPU")
 
     zero = ds.setdefault("zero_optimization", {"stage": 2})
     stage = zero.get("stage", 0)

@@ -162,24 +162,12 @@ class Trainer:
         return tag
 
     def _resume(self, resume: str) -> None:
-        root = self.checkpoint_dir if resume in ("auto", "latest") else resume
-        tag = None
-        if os.path.isfile(os.path.join(root, ckpt.COMPLETE)):  # a checkpoint directory itself
-            root, tag = os.path.split(os.path.normpath(root))
-        tag = tag or ckpt.latest_tag(root)
-        if tag is None:
-            if resume == "auto":
-                self.log(f"no complete checkpoint in {root}: starting from step 0")
-                return
-            raise FileNotFoundError(f"no complete checkpoint to resume from in {root}")
-        with open(os.path.join(root, tag, ckpt.COMPLETE)) as f:
-            info = json.load(f)
-        if info["world_size"] != self.world_size:
-            raise RuntimeError(
-                f"checkpoint {tag} was written by {info['world_size']} rank(s) and this run has {self.world_size}: "
-                "ZeRO optimizer partitions and the data order depend on the number of ranks; resume with "
-                f"{info['world_size']} rank(s), or start a new run with init_from=<exported parts>"
-            )
+        target = ckpt.resume_target(resume, self.checkpoint_dir)
+        if target is None:
+            self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0")
+            return
+        root, tag = target
+        ckpt.check_world_size(root, tag, self.world_size)
         self.engine.load(root, tag)
         state = torch.load(os.path.join(root, tag, STATE_FILE.format(rank=self.rank)), weights_only=False)
         self.load_state_dict(state)
