@@ -61,3 +61,18 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 def summary_line(summary: dict) -> None:
     """The machine-readable last line of a benchmark's output."""
     print("SUMMARY " + json.dumps(summary, sort_keys=True))
+
+
+def perturb_trainable(model, seed: int, scale: float) -> None:
+    """Move every trainable tensor off its initial value, reproducibly. LoRA B starts at zero,
+    which would leave LoRA A without gradient and skip work a trained model does."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+
+
+def flat(grads, params) -> torch.Tensor:
+    """One float64 vector of a gradient list; ``None`` (no gradient) counts as zeros."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten().double()
+                      for g, p in zip(grads, params)])

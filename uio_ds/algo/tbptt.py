@@ -190,8 +190,9 @@ class TBPTT(Strategy):
         bounds = split_segments(doc.shape[1], l)
         batch = doc.shape[0]
         segs = [doc[:, a:b] for a, b in bounds]
-        with torch.no_grad():  # values of every memory, for the part outside each window
-            values = _encode_all(model, segs[:-1], batch)
+        with torch.no_grad():
+            # values of the memories that some later step reads outside its window (s < T-1-S)
+            values = _encode_all(model, segs[: max(0, len(segs) - 1 - S)], batch)
         buffers: list = [None] * len(params)
         stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
                  "segments": len(bounds)}
