@@ -39,6 +39,17 @@ def test_streaming_equals_rebuild_from_scratch(tiny_dirs, arch, prompt_length):
             got = stream.feed(seq[:, t : t + 1])
 
 
+def test_chunked_prefill_equals_one_batch(tiny_dirs):
+    model = load(tiny_dirs["qwen2"])
+    perturb_trainable(model, scale=0.2)
+    prompt = random_ids(2, 16 * 7 + 3, seed=11)
+    with torch.no_grad():
+        together = MemoryStream(model, encode_batch_size=None)
+        chunked = MemoryStream(model, encode_batch_size=3)  # 14 segment rows in chunks of 3
+        torch.testing.assert_close(chunked.prefill(prompt), together.prefill(prompt), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked.memory.keys, together.memory.keys, rtol=1e-5, atol=1e-6)
+
+
 def test_raw_kv_is_dropped_after_compression(tiny_dirs):
     model = load(tiny_dirs["llama"])
     stream = MemoryStream(model)

@@ -21,7 +21,9 @@ from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
 class MemoryStream:
     """Memories, residual tokens and decoder cache of a batch of equal-length texts."""
 
-    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | None = None):
+    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | None = 8):
+        """``encode_batch_size``: segments per batched encoder call during prefill (bounds the
+        encoder's activation memory for long prompts; None compresses all segments at once)."""
         self.model = model
         self.encode_batch_size = encode_batch_size
         self.memory: MemoryKV | None = None
@@ -39,7 +41,8 @@ class MemoryStream:
         batch, count = segments.shape[0], segments.shape[1] // l
         flat = segments.reshape(batch * count, l)
         step = self.encode_batch_size or flat.shape[0]
-        kv = MemoryKV.cat([model.memory_kv(model.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)])
+        parts = [model.memory_kv(model.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)]
+        kv = MemoryKV(torch.cat([p.keys for p in parts], dim=1), torch.cat([p.values for p in parts], dim=1))
         self.num_compressions += count
         return kv.per_text(batch)
 
@@ -137,7 +140,7 @@ def generate(
     stop_token_ids: Sequence[int] = (),
     pad_token_id: int | None = None,
     seed: int | None = None,
-    encode_batch_size: int | None = None,
+    encode_batch_size: int | None = 8,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
 ) -> GenerationResult:
     """Generate up to ``max_new_tokens`` after equal-length prompts ``input_ids`` (B, P).

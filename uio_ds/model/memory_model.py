@@ -31,6 +31,7 @@ from torch import nn
 
 from uio_ds.config import UIOConfig
 from uio_ds.model.attention import resolve_attention
+from uio_ds.model.kv import MemoryKV, forward_after_cache, prefix_cache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer")
@@ -47,53 +48,6 @@ class _EncoderDone(Exception):
 
 class PositionRangeError(ValueError):
     """[memories ; segment] would pass the base model's position range."""
-
-
-@dataclass
-class MemoryKV:
-    """Memory keys and values of one or more segments, un-rotated.
-
-    ``keys`` and ``values`` have shape ``(num_layers, batch, kv_heads, tokens, head_dim)``.
-    RoPE is applied when a cache is built, because a memory's position depends on
-    how many memories precede it in that cache.
-    """
-
-    keys: torch.Tensor
-    values: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return self.keys.shape[-2]
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys.shape[1]
-
-    @staticmethod
-    def cat(parts: list["MemoryKV"]) -> "MemoryKV":
-        """Concatenate memories in order along the token axis (earliest first)."""
-        if len(parts) == 1:
-            return parts[0]
-        return MemoryKV(torch.cat([p.keys for p in parts], dim=-2), torch.cat([p.values for p in parts], dim=-2))
-
-    def token_slice(self, start: int, stop: int) -> "MemoryKV":
-        return MemoryKV(self.keys[..., start:stop, :], self.values[..., start:stop, :])
-
-    def select_batch(self, start: int, stop: int) -> "MemoryKV":
-        return MemoryKV(self.keys[:, start:stop], self.values[:, start:stop])
-
-    def per_text(self, num_texts: int) -> "MemoryKV":
-        """Rows ordered (text, segment) -> one row per text, its segments in order along the tokens."""
-
-        def regroup(x: torch.Tensor) -> torch.Tensor:
-            layers, rows, heads, m, dim = x.shape
-            count = rows // num_texts
-            x = x.view(layers, num_texts, count, heads, m, dim).transpose(2, 3)
-            return x.reshape(layers, num_texts, heads, count * m, dim)
-
-        if self.batch_size % num_texts:
-            raise ValueError(f"{self.batch_size} memory rows cannot be split evenly over {num_texts} texts")
-        return MemoryKV(regroup(self.keys), regroup(self.values))
 
 
 @dataclass
@@ -125,11 +79,6 @@ class DocumentOutput:
     @property
     def loss(self) -> torch.Tensor:
         return self.loss_sum / max(self.num_tokens, 1)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def split_segments(length: int, segment_length: int) -> list[tuple[int, int]]:
@@ -482,35 +431,15 @@ class UIOMemoryModel(nn.Module):
 
     def build_cache(self, memory: MemoryKV | None):
         """A transformers DynamicCache holding the memory K/V rotated at positions 0..M-1."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.base.config)
-        if memory is None or memory.num_tokens == 0:
-            return cache
-        positions = torch.arange(memory.num_tokens, device=memory.keys.device).unsqueeze(0)
-        cos, sin = self.base.model.rotary_emb(memory.values[0], positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for i in range(self.num_layers):
-            k = memory.keys[i]
-            cache.update(k * cos + rotate_half(k) * sin, memory.values[i], i)
-        return cache
+        return prefix_cache(self.base, memory)
 
     def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
         """Frozen decoder over ``input_ids`` after whatever ``cache`` holds; returns logits.
 
         ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place.
         """
-        offset = cache.get_seq_length() if cache is not None else 0
-        positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
         with self.adapter(None):
-            out = self.base(
-                input_ids=input_ids,
-                past_key_values=cache,
-                position_ids=positions,
-                use_cache=cache is not None,
-                logits_to_keep=logits_to_keep,
-            )
-        return out.logits
+            return forward_after_cache(self.base, input_ids, cache, logits_to_keep)
 
     def decode(
         self,

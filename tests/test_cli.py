@@ -1,0 +1,65 @@
+"""The command line: generation, its errors, and the demo."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import load, perturb_trainable
+from uio_ds.cli import main
+from uio_ds.data.synthetic import synthetic_text
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_generate_streams_and_reports_speed(tiny_dirs, tmp_path, capsys):
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model)
+    model.save_trained(str(tmp_path / "uio"))
+    (tmp_path / "prompt.txt").write_text(synthetic_text(40, seed=3))
+    code = main(["generate", "--model", tiny_dirs["llama"], "--uio", str(tmp_path / "uio"),
+                 "--prompt-file", str(tmp_path / "prompt.txt"), "--max-new-tokens", "20"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "segments compressed into" in out and "tokens/s" in out
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "prompt file"),
+    ("empty", "the prompt is empty"),
+    ("too_long", "longest supported text"),
+    ("other_base", "different base model"),
+])
+def test_generate_errors_are_clear(tiny_dirs, tmp_path, capsys, case, message):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "long.txt").write_text(synthetic_text(300, seed=4))
+    (tmp_path / "short.txt").write_text("Ada found the lantern.")
+    load(tiny_dirs["llama"]).save_trained(str(tmp_path / "uio"))
+    args = {
+        "missing": ["--model", tiny_dirs["llama"], "--prompt-file", str(tmp_path / "nope.txt")],
+        "empty": ["--model", tiny_dirs["llama"], "--prompt-file", str(tmp_path / "empty.txt")],
+        # l=16 and ratio 2 give 8 memory slots per 16 tokens: 4096 positions hold about 8K tokens
+        "too_long": ["--model", tiny_dirs["llama"], "--prompt-file", str(tmp_path / "long.txt"),
+                     "--segment-length", "16", "--compression-ratio", "2", "--max-new-tokens", "8000"],
+        "other_base": ["--model", tiny_dirs["qwen2"], "--uio", str(tmp_path / "uio"),
+                       "--prompt-file", str(tmp_path / "short.txt")],
+    }[case]
+    assert main(["generate", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_launch_generate_is_the_same_command(tiny_dirs, tmp_path):
+    (tmp_path / "p.txt").write_text(synthetic_text(10, seed=5))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "generate.py"), "--model", tiny_dirs["mistral"],
+                           "--prompt-file", str(tmp_path / "p.txt"), "--max-new-tokens", "4",
+                           "--segment-length", "32", "--compression-ratio", "8"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "prefill" in proc.stdout
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--prompt-tokens", "600", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "segments compressed into" in out and os.path.isdir(tmp_path / "demo" / "uio" / "encoder")

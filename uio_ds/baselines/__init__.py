@@ -1,0 +1,5 @@
+"""Long-context baselines over the same frozen base models: StreamingLLM (and HOMER)."""
+
+from uio_ds.baselines.streaming_llm import StreamingLLM
+
+__all__ = ["StreamingLLM"]

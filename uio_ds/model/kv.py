@@ -1,0 +1,128 @@
+"""Key/value plumbing shared by the memory model and the baselines.
+
+K/V are kept un-rotated (as k_proj / v_proj produce them) and rotated when a cache is
+built, because their RoPE position depends on what precedes them in that cache: memories
+of earlier segments for UIO, the sink and window tokens for StreamingLLM, the kept tokens
+for HOMER. A prefix built here followed by ``forward_after_cache`` equals the base model
+reading the prefix tokens and the new tokens in one pass (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+
+@dataclass
+class MemoryKV:
+    """Memory keys and values of one or more segments, un-rotated.
+
+    ``keys`` and ``values`` have shape ``(num_layers, batch, kv_heads, tokens, head_dim)``.
+    RoPE is applied when a cache is built, because a memory's position depends on
+    how many memories precede it in that cache.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.keys.shape[-2]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @staticmethod
+    def cat(parts: list["MemoryKV"]) -> "MemoryKV":
+        """Concatenate memories in order along the token axis (earliest first)."""
+        if len(parts) == 1:
+            return parts[0]
+        return MemoryKV(torch.cat([p.keys for p in parts], dim=-2), torch.cat([p.values for p in parts], dim=-2))
+
+    def token_slice(self, start: int, stop: int) -> "MemoryKV":
+        return MemoryKV(self.keys[..., start:stop, :], self.values[..., start:stop, :])
+
+    def select_batch(self, start: int, stop: int) -> "MemoryKV":
+        return MemoryKV(self.keys[:, start:stop], self.values[:, start:stop])
+
+    def per_text(self, num_texts: int) -> "MemoryKV":
+        """Rows ordered (text, segment) -> one row per text, its segments in order along the tokens."""
+
+        def regroup(x: torch.Tensor) -> torch.Tensor:
+            layers, rows, heads, m, dim = x.shape
+            count = rows // num_texts
+            x = x.view(layers, num_texts, count, heads, m, dim).transpose(2, 3)
+            return x.reshape(layers, num_texts, heads, count * m, dim)
+
+        if self.batch_size % num_texts:
+            raise ValueError(f"{self.batch_size} memory rows cannot be split evenly over {num_texts} texts")
+        return MemoryKV(regroup(self.keys), regroup(self.values))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def prefix_cache(base, memory: MemoryKV | None):
+    """A transformers DynamicCache holding ``memory`` with keys rotated at positions 0..M-1."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=base.config)
+    if memory is None or memory.num_tokens == 0:
+        return cache
+    positions = torch.arange(memory.num_tokens, device=memory.keys.device).unsqueeze(0)
+    cos, sin = base.model.rotary_emb(memory.values[0], positions)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    for i in range(memory.keys.shape[0]):
+        k = memory.keys[i]
+        cache.update(k * cos + rotate_half(k) * sin, memory.values[i], i)
+    return cache
+
+
+def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+    """The base causal LM over ``input_ids`` at the positions that follow ``cache``; returns logits.
+    ``cache`` is extended in place."""
+    offset = cache.get_seq_length() if cache is not None else 0
+    positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    out = base(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=cache is not None,
+               logits_to_keep=logits_to_keep)
+    return out.logits
+
+
+@contextlib.contextmanager
+def capture_kv(base) -> Iterator[list]:
+    """Collect the un-rotated K/V that every layer's k_proj / v_proj produce inside the block.
+
+    Yields a list that receives one ``MemoryKV`` (layers, batch, kv_heads, tokens, head_dim)
+    per forward pass of the base model."""
+    cfg = base.config
+    heads = cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    layers = base.model.layers
+    keys: list = []
+    values: list = []
+    found: list[MemoryKV] = []
+
+    def grab(store):
+        def hook(_module, _inputs, out):
+            store.append(out.view(out.shape[0], out.shape[1], heads, head_dim).transpose(1, 2))
+            if store is values and len(values) == len(layers):
+                found.append(MemoryKV(torch.stack(keys), torch.stack(values)))
+                keys.clear()
+                values.clear()
+        return hook
+
+    hooks = []
+    for layer in layers:
+        hooks.append(layer.self_attn.k_proj.register_forward_hook(grab(keys)))
+        hooks.append(layer.self_attn.v_proj.register_forward_hook(grab(values)))
+    try:
+        yield found
+    finally:
+        for h in hooks:
+            h.remove()
