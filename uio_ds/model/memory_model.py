@@ -37,6 +37,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 IGNORE_INDEX = -100
+# Options that choose how a trained model runs, not what was trained: they may differ on load.
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow")
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -515,14 +517,18 @@ class UIOMemoryModel(nn.Module):
         return directory
 
     def load_trained(self, directory: str) -> None:
-        """Load what ``save_trained`` wrote; every tensor must match by name and shape."""
+        """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
+        saved config must equal this model's except for the runtime options (dtype, attention,
+        position_overflow)."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         config, meta = UIOConfig.load(directory)
-        if config.to_dict() != self.config.to_dict():
+        saved, here = config.to_dict(), self.config.to_dict()
+        differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k])
+        if differ:
             raise ValueError(
-                f"the UIO config saved in {directory} differs from this model's: build the model with "
+                f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
                 f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
             )
         _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))

@@ -1,0 +1,121 @@
+"""Evaluation harness on the tiny models: documents independent, methods consistent, files checked."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import load, perturb_trainable, random_ids
+from uio_ds.eval.autoencode import copy_documents, evaluate_autoencoding, reconstruct
+from uio_ds.eval.longbench import evaluate_longbench, load_records
+from uio_ds.eval.methods import build_methods
+from uio_ds.eval.passkey import evaluate_passkey, passkey_prompt
+from uio_ds.eval.perplexity import evaluate_perplexity
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    m = load(tiny_dirs["llama"])
+    perturb_trainable(m, scale=0.2)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dirs):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+
+
+def test_perplexity_scores_every_token_once_and_resets_between_documents(model):
+    methods = build_methods(model, ["uio", "no_memory", "streaming", "full"])
+    a, b = random_ids(1, 70, seed=1)[0], random_ids(1, 50, seed=2)[0]
+    both = evaluate_perplexity(methods, [a, b], lengths=[32, 64], segment_length=16, names=["a", "b"])
+    alone = evaluate_perplexity(methods, [b], lengths=[32], segment_length=16, names=["b"])
+    for name in ("uio", "no_memory", "streaming", "full"):
+        assert both[name]["tokens"] == 69 + 49
+        # document b scores the same whether or not document a was read before it: nothing leaks
+        assert both[name]["documents"]["b"] == pytest.approx(alone[name]["documents"]["b"], rel=1e-6)
+        assert both[name]["by_length"][64]["documents"] == 1
+    # the first segment has no memory: UIO and no-memory agree there exactly, and differ after
+    assert both["uio"]["by_segment"][0] == pytest.approx(both["no_memory"]["by_segment"][0], rel=1e-6)
+    assert both["uio"]["by_segment"][2] != pytest.approx(both["no_memory"]["by_segment"][2], rel=1e-3)
+
+
+def test_uio_losses_match_the_training_forward(model):
+    from uio_ds.eval.methods import UIOMethod
+
+    doc = random_ids(1, 53, seed=3)
+    losses = UIOMethod(model).token_losses(doc)
+    with torch.no_grad():
+        out = model(doc)
+    assert len(losses) == out.num_tokens == 52
+    assert sum(losses) == pytest.approx(out.loss_sum.item(), rel=1e-5)
+
+
+def test_passkey_prompt_places_the_key(tokenizer):
+    haystack = torch.tensor(tokenizer("Ada found the lantern. " * 200)["input_ids"])
+    prompt = passkey_prompt(tokenizer, haystack, 300, 0.5, "12345")
+    assert prompt.shape == (1, 300)
+    text = tokenizer.decode(prompt[0])
+    assert text.count("12345") == 2 and text.endswith("The pass key is")
+    assert abs(text.index("12345") / len(text) - 0.5) < 0.1
+    with pytest.raises(ValueError, match="haystack"):
+        passkey_prompt(tokenizer, haystack[:50], 300, 0.5, "1")
+
+
+def test_passkey_grid_shape_and_full_attention_range(model, tokenizer):
+    haystack = torch.tensor(tokenizer("Ada found the lantern. " * 500)["input_ids"])
+    methods = build_methods(model, ["uio", "full"])
+    methods[1].max_tokens = 200  # pretend a short window: longer prompts are not scored
+    out = evaluate_passkey(methods, tokenizer, haystack, [128, 256], [0.2, 0.8], trials=2, answer_tokens=6)
+    assert out["methods"]["full"]["accuracy"][1] == [None, None]
+    assert all(0 <= v <= 1 for row in out["methods"]["uio"]["accuracy"] for v in row)
+
+
+def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):
+    segments = random_ids(3, 16, seed=4)
+    rebuilt = reconstruct(model, segments)
+    assert rebuilt.shape == (3, 15)
+    # the memory matters: other memories give other reconstructions
+    other = reconstruct(model, torch.cat([segments[:, :1], random_ids(3, 15, seed=5)], dim=1))
+    assert not torch.equal(rebuilt, other)
+    report = evaluate_autoencoding(model, tokenizer, segments)
+    assert 0 <= report["bleu4"] <= 1 and 0 <= report["rouge_l"] <= 1
+    assert copy_documents(segments).shape == (3, 32)
+
+
+def test_longbench_records_are_checked_with_file_and_line(tmp_path, model, tokenizer):
+    good = {"context": "Ada lives in the harbour. " * 10, "input": "Where does Ada live?", "answers": ["harbour"],
+            "dataset": "qa"}
+    path = tmp_path / "lb.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "dataset": "samsum"}) + "\n")
+    records = load_records(str(path))
+    report = evaluate_longbench(build_methods(model, ["uio"]), tokenizer, records, max_new_tokens=4)
+    assert set(report["uio"]["tasks"]) == {"qa", "samsum"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answers": "harbour"}) + "\n")
+    with pytest.raises(ValueError, match=f"{bad}:2: field 'answers' must be a list"):
+        load_records(str(bad))
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{oops\n")
+    with pytest.raises(ValueError, match=f"{broken}:1: not valid JSON"):
+        load_records(str(broken))
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_records(str(tmp_path / "nope.jsonl"))
+
+
+def test_eval_command_writes_json_and_plots(tiny_dirs, tmp_path):
+    from uio_ds.data.synthetic import synthetic_text
+    from uio_ds.eval.run import main
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")
+    code = main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+                 "--data", str(docs), "--tasks", "perplexity", "passkey", "autoencode",
+                 "--lengths", "64", "256", "--passkey-lengths", "160", "--passkey-depths", "0.5",
+                 "--passkey-trials", "1", "--ae-segments", "2", "--out", str(tmp_path), "--name", "t"])
+    assert code == 0
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert set(report["perplexity"]) == {"uio", "no_memory", "streaming", "full"}
+    assert (tmp_path / "t_perplexity.png").exists() and (tmp_path / "t_passkey.png").exists()

@@ -1,0 +1,139 @@
+"""The long-context methods an evaluation compares, behind one small interface.
+
+Every method scores a document (the loss of each token given the text before it, read
+from the document's start, nothing carried over from another document) and answers a
+prompt greedily:
+
+* ``uio``: the memory model: every earlier segment as compressed memory;
+* ``no_memory``: the same decoder seeing only the current segment (what memory must beat);
+* ``streaming``: StreamingLLM, attention sinks + a recent window of the same size as l;
+* ``full``: the base model attending to everything, up to its position range.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from uio_ds.baselines import StreamingLLM
+from uio_ds.model.generation import generate
+from uio_ds.model.memory_model import UIOMemoryModel, segment_targets, split_segments
+
+
+def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    keep = targets[0] != -100
+    nll = F.cross_entropy(logits[0].float(), targets[0].clamp(min=0), reduction="none")
+    return nll[keep].tolist()
+
+
+def _greedy_base(base, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    out = base.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                        pad_token_id=base.config.pad_token_id or 0)
+    return out[0, ids.shape[1] :].tolist()
+
+
+class Method:
+    name = "method"
+    max_tokens: int | None = None
+    """Longest text the method can read (None: unbounded)."""
+
+    def token_losses(self, ids: torch.Tensor) -> list[float]:
+        """Loss of tokens 1..T-1 of a (1, T) document, each given the tokens before it."""
+        raise NotImplementedError
+
+    def greedy(self, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+        """Greedy continuation of a (1, P) prompt."""
+        raise NotImplementedError
+
+
+class UIOMethod(Method):
+    def __init__(self, model: UIOMemoryModel, use_memory: bool = True, encode_batch_size: int = 8):
+        self.model, self.use_memory, self.encode_batch_size = model, use_memory, encode_batch_size
+        self.name = "uio" if use_memory else "no_memory"
+        self.max_tokens = model.max_tokens_supported() if use_memory else None
+
+    @torch.no_grad()
+    def token_losses(self, ids):
+        model = self.model
+        bounds = split_segments(ids.shape[1], model.segment_length)
+        memory = None
+        if self.use_memory and len(bounds) > 1:
+            full = ids[:, : bounds[-1][0]].reshape(-1, model.segment_length)
+            parts = [model.memory_kv(model.encode(full[i : i + self.encode_batch_size]))
+                     for i in range(0, full.shape[0], self.encode_batch_size)]
+            memory = type(parts[0])(torch.cat([p.keys for p in parts], 1), torch.cat([p.values for p in parts], 1))
+            memory = memory.per_text(1)
+        losses = []
+        for t, (a, b) in enumerate(bounds):
+            prefix = memory.token_slice(0, t * model.num_mem_tokens) if memory is not None and t > 0 else None
+            logits = model.decode(ids[:, a:b], prefix).logits
+            losses += _token_losses(logits, segment_targets(ids, a, b))
+        return losses
+
+    @torch.no_grad()
+    def greedy(self, ids, max_new_tokens):
+        if self.use_memory:
+            result = generate(self.model, ids, max_new_tokens, encode_batch_size=self.encode_batch_size)
+            return result.sequences[0, ids.shape[1] :].tolist()
+        # without memory the decoder sees the current segment only: the prompt's residual
+        start = split_segments(ids.shape[1], self.model.segment_length)[-1][0]
+        with self.model.adapter(None):
+            return _greedy_base(self.model.base, ids[:, start:], max_new_tokens)
+
+
+class StreamingMethod(Method):
+    name = "streaming"
+
+    def __init__(self, base, sink_tokens: int = 4, window_tokens: int = 1020, chunk_tokens: int | None = None):
+        self.streaming = StreamingLLM(base, sink_tokens, window_tokens, chunk_tokens)
+
+    def token_losses(self, ids):
+        return self.streaming.score(ids)[2]
+
+    @torch.no_grad()
+    def greedy(self, ids, max_new_tokens):
+        self.streaming.reset()
+        logits = self.streaming.prefill(ids)
+        out = []
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1, keepdim=True)
+            out.append(int(token))
+            logits = self.streaming.step(token)
+        return out
+
+
+class FullAttention(Method):
+    name = "full"
+
+    def __init__(self, base):
+        self.base = base
+        self.max_tokens = base.config.max_position_embeddings
+
+    @torch.no_grad()
+    def token_losses(self, ids):
+        ids = ids[:, : self.max_tokens]
+        logits = self.base(ids).logits[:, :-1]
+        return _token_losses(logits, ids[:, 1:])
+
+    @torch.no_grad()
+    def greedy(self, ids, max_new_tokens):
+        if ids.shape[1] + max_new_tokens > self.max_tokens:
+            raise ValueError(f"full attention reads at most {self.max_tokens} tokens")
+        return _greedy_base(self.base, ids, max_new_tokens)
+
+
+def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4) -> list[Method]:
+    """The named methods over one memory model's base weights; the streaming window matches l."""
+    out = []
+    for name in names:
+        if name == "uio":
+            out.append(UIOMethod(model, use_memory=True))
+        elif name == "no_memory":
+            out.append(UIOMethod(model, use_memory=False))
+        elif name == "streaming":
+            out.append(StreamingMethod(model.base, sink_tokens, model.segment_length - sink_tokens))
+        elif name == "full":
+            out.append(FullAttention(model.base))
+        else:
+            raise ValueError(f"unknown method {name!r}: choose from uio, no_memory, streaming, full")
+    return out

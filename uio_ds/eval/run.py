@@ -1,0 +1,187 @@
+"""``launch/eval.py``: evaluate a memory model and baselines on local data; table, JSON, plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+TASKS = ("perplexity", "passkey", "autoencode", "longbench")
+METHODS = ("uio", "no_memory", "streaming", "full")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Evaluate UIO memory against no memory, StreamingLLM and full attention.")
+    p.add_argument("--model", required=True, help="base model directory")
+    p.add_argument("--uio", default=None, help="trained UIO parts (save_trained / a run's final/)")
+    p.add_argument("--segment-length", type=int, default=None, help="without --uio: l of untrained UIO parts")
+    p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: ratio of untrained parts")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the parts' dtype")
+    p.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"], choices=TASKS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--data", default="data/kjv", help="documents: a prepared corpus directory or text files")
+    p.add_argument("--split", default="eval")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--max-documents", type=int, default=None)
+    p.add_argument("--max-doc-tokens", type=int, default=None, help="read at most this much of each document")
+    p.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 32768, 100000],
+                   help="context lengths of the perplexity breakdown")
+    p.add_argument("--passkey-lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--passkey-depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    p.add_argument("--passkey-trials", type=int, default=3)
+    p.add_argument("--ae-segments", type=int, default=16, help="segments to reconstruct (autoencode)")
+    p.add_argument("--longbench", default=None, help="LongBench-format jsonl file")
+    p.add_argument("--out", default="benchmarks/results", help="directory for NAME.json and the plots")
+    p.add_argument("--name", default="eval")
+    return p
+
+
+def _documents(args, tokenizer) -> tuple[list[str], list[torch.Tensor]]:
+    from uio_ds.data.pipeline import read_texts
+    from uio_ds.train_config import SourceConfig
+
+    source = SourceConfig(path=args.data, text_field=args.text_field, split=args.split)
+    texts, _ = read_texts(source)
+    if os.path.isdir(args.data):
+        from datasets import load_from_disk
+
+        names = list(load_from_disk(args.data)[args.split]["doc_id"])
+    else:
+        names = [f"doc{i}" for i in range(len(texts))]
+    texts, names = texts[: args.max_documents], names[: args.max_documents]
+    docs = [torch.tensor(ids[: args.max_doc_tokens]) for ids in tokenizer(texts)["input_ids"]]
+    return names, docs
+
+
+def _plots(report: dict, path_prefix: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if "perplexity" in report:
+        ppl = report["perplexity"]
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        for name, r in ppl.items():
+            pts = [(int(n), v["perplexity"]) for n, v in r["by_length"].items() if v["perplexity"] is not None]
+            if pts:
+                axes[0].plot(*zip(*pts), "o-", label=name)
+            seg = [(int(k), v) for k, v in r["by_segment"].items() if v is not None]
+            axes[1].plot(*zip(*seg), ".-", label=name)
+        axes[0].set_xscale("log", base=2)
+        axes[0].set(xlabel="context length (tokens)", ylabel="perplexity", title="perplexity vs context length")
+        axes[1].set(xlabel="segment position in the document", ylabel="perplexity",
+                    title="perplexity by segment position")
+        for ax in axes:
+            ax.grid(True, alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(path_prefix + "_perplexity.png", dpi=110)
+        written.append(path_prefix + "_perplexity.png")
+    if "passkey" in report:
+        pk = report["passkey"]
+        methods = list(pk["methods"])
+        fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.8), squeeze=False)
+        for ax, name in zip(axes[0], methods):
+            grid = [[float("nan") if v is None else v for v in row] for row in pk["methods"][name]["accuracy"]]
+            im = ax.imshow(torch.tensor(grid).T.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            ax.set_xticks(range(len(pk["lengths"])), [str(n) for n in pk["lengths"]], rotation=45)
+            ax.set_yticks(range(len(pk["depths"])), [f"{d:.0%}" for d in pk["depths"]])
+            ax.set(title=f"{name}", xlabel="prompt tokens", ylabel="key depth")
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    ax.text(i, j, "n/a" if v != v else f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+        fig.colorbar(im, ax=axes[0].tolist(), label="exact-match accuracy")
+        fig.suptitle("passkey retrieval")
+        fig.savefig(path_prefix + "_passkey.png", dpi=110, bbox_inches="tight")
+        written.append(path_prefix + "_passkey.png")
+    return written
+
+
+def main(argv=None) -> int:
+    from transformers import AutoTokenizer
+
+    from uio_ds.config import UIOConfig
+    from uio_ds.eval.methods import build_methods
+    from uio_ds.model.memory_model import UIOMemoryModel
+
+    args = parser().parse_args(argv)
+    if args.uio and (args.segment_length or args.compression_ratio):
+        raise SystemExit("error: --segment-length/--compression-ratio come from --uio's saved config; drop them")
+    if "longbench" in args.tasks and not args.longbench:
+        raise SystemExit("error: the longbench task needs --longbench FILE")
+    torch.manual_seed(0)
+    if args.uio:
+        config, _ = UIOConfig.load(args.uio)
+    else:
+        config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
+                                               ("compression_ratio", args.compression_ratio)) if v})
+    if args.dtype:
+        config.dtype = args.dtype
+    model = UIOMemoryModel.from_pretrained(args.model, config)
+    if args.uio:
+        model.load_trained(args.uio)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    methods = build_methods(model, args.methods)
+    report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "timings_s": {}}
+    names, docs = ([], [])
+    if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
+        names, docs = _documents(args, tokenizer)
+    for task in args.tasks:
+        start = time.perf_counter()
+        if task == "perplexity":
+            from uio_ds.eval.perplexity import evaluate_perplexity
+
+            report[task] = evaluate_perplexity(methods, docs, args.lengths, model.segment_length, names)
+        elif task == "passkey":
+            from uio_ds.eval.passkey import evaluate_passkey
+
+            haystack = torch.cat(docs)
+            report[task] = evaluate_passkey(methods, tokenizer, haystack, args.passkey_lengths, args.passkey_depths,
+                                            trials=args.passkey_trials)
+        elif task == "autoencode":
+            from uio_ds.eval.autoencode import evaluate_autoencoding
+
+            l = model.segment_length
+            segments = [d[i : i + l] for d in docs for i in range(0, len(d) - l + 1, l)][: args.ae_segments]
+            report[task] = evaluate_autoencoding(model, tokenizer, torch.stack(segments))
+        elif task == "longbench":
+            from uio_ds.eval.longbench import evaluate_longbench, load_records
+
+            report[task] = evaluate_longbench(methods, tokenizer, load_records(args.longbench))
+        report["timings_s"][task] = round(time.perf_counter() - start, 1)
+    print_report(report)
+    os.makedirs(args.out, exist_ok=True)
+    prefix = os.path.join(args.out, args.name)
+    with open(prefix + ".json", "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    written = _plots(report, prefix)
+    print(f"wrote {prefix}.json" + "".join(f", {w}" for w in written))
+    return 0
+
+
+def print_report(report: dict) -> None:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    if "perplexity" in report:
+        ppl = report["perplexity"]
+        lengths = list(next(iter(ppl.values()))["by_length"])
+        print("\nperplexity   overall  " + "  ".join(f"@{n:>7}" for n in lengths))
+        for name, r in ppl.items():
+            print(f"{name:11s} {fmt(r['perplexity']):>8}  "
+                  + "  ".join(f"{fmt(r['by_length'][n]['perplexity']):>8}" for n in lengths))
+    if "passkey" in report:
+        pk = report["passkey"]
+        print("\npasskey accuracy (mean over depths) at " + ", ".join(map(str, pk["lengths"])))
+        for name, r in pk["methods"].items():
+            means = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
+            print(f"{name:11s} " + "  ".join(f"{fmt(m):>6}" for m in means) + f"   mean {fmt(r['mean'])}")
+    if "autoencode" in report:
+        ae = report["autoencode"]
+        print(f"\nauto-encoding: BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f} over {ae['segments']} segments")
+    if "longbench" in report:
+        print("\nLongBench-format: " + ", ".join(f"{n} {r['average']:.3f}" for n, r in report["longbench"].items()))
