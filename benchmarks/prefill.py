@@ -5,7 +5,9 @@
   decoder over the residual with the memories as a prefix cache;
 * full: the base model over the whole prompt in one pass, building its KV cache (torch SDPA;
   flash-attn on GPU when installed);
-* streaming: StreamingLLM, 4 attention sinks + a 1,020-token window, read in chunks.
+* streaming: StreamingLLM, 4 attention sinks + a 1,020-token window, read in chunks;
+* homer: HOMER, chunks of 2l tokens merged hierarchically into one chunk-sized cache (the
+  first and last 16 tokens as its never-pruned prefix and suffix).
 
 Default: a CPU sweep (1K..64K tokens) on a small random Llama shape ("bench": hidden 256,
 4 layers, GQA 8/4 heads); ``--model PATH`` takes a local model directory, ``--shape
@@ -33,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 from common import RESULTS_DIR, print_table, summary_line, write_results  # noqa: E402
 
-from uio_ds.baselines import StreamingLLM  # noqa: E402
+from uio_ds.baselines import HOMER, StreamingLLM  # noqa: E402
 from uio_ds.config import LoRAConfig, UIOConfig  # noqa: E402
 from uio_ds.memory_tracker import TensorMemoryTracker  # noqa: E402
 from uio_ds.model.generation import MemoryStream  # noqa: E402
@@ -98,6 +100,9 @@ class Runner:
         if self.method == "streaming":
             self.state = StreamingLLM(self.base, sink_tokens=4, window_tokens=1020)
             return self.state.prefill(ids)
+        if self.method == "homer":
+            self.state = HOMER(self.base, chunk_tokens=2 * self.args.segment_length)
+            return self.state.prefill(ids[:, 16:-16], ids[:, :16], ids[:, -16:])
         raise ValueError(self.method)
 
     @torch.no_grad()
@@ -249,7 +254,7 @@ def main() -> None:
     p.add_argument("--shape", default="bench", choices=sorted(SHAPES))
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--lengths", type=int, nargs="+", default=[1024 * 2**i for i in range(7)])
-    p.add_argument("--methods", nargs="+", default=["uio", "full", "streaming"])
+    p.add_argument("--methods", nargs="+", default=["uio", "full", "streaming", "homer"])
     p.add_argument("--segment-length", type=int, default=1024)
     p.add_argument("--compression-ratio", type=int, default=32)
     p.add_argument("--encode-batch", type=int, default=8, help="segments per batched encoder call")

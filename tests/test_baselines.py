@@ -65,3 +65,63 @@ def test_streaming_refuses_bad_sizes(base):
         StreamingLLM(base, window_tokens=0)
     with pytest.raises(ValueError, match="exceeds the model's 4096 positions"):
         StreamingLLM(base, sink_tokens=4, window_tokens=4096, chunk_tokens=8)
+
+
+def test_homer_single_chunk_equals_the_base_model(base):
+    from uio_ds.baselines import HOMER
+
+    ids = random_ids(1, 60, seed=5)
+    homer = HOMER(base, chunk_tokens=128)
+    with torch.no_grad():
+        logits = homer.prefill(ids[:, 4:50], ids[:, :4], ids[:, 50:])
+        want = base(ids).logits[:, -1]
+        torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+        # the cache continues exactly like the base model's own
+        nxt = random_ids(1, 3, seed=6)
+        torch.testing.assert_close(homer.step(nxt), base(torch.cat([ids, nxt], 1)).logits[:, -1], rtol=1e-4,
+                                   atol=1e-4)
+    assert homer.stats["chunks"] == 1 and homer.stats["cache_tokens"] == 60
+
+
+def test_homer_merges_depth_first_with_logarithmic_live_chunks(base):
+    from uio_ds.baselines import HOMER
+
+    for n, chunks in ((600, 8), (1200, 16), (2400, 32)):
+        ids = random_ids(1, n, seed=n)
+        homer = HOMER(base, chunk_tokens=96, warmup_layers=1)
+        homer.prefill(ids[:, 4:-8], ids[:, :4], ids[:, -8:])
+        s = homer.stats
+        assert s["chunks"] == chunks and s["merges"] == chunks - 1
+        # depth-first: the chunks alive at once are the levels of the tree plus one
+        assert s["max_alive_chunks"] == s["levels"] + 1 == chunks.bit_length()
+        # merged chunks stay no longer than a leaf: the cache has a fixed size
+        assert s["cache_tokens"] <= 96
+
+
+def test_homer_target_length_and_prefix_suffix_survive(one_layer):
+    """With one layer a token's K depends on the token alone: the cache's keys show which
+    tokens were kept. The prefix and suffix must all be there."""
+    from uio_ds.baselines import HOMER
+    from uio_ds.model.kv import capture_kv
+
+    ids = random_ids(1, 700, seed=7)
+    prefix, suffix = ids[:, :5], ids[:, -7:]
+    homer = HOMER(one_layer, chunk_tokens=100, warmup_layers=0, target_tokens=40)
+    with torch.no_grad():
+        homer.prefill(ids[:, 5:-7], prefix, suffix)
+        with capture_kv(one_layer) as found:
+            one_layer(torch.cat([prefix, suffix], dim=1))
+    assert homer.cache_kv.num_tokens == 40 and homer.stats["cache_tokens"] == 40
+    keys = homer.cache_kv.keys[0, 0]  # (kv_heads, 40, head_dim)
+    edge = found[0].keys[0, 0]
+    torch.testing.assert_close(keys[:, :5], edge[:, :5])
+    torch.testing.assert_close(keys[:, -7:], edge[:, 5:])
+
+
+def test_homer_refuses_bad_options(base):
+    from uio_ds.baselines import HOMER
+
+    with pytest.raises(ValueError, match="warmup_layers=9"):
+        HOMER(base, warmup_layers=9)
+    with pytest.raises(ValueError, match="leave no room"):
+        HOMER(base, chunk_tokens=8).prefill(random_ids(1, 50), random_ids(1, 4), random_ids(1, 4))

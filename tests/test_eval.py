@@ -28,17 +28,19 @@ def tokenizer(tiny_dirs):
 
 
 def test_perplexity_scores_every_token_once_and_resets_between_documents(model):
-    methods = build_methods(model, ["uio", "no_memory", "streaming", "full"])
+    names = ["uio", "no_memory", "streaming", "full", "homer"]
+    methods = build_methods(model, names)
     a, b = random_ids(1, 70, seed=1)[0], random_ids(1, 50, seed=2)[0]
     both = evaluate_perplexity(methods, [a, b], lengths=[32, 64], segment_length=16, names=["a", "b"])
     alone = evaluate_perplexity(methods, [b], lengths=[32], segment_length=16, names=["b"])
-    for name in ("uio", "no_memory", "streaming", "full"):
+    for name in names:
         assert both[name]["tokens"] == 69 + 49
         # document b scores the same whether or not document a was read before it: nothing leaks
         assert both[name]["documents"]["b"] == pytest.approx(alone[name]["documents"]["b"], rel=1e-6)
         assert both[name]["by_length"][64]["documents"] == 1
     # the first segment has no memory: UIO and no-memory agree there exactly, and differ after
     assert both["uio"]["by_segment"][0] == pytest.approx(both["no_memory"]["by_segment"][0], rel=1e-6)
+    assert both["homer"]["by_segment"][0] == pytest.approx(both["no_memory"]["by_segment"][0], rel=1e-5)
     assert both["uio"]["by_segment"][2] != pytest.approx(both["no_memory"]["by_segment"][2], rel=1e-3)
 
 

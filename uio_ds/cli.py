@@ -3,6 +3,7 @@
 Commands:
   demo       build a tiny model, compress a long generated text, stream a continuation
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
+  make-recall-data  write recall documents (a pass key stated early, asked for at the end)
   generate   read a long prompt from a file or stdin and stream a continuation
   prepare-model   convert a pretrained checkpoint (smollm2, a .gguf file, an HF directory) once, verified
   prepare-corpus  group jsonl records (the King James books by default) into documents + held-out split
@@ -33,6 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--arch", default="llama", choices=("llama", "mistral", "qwen2"))
     tiny.add_argument("--out", required=True, help="directory to write (created)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--hidden", type=int, default=None, help="hidden size (default 64)")
+    tiny.add_argument("--layers", type=int, default=None, help="decoder layers (default 2)")
+    tiny.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
+    tiny.add_argument("--kv-heads", type=int, default=None, help="key/value heads")
+    tiny.add_argument("--vocab-size", type=int, default=512)
+    tiny.add_argument("--tokenizer-corpus", default=None, help="also train the tokenizer on this corpus directory")
+
+    recall = sub.add_parser("make-recall-data", help="write recall documents (passkey format) as jsonl")
+    recall.add_argument("--out", required=True)
+    recall.add_argument("--documents", type=int, default=2000)
+    recall.add_argument("--filler", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
+                        help="filler sentences per document")
+    recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
+                        help="filler sentences before the key")
+    recall.add_argument("--seed", type=int, default=0)
 
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
     demo.add_argument("--out", default="outputs/demo", help="where the tiny model and UIO parts are written")
@@ -112,7 +128,25 @@ def _report(result, model) -> None:
 def cmd_make_tiny(args) -> int:
     from uio_ds.model.tiny import build_tiny_model
 
-    print(build_tiny_model(args.arch, args.out, seed=args.seed))
+    shape = {k: v for k, v in (("hidden_size", args.hidden), ("num_hidden_layers", args.layers),
+                               ("num_attention_heads", args.heads), ("num_key_value_heads", args.kv_heads)) if v}
+    if args.hidden:
+        shape["intermediate_size"] = 4 * args.hidden
+    texts = None
+    if args.tokenizer_corpus:
+        from datasets import load_from_disk
+
+        texts = list(load_from_disk(args.tokenizer_corpus)["train"]["text"])
+    print(build_tiny_model(args.arch, args.out, seed=args.seed, vocab_size=args.vocab_size,
+                           tokenizer_texts=texts, **shape))
+    return 0
+
+
+def cmd_make_recall_data(args) -> int:
+    from uio_ds.data.synthetic import write_recall_jsonl
+
+    write_recall_jsonl(args.out, args.documents, tuple(args.filler), tuple(args.key_at), seed=args.seed)
+    print(f"{args.documents} recall documents -> {args.out}")
     return 0
 
 
@@ -211,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {
         "make-tiny": cmd_make_tiny,
+        "make-recall-data": cmd_make_recall_data,
         "demo": cmd_demo,
         "generate": cmd_generate,
         "prepare-model": cmd_prepare_model,

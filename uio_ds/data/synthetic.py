@@ -61,3 +61,33 @@ def synthetic_text(num_sentences: int, seed: int = 0, sentences_per_paragraph: i
     if current:
         paragraphs.append(" ".join(current))
     return "\n\n".join(paragraphs)
+
+
+def recall_text(rng: random.Random, filler_sentences: int, key_digits: int = 5, key_position: int = 0,
+                filler_seed: int | None = None) -> tuple[str, str]:
+    """A recall document in the passkey format of ``uio_ds.eval.passkey``: the pass key is stated
+    after ``key_position`` filler sentences, ``filler_sentences`` sentences of story follow in all,
+    and the document ends by asking for the key and answering it. Returns (text, key)."""
+    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
+
+    key = "".join(rng.choice("0123456789") for _ in range(key_digits))
+    sentences = [_sentence(random.Random(filler_seed if filler_seed is not None else rng.random()))
+                 for _ in range(filler_sentences)]
+    before, after = " ".join(sentences[:key_position]), " ".join(sentences[key_position:])
+    text = INTRO + before + NEEDLE.format(key=key) + after + QUESTION + f" {key}."
+    return text, key
+
+
+def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, int], key_sentences: tuple[int, int],
+                       seed: int = 0) -> int:
+    """Write ``documents`` recall documents (one JSON object per line, field ``text``) whose filler
+    length and key position are drawn uniformly from the given (low, high) sentence ranges."""
+    import json
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(documents):
+            n = rng.randint(*filler_sentences)
+            text, key = recall_text(rng, n, key_position=min(n, rng.randint(*key_sentences)))
+            f.write(json.dumps({"text": text, "key": key}) + "\n")
+    return documents

@@ -7,7 +7,9 @@ prompt greedily:
 * ``uio``: the memory model: every earlier segment as compressed memory;
 * ``no_memory``: the same decoder seeing only the current segment (what memory must beat);
 * ``streaming``: StreamingLLM, attention sinks + a recent window of the same size as l;
-* ``full``: the base model attending to everything, up to its position range.
+* ``full``: the base model attending to everything, up to its position range;
+* ``homer``: HOMER's hierarchical merging of the text before the current segment into a
+  fixed-size cache (the last tokens of that text are its suffix, never pruned).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from uio_ds.baselines import StreamingLLM
+from uio_ds.baselines import HOMER, StreamingLLM
 from uio_ds.model.generation import generate
+from uio_ds.model.kv import forward_after_cache
 from uio_ds.model.memory_model import UIOMemoryModel, segment_targets, split_segments
 
 
@@ -122,6 +125,42 @@ class FullAttention(Method):
         return _greedy_base(self.base, ids, max_new_tokens)
 
 
+class HOMERMethod(Method):
+    name = "homer"
+
+    def __init__(self, base, chunk_tokens: int, segment_length: int, edge_tokens: int = 16):
+        edge = min(edge_tokens, chunk_tokens // 4)  # prefix + suffix take at most half a chunk
+        self.homer = HOMER(base, chunk_tokens=chunk_tokens, significance_queries=edge)
+        self.segment_length, self.edge = segment_length, edge
+
+    def _read(self, ids: torch.Tensor) -> torch.Tensor:
+        """Merge ``ids`` into the cache; the first and last ``edge`` tokens are prefix and suffix."""
+        e = min(self.edge, ids.shape[1] // 4)
+        return self.homer.prefill(ids[:, e : ids.shape[1] - e], ids[:, :e], ids[:, ids.shape[1] - e :])
+
+    @torch.no_grad()
+    def token_losses(self, ids):
+        losses = []
+        for t, (a, b) in enumerate(split_segments(ids.shape[1], self.segment_length)):
+            targets = segment_targets(ids, a, b)
+            if t == 0:
+                logits = forward_after_cache(self.homer.base, ids[:, a:b])
+            else:
+                self._read(ids[:, :a])
+                logits = forward_after_cache(self.homer.base, ids[:, a:b], self.homer.cache)
+            losses += _token_losses(logits, targets)
+        return losses
+
+    @torch.no_grad()
+    def greedy(self, ids, max_new_tokens):
+        logits, out = self._read(ids), []
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1, keepdim=True)
+            out.append(int(token))
+            logits = self.homer.step(token)
+        return out
+
+
 def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4) -> list[Method]:
     """The named methods over one memory model's base weights; the streaming window matches l."""
     out = []
@@ -134,6 +173,9 @@ def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4)
             out.append(StreamingMethod(model.base, sink_tokens, model.segment_length - sink_tokens))
         elif name == "full":
             out.append(FullAttention(model.base))
+        elif name == "homer":
+            out.append(HOMERMethod(model.base, chunk_tokens=2 * model.segment_length,
+                                   segment_length=model.segment_length))
         else:
-            raise ValueError(f"unknown method {name!r}: choose from uio, no_memory, streaming, full")
+            raise ValueError(f"unknown method {name!r}: choose from uio, no_memory, streaming, full, homer")
     return out

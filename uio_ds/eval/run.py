@@ -10,7 +10,7 @@ import time
 import torch
 
 TASKS = ("perplexity", "passkey", "autoencode", "longbench")
-METHODS = ("uio", "no_memory", "streaming", "full")
+METHODS = ("uio", "no_memory", "streaming", "full", "homer")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: ratio of untrained parts")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the parts' dtype")
     p.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"], choices=TASKS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["uio", "no_memory", "streaming", "full"], choices=METHODS)
     p.add_argument("--data", default="data/kjv", help="documents: a prepared corpus directory or text files")
     p.add_argument("--split", default="eval")
     p.add_argument("--text-field", default="text")

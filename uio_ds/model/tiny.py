@@ -41,8 +41,9 @@ _ARCH_SHAPE: dict[str, dict[str, Any]] = {
 }
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, num_sentences: int = 4000, seed: int = 0) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on generated text (deterministic, about a second)."""
+def build_tiny_tokenizer(vocab_size: int = 512, num_sentences: int = 4000, seed: int = 0,
+                         texts: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on generated text, plus ``texts`` if given (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -55,7 +56,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, num_sentences: int = 4000, seed:
         show_progress=False,
     )
     text = synthetic_text(num_sentences, seed=seed)
-    tok.train_from_iterator(text.split("\n\n"), trainer=trainer)
+    tok.train_from_iterator(text.split("\n\n") + list(texts or []), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
 
 
@@ -74,9 +75,11 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides: Any)
     )
 
 
-def build_tiny_model(arch: str, out_dir: str, seed: int = 0, **overrides: Any) -> str:
-    """Write a randomly initialised tiny ``arch`` model plus tokenizer to ``out_dir``; return ``out_dir``."""
-    tokenizer = build_tiny_tokenizer()
+def build_tiny_model(arch: str, out_dir: str, seed: int = 0, vocab_size: int = 512,
+                     tokenizer_texts: list[str] | None = None, **overrides: Any) -> str:
+    """Write a randomly initialised tiny ``arch`` model plus tokenizer to ``out_dir``; return ``out_dir``.
+    ``overrides`` change the config (hidden_size=..., num_hidden_layers=...)."""
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, texts=tokenizer_texts)
     config = tiny_config(arch, tokenizer, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
