@@ -144,3 +144,14 @@ def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path):
     removed = ckpt.prune(root, keep_last=2)
     assert sorted(removed) == ["step00000002", "step00000006"]
     assert ckpt.complete_tags(root) == ["step00000004", "step00000008"]
+
+
+def test_autoencode_documents_are_a_segment_twice(two_sources):
+    config, tok = two_sources
+    config.autoencode_tokens = 16
+    stream, _ = build_stream(config, tok, log=lambda *_: None)
+    for doc in stream.next_documents():
+        assert len(doc) == 32 and doc[:16].equal(doc[16:])
+    with pytest.raises(ConfigError, match="must equal uio.segment_length"):
+        TrainConfig.from_dict(minimal(data={"sources": [{"path": "x"}], "autoencode_tokens": 16},
+                                      uio={"segment_length": 32, "compression_ratio": 8}))

@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
                         help="filler sentences before the key")
     recall.add_argument("--seed", type=int, default=0)
+    recall.add_argument("--kind", default="recall", choices=("recall", "repeat"),
+                        help="recall: pass-key documents; repeat: a random run repeated (induction practice)")
 
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
     demo.add_argument("--out", default="outputs/demo", help="where the tiny model and UIO parts are written")
@@ -143,10 +145,13 @@ def cmd_make_tiny(args) -> int:
 
 
 def cmd_make_recall_data(args) -> int:
-    from uio_ds.data.synthetic import write_recall_jsonl
+    from uio_ds.data.synthetic import write_recall_jsonl, write_repeat_jsonl
 
-    write_recall_jsonl(args.out, args.documents, tuple(args.filler), tuple(args.key_at), seed=args.seed)
-    print(f"{args.documents} recall documents -> {args.out}")
+    if args.kind == "repeat":
+        write_repeat_jsonl(args.out, args.documents, seed=args.seed)
+    else:
+        write_recall_jsonl(args.out, args.documents, tuple(args.filler), tuple(args.key_at), seed=args.seed)
+    print(f"{args.documents} {args.kind} documents -> {args.out}")
     return 0
 
 

@@ -72,8 +72,15 @@ class DataConfig:
     seed: int = 0
     """Seed of the document order."""
 
+    autoencode_tokens: int | None = None
+    """Auto-encoding task: cut documents into pieces of this many tokens and train on [x ; x], so the
+    second segment's loss is reconstruction from the first one's memory (must equal uio.segment_length)."""
+
     def problems(self) -> list[str]:
         out = []
+        if self.autoencode_tokens is not None and (not isinstance(self.autoencode_tokens, int)
+                                                   or self.autoencode_tokens < 2):
+            out.append(f"data.autoencode_tokens={self.autoencode_tokens!r}: must be an integer >= 2 or null")
         if not self.sources:
             out.append("data.sources is empty: give at least one source, e.g. {\"path\": \"data/kjv\"}")
         for i, s in enumerate(self.sources):
@@ -211,6 +218,9 @@ class TrainConfig:
             problems.append(f"save_every={self.save_every!r}: must be an integer >= 0")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:
             problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 1")
+        if self.data.autoencode_tokens is not None and self.data.autoencode_tokens != self.uio.segment_length:
+            problems.append(f"data.autoencode_tokens={self.data.autoencode_tokens} must equal uio.segment_length="
+                            f"{self.uio.segment_length}: the copy must start exactly at the second segment")
         if problems:
             raise ConfigError("training config", problems)
 

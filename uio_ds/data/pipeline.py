@@ -169,9 +169,11 @@ class DocumentStream:
         self.config, self.world_size, self.rank = config, world_size, rank
         self.datasets = datasets
         self.pieces, self.skipped_short = [], 0
+        cut = config.autoencode_tokens or config.max_tokens
+        shortest = config.autoencode_tokens or config.min_tokens
         for ds in datasets:
             lengths = [len(ids) for ids in ds["input_ids"]]
-            pieces, skipped = document_pieces(lengths, config.min_tokens, config.max_tokens)
+            pieces, skipped = document_pieces(lengths, shortest, cut)
             self.pieces.append(pieces)
             self.skipped_short += skipped
         empty = [config.sources[i].path for i, p in enumerate(self.pieces) if not p]
@@ -210,6 +212,8 @@ class DocumentStream:
         for source, piece in mine:
             doc, start, stop = self.pieces[source][piece]
             ids = self.datasets[source][doc]["input_ids"][start:stop]
+            if self.config.autoencode_tokens:
+                ids = ids + ids  # [x ; x]: the second segment is rebuilt from the first one's memory
             out.append(torch.tensor(ids, dtype=torch.long))
         return out
 

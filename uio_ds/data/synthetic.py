@@ -91,3 +91,19 @@ def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, i
             text, key = recall_text(rng, n, key_position=min(n, rng.randint(*key_sentences)))
             f.write(json.dumps({"text": text, "key": key}) + "\n")
     return documents
+
+
+def write_repeat_jsonl(path: str, documents: int, seed: int = 0) -> int:
+    """Documents where a random run of digits and names appears twice, far apart: predicting the
+    second run needs an induction head (find the earlier occurrence, copy what followed), the
+    mechanism a decoder needs to read a key back from context or from memory."""
+    import json
+
+    rng = random.Random(seed)
+    vocab = list("0123456789") + NAMES
+    with open(path, "w") as f:
+        for _ in range(documents):
+            run = " ".join(rng.choice(vocab) for _ in range(rng.randint(6, 16)))
+            between = " ".join(_sentence(rng) for _ in range(rng.randint(0, 4)))
+            f.write(json.dumps({"text": f"Sequence: {run}. {between} Again: {run}."}) + "\n")
+    return documents

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from uio_ds.model.kv import cache_from_rotated, rotate_keys
 from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
 
 
@@ -29,6 +30,7 @@ class MemoryStream:
         self.memory: MemoryKV | None = None
         self.residual: torch.Tensor | None = None
         self.cache = None
+        self._rotated: torch.Tensor | None = None  # memory keys with RoPE at their fixed positions
         self.num_compressions = 0
 
     @property
@@ -47,12 +49,20 @@ class MemoryStream:
         return kv.per_text(batch)
 
     def _append_memory(self, kv: MemoryKV) -> None:
+        model = self.model
+        old_tokens = self.memory_tokens
         memory = kv if self.memory is None else MemoryKV.cat([self.memory, kv])
         # Under 'drop_oldest' the memories outside the window are released, not just hidden;
         # under 'error' the whole text was checked before any work (UIOMemoryModel.check_length).
-        self.memory = self.model.fit_positions(memory, 1)
+        self.memory = model.fit_positions(memory, 1)
         self.residual = self.residual[:, :0]
-        self.cache = self.model.build_cache(self.memory)
+        if model.config.position_overflow == "error":
+            # Memories keep their positions for good: rotate only the new one, at its fixed place.
+            new = rotate_keys(model.base, kv.keys, start=old_tokens)
+            self._rotated = new if self._rotated is None else torch.cat([self._rotated, new], dim=-2)
+            self.cache = cache_from_rotated(model.base, self._rotated, self.memory.values)
+        else:
+            self.cache = model.build_cache(self.memory)
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Read the prompt (B, P); return the next-token logits (B, vocab)."""

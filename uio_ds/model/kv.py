@@ -68,20 +68,31 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotate_keys(base, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """RoPE of ``keys`` (layers, batch, kv_heads, tokens, head_dim) at positions start, start+1, ..."""
+    positions = torch.arange(start, start + keys.shape[-2], device=keys.device).unsqueeze(0)
+    cos, sin = base.model.rotary_emb(keys[0], positions)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return keys * cos + rotate_half(keys) * sin
+
+
+def cache_from_rotated(base, keys: torch.Tensor, values: torch.Tensor):
+    """A DynamicCache holding already-rotated keys and their values, layer by layer."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=base.config)
+    for i in range(keys.shape[0]):
+        cache.update(keys[i], values[i], i)
+    return cache
+
+
 def prefix_cache(base, memory: MemoryKV | None):
     """A transformers DynamicCache holding ``memory`` with keys rotated at positions 0..M-1."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=base.config)
     if memory is None or memory.num_tokens == 0:
-        return cache
-    positions = torch.arange(memory.num_tokens, device=memory.keys.device).unsqueeze(0)
-    cos, sin = base.model.rotary_emb(memory.values[0], positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    for i in range(memory.keys.shape[0]):
-        k = memory.keys[i]
-        cache.update(k * cos + rotate_half(k) * sin, memory.values[i], i)
-    return cache
+        return DynamicCache(config=base.config)
+    return cache_from_rotated(base, rotate_keys(base, memory.keys), memory.values)
 
 
 def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
