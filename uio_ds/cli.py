@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
                         help="filler sentences before the key")
     recall.add_argument("--seed", type=int, default=0)
-    recall.add_argument("--kind", default="recall", choices=("recall", "repeat"),
-                        help="recall: pass-key documents; repeat: a random run repeated (induction practice)")
+    recall.add_argument("--kind", default="recall", choices=("recall", "repeat", "story"),
+                        help="recall: pass-key documents; repeat: a random run repeated (induction practice); "
+                             "story: plain generated text (a haystack without keys)")
 
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
     demo.add_argument("--out", default="outputs/demo", help="where the tiny model and UIO parts are written")
@@ -149,6 +150,14 @@ def cmd_make_recall_data(args) -> int:
 
     if args.kind == "repeat":
         write_repeat_jsonl(args.out, args.documents, seed=args.seed)
+    elif args.kind == "story":
+        import json
+
+        from uio_ds.data.synthetic import synthetic_text
+
+        with open(args.out, "w") as f:
+            for i in range(args.documents):
+                f.write(json.dumps({"text": synthetic_text(args.filler[1], seed=args.seed * 100003 + i)}) + "\n")
     else:
         write_recall_jsonl(args.out, args.documents, tuple(args.filler), tuple(args.key_at), seed=args.seed)
     print(f"{args.documents} {args.kind} documents -> {args.out}")

@@ -111,8 +111,9 @@ class AlgorithmConfig:
     """Retained encoder graphs: keep, offload (to CPU), recompute; auto = offload when the DeepSpeed
     config asks for CPU activation checkpointing, else keep."""
 
-    encode_batch_size: int | None = None
-    """Segments per batched encoder call when memories are computed in parallel (null = all)."""
+    encode_batch_size: int | None = 8
+    """Segments per batched encoder call when memories are computed in parallel without a graph
+    (bounds that call's activation memory; null = all at once)."""
 
     seed: int = 0
     """Seed of the reservoir."""

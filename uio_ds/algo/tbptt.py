@@ -192,7 +192,7 @@ class TBPTT(Strategy):
         segs = [doc[:, a:b] for a, b in bounds]
         with torch.no_grad():
             # values of the memories that some later step reads outside its window (s < T-1-S)
-            values = _encode_all(model, segs[: max(0, len(segs) - 1 - S)], batch)
+            values = _encode_all(model, segs[: max(0, len(segs) - 1 - S)], batch, chunk=8)
         buffers: list = [None] * len(params)
         stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
                  "segments": len(bounds)}
@@ -267,7 +267,7 @@ class _LeafWindowStrategy(Strategy):
     leaf copies of the memories; the gradient each leaf accumulates is back-propagated through
     its encoder once, when it leaves the window or at the end."""
 
-    def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = None):
+    def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = 8):
         super().__init__(window)
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode={graph_mode!r}: choose one of {list(GRAPH_MODES)}")
@@ -367,7 +367,7 @@ class Unbiased(_LeafWindowStrategy):
     name = "unbiased"
 
     def __init__(self, window: int, seed: int = 0, compensate: bool = True, graph_mode: str = "keep",
-                 encode_batch_size: int | None = None):
+                 encode_batch_size: int | None = 8):
         if window is None:
             raise ValueError("unbiased needs a reservoir size S >= 1")
         super().__init__(window, graph_mode, encode_batch_size)

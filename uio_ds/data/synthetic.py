@@ -94,16 +94,17 @@ def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, i
 
 
 def write_repeat_jsonl(path: str, documents: int, seed: int = 0) -> int:
-    """Documents where a random run of digits and names appears twice, far apart: predicting the
-    second run needs an induction head (find the earlier occurrence, copy what followed), the
-    mechanism a decoder needs to read a key back from context or from memory."""
+    """Documents where a random run of digits appears twice with story text between: predicting
+    the second run needs an induction head (find the earlier occurrence of the current token,
+    copy what followed), the mechanism a decoder needs to read a key back from context or from
+    memory. Digits are not separated by spaces: with a byte-level tokenizer every spaced digit
+    would follow the same space token, which hides where in the run a copy is."""
     import json
 
     rng = random.Random(seed)
-    vocab = list("0123456789") + NAMES
     with open(path, "w") as f:
         for _ in range(documents):
-            run = " ".join(rng.choice(vocab) for _ in range(rng.randint(6, 16)))
+            run = "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 12)))
             between = " ".join(_sentence(rng) for _ in range(rng.randint(0, 4)))
             f.write(json.dumps({"text": f"Sequence: {run}. {between} Again: {run}."}) + "\n")
     return documents
