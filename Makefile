@@ -16,7 +16,7 @@ TINY_MODEL := models/tiny-llama
 # CPU ranks for the DeepSpeed runs (gloo backend, DS_ACCELERATOR=cpu)
 RANKS ?= 2
 
-.PHONY: install prepare train demo test clean
+.PHONY: install prepare train demo tiny-recipe test clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ train: prepare
 # Streaming generation on the tiny model: compress a long text, generate with re-compression.
 demo: $(STAMP)
 	$(BIN)/python -m uio_ds demo --out outputs/demo
+
+# Pre-train a tiny base, train UIO memory on pass-key documents, evaluate (work in progress).
+tiny-recipe: prepare
+	bash launch/recipes/tiny_recall.sh
 
 test: prepare
 	$(BIN)/python -m pytest -n 2 -q tests

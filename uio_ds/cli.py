@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
                         help="filler sentences before the key")
     recall.add_argument("--seed", type=int, default=0)
-    recall.add_argument("--kind", default="recall", choices=("recall", "repeat", "story"),
-                        help="recall: pass-key documents; repeat: a random run repeated (induction practice); "
+    recall.add_argument("--kind", default="recall", choices=("recall", "repeat", "copy", "story"),
+                        help="recall: pass-key documents; repeat: a digit run repeated after story text; "
+                             "copy: a digit run repeated at once (induction practice); "
                              "story: plain generated text (a haystack without keys)")
 
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
@@ -148,8 +149,8 @@ def cmd_make_tiny(args) -> int:
 def cmd_make_recall_data(args) -> int:
     from uio_ds.data.synthetic import write_recall_jsonl, write_repeat_jsonl
 
-    if args.kind == "repeat":
-        write_repeat_jsonl(args.out, args.documents, seed=args.seed)
+    if args.kind in ("repeat", "copy"):
+        write_repeat_jsonl(args.out, args.documents, seed=args.seed, between=args.kind == "repeat")
     elif args.kind == "story":
         import json
 

@@ -93,11 +93,12 @@ def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, i
     return documents
 
 
-def write_repeat_jsonl(path: str, documents: int, seed: int = 0) -> int:
+def write_repeat_jsonl(path: str, documents: int, seed: int = 0, between: bool = True) -> int:
     """Documents where a random run of digits appears twice with story text between: predicting
     the second run needs an induction head (find the earlier occurrence of the current token,
     copy what followed), the mechanism a decoder needs to read a key back from context or from
-    memory. Digits are not separated by spaces: with a byte-level tokenizer every spaced digit
+    memory; ``between=False`` puts the copy right after the run (induction forms fastest there).
+    Digits are not separated by spaces: with a byte-level tokenizer every spaced digit
     would follow the same space token, which hides where in the run a copy is."""
     import json
 
@@ -105,6 +106,10 @@ def write_repeat_jsonl(path: str, documents: int, seed: int = 0) -> int:
     with open(path, "w") as f:
         for _ in range(documents):
             run = "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 12)))
-            between = " ".join(_sentence(rng) for _ in range(rng.randint(0, 4)))
-            f.write(json.dumps({"text": f"Sequence: {run}. {between} Again: {run}."}) + "\n")
+            if between:
+                story = " ".join(_sentence(rng) for _ in range(rng.randint(0, 4)))
+                text = f"Sequence: {run}. {story} Again: {run}."
+            else:
+                text = f"Copy: {run}. Again: {run}."
+            f.write(json.dumps({"text": text}) + "\n")
     return documents
