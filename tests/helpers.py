@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 from uio_ds.config import LoRAConfig, UIOConfig
@@ -35,3 +38,14 @@ def load(path: str, **overrides) -> UIOMemoryModel:
 def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 500) -> torch.Tensor:
     # Ids start at 3 to stay clear of the special tokens (<s>, </s>, <pad>).
     return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launcher_env() -> dict:
+    """Environment for subprocesses that run the real launchers: CPU DeepSpeed, this venv, one
+    thread per rank (two ranks share the two cores)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env

@@ -11,17 +11,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 
 from engine_cases import CASES, WORLD, case_documents, case_model, case_train_config  # noqa: E402
+from helpers import REPO, launcher_env
 from uio_ds.algo import build_strategy, count_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def deepspeed_env() -> dict:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return env
-
 
 @pytest.fixture(scope="module")
 def deepspeed_runs(tiny_dirs, tmp_path_factory):
@@ -29,7 +21,7 @@ def deepspeed_runs(tiny_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine")
     cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", "29631",
            os.path.join(REPO, "tests", "distributed", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
-    proc = subprocess.run(cmd, env=deepspeed_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in CASES}
 

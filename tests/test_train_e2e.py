@@ -9,17 +9,9 @@ import time
 
 import pytest
 
+from helpers import REPO, launcher_env
 from uio_ds import checkpoint as ckpt
 from uio_ds.data.synthetic import synthetic_text
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def env() -> dict:
-    e = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=REPO, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    e["PATH"] = os.path.dirname(sys.executable) + os.pathsep + e.get("PATH", "")
-    return e
-
 
 @pytest.fixture(scope="module")
 def run_config(tiny_dirs, tmp_path_factory):
@@ -52,9 +44,9 @@ def launch(config: str, out: str, port: int, *extra: str, background: bool = Fal
            "--deepspeed", os.path.join(REPO, "ds_configs", "zero2.json"), "--config", config,
            "--set", f"output_dir={out}", *extra]
     if background:
-        return subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
-    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -78,7 +70,7 @@ def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path)
     # resuming this 2-rank run on 1 rank is refused before any work, with the reason
     single = subprocess.run([sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
                              "--set", f"output_dir={out}", "--resume", "auto"],
-                            env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+                            env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert single.returncode == 2 and "written by 2 rank(s) and this run has 1" in single.stderr
     events = os.listdir(os.path.join(out, "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in events)
@@ -126,11 +118,11 @@ def test_bad_config_fails_before_any_work(run_config, tmp_path):
     config, _ = run_config
     cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
            "--set", "optim.lr=-1", "algorithm.name=rtrl", "data.sources=[{\"path\": \"/nope/*.jsonl\"}]"]
-    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "optim.lr=-1" in proc.stderr and "algorithm.name='rtrl'" in proc.stderr
     cmd = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config", config,
            "--set", "data.sources=[{\"path\": \"/nope/*.jsonl\"}]"]
-    proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "/nope/*.jsonl" in proc.stderr and "matches no file" in proc.stderr
     assert not os.path.exists(os.path.join(REPO, "runs", "uio"))
