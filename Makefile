@@ -57,7 +57,7 @@ tiny-recipe: prepare
 	bash launch/recipes/tiny_recall.sh
 
 test: prepare
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
 clean:
 	rm -rf $(VENV) outputs runs cache models data *.egg-info

@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
 
 from engine_cases import CASES, WORLD, case_documents, case_model, case_train_config  # noqa: E402
-from helpers import REPO, launcher_env
+from helpers import REPO, free_port, launcher_env
 from uio_ds.algo import build_strategy, count_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
 
@@ -19,7 +19,7 @@ from uio_ds.config import ConfigError  # noqa: E402
 def deepspeed_runs(tiny_dirs, tmp_path_factory):
     """Every case of engine_cases.CASES, run once through the deepspeed launcher with 2 CPU ranks."""
     out = tmp_path_factory.mktemp("engine")
-    cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", "29631",
+    cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", str(free_port()),
            os.path.join(REPO, "tests", "distributed", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import REPO, launcher_env
+from helpers import REPO, free_port, launcher_env
 from uio_ds import checkpoint as ckpt
 from uio_ds.data.synthetic import synthetic_text
 
@@ -39,8 +39,8 @@ def run_config(tiny_dirs, tmp_path_factory):
     return str(path), root
 
 
-def launch(config: str, out: str, port: int, *extra: str, background: bool = False):
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), os.path.join(REPO, "launch", "train.py"),
+def launch(config: str, out: str, *extra: str, background: bool = False):
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), os.path.join(REPO, "launch", "train.py"),
            "--deepspeed", os.path.join(REPO, "ds_configs", "zero2.json"), "--config", config,
            "--set", f"output_dir={out}", *extra]
     if background:
@@ -60,7 +60,7 @@ def losses(out: str) -> dict[int, float]:
 def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path):
     config, _ = run_config
     out = str(tmp_path / "run")
-    proc = launch(config, out, 29641)
+    proc = launch(config, out)
     assert "trained UIO parts exported" in proc.stdout + proc.stderr
     checkpoints = os.path.join(out, "checkpoints")
     assert ckpt.complete_tags(checkpoints) == ["step00000004"]  # keep_last=1 removed step 2
@@ -89,11 +89,11 @@ def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
     config, _ = run_config
     long_run = ["steps=30", "save_every=2", "keep_last=2"]
     reference = str(tmp_path / "reference")
-    launch(config, reference, 29651, *long_run)
+    launch(config, reference, *long_run)
     want = losses(reference)
 
     out = str(tmp_path / "killed")
-    proc = launch(config, out, 29661, *long_run, background=True)
+    proc = launch(config, out, *long_run, background=True)
     checkpoints = os.path.join(out, "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -107,7 +107,7 @@ def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
     resumed_from = ckpt.tag_step(ckpt.latest_tag(checkpoints))
     assert 4 <= resumed_from < 30
 
-    launch(config, out, 29671, *long_run, "--resume", "auto")
+    launch(config, out, *long_run, "--resume", "auto")
     got = losses(out)
     assert sorted(got) == list(range(1, 31))
     for step in range(resumed_from + 1, 31):
