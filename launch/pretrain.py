@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     log = []
     bar = tqdm(range(args.steps), desc="pretrain")
     start = time.perf_counter()
-    for step in bar:
+    for _ in bar:
         counts = torch.multinomial(torch.tensor(weights) / total, args.batch, replacement=True, generator=gen)
         rows = []
         for source in counts.tolist():

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from uio_ds import checkpoint as ckpt
 from uio_ds.config import ConfigError
-from uio_ds.data.pipeline import DocumentStream, build_stream, document_pieces, source_files
+from uio_ds.data.pipeline import build_stream, document_pieces, source_files
 from uio_ds.data.synthetic import synthetic_text
 from uio_ds.train_config import DataConfig, SourceConfig, TrainConfig, apply_overrides
 

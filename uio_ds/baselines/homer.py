@@ -85,8 +85,10 @@ class HOMER:
         for index in range(chunk.layer, stop):
             layer = base.model.layers[index]
             captured = {}
-            hooks = [layer.self_attn.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
-                     layer.self_attn.v_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("v", o))]
+            hooks = [
+                layer.self_attn.k_proj.register_forward_hook(lambda m, i, o, c=captured: c.__setitem__("k", o)),
+                layer.self_attn.v_proj.register_forward_hook(lambda m, i, o, c=captured: c.__setitem__("v", o)),
+            ]
             try:
                 chunk.hidden = layer(chunk.hidden, attention_mask=mask, position_ids=position_ids,
                                      position_embeddings=rope)

@@ -184,7 +184,7 @@ class UIOMemoryModel(nn.Module):
         return model
 
     def _inject_adapters(self) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         for name, lora in (("encoder", self.config.encoder_lora), ("transfer", self.config.transfer_lora)):
             missing = [t for t in lora.target_modules if not hasattr(self.layers[0].self_attn, t)
