@@ -238,6 +238,7 @@ class UIOEngine:
         params = self.model.trainable_parameters()
         # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
         buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]
+        lr = self.lr()  # the rate this step uses (the scheduler advances inside engine.step)
         surrogate = self.engine(buffers, loss_scale)
         self.engine.backward(surrogate)
         self.engine.step()
@@ -257,7 +258,7 @@ class UIOEngine:
             loss=sums[0] / global_tokens,
             tokens=global_tokens,
             grad_norm=float(norm) if norm is not None else None,
-            lr=self.lr(),
+            lr=lr,
             segment_loss_sums=sums[1 : 1 + positions],
             segment_tokens=sums[1 + positions :],
             stats=dict(zip(stats, reduced)),
