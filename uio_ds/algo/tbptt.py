@@ -33,7 +33,8 @@ from typing import Protocol, Sequence
 
 import torch
 
-from uio_ds.model.memory_model import IGNORE_INDEX, segment_targets, split_segments
+from uio_ds.model.memory_model import IGNORE_INDEX, host_value, segment_targets, split_segments
+from uio_ds.offload import offload_saved_tensors
 
 GRAPH_MODES = ("keep", "offload", "recompute")
 
@@ -170,8 +171,8 @@ class Full(Strategy):
         grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(
-            list(g.detach() if g is not None else None for g in grads), out.loss_sum.item(), out.num_tokens,
-            [s.item() for s in out.segment_loss_sums], list(out.segment_num_tokens),
+            list(g.detach() if g is not None else None for g in grads), host_value(out.loss_sum), out.num_tokens,
+            [host_value(s) for s in out.segment_loss_sums], list(out.segment_num_tokens),
             {"encoder_graph_forwards": segments - 1, "encoder_backward_passes": segments - 1,
              "max_live_graphs": segments - 1, "segments": segments},
         )
@@ -210,7 +211,7 @@ class TBPTT(Strategy):
             memory = values[:first] + fresh
             out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
             self._add(buffers, _grad(out.loss_sum * scale, params))
-            sums.append(out.loss_sum.item())
+            sums.append(host_value(out.loss_sum))
             counts.append(out.num_tokens)
         return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
 
@@ -336,7 +337,8 @@ class _LeafWindowStrategy(Strategy):
                 stats["max_live_graphs"] = max(stats["max_live_graphs"], len(graphs))
             window = sorted(leaves)
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
-            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
+            with _graph_context(self.graph_mode):  # 'offload' also moves the decoder's saved activations
+                out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -344,7 +346,7 @@ class _LeafWindowStrategy(Strategy):
                 if g is not None:
                     g = g * factors[t] if factors[t] != 1.0 else g
                     accumulated[s] = g if s not in accumulated else accumulated[s] + g
-            sums.append(out.loss_sum.item())
+            sums.append(host_value(out.loss_sum))
             counts.append(out.num_tokens)
         for s in sorted(leaves):
             flush(s)
@@ -429,9 +431,7 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
 
 
 def _graph_context(mode: str):
-    if mode == "offload":
-        return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
-    return contextlib.nullcontext()
+    return offload_saved_tensors() if mode == "offload" else contextlib.nullcontext()
 
 
 def _check_recompute(model, mode: str) -> None:

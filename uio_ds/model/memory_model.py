@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from uio_ds.config import UIOConfig
 from uio_ds.model.attention import resolve_attention
@@ -103,6 +104,14 @@ def segment_targets(input_ids: torch.Tensor, start: int, stop: int) -> torch.Ten
     return targets
 
 
+def host_value(t: torch.Tensor, fake: float = float("nan")) -> float:
+    """``t.item()``; for a fake tensor (the memory planner runs the training step on tensors
+    without data, ``uio_ds.memory_plan``) there is no value, and ``fake`` is returned instead."""
+    if isinstance(t, FakeTensor):
+        return fake
+    return t.item()
+
+
 def _base_fingerprint(base_config) -> dict:
     return {k: getattr(base_config, k, None) for k in _FINGERPRINT_KEYS}
 
@@ -137,7 +146,9 @@ class UIOMemoryModel(nn.Module):
         hidden = base.config.hidden_size
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
         self.to(_TORCH_DTYPES[config.dtype])
-        self._trainable = [p for n, p in self.named_parameters() if self._is_trainable_name(n)]
+        # Names, not tensors: a conversion that replaces parameters (to_empty, swap-on-conversion)
+        # must not leave a stale list behind.
+        self._trainable_names = [n for n, _ in self.named_parameters() if self._is_trainable_name(n)]
         self._active_adapter: str | None = None
         self._set_adapter(None, force=True)
 
@@ -273,7 +284,8 @@ class UIOMemoryModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Encoder LoRA, transfer-head LoRA and <mem> embeddings, in a fixed order."""
-        return list(self._trainable)
+        params = dict(self.named_parameters())
+        return [params[n] for n in self._trainable_names]
 
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, p in self.named_parameters():
@@ -282,7 +294,7 @@ class UIOMemoryModel(nn.Module):
 
     def trainable_summary(self) -> dict:
         """Counts of trainable and total parameters and the trainable share."""
-        trainable = sum(p.numel() for p in self._trainable)
+        trainable = sum(p.numel() for p in self.trainable_parameters())
         total = sum(p.numel() for p in self.parameters())
         return {"trainable": trainable, "total": total, "share": trainable / total}
 
@@ -290,7 +302,7 @@ class UIOMemoryModel(nn.Module):
         # peft's adapter switching flips requires_grad of the adapters it turns off, and autograd
         # then drops their gradients even for graphs built before the switch: every switch is
         # followed by turning all trainable parts back on.
-        for p in self._trainable:
+        for p in self.trainable_parameters():
             p.requires_grad_(True)
 
     def _set_adapter(self, name: str | None, force: bool = False) -> None:
@@ -469,7 +481,7 @@ class UIOMemoryModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
-            out.num_tokens = int((targets != IGNORE_INDEX).sum())
+            out.num_tokens = int(host_value((targets != IGNORE_INDEX).sum(), fake=targets.numel()))
         return out
 
     # ------------------------------------------------------------------ whole documents
