@@ -61,7 +61,7 @@ SHAPES: dict[str, dict] = {
 }
 
 STEP_PARTS = ("encoder graphs", "memories", "memory K/V", "decoder activations", "gradients and backward temporaries")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from uio_ds.model.memory_model import TORCH_DTYPES as _DTYPES  # noqa: E402
 
 
 @dataclass

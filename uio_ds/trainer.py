@@ -16,6 +16,7 @@ import torch
 
 from uio_ds import checkpoint as ckpt
 from uio_ds.algo.tbptt import build_strategy
+from uio_ds.model.attention import resolve_attention
 from uio_ds.train_config import TrainConfig
 
 STATE_FILE = "trainer_state_rank{rank}.pt"
@@ -70,11 +71,14 @@ class Trainer:
 
         from uio_ds import engine
         from uio_ds.data.pipeline import build_stream
-        from uio_ds.model.memory_model import UIOMemoryModel
+        from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
 
         cfg = self.config
         self.rank, self.world_size = engine.init_distributed()
         ds_config, graph_mode = engine.resolve_ds_config(self.raw_ds_config, cfg, self.world_size)
+        # the attention kernel is settled before any data work: asking for flash-attn where it
+        # cannot run fails here, with the fix in the message
+        attention = resolve_attention(cfg.uio.attention, TORCH_DTYPES[cfg.uio.dtype])
         torch.manual_seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
 
@@ -117,7 +121,7 @@ class Trainer:
             self.writer = _NullWriter()
         summary = model.trainable_summary()
         self.log(f"{self.world_size} rank(s), ZeRO stage {ds_config['zero_optimization'].get('stage', 0)}, "
-                 f"{self.strategy}, graph_mode={graph_mode}; trainable {summary['trainable']:,} of "
+                 f"{self.strategy}, graph_mode={graph_mode}, attention {attention} (asked: {cfg.uio.attention}); trainable {summary['trainable']:,} of "
                  f"{summary['total']:,} parameters ({100 * summary['share']:.2f}%)")
         if self.resume:
             self._resume(self.resume)

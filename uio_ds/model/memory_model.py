@@ -40,7 +40,7 @@ MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 IGNORE_INDEX = -100
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
 RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow")
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 
@@ -145,7 +145,7 @@ class UIOMemoryModel(nn.Module):
         self._inject_adapters()
         hidden = base.config.hidden_size
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
-        self.to(_TORCH_DTYPES[config.dtype])
+        self.to(TORCH_DTYPES[config.dtype])
         # Names, not tensors: a conversion that replaces parameters (to_empty, swap-on-conversion)
         # must not leave a stale list behind.
         self._trainable_names = [n for n, _ in self.named_parameters() if self._is_trainable_name(n)]
@@ -183,7 +183,7 @@ class UIOMemoryModel(nn.Module):
         base_config = AutoConfig.from_pretrained(base_path)
         if meta:
             _check_fingerprint(meta, base_config, trained_path, base_path)
-        dtype = _TORCH_DTYPES[config.dtype]
+        dtype = TORCH_DTYPES[config.dtype]
         base = AutoModelForCausalLM.from_pretrained(
             base_path, dtype=dtype, attn_implementation=resolve_attention(config.attention, dtype)
         )
