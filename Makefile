@@ -40,13 +40,15 @@ $(REAL_MODEL)/uio_prepared.json: $(STAMP)
 $(REAL_CORPUS)/corpus.json: $(STAMP)
 	$(BIN)/python -m uio_ds prepare-corpus kjv --out $(REAL_CORPUS)
 
-# The main job: UIO memory training through the real DeepSpeed launcher on $(RANKS) CPU ranks,
-# ZeRO-2, unbiased incremental TBPTT, the tiny model on the King James books (a few minutes).
+# The main job: UIO memory training of SmolLM2-135M on the King James books through the real
+# DeepSpeed launcher on $(RANKS) CPU ranks, ZeRO-2, unbiased incremental TBPTT (a few minutes).
 # An interrupted run continues from its last checkpoint; RUN=runs/other starts a new one.
-RUN ?= runs/tiny
+# `make train CONFIG=launch/configs/tiny.json RUN=runs/tiny` trains the tiny model instead.
+CONFIG ?= launch/configs/smollm2.json
+RUN ?= runs/smollm2
 train: prepare
 	PATH=$(abspath $(BIN)):$$PATH DS_ACCELERATOR=cpu $(BIN)/deepspeed --num_gpus $(RANKS) launch/train.py \
-		--deepspeed ds_configs/zero2.json --config launch/configs/tiny.json --set output_dir=$(RUN) --resume auto
+		--deepspeed ds_configs/zero2.json --config $(CONFIG) --set output_dir=$(RUN) --resume auto
 
 # Streaming generation on the tiny model: compress a long text, generate with re-compression.
 demo: $(STAMP)

@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.10"],
-        "gpu": ["flash-attn>=2.5"],
+        "gpu": ["flash-attn>=2.5; sys_platform == \"linux\""],  # builds only against CUDA on Linux
     },
     entry_points={"console_scripts": ["uio-ds=uio_ds.cli:main"]},
 )

@@ -63,3 +63,30 @@ def test_demo_runs(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--prompt-tokens", "600", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "segments compressed into" in out and os.path.isdir(tmp_path / "demo" / "uio" / "encoder")
+
+
+@pytest.mark.parametrize("kind", ["recall", "passkey", "repeat", "copy"])
+def test_make_recall_data_states_the_key_and_answers_it(tmp_path, kind):
+    import json
+    import re
+
+    out = str(tmp_path / f"{kind}.jsonl")
+    assert main(["make-recall-data", "--kind", kind, "--out", out, "--documents", "20", "--filler", "3", "6"]) == 0
+    with open(out) as f:
+        docs = [json.loads(line) for line in f]
+    assert len(docs) == 20
+    for doc in docs:
+        text = doc["text"]
+        if kind in ("recall", "passkey"):
+            key = doc["key"]
+            assert re.fullmatch(r"\d{5}", key)
+            # stated early, asked at the end, answered with the same key
+            assert text.index(f"The pass key is {key}.") < text.rindex("What is the pass key?")
+            assert text.endswith(f"The pass key is {key}.")
+        else:
+            run = re.search(r"(\d{5,12})\.", text).group(1)
+            assert text.count(run) == 2
+    if kind == "passkey":  # the filler between is the repeated classic sentences, 3..6 times
+        from uio_ds.data.synthetic import PASSKEY_FILLER
+
+        assert all(3 <= d["text"].count(PASSKEY_FILLER) <= 6 for d in docs)

@@ -83,6 +83,12 @@ def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path)
     assert run["world_size"] == 2 and run["deepspeed"]["zero_optimization"]["stage"] == 2
     data = next(iter(run["data"].values()))
     assert data["skipped"] == {"not valid JSON": 1} and data["documents"] == 24
+    # the framework's cost against a bare transformers forward+backward of the last step's windows
+    with open(os.path.join(out, "cost.json")) as f:
+        cost = json.load(f)
+    assert cost["world_size"] == 2 and cost["tokens"] > 0 and cost["bare_forward_backward_seconds"] > 0
+    assert cost["overhead_ratio"] == pytest.approx(cost["step_seconds"] / cost["bare_forward_backward_seconds"], rel=0.01)
+    assert "cost of the last step" in proc.stdout + proc.stderr
 
 
 def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):

@@ -49,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
                         help="filler sentences before the key")
     recall.add_argument("--seed", type=int, default=0)
-    recall.add_argument("--kind", default="recall", choices=("recall", "repeat", "copy", "story"),
-                        help="recall: pass-key documents; repeat: a digit run repeated after story text; "
+    recall.add_argument("--kind", default="recall", choices=("recall", "passkey", "filler", "repeat", "copy", "story"),
+                        help="recall: pass-key documents with story filler; passkey: the classic format, "
+                             "repeated filler sentences (--filler = repeats); filler: the repeated filler alone "
+                             "(a haystack); repeat: a digit run repeated after story text; "
                              "copy: a digit run repeated at once (induction practice); "
                              "story: plain generated text (a haystack without keys)")
 
@@ -147,9 +149,17 @@ def cmd_make_tiny(args) -> int:
 
 
 def cmd_make_recall_data(args) -> int:
-    from uio_ds.data.synthetic import write_recall_jsonl, write_repeat_jsonl
+    from uio_ds.data.synthetic import PASSKEY_FILLER, write_passkey_jsonl, write_recall_jsonl, write_repeat_jsonl
 
-    if args.kind in ("repeat", "copy"):
+    if args.kind == "passkey":
+        write_passkey_jsonl(args.out, args.documents, tuple(args.filler), seed=args.seed)
+    elif args.kind == "filler":
+        import json
+
+        with open(args.out, "w") as f:
+            for _ in range(args.documents):
+                f.write(json.dumps({"text": PASSKEY_FILLER * args.filler[1]}) + "\n")
+    elif args.kind in ("repeat", "copy"):
         write_repeat_jsonl(args.out, args.documents, seed=args.seed, between=args.kind == "repeat")
     elif args.kind == "story":
         import json

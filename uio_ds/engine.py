@@ -70,6 +70,12 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_max_float(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def all_reduce_max(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

@@ -206,6 +206,10 @@ class TrainConfig:
     seed: int = 0
     """Seed of torch (dropout) and of every generator not seeded elsewhere."""
 
+    measure_overhead: bool = True
+    """After the last step, time a bare transformers forward+backward over the same tokens as that
+    step (in segment_length windows, no memory) and report the ratio (``cost.json``)."""
+
     def __post_init__(self) -> None:
         problems = []
         if not self.model_path:

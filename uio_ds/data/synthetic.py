@@ -93,6 +93,27 @@ def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, i
     return documents
 
 
+PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def write_passkey_jsonl(path: str, documents: int, repeats: tuple[int, int], seed: int = 0) -> int:
+    """Pass-key documents in the classic format (Mohtashami and Jaggi, 2023): the key stated at the
+    start, then the same filler sentences repeated ``repeats`` times (drawn uniformly from the range),
+    then the question and the answer. The filler is predictable from its own segment, so nearly all
+    the loss a memory can remove is the key's: the training signal for carrying it across segments."""
+    import json
+
+    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(documents):
+            key = "".join(rng.choice("0123456789") for _ in range(5))
+            text = INTRO + NEEDLE.format(key=key) + PASSKEY_FILLER * rng.randint(*repeats) + QUESTION + f" {key}."
+            f.write(json.dumps({"text": text, "key": key}) + "\n")
+    return documents
+
+
 def write_repeat_jsonl(path: str, documents: int, seed: int = 0, between: bool = True) -> int:
     """Documents where a random run of digits appears twice with story text between: predicting
     the second run needs an induction head (find the earlier occurrence of the current token,
