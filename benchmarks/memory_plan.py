@@ -24,9 +24,11 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import torch  # noqa: E402
 from common import RESULTS_DIR, print_table, summary_line, write_results  # noqa: E402
 
 from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan  # noqa: E402
@@ -52,18 +54,22 @@ def settings_from(args, tokens: int, offload: bool, **over) -> PlanSettings:
 
 def sweep(args) -> None:
     offloads = {"on": [True], "off": [False], "both": [True, False]}[args.offload]
+    jobs = [(offload, tokens) for offload in offloads for tokens in args.lengths]
+    # each plan is one single-threaded process's work: independent points run side by side
+    with ProcessPoolExecutor(max_workers=args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = {job: pool.submit(plan, args.model, settings_from(args, job[1], job[0]))
+                   for job in sorted(jobs, key=lambda j: -j[1])}  # longest first
+        results = [futures[job].result() for job in jobs]
     rows, plans = [], []
-    for offload in offloads:
-        for tokens in args.lengths:
-            p = plan(args.model, settings_from(args, tokens, offload))
-            plans.append(p.as_dict())
-            row = {"offload": "on" if offload else "off", "tokens": tokens, "peak_gib": round(p.peak / GIB, 2)}
-            row.update({k: round(v / GIB, 2) for k, v in p.persistent.items() if v})
-            row.update({k: round(p.step.get(k, 0) / GIB, 2) for k in STEP_PARTS})
-            row["plan_s"] = p.seconds
-            rows.append(row)
-            print(f"offload {row['offload']:>3}  {tokens:>7} tokens: {row['peak_gib']:6.2f} GiB per rank "
-                  f"(step {p.step_peak / GIB:.2f} GiB, planned in {p.seconds:.0f} s)", flush=True)
+    for (offload, tokens), p in zip(jobs, results):
+        plans.append(p.as_dict())
+        row = {"offload": "on" if offload else "off", "tokens": tokens, "peak_gib": round(p.peak / GIB, 2)}
+        row.update({k: round(v / GIB, 2) for k, v in p.persistent.items() if v})
+        row.update({k: round(p.step.get(k, 0) / GIB, 2) for k in STEP_PARTS})
+        row["plan_s"] = p.seconds
+        rows.append(row)
+        print(f"offload {row['offload']:>3}  {tokens:>7} tokens: {row['peak_gib']:6.2f} GiB per rank "
+              f"(step {p.step_peak / GIB:.2f} GiB, planned in {p.seconds:.0f} s)", flush=True)
     columns = ["offload", "tokens", "peak_gib"] + [c for c in rows[0] if c not in ("offload", "tokens", "peak_gib")]
     print()
     print_table(rows, columns)
@@ -154,6 +160,7 @@ def main() -> None:
     p.add_argument("--optimizer-offload", action="store_true")
     p.add_argument("--deepspeed", default="ds_configs/zero2.json",
                    help="DeepSpeed config whose reduce_bucket_size / overlap_comm / contiguous_gradients apply")
+    p.add_argument("--jobs", type=int, default=1, help="plans computed in parallel processes")
     p.add_argument("--validate", action="store_true", help="fake-tensor prediction vs real CPU measurement")
     p.add_argument("--name", default="memory_plan")
     args = p.parse_args()
