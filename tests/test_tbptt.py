@@ -80,6 +80,18 @@ def test_incremental_without_window_and_unbiased_with_large_window_equal_full(mo
         assert res.stats["evictions"] == 0
 
 
+def test_memories_past_the_position_range_are_skipped_exactly(short_context_dir):
+    """Under 'drop_oldest' the strategies run the transfer head only on memories a decoder reads
+    (64 positions, l=16, m=4: the 12 most recent): the gradient is that of the full model."""
+    m = load(short_context_dir, position_overflow="drop_oldest")
+    perturb_trainable(m, seed=4, scale=0.2)
+    assert m.readable_memories(20) == 12 and m.readable_memories(5) == 5
+    doc = random_ids(1, 16 * 16 + 5, seed=6)  # 16 memories: the oldest ones are dropped
+    full = Full().run(m, doc)
+    assert rel_err(Incremental(None).run(m, doc).grads, full.grads) <= 1e-5
+    assert abs(Incremental(None).run(m, doc).loss - full.loss) <= 1e-6
+
+
 def test_documents_of_different_lengths(model):
     docs = [random_ids(1, 40, seed=6)[0], random_ids(1, 75, seed=7)[0]]
     together = Incremental(2).run(model, docs)

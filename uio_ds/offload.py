@@ -27,21 +27,33 @@ def host_device(device: str | torch.device) -> Iterator[None]:
         _HOST.pop()
 
 
-def offload_saved_tensors():
-    """A context under which every tensor saved for backward is copied to the host and copied
-    back when backward needs it (pinned host memory when CUDA is present)."""
+def _resident(t: torch.Tensor) -> bool:
+    """Tensors not worth moving: weights (and views of them), which stay on the device anyway,
+    and broadcast views (a frozen weight expanded for a batched matmul), whose copy would
+    materialise every repetition."""
+    return (isinstance(t, torch.nn.Parameter) or isinstance(t._base, torch.nn.Parameter)
+            or t.untyped_storage().nbytes() < t.numel() * t.element_size())
+
+
+def pack_saved(t: torch.Tensor):
+    """Saved-tensor pack hook: a host copy of ``t`` (or ``t`` itself when it is resident)."""
     host = _HOST[-1]
+    if t.device == host or _resident(t):
+        return t.device, t
     pin = torch.cuda.is_available() and host.type == "cpu"
+    copy = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, device=host, pin_memory=pin)
+    copy.copy_(t)
+    return t.device, copy
 
-    def pack(t: torch.Tensor):
-        if t.device == host:
-            return t.device, t
-        copy = torch.empty(t.size(), dtype=t.dtype, layout=t.layout, device=host, pin_memory=pin)
-        copy.copy_(t)
-        return t.device, copy
 
-    def unpack(packed):
-        device, t = packed
-        return t if t.device == device else t.to(device, non_blocking=pin)
+def unpack_saved(packed) -> torch.Tensor:
+    """Saved-tensor unpack hook: the tensor back on the device it was saved from."""
+    device, t = packed
+    return t if t.device == device else t.to(device, non_blocking=t.is_pinned())
 
-    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+def offload_saved_tensors():
+    """A context under which tensors saved for backward are copied to the host and copied back
+    when backward needs it (pinned host memory when CUDA is present). Unlike torch's
+    ``save_on_cpu``, weights and broadcast views stay where they are (``_resident``)."""
+    return torch.autograd.graph.saved_tensors_hooks(pack_saved, unpack_saved)

@@ -46,6 +46,7 @@ class MemoryModel(Protocol):
 
     def encode(self, input_ids: torch.Tensor) -> torch.Tensor: ...
     def memory_kv(self, memory: torch.Tensor): ...
+    def readable_memories(self, num_memories: int) -> int: ...
     def decode(self, input_ids: torch.Tensor, memory=None, targets=None): ...
     def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
 
@@ -416,6 +417,8 @@ def _encode_all(model, segments: list[torch.Tensor], batch: int, chunk: int | No
 
 def _kv(model, memory: list[torch.Tensor], batch: int):
     """Transfer head over the memories of earlier segments, side by side along the tokens."""
+    # memories the decoder would drop for lack of positions take no transfer-head pass
+    memory = memory[len(memory) - model.readable_memories(len(memory)):]
     if not memory:
         return None
     # rows ordered (document, segment), which per_text turns into one row per document

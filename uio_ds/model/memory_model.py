@@ -417,6 +417,14 @@ class UIOMemoryModel(nn.Module):
             )
         return memory
 
+    def readable_memories(self, num_memories: int) -> int:
+        """How many of the ``num_memories`` most recent segment memories a decoder call reads:
+        all of them, except under 'drop_oldest', which keeps what ``fit_positions`` keeps. Training
+        runs the transfer head on those only: the dropped ones serve no loss."""
+        if self.config.position_overflow != "drop_oldest":
+            return num_memories
+        return min(num_memories, (self.max_positions - self.segment_length) // self.num_mem_tokens)
+
     def max_tokens_supported(self) -> int:
         """Longest text whose every decoder call fits in the position range (policy 'error')."""
         l, m, limit = self.segment_length, self.num_mem_tokens, self.max_positions
