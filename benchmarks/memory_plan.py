@@ -52,6 +52,35 @@ def settings_from(args, tokens: int, offload: bool, **over) -> PlanSettings:
     return PlanSettings(**values)
 
 
+def plot(rows: list[dict], args, offloads) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for offload in offloads:
+        label = "on" if offload else "off"
+        pts = sorted((r["tokens"], r["peak_gib"] * GIB / 1e9) for r in rows if r["offload"] == label)
+        ax.plot(*zip(*pts), "o-", label=f"activation offload {label}")
+    lengths = sorted({r["tokens"] for r in rows})
+    for gb in CARDS_GB:
+        ax.axhline(gb, color="grey", lw=0.8, ls="--")
+        ax.annotate(f"{gb} GB card", (lengths[0], gb), xytext=(2, 3), textcoords="offset points",
+                    fontsize=8, color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(0, max(CARDS_GB) * 1.08)
+    ax.set(xlabel="document length (tokens)", ylabel="peak device memory per rank (GB)")
+    ax.set_title(f"{args.model}: {args.algorithm}({args.window}), l={args.segment_length}, ratio "
+                 f"{args.compression_ratio}, {args.dtype}, ZeRO-{args.zero_stage} x {args.ranks}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center right")
+    fig.tight_layout()
+    png = os.path.join(RESULTS_DIR, f"{args.name}.png")
+    fig.savefig(png, dpi=110)
+    return png
+
+
 def sweep(args) -> None:
     offloads = {"on": [True], "off": [False], "both": [True, False]}[args.offload]
     jobs = [(offload, tokens) for offload in offloads for tokens in args.lengths]
@@ -76,29 +105,7 @@ def sweep(args) -> None:
     for note in plans[-1]["notes"]:
         print("note:", note)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for offload in offloads:
-        label = "on" if offload else "off"
-        pts = [(r["tokens"], r["peak_gib"] * GIB / 1e9) for r in rows if r["offload"] == label]
-        ax.plot(*zip(*pts), "o-", label=f"activation offload {label}")
-    for gb in CARDS_GB:
-        ax.axhline(gb, color="grey", lw=0.8, ls="--")
-        ax.text(args.lengths[0], gb * 1.02, f"{gb} GB card", fontsize=8, color="grey")
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="document length (tokens)", ylabel="peak device memory per rank (GB)",
-           title=f"{args.model}: {args.algorithm}({args.window}), l={args.segment_length}, ratio "
-                 f"{args.compression_ratio}, {args.dtype}, ZeRO-{args.zero_stage} x {args.ranks}")
-    ax.set_ylim(0, max(max(r["peak_gib"] * GIB / 1e9 for r in rows) * 1.15, CARDS_GB[0] * 1.1))
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    png = os.path.join(RESULTS_DIR, f"{args.name}.png")
-    fig.savefig(png, dpi=110)
+    png = plot(rows, args, offloads)
     path = write_results(args.name, {"model": args.model, "mode": "fake tensors (estimate)", "rows": rows,
                                      "plans": plans})
     print(f"wrote {path} and {png}")
@@ -160,12 +167,18 @@ def main() -> None:
     p.add_argument("--optimizer-offload", action="store_true")
     p.add_argument("--deepspeed", default="ds_configs/zero2.json",
                    help="DeepSpeed config whose reduce_bucket_size / overlap_comm / contiguous_gradients apply")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the sweep's JSON")
     p.add_argument("--jobs", type=int, default=1, help="plans computed in parallel processes")
     p.add_argument("--validate", action="store_true", help="fake-tensor prediction vs real CPU measurement")
     p.add_argument("--name", default="memory_plan")
     args = p.parse_args()
     if args.algorithm == "full":
         args.window = None
+    if args.replot:  # redraw the PNG from the JSON a sweep wrote
+        with open(os.path.join(RESULTS_DIR, f"{args.name}.json")) as f:
+            rows = json.load(f)["rows"]
+        print("wrote", plot(rows, args, [o == "on" for o in dict.fromkeys(r["offload"] for r in rows)]))
+        return
     validate(args) if args.validate else sweep(args)
 
 
