@@ -72,7 +72,26 @@ def test_passkey_grid_shape_and_full_attention_range(model, tokenizer):
     methods[1].max_tokens = 200  # pretend a short window: longer prompts are not scored
     out = evaluate_passkey(methods, tokenizer, haystack, [128, 256], [0.2, 0.8], trials=2, answer_tokens=6)
     assert out["methods"]["full"]["accuracy"][1] == [None, None]
+    assert out["methods"]["full"]["answer_loss"][1] == [None, None]
     assert all(0 <= v <= 1 for row in out["methods"]["uio"]["accuracy"] for v in row)
+    assert all(v > 0 for row in out["methods"]["uio"]["answer_loss"] for v in row)
+
+
+def test_passkey_answer_loss_is_the_true_answers_loss(model, tokenizer):
+    import random
+
+    import torch.nn.functional as F
+
+    haystack = torch.tensor(tokenizer("Ada found the lantern. " * 100)["input_ids"])
+    out = evaluate_passkey(build_methods(model, ["full"]), tokenizer, haystack, [160], [0.2], trials=1, seed=7)
+    rng = random.Random(7)
+    key = "".join(rng.choice("0123456789") for _ in range(5))
+    answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = torch.cat([passkey_prompt(tokenizer, haystack, 160, 0.2, key), answer], dim=1)
+    with torch.no_grad():
+        logits = model.base(input_ids=ids).logits[0, -answer.shape[1] - 1 : -1]
+    want = F.cross_entropy(logits.float(), answer[0]).item()
+    assert out["methods"]["full"]["mean_answer_loss"] == pytest.approx(want, rel=1e-5)
 
 
 def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):

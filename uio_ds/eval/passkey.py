@@ -50,28 +50,39 @@ def evaluate_passkey(
     seed: int = 0,
     answer_tokens: int = 12,
 ) -> dict:
-    """Exact-match accuracy per method, length and depth (``trials`` keys each)."""
+    """Exact-match accuracy per method, length and depth (``trials`` keys each), and the mean loss
+    (nats per token) of the true answer's tokens after the question."""
     rng = random.Random(seed)
     keys = [[["".join(rng.choice("0123456789") for _ in range(digits)) for _ in range(trials)]
              for _ in depths] for _ in lengths]
     report = {}
     for method in methods:
-        grid = []
+        grid, loss_grid = [], []
         for li, length in enumerate(tqdm(lengths, desc=f"passkey {method.name}", leave=False)):
             if method.max_tokens is not None and length + answer_tokens > method.max_tokens:
                 grid.append([None] * len(depths))
+                loss_grid.append([None] * len(depths))
                 continue
-            row = []
+            row, loss_row = [], []
             for di, depth in enumerate(depths):
-                hits = 0
+                hits, losses = 0, []
                 for key in keys[li][di]:
                     prompt = passkey_prompt(tokenizer, haystack, length, depth, key)
                     text = tokenizer.decode(method.greedy(prompt, answer_tokens), skip_special_tokens=True)
                     found = re.search(r"\d+", text)
                     hits += int(found is not None and found.group(0) == key)
+                    # a graded signal next to exact match: the loss of the true answer's tokens
+                    answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
+                    scored = method.token_losses(torch.cat([prompt, answer], dim=1))
+                    losses += scored[-answer.shape[1]:]
                 row.append(hits / trials)
+                loss_row.append(sum(losses) / len(losses))
             grid.append(row)
+            loss_grid.append(loss_row)
         scored = [v for row in grid for v in row if v is not None]
-        report[method.name] = {"accuracy": grid, "mean": sum(scored) / len(scored) if scored else None}
+        losses = [v for row in loss_grid for v in row if v is not None]
+        report[method.name] = {"accuracy": grid, "mean": sum(scored) / len(scored) if scored else None,
+                               "answer_loss": loss_grid,
+                               "mean_answer_loss": sum(losses) / len(losses) if losses else None}
     return {"lengths": list(lengths), "depths": list(depths), "trials": trials, "digits": digits,
             "methods": report}

@@ -179,7 +179,8 @@ def print_report(report: dict) -> None:
         print("\npasskey accuracy (mean over depths) at " + ", ".join(map(str, pk["lengths"])))
         for name, r in pk["methods"].items():
             means = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
-            print(f"{name:11s} " + "  ".join(f"{fmt(m):>6}" for m in means) + f"   mean {fmt(r['mean'])}")
+            print(f"{name:11s} " + "  ".join(f"{fmt(m):>6}" for m in means) + f"   mean {fmt(r['mean'])}"
+                  + f"   answer loss {fmt(r['mean_answer_loss'])} nats/token")
     if "autoencode" in report:
         ae = report["autoencode"]
         print(f"\nauto-encoding: BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f} over {ae['segments']} segments")
