@@ -107,6 +107,7 @@ def main(argv=None) -> int:
 
     from uio_ds.config import UIOConfig
     from uio_ds.eval.methods import build_methods
+    from uio_ds.machine import machine
     from uio_ds.model.memory_model import UIOMemoryModel
 
     args = parser().parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     methods = build_methods(model, args.methods)
-    report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "timings_s": {}}
+    report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "machine": machine(),
+                    "timings_s": {}}
     names, docs = ([], [])
     if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
         names, docs = _documents(args, tokenizer)

@@ -146,9 +146,8 @@ class UIOMemoryModel(nn.Module):
         hidden = base.config.hidden_size
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
         self.to(TORCH_DTYPES[config.dtype])
-        # Names, not tensors: a conversion that replaces parameters (to_empty, swap-on-conversion)
-        # must not leave a stale list behind.
         self._trainable_names = [n for n, _ in self.named_parameters() if self._is_trainable_name(n)]
+        self._refresh_trainable()
         self._active_adapter: str | None = None
         self._set_adapter(None, force=True)
 
@@ -284,8 +283,19 @@ class UIOMemoryModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Encoder LoRA, transfer-head LoRA and <mem> embeddings, in a fixed order."""
+        return list(self._trainable)
+
+    def _refresh_trainable(self) -> None:
         params = dict(self.named_parameters())
-        return [params[n] for n in self._trainable_names]
+        self._trainable = [params[n] for n in self._trainable_names]
+
+    def _apply(self, fn, recurse=True):
+        # A conversion may replace parameter tensors (to_empty, swap-on-conversion): the cached
+        # list must follow, or gradients would be taken with respect to dead tensors.
+        out = super()._apply(fn, recurse)
+        if hasattr(self, "_trainable_names"):
+            self._refresh_trainable()
+        return out
 
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, p in self.named_parameters():
