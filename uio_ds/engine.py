@@ -63,6 +63,14 @@ def barrier() -> None:
     dist.barrier()
 
 
+def shutdown() -> None:
+    """Wait for every rank, then leave the process group: a rank that exits while another still
+    talks to it can be killed in gloo's teardown ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum of ``values`` over ranks (float64 on the communication device)."""
     t = torch.tensor(values, dtype=torch.float64, device=device())

@@ -280,4 +280,7 @@ class Trainer:
         return report
 
     def close(self) -> None:
+        from uio_ds import engine
+
         self.writer.close()
+        engine.shutdown()
