@@ -31,13 +31,14 @@ def test_every_problem_is_reported_at_once():
             dtype="fp8",
             position_overflow="wrap",
             transfer_lora=LoRAConfig(rank=0, target_modules=("q_proj",)),
+            train_transfer="no",
         )
     problems = err.value.problems
     joined = "\n".join(problems)
     for option in ("compression_ratio", "attention='flash'", "dtype='fp8'", "position_overflow='wrap'",
-                   "transfer_lora.rank", "transfer_lora.target_modules"):
+                   "transfer_lora.rank", "transfer_lora.target_modules", "train_transfer='no'"):
         assert option in joined, option
-    assert len(problems) == 6
+    assert len(problems) == 7
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,23 @@ def test_perplexity_scores_every_token_once_and_resets_between_documents(model):
     assert both["uio"]["by_segment"][2] != pytest.approx(both["no_memory"]["by_segment"][2], rel=1e-3)
 
 
+def test_later_segment_perplexity_leaves_out_the_first_segment(model):
+    import math
+
+    from uio_ds.eval.methods import UIOMethod
+
+    method = UIOMethod(model)
+    a, b = random_ids(1, 70, seed=1)[0], random_ids(1, 40, seed=2)[0]
+    out = evaluate_perplexity([method], [a, b], lengths=[32, 64], segment_length=16)["uio"]
+    la, lb = method.token_losses(a.unsqueeze(0)), method.token_losses(b.unsqueeze(0))
+    # losses 0..14 score tokens 1..15 (segment 1); the rest score segments 2..T
+    later = la[15:] + lb[15:]
+    assert out["later_perplexity"] == pytest.approx(math.exp(sum(later) / len(later)), rel=1e-6)
+    at32 = la[15:31] + lb[15:31]
+    assert out["by_length"][32]["later_perplexity"] == pytest.approx(math.exp(sum(at32) / 32), rel=1e-6)
+    assert out["by_length"][64]["later_perplexity"] == pytest.approx(math.exp(sum(la[15:63]) / 48), rel=1e-6)
+
+
 def test_uio_losses_match_the_training_forward(model):
     from uio_ds.eval.methods import UIOMethod
 
@@ -140,3 +157,12 @@ def test_eval_command_writes_json_and_plots(tiny_dirs, tmp_path):
     report = json.loads((tmp_path / "t.json").read_text())
     assert set(report["perplexity"]) == {"uio", "no_memory", "streaming", "full"}
     assert (tmp_path / "t_perplexity.png").exists() and (tmp_path / "t_passkey.png").exists()
+
+
+def test_last_losses_equal_the_tail_of_all_losses(model):
+    """The passkey answer loss decodes only the last segments; it must equal the full scoring."""
+    for name in ("uio", "no_memory", "full"):
+        method = build_methods(model, [name])[0]
+        for length, n in ((53, 5), (48, 3), (50, 20), (17, 16)):
+            doc = random_ids(1, length, seed=length)
+            assert method.last_losses(doc, n) == pytest.approx(method.token_losses(doc)[-n:], rel=1e-5, abs=1e-6)

@@ -286,3 +286,35 @@ def test_position_range_error_and_drop_oldest(short_context_dir):
         torch.testing.assert_close(kept.keys, memory.keys[..., -48:, :])
         out = sliding(ids)
     assert torch.isfinite(out.loss) and out.num_tokens == 20 * 16 - 1
+
+
+def test_without_transfer_head_memory_kv_is_base_projection(tiny_dirs):
+    """train_transfer=False (the ablation): the memory K/V are the frozen k/v projections of the
+    memory, the transfer LoRA is neither trainable nor touched by a backward pass."""
+    model = load(tiny_dirs["qwen2"], train_transfer=False)
+    names = dict(model.named_trainable_parameters())
+    assert names and not any(".transfer." in n for n in names) and any(".encoder." in n for n in names)
+    assert set(names) == {n for n, _ in zip(names, model.trainable_parameters())}
+    # a transfer LoRA that would change K/V if it were used (B is zero at initialisation)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".transfer." in n:
+                p.add_(0.5)
+    perturb_trainable(model)
+    ids = random_ids(2, 32, seed=3)
+    memory = model.encode(ids[:, :16])
+    kv = model.memory_kv(memory)
+    with torch.no_grad():
+        heads, dim = model.num_kv_heads, model.head_dim
+        expected = torch.stack([layer.self_attn.k_proj.base_layer(memory[:, i]).view(2, -1, heads, dim).transpose(1, 2)
+                                for i, layer in enumerate(model.layers)])
+    torch.testing.assert_close(kv.keys, expected)
+    model.decode(ids[:, 16:], kv, segment_targets(ids, 16, 32)).loss.backward()
+    transfer = [p for n, p in model.named_parameters() if ".transfer." in n]
+    assert transfer and all(p.grad is None and not p.requires_grad for p in transfer)
+    assert all(p.grad is not None for p in names.values())
+    # the trained model (with the transfer head) gives other K/V: the check can fail
+    with_head = load(tiny_dirs["qwen2"])
+    with_head.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert (with_head.memory_kv(memory).keys - expected).abs().max() > 1e-2

@@ -91,6 +91,10 @@ class UIOConfig:
     transfer_lora: LoRAConfig = field(default_factory=_default_transfer_lora)
     """Transfer-head adapter on W_K and W_V, applied to the memory hidden states only."""
 
+    train_transfer: bool = True
+    """False: the transfer head's LoRA is not trained or used, so the memory K/V are the frozen
+    base model's own k/v projections of the memory (the paper's "without transfer head" ablation)."""
+
     mem_init: str = "vocab_mean"
     """Initial <mem> embeddings: 'vocab_mean' (every slot = mean input embedding) or 'normal'
     (Gaussian with the input embeddings' standard deviation, seeded by ``seed``)."""
@@ -130,6 +134,8 @@ class UIOConfig:
             problems.append(f"compression_ratio={r} exceeds segment_length={l}: no memory slot would remain")
         problems += self.encoder_lora.problems("encoder_lora", ENCODER_TARGETS)
         problems += self.transfer_lora.problems("transfer_lora", TRANSFER_TARGETS)
+        if not isinstance(self.train_transfer, bool):
+            problems.append(f"train_transfer={self.train_transfer!r}: must be true or false")
         for name, allowed in (
             ("mem_init", MEM_INITS),
             ("attention", ATTENTION_BACKENDS),

@@ -48,6 +48,10 @@ class Method:
         """Greedy continuation of a (1, P) prompt."""
         raise NotImplementedError
 
+    def last_losses(self, ids: torch.Tensor, n: int) -> list[float]:
+        """Loss of the last ``n`` tokens of a (1, T) text (an answer after its prompt)."""
+        return self.token_losses(ids)[-n:]
+
 
 class UIOMethod(Method):
     def __init__(self, model: UIOMemoryModel, use_memory: bool = True, encode_batch_size: int = 8):
@@ -56,7 +60,8 @@ class UIOMethod(Method):
         self.max_tokens = model.max_tokens_supported() if use_memory else None
 
     @torch.no_grad()
-    def token_losses(self, ids):
+    def token_losses(self, ids, first_segment: int = 0):
+        """Losses of the tokens of segments ``first_segment``.. (earlier segments are only read)."""
         model = self.model
         bounds = split_segments(ids.shape[1], model.segment_length)
         memory = None
@@ -68,10 +73,18 @@ class UIOMethod(Method):
             memory = memory.per_text(1)
         losses = []
         for t, (a, b) in enumerate(bounds):
+            if t < first_segment:
+                continue
             prefix = memory.token_slice(0, t * model.num_mem_tokens) if memory is not None and t > 0 else None
             logits = model.decode(ids[:, a:b], prefix).logits
             losses += _token_losses(logits, segment_targets(ids, a, b))
         return losses
+
+    def last_losses(self, ids, n):
+        # only the segments that score the last n tokens are decoded: token j is scored at
+        # position j - 1, so the first of them is scored in segment (T - n - 1) // l
+        first = (ids.shape[1] - n - 1) // self.model.segment_length
+        return self.token_losses(ids, first_segment=first)[-n:]
 
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):

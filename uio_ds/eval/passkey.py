@@ -73,8 +73,7 @@ def evaluate_passkey(
                     hits += int(found is not None and found.group(0) == key)
                     # a graded signal next to exact match: the loss of the true answer's tokens
                     answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
-                    scored = method.token_losses(torch.cat([prompt, answer], dim=1))
-                    losses += scored[-answer.shape[1]:]
+                    losses += method.last_losses(torch.cat([prompt, answer], dim=1), answer.shape[1])
                 row.append(hits / trials)
                 loss_row.append(sum(losses) / len(losses))
             grid.append(row)

@@ -67,13 +67,16 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
         ppl = report["perplexity"]
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
         for name, r in ppl.items():
-            pts = [(int(n), v["perplexity"]) for n, v in r["by_length"].items() if v["perplexity"] is not None]
+            # segments 2..T: the first segment reads the same for every method
+            pts = [(int(n), v.get("later_perplexity")) for n, v in r["by_length"].items()
+                   if v.get("later_perplexity") is not None]
             if pts:
                 axes[0].plot(*zip(*pts), "o-", label=name)
             seg = [(int(k), v) for k, v in r["by_segment"].items() if v is not None]
             axes[1].plot(*zip(*seg), ".-", label=name)
         axes[0].set_xscale("log", base=2)
-        axes[0].set(xlabel="context length (tokens)", ylabel="perplexity", title="perplexity vs context length")
+        axes[0].set(xlabel="context length (tokens)", ylabel="perplexity of segments 2..T",
+                    title="perplexity vs context length (first segment left out)")
         axes[1].set(xlabel="segment position in the document", ylabel="perplexity",
                     title="perplexity by segment position")
         for ax in axes:
@@ -172,10 +175,13 @@ def print_report(report: dict) -> None:
     if "perplexity" in report:
         ppl = report["perplexity"]
         lengths = list(next(iter(ppl.values()))["by_length"])
-        print("\nperplexity   overall  " + "  ".join(f"@{n:>7}" for n in lengths))
+        print("\nperplexity   overall  segs 2..T  " + "  ".join(f"@{n:>7}" for n in lengths)
+              + "   (@N: segments 2..T of the documents' first N tokens)")
         for name, r in ppl.items():
-            print(f"{name:11s} {fmt(r['perplexity']):>8}  "
-                  + "  ".join(f"{fmt(r['by_length'][n]['perplexity']):>8}" for n in lengths))
+            print(f"{name:11s} {fmt(r['perplexity']):>8}  {fmt(r.get('later_perplexity')):>9}  "
+                  + "  ".join(f"{fmt(r['by_length'][n].get('later_perplexity')):>8}" for n in lengths))
+        docs = next(iter(ppl.values()))["by_length"]
+        print("documents   " + " " * 20 + "  ".join(f"{docs[n]['documents']:>8}" for n in lengths))
     if "passkey" in report:
         pk = report["passkey"]
         print("\npasskey accuracy (mean over depths) at " + ", ".join(map(str, pk["lengths"])))

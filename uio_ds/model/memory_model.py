@@ -240,9 +240,11 @@ class UIOMemoryModel(nn.Module):
         gen = torch.Generator().manual_seed(self.config.seed)
         return torch.randn(m, hidden, generator=gen) * table.std()
 
-    @staticmethod
-    def _is_trainable_name(name: str) -> bool:
-        return name == "mem_embeddings" or ".lora_A." in name or ".lora_B." in name
+    def _is_trainable_name(self, name: str) -> bool:
+        if name == "mem_embeddings":
+            return True
+        is_lora = ".lora_A." in name or ".lora_B." in name
+        return is_lora and (self.config.train_transfer or ".transfer." not in name)
 
     # ------------------------------------------------------------------ shapes
 
@@ -390,7 +392,8 @@ class UIOMemoryModel(nn.Module):
             )
         n_seg, _, m, _ = memory.shape
         keys, values = [], []
-        with self.adapter("transfer"):
+        # Without a trained transfer head the frozen base projections make the K/V.
+        with self.adapter("transfer" if self.config.train_transfer else None):
             for i, layer in enumerate(self.layers):
                 h = memory[:, i]
                 keys.append(layer.self_attn.k_proj(h).view(n_seg, m, self.num_kv_heads, self.head_dim).transpose(1, 2))
