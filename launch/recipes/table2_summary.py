@@ -1,0 +1,181 @@
+"""Collect the SmolLM2 Table 2 recipe's results into one table, one JSON and an ablation plot.
+
+Reads what ``launch/recipes/smollm2_table2.sh`` wrote (the evaluation JSONs under
+``--results``, each run's metrics.jsonl and cost.json under ``--runs``, the stage times) and
+writes ``smollm2_recipe.json`` and ``smollm2_recipe_ablations.png`` next to the evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32")
+ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",
+                   "no_transfer_lora": "without the transfer head's LoRA",
+                   "tbptt": "tbptt(2) instead of unbiased(2)", "ratio32": "ratio 32 instead of 8"}
+
+
+def _load(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run_summary(run: str) -> dict | None:
+    """First/last training losses, time per step and the cost probe of one training run."""
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if "loss" in r and not r.get("skipped")]
+    k = max(1, min(10, len(rows) // 4))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "steps": len(rows),
+        "loss_first": round(mean([r["loss"] for r in rows[:k]]), 4),
+        "loss_last": round(mean([r["loss"] for r in rows[-k:]]), 4),
+        "loss_window": k,
+        "seconds_per_step": round(mean([r["seconds"] for r in rows]), 2),
+        "tokens_per_step": round(mean([r["tokens"] for r in rows]), 1),
+        "cost": _load(os.path.join(run, "cost.json")),
+    }
+
+
+def summarize(results: str, runs: str, times: str | None) -> dict:
+    out: dict = {"command": "make real-recipe", "stages_s": {}}
+    if times and os.path.isfile(times):
+        with open(times) as f:
+            for line in f:
+                name, seconds = line.rstrip("\n").split("\t")
+                out["stages_s"][name] = int(seconds)
+        out["total_s"] = sum(out["stages_s"].values())
+    out["main_run"] = _run_summary(os.path.join(runs, "main"))
+    ppl = _load(os.path.join(results, "smollm2_recipe_perplexity.json"))
+    if ppl:
+        out["machine"] = ppl["machine"]
+        out["config"] = ppl["config"]
+        out["perplexity"] = {
+            name: {"overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
+                   "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
+                   "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
+                   "by_segment": r["by_segment"]}
+            for name, r in ppl["perplexity"].items()
+        }
+    pk = _load(os.path.join(results, "smollm2_recipe_passkey.json"))
+    if pk:
+        p = pk["passkey"]
+        out["passkey"] = {"lengths": p["lengths"], "depths": p["depths"], "trials": p["trials"], "methods": {}}
+        for name, r in p["methods"].items():
+            by_len = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
+            loss = [None if None in row else sum(row) / len(row) for row in r["answer_loss"]]
+            out["passkey"]["methods"][name] = {"accuracy_by_length": by_len, "mean": r["mean"],
+                                               "answer_loss_by_length": loss,
+                                               "mean_answer_loss": r["mean_answer_loss"]}
+    ablations = {}
+    for name in ABLATIONS:
+        r = _load(os.path.join(results, f"smollm2_recipe_ablation_{name}.json"))
+        if r is None:
+            continue
+        entry = {"label": ABLATION_LABELS[name], "training": _run_summary(os.path.join(runs, f"ablation_{name}"))}
+        for method, m in r["perplexity"].items():
+            entry[method] = {"overall": m["perplexity"], "segments_2_to_T": m["later_perplexity"],
+                             "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in m["by_length"].items()}}
+        ablations[name] = entry
+    if ablations:
+        out["ablations"] = ablations
+    return out
+
+
+def print_summary(s: dict) -> None:
+    fmt = lambda v, w=7: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
+    if s.get("main_run"):
+        m = s["main_run"]
+        print(f"main run: {m['steps']} steps, {m['seconds_per_step']} s/step, loss {m['loss_first']} "
+              f"(first {m['loss_window']}) -> {m['loss_last']} (last {m['loss_window']})"
+              + (f"; cost: {m['cost']['uio_tokens_per_s']} vs bare {m['cost']['bare_tokens_per_s']} tokens/s, "
+                 f"overhead ratio {m['cost']['overhead_ratio']}" if m.get("cost") else ""))
+    if "perplexity" in s:
+        ppl = s["perplexity"]
+        lengths = list(next(iter(ppl.values()))["by_length_segments_2_to_T"])
+        docs = next(iter(ppl.values()))["documents_by_length"]
+        print("\nheld-out perplexity, segments 2..T (the first segment reads alike for every method)")
+        print(f"{'method':11s} {'all':>7} " + " ".join(f"{'@' + str(n):>7}" for n in lengths))
+        for name, r in ppl.items():
+            print(f"{name:11s} {fmt(r['segments_2_to_T'])} "
+                  + " ".join(fmt(r["by_length_segments_2_to_T"][n]) for n in lengths))
+        print(f"{'documents':11s} {'':>7} " + " ".join(f"{docs[n]:>7}" for n in lengths))
+    if "passkey" in s:
+        pk = s["passkey"]
+        print(f"\npasskey exact match (mean over depths {pk['depths']}, {pk['trials']} trial(s) each) "
+              "| answer loss (nats/token)")
+        print(f"{'method':11s} " + " ".join(f"{n:>6}" for n in pk["lengths"]) + " | "
+              + " ".join(f"{n:>6}" for n in pk["lengths"]))
+        for name, r in pk["methods"].items():
+            print(f"{name:11s} " + " ".join(fmt(v, 6) for v in r["accuracy_by_length"]) + " | "
+                  + " ".join(fmt(v, 6) for v in r["answer_loss_by_length"]))
+    if "ablations" in s:
+        print("\nablations (same budget each; held-out books, first 2,048 tokens; perplexity of segments 2..T)")
+        for name, a in s["ablations"].items():
+            t = a.get("training") or {}
+            print(f"{a['label']:48s} uio {fmt(a['uio']['segments_2_to_T'])}"
+                  + (f"  no memory {fmt(a['no_memory']['segments_2_to_T'])}" if "no_memory" in a else "")
+                  + (f"  train loss {t['loss_first']} -> {t['loss_last']}" if t else ""))
+    if s.get("stages_s"):
+        print("\nstage times: " + ", ".join(f"{k}: {v} s" for k, v in s["stages_s"].items())
+              + f"; total {s['total_s'] / 60:.1f} min")
+
+
+def plot_ablations(s: dict, path: str) -> str | None:
+    if "ablations" not in s:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(s["ablations"])
+    values = [s["ablations"][n]["uio"]["segments_2_to_T"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bars = ax.barh([s["ablations"][n]["label"] for n in names], values, color="tab:blue")
+    ref = s["ablations"].get("reference", {}).get("no_memory")
+    if ref:
+        ax.axvline(ref["segments_2_to_T"], color="tab:red", ls="--",
+                   label=f"no memory {ref['segments_2_to_T']:.2f}")
+        ax.legend(loc="lower right")
+    for bar, v in zip(bars, values):
+        ax.text(v, bar.get_y() + bar.get_height() / 2, f" {v:.2f}", va="center")
+    ax.invert_yaxis()
+    ax.set(xlabel="held-out perplexity of segments 2..T (lower is better)",
+           title="SmolLM2 UIO ablations, equal training budget", xlim=(0, max(values) * 1.15))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--runs", default="runs/real_recipe")
+    p.add_argument("--times", default=None, help="the recipe's times.tsv (stage name, seconds)")
+    args = p.parse_args(argv)
+    s = summarize(args.results, args.runs, args.times)
+    if "perplexity" not in s:
+        print(f"error: {args.results}/smollm2_recipe_perplexity.json is missing: run `make real-recipe` first",
+              file=sys.stderr)
+        return 1
+    print_summary(s)
+    path = os.path.join(args.results, "smollm2_recipe.json")
+    with open(path, "w") as f:
+        json.dump(s, f, indent=2)
+    png = plot_ablations(s, os.path.join(args.results, "smollm2_recipe_ablations.png"))
+    print(f"\nwrote {path}" + (f", {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The Table 2 recipe's summary reads the evaluation and training outputs it claims to report."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from helpers import REPO
+
+
+def _summary_module():
+    path = os.path.join(REPO, "launch", "recipes", "table2_summary.py")
+    spec = importlib.util.spec_from_file_location("table2_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys):
+    from uio_ds.data.synthetic import synthetic_text
+    from uio_ds.eval.run import main as evaluate
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+              "--data", str(docs), "--out", str(results)]
+    assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64", "128",
+                              "--name", "smollm2_recipe_perplexity"]) == 0
+    assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
+                              "--passkey-depths", "0.2", "0.8", "--passkey-trials", "1",
+                              "--name", "smollm2_recipe_passkey"]) == 0
+    assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64",
+                              "--name", "smollm2_recipe_ablation_reference"]) == 0
+    (runs / "main").mkdir(parents=True)
+    losses = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    (runs / "main" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "loss": v, "seconds": 2.0, "tokens": 100, "skipped": False}) + "\n"
+        for i, v in enumerate(losses)))
+    times = tmp_path / "times.tsv"
+    times.write_text("1. main training\t120\n2. perplexity\t30\n")
+
+    mod = _summary_module()
+    assert mod.main(["--results", str(results), "--runs", str(runs), "--times", str(times)]) == 0
+    s = json.loads((results / "smollm2_recipe.json").read_text())
+    ppl = json.loads((results / "smollm2_recipe_perplexity.json").read_text())["perplexity"]
+    for name in ("uio", "no_memory"):
+        assert s["perplexity"][name]["segments_2_to_T"] == ppl[name]["later_perplexity"]
+        assert s["perplexity"][name]["by_length_segments_2_to_T"]["128"] == ppl[name]["by_length"]["128"]["later_perplexity"]
+    pk = json.loads((results / "smollm2_recipe_passkey.json").read_text())["passkey"]["methods"]["uio"]
+    assert s["passkey"]["methods"]["uio"]["accuracy_by_length"] == [sum(r) / 2 for r in pk["accuracy"]]
+    # losses averaged over the first and last quarter (2 steps each)
+    assert s["main_run"]["loss_first"] == pytest.approx(3.5) and s["main_run"]["loss_last"] == pytest.approx(0.5)
+    assert s["stages_s"] == {"1. main training": 120, "2. perplexity": 30} and s["total_s"] == 150
+    assert list(s["ablations"]) == ["reference"] and "no_memory" in s["ablations"]["reference"]
+    assert (results / "smollm2_recipe_ablations.png").exists()
+    out = capsys.readouterr().out
+    assert "segments 2..T" in out and "passkey exact match" in out
+
+
+def test_summary_without_results_says_what_to_run(tmp_path, capsys):
+    assert _summary_module().main(["--results", str(tmp_path), "--runs", str(tmp_path)]) == 1
+    assert "make real-recipe" in capsys.readouterr().err
