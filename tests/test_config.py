@@ -74,3 +74,14 @@ def test_unknown_option_in_saved_file(tmp_path):
 def test_missing_saved_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved UIO model"):
         UIOConfig.load(str(tmp_path))
+
+
+def test_decoder_lora_is_optional_and_validated():
+    assert UIOConfig().decoder_lora is None and UIOConfig().to_dict()["decoder_lora"] is None
+    config = UIOConfig(decoder_lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "o_proj"]})
+    assert config.decoder_lora.target_modules == ("q_proj", "o_proj")
+    assert UIOConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="decoder_lora='yes'"):
+        UIOConfig(decoder_lora="yes")
+    with pytest.raises(ConfigError, match="decoder_lora.rank"):
+        UIOConfig(decoder_lora={"rank": 0})

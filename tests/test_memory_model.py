@@ -318,3 +318,45 @@ def test_without_transfer_head_memory_kv_is_base_projection(tiny_dirs):
     with_head.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert (with_head.memory_kv(memory).keys - expected).abs().max() > 1e-2
+
+
+def test_decoder_lora_is_off_by_default_and_trains_when_on(tiny_dirs, tmp_path):
+    """decoder_lora (optional): absent by default; when set, zero-initialised it leaves the
+    decoder equal to the base, it reaches the decoder passes only, gets gradients, and
+    round-trips through save_trained / load_trained."""
+    from uio_ds.config import LoRAConfig
+
+    plain = load(tiny_dirs["mistral"])
+    assert plain.adapter_names == ("encoder", "transfer") and plain.decoder_adapter is None
+    assert not any(".decoder." in n for n, _ in plain.named_parameters())
+    lora = LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
+    model = load(tiny_dirs["mistral"], decoder_lora=lora)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    ids = random_ids(1, 40, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).loss, plain(ids).loss, rtol=0, atol=0)
+    names = dict(model.named_trainable_parameters())
+    decoder = {n: p for n, p in names.items() if ".decoder." in n}
+    assert decoder and len(decoder) == 2 * 2 * model.num_layers  # A and B of q and v, every layer
+    perturb_trainable(model)
+    with torch.no_grad():
+        memory = model.encode(ids[:, :16])
+        plain_memory = plain.encode(ids[:, :16])
+    # the encoder does not run the decoder adapter (the same encoder weights give the same memory)
+    with torch.no_grad():
+        for n, p in plain.named_trainable_parameters():
+            p.copy_(names[n])
+        torch.testing.assert_close(plain.encode(ids[:, :16]), model.encode(ids[:, :16]))
+        assert not torch.equal(plain_memory, memory)
+        # the decoder does: its loss differs from the same parts without the decoder LoRA
+        assert abs(model(ids).loss.item() - plain(ids).loss.item()) > 1e-4
+    loss = model(ids).loss
+    grads = torch.autograd.grad(loss, list(decoder.values()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    model.save_trained(str(tmp_path / "parts"))
+    again = UIOMemoryModel.from_pretrained(tiny_dirs["mistral"], trained_path=str(tmp_path / "parts")).eval()
+    assert again.decoder_adapter == "decoder"
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids).loss, model(ids).loss, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="differs from this model's in \\['decoder_lora'\\]"):
+        plain.load_trained(str(tmp_path / "parts"))

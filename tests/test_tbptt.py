@@ -188,3 +188,20 @@ def test_unbiased_is_unbiased_and_the_factor_matters(model):
     se_wo = without.std().item() / math.sqrt(n)
     assert target - without.mean().item() > 4 * se_wo
     assert without.mean().item() < 0.97 * target
+
+
+def test_strategies_train_the_optional_decoder_lora(tiny_dirs):
+    """With decoder_lora set, every strategy returns its gradients too; unbiased(S >= T-1) == full."""
+    from uio_ds.config import LoRAConfig
+
+    model = load(tiny_dirs["llama"], decoder_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj")))
+    model = model.double()
+    perturb_trainable(model)
+    doc = random_ids(1, 80, seed=1)
+    names = [n for n, _ in model.named_trainable_parameters()]
+    assert any(".decoder." in n for n in names)
+    full = build_strategy("full").run(model, doc).grads
+    unbiased = build_strategy("unbiased", 8).run(model, doc).grads
+    for name, a, b in zip(names, full, unbiased):
+        assert a is not None and a.abs().sum() > 0, name
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)

@@ -91,6 +91,11 @@ class UIOConfig:
     transfer_lora: LoRAConfig = field(default_factory=_default_transfer_lora)
     """Transfer-head adapter on W_K and W_V, applied to the memory hidden states only."""
 
+    decoder_lora: LoRAConfig | None = None
+    """Optional decoder adapter (the paper's "future work"): a LoRA used in every decoder pass,
+    trained with the memory, so the decoder can learn to read it. None (default): the decoder
+    is the frozen base model, as in the paper."""
+
     train_transfer: bool = True
     """False: the transfer head's LoRA is not trained or used, so the memory K/V are the frozen
     base model's own k/v projections of the memory (the paper's "without transfer head" ablation)."""
@@ -118,6 +123,8 @@ class UIOConfig:
             self.encoder_lora = LoRAConfig(**_tuple_targets(self.encoder_lora))
         if isinstance(self.transfer_lora, dict):
             self.transfer_lora = LoRAConfig(**_tuple_targets(self.transfer_lora))
+        if isinstance(self.decoder_lora, dict):
+            self.decoder_lora = LoRAConfig(**_tuple_targets(self.decoder_lora))
         problems = []
         l, r = self.segment_length, self.compression_ratio
         if not isinstance(l, int) or isinstance(l, bool) or l < 2:
@@ -134,6 +141,12 @@ class UIOConfig:
             problems.append(f"compression_ratio={r} exceeds segment_length={l}: no memory slot would remain")
         problems += self.encoder_lora.problems("encoder_lora", ENCODER_TARGETS)
         problems += self.transfer_lora.problems("transfer_lora", TRANSFER_TARGETS)
+        if self.decoder_lora is not None:
+            if isinstance(self.decoder_lora, LoRAConfig):
+                problems += self.decoder_lora.problems("decoder_lora", ENCODER_TARGETS)
+            else:
+                problems.append(f"decoder_lora={self.decoder_lora!r}: give null or an object like "
+                                '{"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}')
         if not isinstance(self.train_transfer, bool):
             problems.append(f"train_transfer={self.train_transfer!r}: must be true or false")
         for name, allowed in (
@@ -155,8 +168,9 @@ class UIOConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for key in ("encoder_lora", "transfer_lora"):
-            out[key]["target_modules"] = list(out[key]["target_modules"])
+        for key in ("encoder_lora", "transfer_lora", "decoder_lora"):
+            if out[key] is not None:
+                out[key]["target_modules"] = list(out[key]["target_modules"])
         return out
 
     @classmethod

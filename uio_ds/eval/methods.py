@@ -93,7 +93,7 @@ class UIOMethod(Method):
             return result.sequences[0, ids.shape[1] :].tolist()
         # without memory the decoder sees the current segment only: the prompt's residual
         start = split_segments(ids.shape[1], self.model.segment_length)[-1][0]
-        with self.model.adapter(None):
+        with self.model.adapter(self.model.decoder_adapter):
             return _greedy_base(self.model.base, ids[:, start:], max_new_tokens)
 
 

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from uio_ds.config import UIOConfig
+from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.model.attention import resolve_attention
 from uio_ds.model.kv import MemoryKV, forward_after_cache, prefix_cache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-ADAPTERS = ("encoder", "transfer")
+ADAPTERS = ("encoder", "transfer", "decoder")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 IGNORE_INDEX = -100
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
@@ -196,7 +196,8 @@ class UIOMemoryModel(nn.Module):
     def _inject_adapters(self) -> None:
         from peft import inject_adapter_in_model
 
-        for name, lora in (("encoder", self.config.encoder_lora), ("transfer", self.config.transfer_lora)):
+        for name in self.adapter_names:
+            lora = self._lora_config(name)
             missing = [t for t in lora.target_modules if not hasattr(self.layers[0].self_attn, t)
                        and not hasattr(getattr(self.layers[0], "mlp", None), t)]
             if missing:
@@ -206,7 +207,7 @@ class UIOMemoryModel(nn.Module):
                 # peft warns that a second adapter is added to the same model: that is the design.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.config.seed + (0 if name == "encoder" else 1))
+                    torch.manual_seed(self.config.seed + ADAPTERS.index(name))
                     inject_adapter_in_model(peft_config, self.base, adapter_name=name)
         from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -215,7 +216,7 @@ class UIOMemoryModel(nn.Module):
     def _peft_config(self, adapter: str):
         from peft import LoraConfig
 
-        lora = self.config.encoder_lora if adapter == "encoder" else self.config.transfer_lora
+        lora = self._lora_config(adapter)
         # A regex over the decoder layers only, so no other module that happens to share a
         # name (a vision tower, a value head) is adapted. The memory is the *input* of every
         # layer's attention, so the last layer's weights never reach it: an encoder adapter
@@ -232,6 +233,20 @@ class UIOMemoryModel(nn.Module):
             task_type="CAUSAL_LM",
             base_model_name_or_path=getattr(self.base.config, "_name_or_path", None),
         )
+
+    def _lora_config(self, adapter: str) -> LoRAConfig:
+        return {"encoder": self.config.encoder_lora, "transfer": self.config.transfer_lora,
+                "decoder": self.config.decoder_lora}[adapter]
+
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The adapters this model has: encoder and transfer, plus decoder when configured."""
+        return ADAPTERS if self.config.decoder_lora is not None else ADAPTERS[:2]
+
+    @property
+    def decoder_adapter(self) -> str | None:
+        """The adapter every decoder pass runs with: None (the frozen base) unless decoder_lora is set."""
+        return "decoder" if self.config.decoder_lora is not None else None
 
     def _initial_mem_embeddings(self, m: int, hidden: int) -> torch.Tensor:
         table = self.base.get_input_embeddings().weight.detach().float()
@@ -334,8 +349,8 @@ class UIOMemoryModel(nn.Module):
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
         """Run the base model with one adapter active ('encoder', 'transfer') or none (None)."""
-        if name is not None and name not in ADAPTERS:
-            raise ValueError(f"unknown adapter {name!r}: choose one of {list(ADAPTERS)} or None")
+        if name is not None and name not in self.adapter_names:
+            raise ValueError(f"unknown adapter {name!r}: choose one of {list(self.adapter_names)} or None")
         self._set_adapter(name)
         try:
             yield
@@ -469,11 +484,12 @@ class UIOMemoryModel(nn.Module):
         return prefix_cache(self.base, memory)
 
     def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
-        """Frozen decoder over ``input_ids`` after whatever ``cache`` holds; returns logits.
+        """The decoder (the frozen base, plus the decoder LoRA when configured) over ``input_ids``
+        after whatever ``cache`` holds; returns logits.
 
         ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place.
         """
-        with self.adapter(None):
+        with self.adapter(self.decoder_adapter):
             return forward_after_cache(self.base, input_ids, cache, logits_to_keep)
 
     def decode(
@@ -535,7 +551,7 @@ class UIOMemoryModel(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
-        for name in ADAPTERS:
+        for name in self.adapter_names:
             sub = os.path.join(directory, name)
             self._peft_config(name).save_pretrained(sub)
             state = get_peft_model_state_dict(self.base, adapter_name=name)
@@ -565,7 +581,7 @@ class UIOMemoryModel(nn.Module):
                 f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
             )
         _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))
-        for name in ADAPTERS:
+        for name in self.adapter_names:
             path = os.path.join(directory, name, "adapter_model.safetensors")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
