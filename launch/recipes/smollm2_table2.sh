@@ -8,7 +8,8 @@
 #   3. passkey retrieval with the held-out books as haystack, 2K..32K tokens, three depths (8,000
 #      tokens + the answer still fit full attention's 8,192 positions);
 #   4. ablations at a shorter budget (40 steps on 1,024-token pieces each): the reference setting,
-#      without the transfer head's LoRA, tbptt(2) instead of unbiased(2), ratio 32 instead of 8;
+#      without the transfer head's LoRA, tbptt(2) instead of unbiased(2), ratio 32 instead of 8,
+#      and with the optional decoder LoRA (the paper's future work);
 #   5. one table (printed and JSON) and the plots under benchmarks/results/.
 # Every stage is skipped when its output exists, so an interrupted recipe continues where it
 # stopped (a training stage resumes from its last checkpoint). Stage times go to $OUT/times.tsv.
@@ -58,14 +59,16 @@ declare -A VARIANT=(
     [no_transfer_lora]="uio.train_transfer=false"
     [tbptt]='algorithm={"name": "tbptt", "window": 2}'
     [ratio32]="uio.compression_ratio=32"
+    [decoder_lora]='uio.decoder_lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}'
 )
-for name in reference no_transfer_lora tbptt ratio32; do
+for name in reference no_transfer_lora tbptt ratio32 decoder_lora; do
     extra=()
     [[ -n ${VARIANT[$name]} ]] && extra=("${VARIANT[$name]}")
     stage "4. ablation $name: training ($ABLATION_STEPS steps)" "$OUT/ablation_$name/final/uio_config.json" \
         train "$OUT/ablation_$name" steps="$ABLATION_STEPS" save_every="$ABLATION_STEPS" "${extra[@]}"
     methods=(uio)
-    [[ $name == reference ]] && methods=(uio no_memory)
+    # a decoder LoRA changes the decoder without memory too: its own no-memory figure
+    [[ $name == reference || $name == decoder_lora ]] && methods=(uio no_memory)
     stage "4. ablation $name: perplexity" "$RESULTS/smollm2_recipe_ablation_$name.json" \
         evaluate --uio "$OUT/ablation_$name/final" --tasks perplexity --methods "${methods[@]}" \
             --max-doc-tokens 2048 --lengths 1024 2048 --name "smollm2_recipe_ablation_$name"

@@ -12,10 +12,11 @@ import json
 import os
 import sys
 
-ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32")
+ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32", "decoder_lora")
 ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",
                    "no_transfer_lora": "without the transfer head's LoRA",
-                   "tbptt": "tbptt(2) instead of unbiased(2)", "ratio32": "ratio 32 instead of 8"}
+                   "tbptt": "tbptt(2) instead of unbiased(2)", "ratio32": "ratio 32 instead of 8",
+                   "decoder_lora": "with a decoder LoRA (rank 8, q and v)"}
 
 
 def _load(path: str) -> dict | None:
@@ -141,7 +142,10 @@ def plot_ablations(s: dict, path: str) -> str | None:
     names = list(s["ablations"])
     values = [s["ablations"][n]["uio"]["segments_2_to_T"] for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    bars = ax.barh([s["ablations"][n]["label"] for n in names], values, color="tab:blue")
+    labels = [s["ablations"][n]["label"] + (f"\n(its own no memory: {s['ablations'][n]['no_memory']['segments_2_to_T']:.2f})"
+                                            if n != "reference" and "no_memory" in s["ablations"][n] else "")
+              for n in names]
+    bars = ax.barh(labels, values, color="tab:blue")
     ref = s["ablations"].get("reference", {}).get("no_memory")
     if ref:
         ax.axvline(ref["segments_2_to_T"], color="tab:red", ls="--",
