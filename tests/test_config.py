@@ -85,3 +85,10 @@ def test_decoder_lora_is_optional_and_validated():
         UIOConfig(decoder_lora="yes")
     with pytest.raises(ConfigError, match="decoder_lora.rank"):
         UIOConfig(decoder_lora={"rank": 0})
+
+
+def test_memory_window_must_be_a_positive_integer():
+    assert UIOConfig(memory_window=4).memory_window == 4 and UIOConfig().memory_window is None
+    for bad in (0, 2.5, True):
+        with pytest.raises(ConfigError, match="memory_window"):
+            UIOConfig(memory_window=bad)

@@ -138,3 +138,37 @@ def test_bad_generation_arguments(tiny_dirs):
         generate(model, random_ids(1, 4), 4, do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, random_ids(1, 4), 4, top_p=0)
+
+
+def test_memory_window_reads_only_the_most_recent_memories(short_context_dir):
+    """memory_window=3: generation, scoring and training read the last 3 memories only, checked
+    against the unwindowed model given those 3 memories by hand; and any length fits."""
+    from uio_ds.eval.methods import UIOMethod
+
+    windowed = load(short_context_dir, memory_window=3)
+    perturb_trainable(windowed, scale=0.2)
+    plain = load(short_context_dir)
+    plain.load_state_dict(windowed.state_dict())
+    assert plain.max_tokens_supported() == 220 and windowed.max_tokens_supported() is None
+    assert windowed.readable_memories(10) == 3 and windowed.peak_positions(1000) == 3 * 4 + 16
+
+    def by_hand(ids):  # the unwindowed model reading the last 3 memories before the residual
+        bounds = split_segments(ids.shape[1], 16)
+        memories = [plain.memory_kv(plain.encode(ids[:, s:e])) for s, e in bounds[:-1]][-3:]
+        start, stop = bounds[-1]
+        return plain.decode(ids[:, start:stop], MemoryKV.cat(memories) if memories else None).logits[:, -1]
+
+    prompt = random_ids(1, 300, seed=11)  # past the 220 tokens that reading every memory allows
+    result = generate(windowed, prompt, max_new_tokens=20)
+    assert result.memory_tokens == 3 * 4
+    with torch.no_grad():
+        for t in range(300, 320):
+            assert torch.equal(by_hand(result.sequences[:, :t]).argmax(-1), result.sequences[:, t]), t
+        doc = random_ids(1, 90, seed=12)
+        losses = UIOMethod(windowed).token_losses(doc)
+        # loss 79 scores token 80 from position 79, the end of segment 5, read after the
+        # memories of segments 2, 3 and 4 (not 1)
+        want = torch.nn.functional.cross_entropy(by_hand(doc[:, :80]).float(), doc[:, 80])
+        assert losses[79] == pytest.approx(want.item(), rel=1e-5)
+        assert windowed(doc).loss_sum.item() == pytest.approx(sum(losses), rel=1e-5)
+        assert abs(plain(doc).loss_sum.item() - sum(losses)) > 1e-3  # the window changes the scores

@@ -115,6 +115,10 @@ class UIOConfig:
     """What to do when [memories ; segment] would pass the base model's position range:
     'error' refuses before any work; 'drop_oldest' keeps only the most recent memories that fit."""
 
+    memory_window: int | None = None
+    """Read only the most recent N segment memories (None: every memory that fits the position
+    range). A runtime option: trained parts may be evaluated with another window."""
+
     seed: int = 0
     """Seed for the initialisation of the trainable parts."""
 
@@ -147,6 +151,9 @@ class UIOConfig:
             else:
                 problems.append(f"decoder_lora={self.decoder_lora!r}: give null or an object like "
                                 '{"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}')
+        w = self.memory_window
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
+            problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 1")
         if not isinstance(self.train_transfer, bool):
             problems.append(f"train_transfer={self.train_transfer!r}: must be true or false")
         for name, allowed in (

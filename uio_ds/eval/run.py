@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-length", type=int, default=None, help="without --uio: l of untrained UIO parts")
     p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: ratio of untrained parts")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the parts' dtype")
+    p.add_argument("--memory-window", type=int, default=None,
+                   help="uio reads only the most recent N memories (default: every memory that fits)")
     p.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"], choices=TASKS)
     p.add_argument("--methods", nargs="+", default=["uio", "no_memory", "streaming", "full"], choices=METHODS)
     p.add_argument("--data", default="data/kjv", help="documents: a prepared corpus directory or text files")
@@ -124,8 +126,11 @@ def main(argv=None) -> int:
     else:
         config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
                                                ("compression_ratio", args.compression_ratio)) if v})
-    if args.dtype:
-        config.dtype = args.dtype
+    if args.dtype or args.memory_window:
+        import dataclasses
+
+        config = dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype),
+                                                                 ("memory_window", args.memory_window)) if v})
     model = UIOMemoryModel.from_pretrained(args.model, config)
     if args.uio:
         model.load_trained(args.uio)

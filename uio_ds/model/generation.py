@@ -56,7 +56,7 @@ class MemoryStream:
         # under 'error' the whole text was checked before any work (UIOMemoryModel.check_length).
         self.memory = model.fit_positions(memory, 1)
         self.residual = self.residual[:, :0]
-        if model.config.position_overflow == "error":
+        if model.config.position_overflow == "error" and model.config.memory_window is None:
             # Memories keep their positions for good: rotate only the new one, at its fixed place.
             new = rotate_keys(model.base, kv.keys, start=old_tokens)
             self._rotated = new if self._rotated is None else torch.cat([self._rotated, new], dim=-2)

@@ -39,7 +39,7 @@ ADAPTERS = ("encoder", "transfer", "decoder")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 IGNORE_INDEX = -100
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
-RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow")
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -428,6 +428,9 @@ class UIOMemoryModel(nn.Module):
             raise ValueError(
                 f"decoder input of {query_length} tokens is longer than segment_length={self.segment_length}"
             )
+        window = self.config.memory_window
+        if memory is not None and window is not None and memory.num_tokens > window * self.num_mem_tokens:
+            memory = memory.token_slice(memory.num_tokens - window * self.num_mem_tokens, memory.num_tokens)
         num_memory = memory.num_tokens if memory is not None else 0
         if self.config.position_overflow == "drop_oldest":
             keep = (self.max_positions - self.segment_length) // self.num_mem_tokens * self.num_mem_tokens
@@ -449,13 +452,18 @@ class UIOMemoryModel(nn.Module):
         """How many of the ``num_memories`` most recent segment memories a decoder call reads:
         all of them, except under 'drop_oldest', which keeps what ``fit_positions`` keeps. Training
         runs the transfer head on those only: the dropped ones serve no loss."""
+        if self.config.memory_window is not None:
+            num_memories = min(num_memories, self.config.memory_window)
         if self.config.position_overflow != "drop_oldest":
             return num_memories
         return min(num_memories, (self.max_positions - self.segment_length) // self.num_mem_tokens)
 
-    def max_tokens_supported(self) -> int:
-        """Longest text whose every decoder call fits in the position range (policy 'error')."""
+    def max_tokens_supported(self) -> int | None:
+        """Longest text whose every decoder call fits in the position range (policy 'error');
+        None when a ``memory_window`` keeps every decoder call in range whatever the length."""
         l, m, limit = self.segment_length, self.num_mem_tokens, self.max_positions
+        if self.config.memory_window is not None and self.config.memory_window * m + l <= limit:
+            return None
         # A full segment still fits after c memories while c*m + l <= limit; after one more
         # memory, a final residual can use whatever positions are left.
         c = (limit - l) // m
@@ -463,10 +471,11 @@ class UIOMemoryModel(nn.Module):
 
     def peak_positions(self, total_tokens: int) -> int:
         """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
-        l, m = self.segment_length, self.num_mem_tokens
+        l, m, w = self.segment_length, self.num_mem_tokens, self.config.memory_window
         c = (total_tokens - 1) // l
-        last = c * m + (total_tokens - c * l)
-        return max(last, (c - 1) * m + l) if c >= 1 else last
+        read = (lambda n: min(n, w)) if w is not None else (lambda n: n)  # noqa: E731
+        last = read(c) * m + (total_tokens - c * l)
+        return max(last, read(c - 1) * m + l) if c >= 1 else last
 
     def check_length(self, total_tokens: int) -> None:
         """Refuse, before any work, a text that would pass the position range under policy 'error'."""
