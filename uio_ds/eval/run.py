@@ -96,10 +96,11 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
             im = ax.imshow(torch.tensor(grid).T.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
             ax.set_xticks(range(len(pk["lengths"])), [str(n) for n in pk["lengths"]], rotation=45)
             ax.set_yticks(range(len(pk["depths"])), [f"{d:.0%}" for d in pk["depths"]])
-            ax.set(title=f"{name}", xlabel="prompt tokens", ylabel="key depth")
+            ax.set(title=f"{name}", xlabel="prompt tokens", ylabel="key depth" if ax is axes[0][0] else None)
             for i, row in enumerate(grid):
                 for j, v in enumerate(row):
-                    ax.text(i, j, "n/a" if v != v else f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+                    ax.text(i, j, "n/a" if v != v else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                            color="k" if v != v or v > 0.5 else "w")
         fig.colorbar(im, ax=axes[0].tolist(), label="exact-match accuracy")
         fig.suptitle("passkey retrieval")
         fig.savefig(path_prefix + "_passkey.png", dpi=110, bbox_inches="tight")
