@@ -348,7 +348,8 @@ class UIOMemoryModel(nn.Module):
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[None]:
-        """Run the base model with one adapter active ('encoder', 'transfer') or none (None)."""
+        """Run the base model with one adapter active ('encoder', 'transfer', 'decoder' when
+        configured) or none (None)."""
         if name is not None and name not in self.adapter_names:
             raise ValueError(f"unknown adapter {name!r}: choose one of {list(self.adapter_names)} or None")
         self._set_adapter(name)
