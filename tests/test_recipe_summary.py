@@ -33,6 +33,8 @@ def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys
                               "--name", "smollm2_recipe_passkey"]) == 0
     assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64",
                               "--name", "smollm2_recipe_ablation_reference"]) == 0
+    assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "--lengths", "64", "128",
+                              "--memory-window", "2", "--name", "smollm2_recipe_perplexity_window"]) == 0
     (runs / "main").mkdir(parents=True)
     losses = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5]
     (runs / "main" / "metrics.jsonl").write_text("".join(
@@ -48,6 +50,10 @@ def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys
     for name in ("uio", "no_memory"):
         assert s["perplexity"][name]["segments_2_to_T"] == ppl[name]["later_perplexity"]
         assert s["perplexity"][name]["by_length_segments_2_to_T"]["128"] == ppl[name]["by_length"]["128"]["later_perplexity"]
+    window = json.loads((results / "smollm2_recipe_perplexity_window.json").read_text())["perplexity"]["uio"]
+    assert s["perplexity"]["uio_window2"]["segments_2_to_T"] == window["later_perplexity"]
+    # the documents run past 3 segments of 32 tokens: a 2-memory window changes their scores
+    assert window["later_perplexity"] != pytest.approx(ppl["uio"]["later_perplexity"], rel=1e-4)
     pk = json.loads((results / "smollm2_recipe_passkey.json").read_text())["passkey"]["methods"]["uio"]
     assert s["passkey"]["methods"]["uio"]["accuracy_by_length"] == [sum(r) / 2 for r in pk["accuracy"]]
     # losses averaged over the first and last quarter (2 steps each)

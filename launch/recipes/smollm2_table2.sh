@@ -5,6 +5,7 @@
 #   2. perplexity on the 11 held-out books (up to 32K tokens each): UIO memory vs the same decoder
 #      without memory, StreamingLLM (4 sinks + 252 recent = the decoder's 256-token window) and
 #      full attention (up to SmolLM2's 8,192 positions), by context length and segment position;
+#      2b. the same for UIO reading only its 32 most recent memories (memory_window);
 #   3. passkey retrieval with the held-out books as haystack, 2K..32K tokens, three depths (8,000
 #      tokens + the answer still fit full attention's 8,192 positions);
 #   4. ablations at a shorter budget (40 steps on 1,024-token pieces each): the reference setting,
@@ -20,6 +21,7 @@ PY=${PY:-.venv/bin/python}
 DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
 MAIN_STEPS=${MAIN_STEPS:-80}
 ABLATION_STEPS=${ABLATION_STEPS:-40}
+MEMORY_WINDOW=${MEMORY_WINDOW:-32}
 export DS_ACCELERATOR=cpu PATH="$(dirname "$PY"):$PATH"
 mkdir -p "$OUT" "$RESULTS"
 start=$(date +%s)
@@ -47,6 +49,13 @@ stage "1. main training ($MAIN_STEPS steps, 2,048-token pieces)" "$OUT/main/fina
 stage "2. perplexity up to 32K tokens: uio, no memory, streaming, full" "$RESULTS/smollm2_recipe_perplexity.json" \
     evaluate --uio "$OUT/main/final" --tasks perplexity --methods uio no_memory streaming full \
         --max-doc-tokens 32768 --lengths 2048 4096 8192 16384 32768 --name smollm2_recipe_perplexity
+
+# memory helps for the first few dozen memories and hurts past ~64 (training shows the decoder
+# at most 7): the same trained parts reading only the most recent MEMORY_WINDOW memories
+stage "2b. perplexity up to 32K tokens: uio reading the last $MEMORY_WINDOW memories" \
+    "$RESULTS/smollm2_recipe_perplexity_window.json" \
+    evaluate --uio "$OUT/main/final" --tasks perplexity --methods uio --memory-window "$MEMORY_WINDOW" \
+        --max-doc-tokens 32768 --lengths 2048 4096 8192 16384 32768 --name smollm2_recipe_perplexity_window
 
 stage "3. passkey 2K..32K: uio, no memory, full" "$RESULTS/smollm2_recipe_passkey.json" \
     evaluate --uio "$OUT/main/final" --tasks passkey --methods uio no_memory full --max-doc-tokens 32768 \

@@ -67,6 +67,15 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                    "by_segment": r["by_segment"]}
             for name, r in ppl["perplexity"].items()
         }
+    window = _load(os.path.join(results, "smollm2_recipe_perplexity_window.json"))
+    if ppl and window:
+        r = window["perplexity"]["uio"]
+        name = f"uio_window{window['config']['memory_window']}"
+        out["perplexity"][name] = {
+            "overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
+            "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
+            "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
+            "by_segment": r["by_segment"]}
     pk = _load(os.path.join(results, "smollm2_recipe_passkey.json"))
     if pk:
         p = pk["passkey"]
@@ -105,11 +114,11 @@ def print_summary(s: dict) -> None:
         lengths = list(next(iter(ppl.values()))["by_length_segments_2_to_T"])
         docs = next(iter(ppl.values()))["documents_by_length"]
         print("\nheld-out perplexity, segments 2..T (the first segment reads alike for every method)")
-        print(f"{'method':11s} {'all':>7} " + " ".join(f"{'@' + str(n):>7}" for n in lengths))
+        print(f"{'method':13s} {'all':>7} " + " ".join(f"{'@' + str(n):>7}" for n in lengths))
         for name, r in ppl.items():
-            print(f"{name:11s} {fmt(r['segments_2_to_T'])} "
+            print(f"{name:13s} {fmt(r['segments_2_to_T'])} "
                   + " ".join(fmt(r["by_length_segments_2_to_T"][n]) for n in lengths))
-        print(f"{'documents':11s} {'':>7} " + " ".join(f"{docs[n]:>7}" for n in lengths))
+        print(f"{'documents':13s} {'':>7} " + " ".join(f"{docs[n]:>7}" for n in lengths))
     if "passkey" in s:
         pk = s["passkey"]
         print(f"\npasskey exact match (mean over depths {pk['depths']}, {pk['trials']} trial(s) each) "
