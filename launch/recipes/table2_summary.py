@@ -150,21 +150,24 @@ def plot_ablations(s: dict, path: str) -> str | None:
 
     names = list(s["ablations"])
     values = [s["ablations"][n]["uio"]["segments_2_to_T"] for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     labels = [s["ablations"][n]["label"] + (f"\n(its own no memory: {s['ablations'][n]['no_memory']['segments_2_to_T']:.2f})"
                                             if n != "reference" and "no_memory" in s["ablations"][n] else "")
               for n in names]
-    bars = ax.barh(labels, values, color="tab:blue")
     ref = s["ablations"].get("reference", {}).get("no_memory")
+    own = [s["ablations"][n].get("no_memory", {}).get("segments_2_to_T") for n in names]
+    low = min(values + [v for v in own if v is not None]) - 1.5
+    bars = ax.barh(labels, [v - low for v in values], left=low, color="tab:blue")
     if ref:
         ax.axvline(ref["segments_2_to_T"], color="tab:red", ls="--",
                    label=f"no memory {ref['segments_2_to_T']:.2f}")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     for bar, v in zip(bars, values):
         ax.text(v, bar.get_y() + bar.get_height() / 2, f" {v:.2f}", va="center")
     ax.invert_yaxis()
-    ax.set(xlabel="held-out perplexity of segments 2..T (lower is better)",
-           title="SmolLM2 UIO ablations, equal training budget", xlim=(0, max(values) * 1.15))
+    steps = (s["ablations"].get("reference", {}).get("training") or {}).get("steps")
+    ax.set(xlabel="held-out perplexity of segments 2..T (lower is better)", xlim=(low, max(values) + 1.5),
+           title="SmolLM2 UIO ablations, equal training budget" + (f" ({steps} steps each)" if steps else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
