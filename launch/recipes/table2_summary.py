@@ -47,6 +47,14 @@ def _run_summary(run: str) -> dict | None:
     }
 
 
+def _perplexity_entry(r: dict) -> dict:
+    """One method's figures from an evaluation report's perplexity section."""
+    return {"overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
+            "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
+            "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
+            "by_segment": r["by_segment"]}
+
+
 def summarize(results: str, runs: str, times: str | None) -> dict:
     out: dict = {"command": "make real-recipe", "stages_s": {}}
     if times and os.path.isfile(times):
@@ -60,22 +68,11 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
     if ppl:
         out["machine"] = ppl["machine"]
         out["config"] = ppl["config"]
-        out["perplexity"] = {
-            name: {"overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
-                   "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
-                   "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
-                   "by_segment": r["by_segment"]}
-            for name, r in ppl["perplexity"].items()
-        }
+        out["perplexity"] = {name: _perplexity_entry(r) for name, r in ppl["perplexity"].items()}
     window = _load(os.path.join(results, "smollm2_recipe_perplexity_window.json"))
     if ppl and window:
-        r = window["perplexity"]["uio"]
         name = f"uio_window{window['config']['memory_window']}"
-        out["perplexity"][name] = {
-            "overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
-            "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
-            "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
-            "by_segment": r["by_segment"]}
+        out["perplexity"][name] = _perplexity_entry(window["perplexity"]["uio"])
     pk = _load(os.path.join(results, "smollm2_recipe_passkey.json"))
     if pk:
         p = pk["passkey"]
@@ -93,8 +90,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
             continue
         entry = {"label": ABLATION_LABELS[name], "training": _run_summary(os.path.join(runs, f"ablation_{name}"))}
         for method, m in r["perplexity"].items():
-            entry[method] = {"overall": m["perplexity"], "segments_2_to_T": m["later_perplexity"],
-                             "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in m["by_length"].items()}}
+            entry[method] = _perplexity_entry(m)
         ablations[name] = entry
     if ablations:
         out["ablations"] = ablations
