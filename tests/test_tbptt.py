@@ -104,6 +104,48 @@ def test_documents_of_different_lengths(model):
         Incremental(2).run(model, torch.zeros(2, 3, 40, dtype=torch.long))
 
 
+def test_labels_score_only_the_marked_tokens(model):
+    """Labels (Hugging Face convention): IGNORE_INDEX tokens are read but not predicted. Every
+    strategy's gradient equals plain autograd over the hand-summed loss of the kept targets."""
+    from uio_ds.model.memory_model import IGNORE_INDEX, segment_targets, split_segments
+
+    doc = random_ids(2, 16 * 4 + 5, seed=11)
+    labels = doc.clone()
+    labels[0, :60] = IGNORE_INDEX  # row 0: only its last targets are scored (all in segment 4-5)
+    labels[1, 20:50] = IGNORE_INDEX
+    kept = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    # reference: decode every segment after all earlier memories, loss over kept targets only
+    memory = model.memory_kv(model.encode(doc[:, :64].reshape(8, 16))).per_text(2)
+    total = 0
+    for t, (a, b) in enumerate(split_segments(doc.shape[1], 16)):
+        previous = memory.token_slice(0, 4 * t) if t else None
+        total = total + model.decode(doc[:, a:b], previous, segment_targets(labels, a, b)).loss_sum
+    ref = torch.autograd.grad(total / kept, model.trainable_parameters(), allow_unused=True)
+    for strategy in (Full(), Incremental(None), Unbiased(10)):
+        res = strategy.run(model, [{"input_ids": doc, "labels": labels}])
+        assert res.num_tokens == kept and math.isclose(res.loss_sum, total.item(), rel_tol=1e-5)
+        assert rel_err(res.grads, ref) < 1e-5, strategy
+    # an unlabelled document is scored on every token, as before
+    assert Full().run(model, [{"input_ids": doc}]).num_tokens == 2 * (doc.shape[1] - 1)
+    with pytest.raises(ValueError, match="labels of shape"):
+        Full().run(model, [{"input_ids": doc, "labels": labels[:, :10]}])
+    with pytest.raises(ValueError, match="no scored token"):
+        Full().run(model, [{"input_ids": doc, "labels": torch.full_like(doc, IGNORE_INDEX)}])
+
+
+def test_equal_length_documents_are_stacked(model):
+    from uio_ds.algo import as_batches, count_targets
+
+    docs = [random_ids(1, 40, seed=6)[0], random_ids(1, 75, seed=7)[0], random_ids(1, 40, seed=8)[0]]
+    batches = as_batches(docs)
+    assert [tuple(ids.shape) for ids, _ in batches] == [(2, 40), (1, 75)]
+    assert batches[0][0][1].equal(docs[2]) and count_targets(docs) == 39 + 74 + 39
+    stacked = Incremental(2).run(model, docs)
+    apart = [Incremental(2).run(model, d.unsqueeze(0), loss_scale=1.0 / (39 + 74 + 39)) for d in docs]
+    summed = [a + b + c for a, b, c in zip(*(r.grads for r in apart))]
+    assert rel_err(stacked.grads, summed) <= 1e-5
+
+
 @pytest.mark.parametrize(
     "make, match",
     [

@@ -155,3 +155,55 @@ def test_autoencode_documents_are_a_segment_twice(two_sources):
     with pytest.raises(ConfigError, match="must equal uio.segment_length"):
         TrainConfig.from_dict(minimal(data={"sources": [{"path": "x"}], "autoencode_tokens": 16},
                                       uio={"segment_length": 32, "compression_ratio": 8}))
+
+
+def test_prompt_completion_source_scores_the_completion_only(tiny_dirs, tmp_path):
+    """completion_field: the document is prompt + completion, the labels mask the prompt, a document
+    longer than max_tokens is skipped (never cut) and counted, bad records are counted by file:line."""
+    from uio_ds.model.memory_model import IGNORE_INDEX
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    path = tmp_path / "qa.jsonl"
+    rows = [{"q": "The pass key is 4711. What is the pass key? It is", "a": " 4711."},
+            {"q": synthetic_text(30, seed=1), "a": " far too long."},
+            {"q": "No answer here.", "a": "   "},
+            {"q": "An answer that is not text.", "a": 3}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = DataConfig(sources=[SourceConfig(path=str(path), text_field="q", completion_field="a")],
+                        documents_per_step=3, max_tokens=64, cache_dir=str(tmp_path / "cache"))
+    stream, info = build_stream(config, tok, log=lambda *_: None)
+    assert info[str(path)]["skipped"] == {"empty completion": 1, "field 'a' is int, not a string": 1}
+    assert info["skipped_pieces"] == 1 and info["pieces"] == [1]
+    prompt = tok(rows[0]["q"])["input_ids"]
+    completion = tok(rows[0]["a"], add_special_tokens=False)["input_ids"]
+    for doc in stream.next_documents():
+        assert doc["input_ids"].tolist() == prompt + completion
+        assert doc["labels"][: len(prompt)].eq(IGNORE_INDEX).all()
+        assert doc["labels"][len(prompt):].tolist() == completion
+    (tmp_path / "x.txt").write_text("a plain text file has no completion field")
+    with pytest.raises(ValueError, match="needs jsonl records"):
+        build_stream(DataConfig(sources=[SourceConfig(path=str(tmp_path / "x.txt"), completion_field="a")],
+                                cache_dir=str(tmp_path / "cache")), tok, log=lambda *_: None)
+
+
+def test_prompt_completion_config_problems():
+    with pytest.raises(ConfigError, match="equals text_field"):
+        TrainConfig.from_dict(minimal(data={"sources": [{"path": "x.jsonl", "completion_field": "text"}]}))
+    with pytest.raises(ConfigError, match="cannot take part"):
+        TrainConfig.from_dict(minimal(data={"sources": [{"path": "x.jsonl", "completion_field": "answer"}],
+                                            "autoencode_tokens": 64}))
+
+
+def test_recall_completion_documents_have_exact_lengths(tiny_dirs, tmp_path):
+    from uio_ds.data.synthetic import write_recall_completion_jsonl
+
+    tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    path = tmp_path / "recall.jsonl"
+    write_recall_completion_jsonl(str(path), 40, tok, [128, 160], seed=3)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 40 and {r["tokens"] for r in records} == {128, 160}
+    for r in records:
+        n = len(tok(r["prompt"])["input_ids"]) + len(tok(r["completion"], add_special_tokens=False)["input_ids"])
+        assert n == r["tokens"] and r["completion"] == f" {r['key']}." and r["key"] in r["prompt"][:200]
+    with pytest.raises(ValueError, match="too short"):
+        write_recall_completion_jsonl(str(path), 1, tok, [20])

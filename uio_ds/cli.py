@@ -49,8 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--key-at", type=int, nargs=2, default=(0, 2), metavar=("MIN", "MAX"),
                         help="filler sentences before the key")
     recall.add_argument("--seed", type=int, default=0)
-    recall.add_argument("--kind", default="recall", choices=("recall", "passkey", "filler", "repeat", "copy", "story"),
-                        help="recall: pass-key documents with story filler; passkey: the classic format, "
+    recall.add_argument("--tokenizer", default=None, help="model directory whose tokenizer sets --tokens (recall-completion)")
+    recall.add_argument("--tokens", type=int, nargs="+", default=None,
+                        help="document lengths in tokens, drawn uniformly (recall-completion)")
+    recall.add_argument("--kind", default="recall",
+                        choices=("recall", "recall-completion", "passkey", "filler", "repeat", "copy", "story"),
+                        help="recall: pass-key documents with story filler; recall-completion: the same as "
+                             "prompt-completion records of exactly --tokens tokens (train with "
+                             "completion_field=completion: only the answer is scored); passkey: the classic format, "
                              "repeated filler sentences (--filler = repeats); filler: the repeated filler alone "
                              "(a haystack); repeat: a digit run repeated after story text; "
                              "copy: a digit run repeated at once (induction practice); "
@@ -151,7 +157,16 @@ def cmd_make_tiny(args) -> int:
 def cmd_make_recall_data(args) -> int:
     from uio_ds.data.synthetic import PASSKEY_FILLER, write_passkey_jsonl, write_recall_jsonl, write_repeat_jsonl
 
-    if args.kind == "passkey":
+    if args.kind == "recall-completion":
+        if not args.tokenizer or not args.tokens:
+            raise SystemExit("error: --kind recall-completion needs --tokenizer DIR and --tokens N [N ...]")
+        from transformers import AutoTokenizer
+
+        from uio_ds.data.synthetic import write_recall_completion_jsonl
+
+        write_recall_completion_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer),
+                                      args.tokens, seed=args.seed)
+    elif args.kind == "passkey":
         write_passkey_jsonl(args.out, args.documents, tuple(args.filler), seed=args.seed)
     elif args.kind == "filler":
         import json

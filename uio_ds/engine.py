@@ -242,10 +242,12 @@ class UIOEngine:
             return 1.0
         return float(getattr(self.optimizer, "cur_scale", None) or getattr(self.optimizer, "loss_scale", 1.0))
 
-    def train_step(self, documents: list[torch.Tensor]) -> StepOutput:
-        """One optimizer step over this rank's ``documents`` (1-D or (B, T) token tensors)."""
-        documents = [d.to(device()) for d in documents]
-        local_tokens = count_targets([d.unsqueeze(0) if d.ndim == 1 else d for d in documents])
+    def train_step(self, documents: list) -> StepOutput:
+        """One optimizer step over this rank's ``documents``: 1-D or (B, T) token tensors, or
+        dicts with ``input_ids`` and ``labels`` (``uio_ds.algo.as_batches``)."""
+        documents = [{k: v.to(device()) for k, v in d.items()} if isinstance(d, dict) else d.to(device())
+                     for d in documents]
+        local_tokens = count_targets(documents)
         global_tokens = int(all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
         result = self.strategy.run(self.model, documents, loss_scale=self.world_size * loss_scale / global_tokens)

@@ -41,10 +41,21 @@ class SourceConfig:
     name: str = ""
     """Name used in logs (default: the path)."""
 
+    completion_field: str | None = None
+    """Prompt-completion records (jsonl only): ``text_field`` holds the prompt and this field the
+    completion; the document is prompt + completion and only the completion's tokens are scored
+    (the prompt is read, and compressed into memory, but not predicted). Such a document is
+    never cut: one longer than ``data.max_tokens`` is skipped and counted."""
+
     def problems(self, where: str) -> list[str]:
         out = []
         if not self.path:
             out.append(f"{where}.path is empty: give a file, a glob or a prepared corpus directory")
+        if self.completion_field is not None and (not isinstance(self.completion_field, str) or not self.completion_field):
+            out.append(f"{where}.completion_field={self.completion_field!r}: must be a field name or null")
+        elif self.completion_field == self.text_field:
+            out.append(f"{where}.completion_field={self.completion_field!r} equals text_field: the prompt and the "
+                       "completion must be different fields")
         if not isinstance(self.weight, (int, float)) or self.weight <= 0:
             out.append(f"{where}.weight={self.weight!r}: must be a positive number")
         return out
@@ -81,6 +92,9 @@ class DataConfig:
         if self.autoencode_tokens is not None and (not isinstance(self.autoencode_tokens, int)
                                                    or self.autoencode_tokens < 2):
             out.append(f"data.autoencode_tokens={self.autoencode_tokens!r}: must be an integer >= 2 or null")
+        if self.autoencode_tokens is not None and any(s.completion_field for s in self.sources):
+            out.append("data.autoencode_tokens is set and a source has completion_field: auto-encoding scores "
+                       "the copy of every piece, so prompt-completion sources cannot take part; drop one of the two")
         if not self.sources:
             out.append("data.sources is empty: give at least one source, e.g. {\"path\": \"data/kjv\"}")
         for i, s in enumerate(self.sources):

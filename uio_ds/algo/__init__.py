@@ -8,9 +8,10 @@ from uio_ds.algo.tbptt import (
     Strategy,
     TBPTTResult,
     Unbiased,
+    as_batches,
     build_strategy,
     count_targets,
 )
 
-__all__ = ["GRAPH_MODES", "TBPTT", "Full", "Incremental", "Strategy", "TBPTTResult", "Unbiased", "build_strategy",
-           "count_targets"]
+__all__ = ["GRAPH_MODES", "TBPTT", "Full", "Incremental", "Strategy", "TBPTTResult", "Unbiased", "as_batches",
+           "build_strategy", "count_targets"]

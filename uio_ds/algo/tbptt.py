@@ -84,9 +84,62 @@ def _add_lists(a: list, b: list) -> list:
     return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
 
 
-def count_targets(documents: Sequence[torch.Tensor]) -> int:
-    """Scored tokens of a list of document batches: every token but the first of each row."""
-    return sum(d.shape[0] * (d.shape[1] - 1) for d in documents)
+def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Documents as (input_ids, labels) batches of shape (B, T).
+
+    ``documents``: a (B, T) tensor, or a list whose items are (T,) or (B, T) token tensors or
+    dicts with ``input_ids`` and optional ``labels`` (the Hugging Face convention: same shape,
+    ``IGNORE_INDEX`` where a token is read but not predicted; the loss targets are
+    ``labels[:, 1:]``). Without labels every token but the first is predicted. 1-D documents of
+    equal length are stacked into one batch (placed where the first of them was): the summed
+    gradient is the same and one batched pass is faster than several single ones.
+    """
+    if isinstance(documents, (torch.Tensor, dict)):
+        documents = [documents]
+    if not isinstance(documents, (list, tuple)) or not documents:
+        raise ValueError("documents must be a (batch, tokens) tensor or a non-empty list of token tensors")
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    by_length: dict[int, int] = {}  # length of stacked 1-D documents -> their batch in ``out``
+    for i, d in enumerate(documents):
+        labels = None
+        if isinstance(d, dict):
+            if "input_ids" not in d:
+                raise ValueError(f"document {i} is a dict without 'input_ids'")
+            d, labels = d["input_ids"], d.get("labels")
+        if not isinstance(d, torch.Tensor) or d.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"document {i} is not a tensor of token ids")
+        one_d = d.ndim == 1
+        d = d.unsqueeze(0) if one_d else d
+        if d.ndim != 2:
+            raise ValueError(
+                f"document {i} has shape {tuple(d.shape)}: give (tokens,) or (batch, tokens); documents of "
+                "different lengths go in a list, not one padded batch"
+            )
+        if d.shape[1] < 2:
+            raise ValueError(f"document {i} has {d.shape[1]} token(s): a document needs at least 2 to score one")
+        if labels is None:
+            labels = d
+        else:
+            labels = labels.unsqueeze(0) if labels.ndim == 1 else labels
+            if labels.shape != d.shape or labels.dtype not in (torch.int32, torch.int64):
+                raise ValueError(
+                    f"document {i}: labels of shape {tuple(labels.shape)} and dtype {labels.dtype} do not match "
+                    f"input_ids {tuple(d.shape)}: give integer labels of the same shape"
+                )
+        if one_d and d.shape[1] in by_length:
+            j = by_length[d.shape[1]]
+            out[j] = (torch.cat([out[j][0], d]), torch.cat([out[j][1], labels]))
+        else:
+            if one_d:
+                by_length[d.shape[1]] = len(out)
+            out.append((d, labels))
+    return out
+
+
+def count_targets(documents) -> int:
+    """Scored tokens of ``documents`` (any form ``as_batches`` takes): every token but the first
+    of each row whose label is not ``IGNORE_INDEX``."""
+    return sum(int((labels[:, 1:] != IGNORE_INDEX).sum()) for _, labels in as_batches(documents))
 
 
 class Strategy:
@@ -111,12 +164,18 @@ class Strategy:
         (or of 1-D token tensors) of different lengths, processed one after another.
         ``loss_scale`` defaults to 1 / (number of scored tokens): the token-weighted mean.
         """
-        docs = self._as_batches(model, documents)
-        scale = 1.0 / count_targets(docs) if loss_scale is None else float(loss_scale)
+        docs = as_batches(documents)
+        if loss_scale is None:
+            targets = count_targets(documents)
+            if targets == 0:
+                raise ValueError("the documents have no scored token (every label is IGNORE_INDEX)")
+            scale = 1.0 / targets
+        else:
+            scale = float(loss_scale)
         params = model.trainable_parameters()
         result = None
-        for doc in docs:
-            part = self._run_document(model, doc, scale, params)
+        for doc, labels in docs:
+            part = self._run_document(model, doc, labels, scale, params)
             result = part if result is None else result.merge(part)
         return result
 
@@ -128,31 +187,10 @@ class Strategy:
 
     # -- to implement ---------------------------------------------------------------------
 
-    def _run_document(self, model, doc: torch.Tensor, scale: float, params) -> TBPTTResult:
+    def _run_document(self, model, doc: torch.Tensor, labels: torch.Tensor, scale: float, params) -> TBPTTResult:
         raise NotImplementedError
 
     # -- helpers --------------------------------------------------------------------------
-
-    @staticmethod
-    def _as_batches(model, documents) -> list[torch.Tensor]:
-        if isinstance(documents, torch.Tensor):
-            documents = [documents]
-        if not isinstance(documents, (list, tuple)) or not documents:
-            raise ValueError("documents must be a (batch, tokens) tensor or a non-empty list of token tensors")
-        out = []
-        for i, d in enumerate(documents):
-            if not isinstance(d, torch.Tensor) or d.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"document {i} is not a tensor of token ids")
-            d = d.unsqueeze(0) if d.ndim == 1 else d
-            if d.ndim != 2:
-                raise ValueError(
-                    f"document {i} has shape {tuple(d.shape)}: give (tokens,) or (batch, tokens); documents of "
-                    "different lengths go in a list, not one padded batch"
-                )
-            if d.shape[1] < 2:
-                raise ValueError(f"document {i} has {d.shape[1]} token(s): a document needs at least 2 to score one")
-            out.append(d)
-        return out
 
     @staticmethod
     def _add(buffers: list, grads: Sequence[torch.Tensor | None], offset: int = 0) -> None:
@@ -167,8 +205,8 @@ class Full(Strategy):
 
     name = "full"
 
-    def _run_document(self, model, doc, scale, params):
-        out = model(doc)
+    def _run_document(self, model, doc, labels, scale, params):
+        out = model(doc, labels=labels)
         grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(
@@ -187,7 +225,7 @@ class TBPTT(Strategy):
     def __init__(self, window: int):
         super().__init__(window)
 
-    def _run_document(self, model, doc, scale, params):
+    def _run_document(self, model, doc, labels, scale, params):
         l, S = model.segment_length, self.window
         bounds = split_segments(doc.shape[1], l)
         batch = doc.shape[0]
@@ -210,7 +248,7 @@ class TBPTT(Strategy):
             else:
                 fresh = []
             memory = values[:first] + fresh
-            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
+            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(labels, a, b))
             self._add(buffers, _grad(out.loss_sum * scale, params))
             sums.append(host_value(out.loss_sum))
             counts.append(out.num_tokens)
@@ -281,7 +319,7 @@ class _LeafWindowStrategy(Strategy):
     def _window(self) -> _Window:
         raise NotImplementedError
 
-    def _run_document(self, model, doc, scale, params):
+    def _run_document(self, model, doc, labels, scale, params):
         _check_recompute(model, self.graph_mode)
         bounds = split_segments(doc.shape[1], model.segment_length)
         batch, n_mem = doc.shape[0], len(bounds) - 1
@@ -339,7 +377,7 @@ class _LeafWindowStrategy(Strategy):
             window = sorted(leaves)
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
             with _graph_context(self.graph_mode):  # 'offload' also moves the decoder's saved activations
-                out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(doc, a, b))
+                out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(labels, a, b))
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -456,5 +494,5 @@ def _as_rng_state(state):
     return state
 
 
-__all__ = ["Full", "TBPTT", "Incremental", "Unbiased", "TBPTTResult", "build_strategy", "count_targets",
+__all__ = ["Full", "TBPTT", "Incremental", "Unbiased", "TBPTTResult", "as_batches", "build_strategy", "count_targets",
            "IGNORE_INDEX", "GRAPH_MODES"]

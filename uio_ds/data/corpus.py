@@ -53,21 +53,13 @@ def kjv_path() -> str:
     return path
 
 
-def group_records(
-    files: Sequence[str],
-    text_field: str = "text",
-    group_by: Sequence[str] = ("book",),
-    joiner: str = "\n",
-) -> tuple[list[dict], GroupingStats]:
-    """Documents (dicts with ``doc_id``, ``text``, ``num_records``, ``num_chars``, ``order``) in
-    first-seen order, from jsonl ``files``; records of one document need not be adjacent.
-    With ``group_by`` empty every record is a document, named by its file and line."""
+def iter_records(files: Sequence[str], fields: Sequence[str], stats: GroupingStats) -> Iterable[tuple[str, dict]]:
+    """(``file:line``, record) for every good record of jsonl ``files``: a JSON object whose
+    ``fields`` are all strings, the first of them not blank. Bad records are skipped into ``stats``
+    with their reason and place."""
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(f"corpus file(s) not found: {missing}")
-    group_by = tuple(group_by or ())  # empty: every record is a document of its own
-    stats = GroupingStats()
-    docs: dict[tuple, list[str]] = {}
     for path in files:
         with open(path, "rb") as f:
             for line_no, raw in enumerate(f, start=1):
@@ -86,21 +78,41 @@ def group_records(
                 if not isinstance(record, dict):
                     stats.skip("record is not a JSON object", where)
                     continue
-                text = record.get(text_field)
-                if text is None:
-                    stats.skip(f"no field {text_field!r}", where)
+                bad = None
+                for name in fields:
+                    value = record.get(name)
+                    if value is None:
+                        bad = f"no field {name!r}"
+                    elif not isinstance(value, str):
+                        bad = f"field {name!r} is {type(value).__name__}, not a string"
+                    if bad:
+                        break
+                if bad is None and not record[fields[0]].strip():
+                    bad = "empty text"
+                if bad:
+                    stats.skip(bad, where)
                     continue
-                if not isinstance(text, str):
-                    stats.skip(f"field {text_field!r} is {type(text).__name__}, not a string", where)
-                    continue
-                if not text.strip():
-                    stats.skip("empty text", where)
-                    continue
-                if any(k not in record for k in group_by):
-                    stats.skip(f"missing group key(s) {[k for k in group_by if k not in record]}", where)
-                    continue
-                key = tuple(record[k] for k in group_by) if group_by else (where,)
-                docs.setdefault(key, []).append(text.strip())
+                yield where, record
+
+
+def group_records(
+    files: Sequence[str],
+    text_field: str = "text",
+    group_by: Sequence[str] = ("book",),
+    joiner: str = "\n",
+) -> tuple[list[dict], GroupingStats]:
+    """Documents (dicts with ``doc_id``, ``text``, ``num_records``, ``num_chars``, ``order``) in
+    first-seen order, from jsonl ``files``; records of one document need not be adjacent.
+    With ``group_by`` empty every record is a document, named by its file and line."""
+    group_by = tuple(group_by or ())  # empty: every record is a document of its own
+    stats = GroupingStats()
+    docs: dict[tuple, list[str]] = {}
+    for where, record in iter_records(files, (text_field,), stats):
+        if any(k not in record for k in group_by):
+            stats.skip(f"missing group key(s) {[k for k in group_by if k not in record]}", where)
+            continue
+        key = tuple(record[k] for k in group_by) if group_by else (where,)
+        docs.setdefault(key, []).append(record[text_field].strip())
     out = []
     for order, (key, texts) in enumerate(docs.items()):
         text = joiner.join(texts)

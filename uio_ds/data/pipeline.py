@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from uio_ds.data.corpus import CORPUS_FILE, GroupingStats, group_records
+from uio_ds.model.memory_model import IGNORE_INDEX
 from uio_ds.train_config import DataConfig, SourceConfig
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
@@ -94,6 +95,25 @@ def read_texts(source: SourceConfig) -> tuple[list[str], GroupingStats]:
     return texts, stats
 
 
+def read_prompt_completions(source: SourceConfig) -> tuple[list[tuple[str, str]], GroupingStats]:
+    """(prompt, completion) pairs of a prompt-completion source (``completion_field`` set), bad
+    records skipped and counted; the texts are kept exactly (a completion's leading space matters)."""
+    from uio_ds.data.corpus import iter_records
+
+    files = source_files(source)
+    wrong = [f for f in files if os.path.isdir(f) or not f.endswith((".jsonl", ".json"))]
+    if wrong:
+        raise ValueError(f"data source {source.path!r}: completion_field needs jsonl records; {wrong[0]!r} is not a "
+                         ".jsonl / .json file")
+    stats, pairs = GroupingStats(), []
+    for where, record in iter_records(files, (source.text_field, source.completion_field), stats):
+        if not record[source.completion_field].strip():
+            stats.skip("empty completion", where)
+            continue
+        pairs.append((record[source.text_field], record[source.completion_field]))
+    return pairs, stats
+
+
 def _fingerprint(source: SourceConfig, tokenizer) -> str:
     files = source_files(source)
     parts = []
@@ -102,26 +122,40 @@ def _fingerprint(source: SourceConfig, tokenizer) -> str:
         st = os.stat(target)
         parts.append([os.path.abspath(f), st.st_size, int(st.st_mtime)])
     vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer.get_vocab())
-    key = json.dumps([parts, source.text_field, source.split, hashlib.sha1(vocab.encode()).hexdigest()])
+    key = json.dumps([parts, source.text_field, source.split, hashlib.sha1(vocab.encode()).hexdigest()]
+                     + ([source.completion_field] if source.completion_field else []))
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=print):
-    """A ``datasets.Dataset`` with ``input_ids`` per document, built once per source and tokenizer."""
+    """A ``datasets.Dataset`` with ``input_ids`` per document (and, for a prompt-completion source,
+    ``score_from``: the index of the first completion token), built once per source and tokenizer."""
     from datasets import Dataset, load_from_disk
 
     path = os.path.join(cache_dir, _fingerprint(source, tokenizer))
     if os.path.isfile(os.path.join(path, "uio_stats.json")):
         with open(os.path.join(path, "uio_stats.json")) as f:
             return load_from_disk(path), json.load(f)
-    texts, stats = read_texts(source)
+    if source.completion_field:
+        pairs, stats = read_prompt_completions(source)
+        texts = [p for p, _ in pairs]
+        columns = {"prompt": texts, "completion": [c for _, c in pairs]}
+
+        def tokenise(batch):
+            # Prompt and completion are tokenised apart, so the scored tokens are exactly the completion's.
+            prompts = tokenizer(batch["prompt"])["input_ids"]
+            completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+            return {"input_ids": [p + c for p, c in zip(prompts, completions)], "score_from": [len(p) for p in prompts]}
+    else:
+        texts, stats = read_texts(source)
+        columns = {"text": texts}
+
+        def tokenise(batch):
+            return {"input_ids": tokenizer(batch["text"])["input_ids"]}
     if not texts:
         raise ValueError(f"data source {source.path!r} has no usable document: {stats.skipped} {stats.examples}")
-    dataset = Dataset.from_dict({"text": texts}).map(
-        lambda batch: {"input_ids": tokenizer(batch["text"])["input_ids"]},
-        batched=True,
-        remove_columns=["text"],
-        desc=f"tokenising {source.name or source.path}",
+    dataset = Dataset.from_dict(columns).map(
+        tokenise, batched=True, remove_columns=list(columns), desc=f"tokenising {source.name or source.path}"
     )
     info = {"records": stats.records, "skipped": stats.skipped, "examples": stats.examples, "documents": len(texts)}
     staging = f"{path}.tmp-{os.getpid()}"
@@ -137,11 +171,19 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=print):
     return load_from_disk(path), info
 
 
-def document_pieces(lengths: list[int], min_tokens: int, max_tokens: int | None) -> tuple[list[tuple], int]:
+def document_pieces(lengths: list[int], min_tokens: int, max_tokens: int | None,
+                    whole: bool = False) -> tuple[list[tuple], int]:
     """(document, start, stop) pieces: long documents cut at ``max_tokens``, short pieces dropped.
-    Returns the pieces and the number of documents or tails skipped as too short."""
+    With ``whole`` a document is never cut: one longer than ``max_tokens`` is dropped.
+    Returns the pieces and the number of documents, tails or pieces skipped."""
     pieces, skipped = [], 0
     for i, n in enumerate(lengths):
+        if whole:
+            if min_tokens <= n <= (max_tokens or n):
+                pieces.append((i, 0, n))
+            else:
+                skipped += 1
+            continue
         step = max_tokens or n
         for start in range(0, n, step):
             stop = min(start + step, n)
@@ -168,17 +210,18 @@ class DocumentStream:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.config, self.world_size, self.rank = config, world_size, rank
         self.datasets = datasets
-        self.pieces, self.skipped_short = [], 0
+        self.pieces, self.skipped = [], 0
         cut = config.autoencode_tokens or config.max_tokens
         shortest = config.autoencode_tokens or config.min_tokens
-        for ds in datasets:
+        for ds, source in zip(datasets, config.sources):
             lengths = [len(ids) for ids in ds["input_ids"]]
-            pieces, skipped = document_pieces(lengths, shortest, cut)
+            pieces, skipped = document_pieces(lengths, shortest, cut, whole=bool(source.completion_field))
             self.pieces.append(pieces)
-            self.skipped_short += skipped
+            self.skipped += skipped
         empty = [config.sources[i].path for i, p in enumerate(self.pieces) if not p]
         if empty:
-            raise ValueError(f"data source(s) {empty} have no document of at least {config.min_tokens} tokens")
+            raise ValueError(f"data source(s) {empty} have no document of at least {config.min_tokens} tokens "
+                             f"(prompt-completion documents also at most data.max_tokens={config.max_tokens})")
         total = sum(s.weight for s in config.sources)
         self.weights = [s.weight / total for s in config.sources]
         self.state = StreamState(cursors=[0] * len(datasets), epochs=[0] * len(datasets))
@@ -203,8 +246,10 @@ class DocumentStream:
         self.state.draws += 1
         return source, piece
 
-    def next_documents(self) -> list[torch.Tensor]:
-        """This rank's documents for the next optimizer step (1-D token tensors, lengths may differ)."""
+    def next_documents(self) -> list:
+        """This rank's documents for the next optimizer step: 1-D token tensors (lengths may differ),
+        and for prompt-completion sources dicts with ``input_ids`` and ``labels`` (the prompt's
+        tokens marked ``IGNORE_INDEX``: read, not scored)."""
         k = self.config.documents_per_step
         drawn = [self._draw() for _ in range(self.world_size * k)]
         mine = drawn[self.rank * k : (self.rank + 1) * k]
@@ -214,7 +259,13 @@ class DocumentStream:
             ids = self.datasets[source][doc]["input_ids"][start:stop]
             if self.config.autoencode_tokens:
                 ids = ids + ids  # [x ; x]: the second segment is rebuilt from the first one's memory
-            out.append(torch.tensor(ids, dtype=torch.long))
+            ids = torch.tensor(ids, dtype=torch.long)
+            if "score_from" in self.datasets[source].column_names:
+                labels = ids.clone()
+                labels[: self.datasets[source][doc]["score_from"]] = IGNORE_INDEX
+                out.append({"input_ids": ids, "labels": labels})
+            else:
+                out.append(ids)
         return out
 
     def state_dict(self) -> dict:
@@ -238,6 +289,6 @@ def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int =
         datasets.append(ds)
         info[source.name or source.path] = stats
     stream = DocumentStream(datasets, config, world_size, rank)
-    info["skipped_short_pieces"] = stream.skipped_short
+    info["skipped_pieces"] = stream.skipped  # too short, or a prompt-completion document too long
     info["pieces"] = [len(p) for p in stream.pieces]
     return stream, info

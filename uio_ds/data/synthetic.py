@@ -93,6 +93,46 @@ def write_recall_jsonl(path: str, documents: int, filler_sentences: tuple[int, i
     return documents
 
 
+def write_recall_completion_jsonl(path: str, documents: int, tokenizer, lengths: list[int], seed: int = 0) -> int:
+    """Prompt-completion recall documents of exactly the given token lengths (under ``tokenizer``):
+    the pass key is stated at the start (in the first segment of any segment length >= 48), story
+    sentences follow, and the prompt ends by asking for the key; the completion is the answer
+    ``" 12345."``. Each record has ``prompt``, ``completion``, ``key`` and ``tokens``; train on them
+    with ``completion_field: "completion"`` (only the answer is scored). Every document of one
+    length has the same number of tokens, so a step's documents of that length batch together.
+    Lengths are drawn uniformly from ``lengths``."""
+    import json
+
+    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
+
+    rng = random.Random(seed)
+
+    def ids(text: str, special: bool = True) -> list[int]:
+        return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    with open(path, "w") as f:
+        written = 0
+        while written < documents:
+            n = rng.choice(lengths)
+            key = "".join(rng.choice("0123456789") for _ in range(5))
+            completion = f" {key}."
+            head, question = INTRO + NEEDLE.format(key=key), QUESTION
+            budget = n - len(ids(completion, special=False)) - len(ids(head)) - len(ids(question, special=False))
+            if budget < 1:
+                raise ValueError(f"length {n} is too short for a recall document: give lengths of at least "
+                                 f"{n - budget + 1} tokens")
+            filler: list[int] = []
+            while len(filler) < budget:
+                filler += ids(" " + _sentence(rng), special=False)
+            prompt = head + tokenizer.decode(filler[:budget]) + question
+            # A cut inside a word can re-tokenise differently; such a draw is dropped, not bent.
+            if len(ids(prompt)) + len(ids(completion, special=False)) != n:
+                continue
+            f.write(json.dumps({"prompt": prompt, "completion": completion, "key": key, "tokens": n}) + "\n")
+            written += 1
+    return documents
+
+
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
 

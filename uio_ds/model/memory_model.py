@@ -92,7 +92,8 @@ def split_segments(length: int, segment_length: int) -> list[tuple[int, int]]:
 
 
 def segment_targets(input_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Next-token targets of positions [start, stop): target i is token i+1, across the segment border.
+    """Next-token targets of positions [start, stop): target i is token i+1, across the segment border
+    (pass the labels instead of the ids to leave tokens marked ``IGNORE_INDEX`` unscored).
 
     The document's last token has no successor and is marked ``IGNORE_INDEX``, so every
     token after the first is scored exactly once over a document.
@@ -533,9 +534,14 @@ class UIOMemoryModel(nn.Module):
 
     # ------------------------------------------------------------------ whole documents
 
-    def forward(self, input_ids: torch.Tensor) -> DocumentOutput:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> DocumentOutput:
         """Full-BPTT loss of documents (B, T): all segments compressed in parallel, each
-        segment decoded after the memories of every earlier segment, gradients through all."""
+        segment decoded after the memories of every earlier segment, gradients through all.
+        ``labels`` (default: ``input_ids``) are the tokens to predict, ``IGNORE_INDEX`` where a
+        token is read but not scored (Hugging Face's convention; the shift is done here)."""
+        labels = input_ids if labels is None else labels
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels shape {tuple(labels.shape)} differs from input_ids shape {tuple(input_ids.shape)}")
         batch, length = input_ids.shape
         bounds = split_segments(length, self.segment_length)
         self.check_length(length)
@@ -547,7 +553,7 @@ class UIOMemoryModel(nn.Module):
         sums, counts = [], []
         for t, (start, stop) in enumerate(bounds):
             previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
-            out = self.decode(input_ids[:, start:stop], previous, segment_targets(input_ids, start, stop))
+            out = self.decode(input_ids[:, start:stop], previous, segment_targets(labels, start, stop))
             sums.append(out.loss_sum)
             counts.append(out.num_tokens)
         return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts)
