@@ -21,12 +21,18 @@ def run_config(tiny_dirs, tmp_path_factory):
         for i in range(24):
             f.write(json.dumps({"text": synthetic_text(8 + 5 * (i % 7), seed=i)}) + "\n")
         f.write("{broken json\n")  # skipped and counted, not fatal
+    with open(root / "qa.jsonl", "w") as f:  # prompt-completion records: only the answer is scored
+        for i in range(8):
+            f.write(json.dumps({"prompt": synthetic_text(6 + i, seed=50 + i) + " The number was", "answer": f" {i}."})
+                    + "\n")
     config = {
         "model_path": tiny_dirs["llama"],
         "uio": {"segment_length": 32, "compression_ratio": 8,
                 "encoder_lora": {"rank": 4, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
                 "transfer_lora": {"rank": 4, "alpha": 16, "target_modules": ["k_proj", "v_proj"]}},
-        "data": {"sources": [{"path": str(root / "docs.jsonl")}], "documents_per_step": 2, "max_tokens": 200,
+        "data": {"sources": [{"path": str(root / "docs.jsonl")},
+                             {"path": str(root / "qa.jsonl"), "text_field": "prompt", "completion_field": "answer"}],
+                 "documents_per_step": 2, "max_tokens": 200,
                  "cache_dir": str(root / "cache")},
         "algorithm": {"name": "unbiased", "window": 2},
         "optim": {"lr": 0.003, "warmup_steps": 2},

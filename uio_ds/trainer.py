@@ -15,7 +15,7 @@ import time
 import torch
 
 from uio_ds import checkpoint as ckpt
-from uio_ds.algo.tbptt import build_strategy
+from uio_ds.algo.tbptt import as_batches, build_strategy
 from uio_ds.model.attention import resolve_attention
 from uio_ds.train_config import TrainConfig
 
@@ -258,12 +258,12 @@ class Trainer:
         model, l = self.model, self.model.segment_length
         start = time.perf_counter()
         with model.adapter(None):
-            for doc in self._last_documents:
-                doc = doc.view(-1, doc.shape[-1]).to(engine.device())
+            for doc, labels in as_batches(self._last_documents):
+                doc, labels = doc.to(engine.device()), labels.to(engine.device())
                 for a in range(0, doc.shape[1] - 1, l):
                     ids = doc[:, a : a + l]
                     embeds = model.base.get_input_embeddings()(ids).detach().requires_grad_(True)
-                    loss = model.base(inputs_embeds=embeds, labels=ids).loss
+                    loss = model.base(inputs_embeds=embeds, labels=labels[:, a : a + l]).loss
                     torch.autograd.grad(loss, embeds)
         bare = engine.all_reduce_max_float(time.perf_counter() - start)
         step_seconds = engine.all_reduce_max_float(step_seconds)

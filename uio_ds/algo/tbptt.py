@@ -139,7 +139,8 @@ def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def count_targets(documents) -> int:
     """Scored tokens of ``documents`` (any form ``as_batches`` takes): every token but the first
     of each row whose label is not ``IGNORE_INDEX``."""
-    return sum(int((labels[:, 1:] != IGNORE_INDEX).sum()) for _, labels in as_batches(documents))
+    return sum(int(host_value((labels[:, 1:] != IGNORE_INDEX).sum(), fake=labels[:, 1:].numel()))
+               for _, labels in as_batches(documents))
 
 
 class Strategy:
@@ -324,7 +325,21 @@ class _LeafWindowStrategy(Strategy):
         bounds = split_segments(doc.shape[1], model.segment_length)
         batch, n_mem = doc.shape[0], len(bounds) - 1
         segs = [doc[:, a:b] for a, b in bounds]
-        enters, evict_at, factors = self._window().plan(n_mem)
+        # One window per document (row), drawn in row order: a stacked batch gets exactly the
+        # gradient its documents would get one by one. A memory's encoder graph is shared by the
+        # rows and is back-propagated once, when the last row that holds it lets it go.
+        plans = [self._window().plan(n_mem) for _ in range(batch)]
+        factors = plans[0][2]
+        enters = [any(p[0][s] for p in plans) for s in range(n_mem)]
+        evict_at = []
+        for s in range(n_mem):
+            times = [p[1][s] for p in plans if p[0][s]]
+            evict_at.append(None if not times or None in times else max(times))
+
+        def row_factors(s: int, t: int) -> list[float]:
+            """Per row, the factor of decoder step t's contribution to memory s (0: not in that row's window)."""
+            return [factors[t] if p[0][s] and (p[1][s] is None or t < p[1][s]) else 0.0 for p in plans]
+
         evictions: dict[int, list[int]] = {}
         for s, t in enumerate(evict_at):
             if t is not None:
@@ -383,7 +398,11 @@ class _LeafWindowStrategy(Strategy):
             self._add(buffers, grads[: len(params)])
             for s, g in zip(window, grads[len(params):]):
                 if g is not None:
-                    g = g * factors[t] if factors[t] != 1.0 else g
+                    rows = row_factors(s, t)
+                    if len(set(rows)) > 1:
+                        g = g * g.new_tensor(rows).view(-1, *([1] * (g.ndim - 1)))
+                    elif rows[0] != 1.0:
+                        g = g * rows[0]
                     accumulated[s] = g if s not in accumulated else accumulated[s] + g
             sums.append(host_value(out.loss_sum))
             counts.append(out.num_tokens)
