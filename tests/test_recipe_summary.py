@@ -9,9 +9,9 @@ import pytest
 from helpers import REPO
 
 
-def _summary_module():
-    path = os.path.join(REPO, "launch", "recipes", "table2_summary.py")
-    spec = importlib.util.spec_from_file_location("table2_summary", path)
+def _summary_module(name: str = "table2_summary"):
+    path = os.path.join(REPO, "launch", "recipes", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -68,3 +68,41 @@ def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys
 def test_summary_without_results_says_what_to_run(tmp_path, capsys):
     assert _summary_module().main(["--results", str(tmp_path), "--runs", str(tmp_path)]) == 1
     assert "make real-recipe" in capsys.readouterr().err
+
+
+def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
+    from uio_ds.data.synthetic import synthetic_text
+    from uio_ds.eval.run import main as evaluate
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    common = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+              "--data", str(docs), "--out", str(results)]
+    for name in ("tiny_recipe_passkey", "tiny_recipe_passkey_frozen_decoder"):
+        assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "153",
+                                  "185", "--passkey-depths", "0.0", "--passkey-trials", "2", "--name", name]) == 0
+    assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64", "128",
+                              "--name", "tiny_recipe_perplexity"]) == 0
+    assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "4", "--name", "tiny_recipe_autoencode_ratio8"]) == 0
+    (runs / "recall").mkdir(parents=True)
+    (runs / "recall" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "loss": v, "seconds": 0.5, "tokens": 56, "skipped": False}) + "\n"
+        for i, v in enumerate([2.0, 2.0, 1.0, 0.2])))
+
+    mod = _summary_module("tiny_summary")
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "tiny_recipe.json").read_text())
+    pk = json.loads((results / "tiny_recipe_passkey.json").read_text())["passkey"]["methods"]
+    assert s["passkey"]["decoder_lora"]["methods"]["uio"]["answer_loss_by_length"] == [r[0] for r in pk["uio"]["answer_loss"]]
+    assert mod._segments(s["passkey"]["decoder_lora"]) == [5, 6]  # 153 and 185 tokens of 32-token segments
+    ppl = json.loads((results / "tiny_recipe_perplexity.json").read_text())["perplexity"]
+    assert s["perplexity"]["no_memory"]["by_segment"] == ppl["no_memory"]["by_segment"]
+    ae = json.loads((results / "tiny_recipe_autoencode_ratio8.json").read_text())["autoencode"]
+    assert s["autoencode"] == {"ratio8": {"bleu4": ae["bleu4"], "rouge_l": ae["rouge_l"], "segments": 4,
+                                          "memory_tokens": 4}}
+    assert s["training"]["recall"]["loss_last"] == 0.2 and s["training"]["books"] is None
+    assert (results / "tiny_recipe.png").exists()
+    out = capsys.readouterr().out
+    assert "pass key in segment 1" in out and "auto-encoding" in out
+    assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1

@@ -12,6 +12,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times  # noqa: E402
+
 ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32", "decoder_lora")
 ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",
                    "no_transfer_lora": "without the transfer head's LoRA",
@@ -19,78 +22,32 @@ ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA"
                    "decoder_lora": "with a decoder LoRA (rank 8, q and v)"}
 
 
-def _load(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _run_summary(run: str) -> dict | None:
-    """First/last training losses, time per step and the cost probe of one training run."""
-    path = os.path.join(run, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    rows = [r for r in rows if "loss" in r and not r.get("skipped")]
-    k = max(1, min(10, len(rows) // 4))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {
-        "steps": len(rows),
-        "loss_first": round(mean([r["loss"] for r in rows[:k]]), 4),
-        "loss_last": round(mean([r["loss"] for r in rows[-k:]]), 4),
-        "loss_window": k,
-        "seconds_per_step": round(mean([r["seconds"] for r in rows]), 2),
-        "tokens_per_step": round(mean([r["tokens"] for r in rows]), 1),
-        "cost": _load(os.path.join(run, "cost.json")),
-    }
-
-
-def _perplexity_entry(r: dict) -> dict:
-    """One method's figures from an evaluation report's perplexity section."""
-    return {"overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
-            "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
-            "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
-            "by_segment": r["by_segment"]}
-
-
 def summarize(results: str, runs: str, times: str | None) -> dict:
-    out: dict = {"command": "make real-recipe", "stages_s": {}}
-    if times and os.path.isfile(times):
-        with open(times) as f:
-            for line in f:
-                name, seconds = line.rstrip("\n").split("\t")
-                out["stages_s"][name] = int(seconds)
-        out["total_s"] = sum(out["stages_s"].values())
-    out["main_run"] = _run_summary(os.path.join(runs, "main"))
-    ppl = _load(os.path.join(results, "smollm2_recipe_perplexity.json"))
+    out: dict = {"command": "make real-recipe"}
+    out["stages_s"], total = stage_times(times)
+    if total is not None:
+        out["total_s"] = total
+    out["main_run"] = run_summary(os.path.join(runs, "main"))
+    ppl = load_json(os.path.join(results, "smollm2_recipe_perplexity.json"))
     if ppl:
         out["machine"] = ppl["machine"]
         out["config"] = ppl["config"]
-        out["perplexity"] = {name: _perplexity_entry(r) for name, r in ppl["perplexity"].items()}
-    window = _load(os.path.join(results, "smollm2_recipe_perplexity_window.json"))
+        out["perplexity"] = {name: perplexity_entry(r) for name, r in ppl["perplexity"].items()}
+    window = load_json(os.path.join(results, "smollm2_recipe_perplexity_window.json"))
     if ppl and window:
         name = f"uio_window{window['config']['memory_window']}"
-        out["perplexity"][name] = _perplexity_entry(window["perplexity"]["uio"])
-    pk = _load(os.path.join(results, "smollm2_recipe_passkey.json"))
+        out["perplexity"][name] = perplexity_entry(window["perplexity"]["uio"])
+    pk = load_json(os.path.join(results, "smollm2_recipe_passkey.json"))
     if pk:
-        p = pk["passkey"]
-        out["passkey"] = {"lengths": p["lengths"], "depths": p["depths"], "trials": p["trials"], "methods": {}}
-        for name, r in p["methods"].items():
-            by_len = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
-            loss = [None if None in row else sum(row) / len(row) for row in r["answer_loss"]]
-            out["passkey"]["methods"][name] = {"accuracy_by_length": by_len, "mean": r["mean"],
-                                               "answer_loss_by_length": loss,
-                                               "mean_answer_loss": r["mean_answer_loss"]}
+        out["passkey"] = passkey_entry(pk["passkey"])
     ablations = {}
     for name in ABLATIONS:
-        r = _load(os.path.join(results, f"smollm2_recipe_ablation_{name}.json"))
+        r = load_json(os.path.join(results, f"smollm2_recipe_ablation_{name}.json"))
         if r is None:
             continue
-        entry = {"label": ABLATION_LABELS[name], "training": _run_summary(os.path.join(runs, f"ablation_{name}"))}
+        entry = {"label": ABLATION_LABELS[name], "training": run_summary(os.path.join(runs, f"ablation_{name}"))}
         for method, m in r["perplexity"].items():
-            entry[method] = _perplexity_entry(m)
+            entry[method] = perplexity_entry(m)
         ablations[name] = entry
     if ablations:
         out["ablations"] = ablations

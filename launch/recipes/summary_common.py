@@ -1,0 +1,67 @@
+"""What the recipes' summaries share: reading evaluation JSONs, training runs and stage times."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def load_json(path: str) -> dict | None:
+    """The JSON object at ``path``, or None when the file does not exist (a stage not run)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def stage_times(path: str | None) -> tuple[dict, int | None]:
+    """Stage name -> seconds from a recipe's times.tsv, and their total (None without the file)."""
+    if not path or not os.path.isfile(path):
+        return {}, None
+    stages = {}
+    with open(path) as f:
+        for line in f:
+            name, seconds = line.rstrip("\n").split("\t")
+            stages[name] = int(seconds)
+    return stages, sum(stages.values())
+
+
+def run_summary(run: str) -> dict | None:
+    """First/last training losses, time per step and the cost probe of one training run."""
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [r for r in rows if "loss" in r and not r.get("skipped")]
+    k = max(1, min(10, len(rows) // 4))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "steps": len(rows),
+        "loss_first": round(mean([r["loss"] for r in rows[:k]]), 4),
+        "loss_last": round(mean([r["loss"] for r in rows[-k:]]), 4),
+        "loss_window": k,
+        "seconds_per_step": round(mean([r["seconds"] for r in rows]), 2),
+        "tokens_per_step": round(mean([r["tokens"] for r in rows]), 1),
+        "cost": load_json(os.path.join(run, "cost.json")),
+    }
+
+
+def perplexity_entry(r: dict) -> dict:
+    """One method's figures from an evaluation report's perplexity section."""
+    return {"overall": r["perplexity"], "segments_2_to_T": r["later_perplexity"],
+            "by_length_segments_2_to_T": {n: v["later_perplexity"] for n, v in r["by_length"].items()},
+            "documents_by_length": {n: v["documents"] for n, v in r["by_length"].items()},
+            "by_segment": r["by_segment"]}
+
+
+def passkey_entry(p: dict) -> dict:
+    """An evaluation report's passkey section, per method: accuracy and answer loss by length
+    (means over depths; None where the method cannot read that length)."""
+    out = {"lengths": p["lengths"], "depths": p["depths"], "trials": p["trials"], "methods": {}}
+    for name, r in p["methods"].items():
+        by_len = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
+        loss = [None if None in row else sum(row) / len(row) for row in r["answer_loss"]]
+        out["methods"][name] = {"accuracy_by_length": by_len, "mean": r["mean"], "answer_loss_by_length": loss,
+                                "mean_answer_loss": r["mean_answer_loss"]}
+    return out
