@@ -54,7 +54,8 @@ train: prepare
 demo: $(STAMP)
 	$(BIN)/python -m uio_ds demo --out outputs/demo
 
-# Pre-train a tiny base, train UIO memory on pass-key documents, evaluate (work in progress).
+# Pre-train a tiny base, train UIO memory to carry a pass key across segments (with and without a
+# decoder LoRA), on the books, and auto-encoding at ratio 8 and 32; evaluate and summarise.
 tiny-recipe: prepare
 	bash launch/recipes/tiny_recall.sh
 

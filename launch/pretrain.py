@@ -4,8 +4,8 @@ The UIO recipe needs a frozen decoder that is a working language model and can c
 key from its context; a random tiny model is neither. This script packs the documents of
 the given sources into one token stream and trains on random windows.
 
-    python launch/pretrain.py --model runs/recipe/init --data data/kjv recall.jsonl \\
-        --out runs/recipe/base --window 128 --batch 16 --steps 600
+    python launch/pretrain.py --model runs/tiny_recipe/init --data data/kjv recall.jsonl \\
+        --out runs/tiny_recipe/base --window 128 --batch 16 --steps 600
 """
 
 from __future__ import annotations

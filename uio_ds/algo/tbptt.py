@@ -139,8 +139,11 @@ def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def count_targets(documents) -> int:
     """Scored tokens of ``documents`` (any form ``as_batches`` takes): every token but the first
     of each row whose label is not ``IGNORE_INDEX``."""
-    return sum(int(host_value((labels[:, 1:] != IGNORE_INDEX).sum(), fake=labels[:, 1:].numel()))
-               for _, labels in as_batches(documents))
+    return sum(_scored(labels) for _, labels in as_batches(documents))
+
+
+def _scored(labels: torch.Tensor) -> int:
+    return int(host_value((labels[:, 1:] != IGNORE_INDEX).sum(), fake=labels[:, 1:].numel()))
 
 
 class Strategy:
@@ -161,13 +164,14 @@ class Strategy:
     def run(self, model: MemoryModel, documents, loss_scale: float | None = None) -> TBPTTResult:
         """Gradient of ``loss_scale * (summed token loss)`` over ``documents``.
 
-        ``documents``: a (B, T) tensor of equal-length documents, or a list of such tensors
-        (or of 1-D token tensors) of different lengths, processed one after another.
+        ``documents``: a (B, T) tensor of equal-length documents, or a list of such tensors, of
+        1-D token tensors or of dicts with ``input_ids`` and ``labels`` (see ``as_batches``:
+        1-D documents of equal length run as one batch, the batches one after another).
         ``loss_scale`` defaults to 1 / (number of scored tokens): the token-weighted mean.
         """
         docs = as_batches(documents)
         if loss_scale is None:
-            targets = count_targets(documents)
+            targets = sum(_scored(labels) for _, labels in docs)
             if targets == 0:
                 raise ValueError("the documents have no scored token (every label is IGNORE_INDEX)")
             scale = 1.0 / targets
