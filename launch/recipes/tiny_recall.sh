@@ -2,15 +2,17 @@
 # The tiny recipe: a trained tiny model that shows memory carrying information across segments
 # (`make tiny-recipe`; on this 2-core CPU see the README for the measured stage times).
 #   0. data: the tiny Llama's tokenizer (trained on the books), pre-training mixtures, and
-#      recall documents as prompt-completion records of exactly 192, 256 or 320 tokens (3-5
-#      segments of 64): the pass key in segment 1, the question and the answer in the last one;
+#      recall documents as prompt-completion records of exactly 256 tokens (4 segments of 64):
+#      the pass key in segment 1, the question and the answer in segment 4;
 #   1. pre-train every weight of a tiny Llama (hidden 128, 4 layers) on 128-token windows: digit
 #      runs repeated at once (induction first), then books + short recall documents + runs
 #      repeated after text, so the frozen decoder reads and copies from its own context;
-#   2. freeze it and train UIO memory (l=64, ratio 8, unbiased(3)) with DeepSpeed on 2 CPU ranks
-#      on the recall documents, only the answer scored (prompt-completion loss):
-#      2a. with the optional decoder LoRA (rank 8, q/v; launch/configs/tiny_recall.json),
-#      2b. the same without it (the paper's frozen decoder), the same steps;
+#   2. freeze it and train UIO memory (l=64, ratio 8) with DeepSpeed on 2 CPU ranks on the recall
+#      documents, only the answer scored (prompt-completion loss), the same steps each:
+#      2a. unbiased(3) (S = T-1: every memory stays in the reservoir) with the optional decoder
+#          LoRA (rank 8, q/v): launch/configs/tiny_recall.json,
+#      2b. the same without the decoder LoRA (the paper's frozen decoder),
+#      2c. the same as 2a with unbiased(2) (the reservoir keeps 2 of the 3 memories);
 #   3. UIO memory on the books alone (every token scored, unbiased(2), 512-token pieces):
 #      perplexity of later segments with and without memory;
 #   4. auto-encoding memories ([x ; x] with x a 64-token piece of the books) at ratio 8 and 32;
@@ -24,7 +26,7 @@ OUT=${OUT:-runs/tiny_recipe}
 RESULTS=${RESULTS:-benchmarks/results}
 PY=${PY:-.venv/bin/python}
 DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
-RECALL_STEPS=${RECALL_STEPS:-1000}
+RECALL_STEPS=${RECALL_STEPS:-800}
 BOOKS_STEPS=${BOOKS_STEPS:-300}
 AE_STEPS=${AE_STEPS:-300}
 export DS_ACCELERATOR=cpu PATH="$(dirname "$PY"):$PATH"
@@ -54,7 +56,7 @@ data() {
     $PY -m uio_ds make-recall-data --kind copy --out "$OUT/copy.jsonl" --documents 20000 --seed 5
     $PY -m uio_ds make-recall-data --out "$OUT/recall_pretrain.jsonl" --documents 20000 --filler 1 5 --key-at 0 2 --seed 1
     $PY -m uio_ds make-recall-data --kind repeat --out "$OUT/repeat.jsonl" --documents 20000 --seed 2
-    $PY -m uio_ds make-recall-data --kind recall-completion --tokenizer "$OUT/init" --tokens 192 256 320 \
+    $PY -m uio_ds make-recall-data --kind recall-completion --tokenizer "$OUT/init" --tokens 256 \
         --out "$OUT/recall_train.jsonl" --documents 20000 --seed 3
     $PY -m uio_ds make-recall-data --kind story --out "$OUT/haystack.jsonl" --documents 8 --filler 60 60 --seed 4
     touch "$OUT/data.done"
@@ -76,6 +78,8 @@ stage "2a. UIO recall with decoder LoRA ($RECALL_STEPS steps)" "$OUT/recall/fina
     train "$OUT/recall" steps="$RECALL_STEPS" "$RECALL"
 stage "2b. UIO recall without decoder LoRA ($RECALL_STEPS steps)" "$OUT/recall_frozen_decoder/final/uio_config.json" \
     train "$OUT/recall_frozen_decoder" steps="$RECALL_STEPS" uio.decoder_lora=null "$RECALL"
+stage "2c. UIO recall with decoder LoRA, unbiased(2) ($RECALL_STEPS steps)" "$OUT/recall_unbiased2/final/uio_config.json" \
+    train "$OUT/recall_unbiased2" steps="$RECALL_STEPS" "$RECALL" 'algorithm={"name": "unbiased", "window": 2}'
 stage "3. UIO memory on the books ($BOOKS_STEPS steps)" "$OUT/books/final/uio_config.json" \
     train "$OUT/books" steps="$BOOKS_STEPS" uio.decoder_lora=null "$BOOKS" data.max_tokens=512 \
         'algorithm={"name": "unbiased", "window": 2}' optim.min_lr_ratio=0.1 save_every=100
@@ -90,11 +94,13 @@ stage "5a. pass key: decoder-LoRA memory, no memory, full attention" "$RESULTS/t
 stage "5b. pass key: frozen-decoder memory, no memory" "$RESULTS/tiny_recipe_passkey_frozen_decoder.json" \
     evaluate --uio "$OUT/recall_frozen_decoder/final" "${PASSKEY[@]}" --methods uio no_memory \
         --name tiny_recipe_passkey_frozen_decoder
-stage "5c. perplexity of the held-out books by segment position" "$RESULTS/tiny_recipe_perplexity.json" \
+stage "5c. pass key: decoder-LoRA memory trained with unbiased(2)" "$RESULTS/tiny_recipe_passkey_unbiased2.json" \
+    evaluate --uio "$OUT/recall_unbiased2/final" "${PASSKEY[@]}" --methods uio --name tiny_recipe_passkey_unbiased2
+stage "5d. perplexity of the held-out books by segment position" "$RESULTS/tiny_recipe_perplexity.json" \
     evaluate --uio "$OUT/books/final" --data data/kjv --split eval --tasks perplexity \
         --methods uio no_memory streaming full --max-doc-tokens 1024 --lengths 256 512 1024 --name tiny_recipe_perplexity
 for ratio in 8 32; do
-    stage "5d. auto-encoding, ratio $ratio" "$RESULTS/tiny_recipe_autoencode_ratio$ratio.json" \
+    stage "5e. auto-encoding, ratio $ratio" "$RESULTS/tiny_recipe_autoencode_ratio$ratio.json" \
         evaluate --uio "$OUT/ae$ratio/final" --data data/kjv --split eval --tasks autoencode --ae-segments 64 \
             --name tiny_recipe_autoencode_ratio$ratio
 done

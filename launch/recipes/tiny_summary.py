@@ -17,8 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times  # noqa: E402
 
 RUNS = {"recall": "memory + decoder LoRA (pass key)", "recall_frozen_decoder": "memory, frozen decoder (pass key)",
-        "books": "memory on the books (every token)", "ae8": "auto-encoding, ratio 8", "ae32": "auto-encoding, ratio 32"}
-PASSKEY = {"decoder_lora": "tiny_recipe_passkey", "frozen_decoder": "tiny_recipe_passkey_frozen_decoder"}
+        "recall_unbiased2": "memory + decoder LoRA, unbiased(2)", "books": "memory on the books (every token)", "ae8": "auto-encoding, ratio 8", "ae32": "auto-encoding, ratio 32"}
+PASSKEY = {"decoder_lora": "tiny_recipe_passkey", "frozen_decoder": "tiny_recipe_passkey_frozen_decoder",
+           "unbiased2": "tiny_recipe_passkey_unbiased2"}
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -99,6 +100,7 @@ def plot(s: dict, path: str) -> str:
               ("decoder_lora", "no_memory"): ("no memory (same decoder)", "tab:blue", ":"),
               ("frozen_decoder", "uio"): ("memory, frozen decoder", "tab:orange", "-"),
               ("frozen_decoder", "no_memory"): ("no memory (frozen decoder)", "tab:orange", ":"),
+              ("unbiased2", "uio"): ("memory + decoder LoRA, unbiased(2)", "tab:purple", "-."),
               ("decoder_lora", "full"): ("full attention (base)", "tab:gray", "--")}
     for (variant, method), (label, color, ls) in styles.items():
         pk = s["passkey"].get(variant)
