@@ -12,11 +12,14 @@
 #      2a. unbiased(3) (S = T-1: every memory stays in the reservoir) with the optional decoder
 #          LoRA (rank 8, q/v): launch/configs/tiny_recall.json,
 #      2b. the same without the decoder LoRA (the paper's frozen decoder),
-#      2c. the same as 2a with unbiased(2) (the reservoir keeps 2 of the 3 memories);
+#      2c. the same as 2a with unbiased(2) (the reservoir keeps 2 of the 3 memories),
+#      2d. 2a continued on recall documents of 3 to 6 segments (192..384 tokens; unbiased(5),
+#          every memory kept, lr 1e-3): a memory read at one distance only does not carry over
+#          to others, so the distances are taught after the key is;
 #   3. UIO memory on the books alone (every token scored, unbiased(2), 512-token pieces):
 #      perplexity of later segments with and without memory;
 #   4. auto-encoding memories ([x ; x] with x a 64-token piece of the books) at ratio 8 and 32;
-#   5. evaluation on held-out data (pass key: key in segment 1, asked in segment 3..7; perplexity
+#   5. evaluation on held-out data (pass key: key in segment 1, asked in segment 3..8; perplexity
 #      of the 11 held-out books by segment position; auto-encoding BLEU-4 / ROUGE-L), then one
 #      summary (printed, benchmarks/results/tiny_recipe.json, tiny_recipe.png).
 # Every stage is skipped when its output exists (a training stage resumes from its checkpoint);
@@ -28,7 +31,8 @@ PY=${PY:-.venv/bin/python}
 DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
 RECALL_STEPS=${RECALL_STEPS:-800}
 BOOKS_STEPS=${BOOKS_STEPS:-300}
-AE_STEPS=${AE_STEPS:-300}
+AE_STEPS=${AE_STEPS:-1500}
+MIXED_STEPS=${MIXED_STEPS:-800}
 export DS_ACCELERATOR=cpu PATH="$(dirname "$PY"):$PATH"
 mkdir -p "$OUT" "$RESULTS"
 start=$(date +%s)
@@ -58,6 +62,8 @@ data() {
     $PY -m uio_ds make-recall-data --kind repeat --out "$OUT/repeat.jsonl" --documents 20000 --seed 2
     $PY -m uio_ds make-recall-data --kind recall-completion --tokenizer "$OUT/init" --tokens 256 \
         --out "$OUT/recall_train.jsonl" --documents 20000 --seed 3
+    $PY -m uio_ds make-recall-data --kind recall-completion --tokenizer "$OUT/init" --tokens 192 256 320 384 \
+        --out "$OUT/recall_mixed.jsonl" --documents 20000 --seed 6
     $PY -m uio_ds make-recall-data --kind story --out "$OUT/haystack.jsonl" --documents 8 --filler 60 60 --seed 4
     touch "$OUT/data.done"
 }
@@ -70,7 +76,7 @@ pretrain() {
 BOOKS='data.sources=[{"path": "data/kjv", "name": "kjv"}]'
 RECALL='data.sources=[{"path": "'"$OUT"'/recall_train.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "recall"}]'
 PASSKEY=(--data "$OUT/haystack.jsonl" --tasks passkey --passkey-depths 0.0 --passkey-trials 20
-         --passkey-lengths 185 249 313 377 441)  # 7 tokens before a segment border: the answer ends its segment
+         --passkey-lengths 185 249 313 377 441 505)  # 7 tokens before a segment border: the answer ends its segment
 
 stage "0. data and the initial tiny model" "$OUT/data.done" data
 stage "1. pre-training the base (induction, then the mixture)" "$OUT/base/config.json" pretrain
@@ -80,6 +86,9 @@ stage "2b. UIO recall without decoder LoRA ($RECALL_STEPS steps)" "$OUT/recall_f
     train "$OUT/recall_frozen_decoder" steps="$RECALL_STEPS" uio.decoder_lora=null "$RECALL"
 stage "2c. UIO recall with decoder LoRA, unbiased(2) ($RECALL_STEPS steps)" "$OUT/recall_unbiased2/final/uio_config.json" \
     train "$OUT/recall_unbiased2" steps="$RECALL_STEPS" "$RECALL" 'algorithm={"name": "unbiased", "window": 2}'
+stage "2d. 2a continued on 3-6 segments ($MIXED_STEPS steps)" "$OUT/recall_mixed/final/uio_config.json" \
+    train "$OUT/recall_mixed" steps="$MIXED_STEPS" init_from="$OUT/recall/final" optim.lr=0.001 \
+        'algorithm={"name": "unbiased", "window": 5}' "${RECALL/recall_train/recall_mixed}"
 stage "3. UIO memory on the books ($BOOKS_STEPS steps)" "$OUT/books/final/uio_config.json" \
     train "$OUT/books" steps="$BOOKS_STEPS" uio.decoder_lora=null "$BOOKS" data.max_tokens=512 \
         'algorithm={"name": "unbiased", "window": 2}' optim.min_lr_ratio=0.1 save_every=100
@@ -96,11 +105,13 @@ stage "5b. pass key: frozen-decoder memory, no memory" "$RESULTS/tiny_recipe_pas
         --name tiny_recipe_passkey_frozen_decoder
 stage "5c. pass key: decoder-LoRA memory trained with unbiased(2)" "$RESULTS/tiny_recipe_passkey_unbiased2.json" \
     evaluate --uio "$OUT/recall_unbiased2/final" "${PASSKEY[@]}" --methods uio --name tiny_recipe_passkey_unbiased2
-stage "5d. perplexity of the held-out books by segment position" "$RESULTS/tiny_recipe_perplexity.json" \
+stage "5d. pass key: decoder-LoRA memory continued on 3-6 segments" "$RESULTS/tiny_recipe_passkey_mixed.json" \
+    evaluate --uio "$OUT/recall_mixed/final" "${PASSKEY[@]}" --methods uio no_memory --name tiny_recipe_passkey_mixed
+stage "5e. perplexity of the held-out books by segment position" "$RESULTS/tiny_recipe_perplexity.json" \
     evaluate --uio "$OUT/books/final" --data data/kjv --split eval --tasks perplexity \
         --methods uio no_memory streaming full --max-doc-tokens 1024 --lengths 256 512 1024 --name tiny_recipe_perplexity
 for ratio in 8 32; do
-    stage "5e. auto-encoding, ratio $ratio" "$RESULTS/tiny_recipe_autoencode_ratio$ratio.json" \
+    stage "5f. auto-encoding, ratio $ratio" "$RESULTS/tiny_recipe_autoencode_ratio$ratio.json" \
         evaluate --uio "$OUT/ae$ratio/final" --data data/kjv --split eval --tasks autoencode --ae-segments 64 \
             --name tiny_recipe_autoencode_ratio$ratio
 done

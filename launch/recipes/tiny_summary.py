@@ -17,9 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times  # noqa: E402
 
 RUNS = {"recall": "memory + decoder LoRA (pass key)", "recall_frozen_decoder": "memory, frozen decoder (pass key)",
-        "recall_unbiased2": "memory + decoder LoRA, unbiased(2)", "books": "memory on the books (every token)", "ae8": "auto-encoding, ratio 8", "ae32": "auto-encoding, ratio 32"}
+        "recall_unbiased2": "memory + decoder LoRA, unbiased(2)",
+        "recall_mixed": "memory + decoder LoRA, then 3-6 segments", "books": "memory on the books (every token)", "ae8": "auto-encoding, ratio 8", "ae32": "auto-encoding, ratio 32"}
 PASSKEY = {"decoder_lora": "tiny_recipe_passkey", "frozen_decoder": "tiny_recipe_passkey_frozen_decoder",
-           "unbiased2": "tiny_recipe_passkey_unbiased2"}
+           "unbiased2": "tiny_recipe_passkey_unbiased2", "mixed": "tiny_recipe_passkey_mixed"}
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -94,9 +95,11 @@ def plot(s: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     ax = axes[0]
-    styles = {("decoder_lora", "uio"): ("memory + decoder LoRA", "tab:blue", "-"),
+    styles = {("mixed", "uio"): ("memory + decoder LoRA, then 3-6 segments", "tab:green", "-"),
+              ("mixed", "no_memory"): ("no memory (that decoder)", "tab:green", ":"),
+              ("decoder_lora", "uio"): ("memory + decoder LoRA (4 segments)", "tab:blue", "-"),
               ("decoder_lora", "no_memory"): ("no memory (same decoder)", "tab:blue", ":"),
               ("frozen_decoder", "uio"): ("memory, frozen decoder", "tab:orange", "-"),
               ("frozen_decoder", "no_memory"): ("no memory (frozen decoder)", "tab:orange", ":"),
@@ -109,7 +112,10 @@ def plot(s: dict, path: str) -> str:
                     label=label)
     ax.set(xlabel="segment holding the question (key in segment 1)", ylabel="exact match",
            title="(a) pass-key recall across segments", ylim=(-0.03, 1.03))
-    ax.legend(fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if "mixed" in s["passkey"]:
+        ax.axvspan(2.8, 6.2, color="tab:green", alpha=0.08, label="lengths the 3-6 run trained on")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax = axes[1]
     if "perplexity" in s:
         for name, color in (("uio", "tab:blue"), ("no_memory", "tab:red"), ("streaming", "tab:green"),
@@ -119,6 +125,7 @@ def plot(s: dict, path: str) -> str:
                 ax.plot([int(k) + 1 for k in seg], list(seg.values()), marker=".", color=color, label=name)
         ax.set(xlabel="segment position in the document", ylabel="perplexity",
                title="(b) held-out books, by segment position")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=8)
     ax = axes[2]
     if s["autoencode"]:
