@@ -20,7 +20,8 @@
 #      perplexity of later segments with and without memory;
 #   4. auto-encoding memories ([x ; x] with x a 64-token piece of the books) at ratio 8 and 32;
 #   5. evaluation on held-out data (pass key: key in segment 1, asked in segment 3..8; perplexity
-#      of the 11 held-out books by segment position; auto-encoding BLEU-4 / ROUGE-L), then one
+#      of the 11 held-out books by segment position, also reading only the last 1 or 4 memories;
+#      auto-encoding BLEU-4 / ROUGE-L), then one
 #      summary (printed, benchmarks/results/tiny_recipe.json, tiny_recipe.png).
 # Every stage is skipped when its output exists (a training stage resumes from its checkpoint);
 # stage times go to $OUT/times.tsv.
@@ -110,6 +111,12 @@ stage "5d. pass key: decoder-LoRA memory continued on 3-6 segments" "$RESULTS/ti
 stage "5e. perplexity of the held-out books by segment position" "$RESULTS/tiny_recipe_perplexity.json" \
     evaluate --uio "$OUT/books/final" --data data/kjv --split eval --tasks perplexity \
         --methods uio no_memory streaming full --max-doc-tokens 1024 --lengths 256 512 1024 --name tiny_recipe_perplexity
+# more memory available, lower perplexity? The same trained parts reading only the last W memories.
+for window in 1 4; do
+    stage "5e. perplexity reading the last $window memories" "$RESULTS/tiny_recipe_perplexity_window$window.json" \
+        evaluate --uio "$OUT/books/final" --data data/kjv --split eval --tasks perplexity --methods uio \
+            --memory-window $window --max-doc-tokens 1024 --lengths 256 512 1024 --name tiny_recipe_perplexity_window$window
+done
 for ratio in 8 32; do
     stage "5f. auto-encoding, ratio $ratio" "$RESULTS/tiny_recipe_autoencode_ratio$ratio.json" \
         evaluate --uio "$OUT/ae$ratio/final" --data data/kjv --split eval --tasks autoencode --ae-segments 64 \

@@ -41,6 +41,10 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
     if ppl:
         out.setdefault("machine", ppl["machine"])
         out["perplexity"] = {name: perplexity_entry(r) for name, r in ppl["perplexity"].items()}
+        for window in (1, 4):
+            r = load_json(os.path.join(results, f"tiny_recipe_perplexity_window{window}.json"))
+            if r:
+                out["perplexity"][f"uio_window{window}"] = perplexity_entry(r["perplexity"]["uio"])
     out["autoencode"] = {}
     for ratio in (8, 32):
         r = load_json(os.path.join(results, f"tiny_recipe_autoencode_ratio{ratio}.json"))
@@ -118,15 +122,17 @@ def plot(s: dict, path: str) -> str:
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax = axes[1]
     if "perplexity" in s:
-        for name, color in (("uio", "tab:blue"), ("no_memory", "tab:red"), ("streaming", "tab:green"),
-                            ("full", "tab:gray")):
+        for name, color, ls in (("uio", "tab:blue", "-"), ("uio_window1", "tab:blue", ":"),
+                                ("no_memory", "tab:red", "-"), ("streaming", "tab:green", "-"),
+                                ("full", "tab:gray", "-")):
             if name in s["perplexity"]:
                 seg = s["perplexity"][name]["by_segment"]
-                ax.plot([int(k) + 1 for k in seg], list(seg.values()), marker=".", color=color, label=name)
+                label = f"{name} ({s['perplexity'][name]['segments_2_to_T']:.1f} over segments 2..T)"
+                ax.plot([int(k) + 1 for k in seg], list(seg.values()), marker=".", color=color, ls=ls, label=label)
         ax.set(xlabel="segment position in the document", ylabel="perplexity",
                title="(b) held-out books, by segment position")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax = axes[2]
     if s["autoencode"]:
         names = list(s["autoencode"])
