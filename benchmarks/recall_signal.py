@@ -19,7 +19,8 @@ greedy decoding produces). Variants:
 
     python benchmarks/recall_signal.py --base runs/tiny_recipe/base --steps 500
 
-Prints a table, writes benchmarks/results/recall_signal.json and recall_signal.png.
+Prints a table, writes benchmarks/results/recall_signal.json and recall_signal.png (``--seed`` and
+``--name`` for repeats: recall_signal_seed1.json ...).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def run_variant(name: str, spec: dict, args, tokenizer, train, held_out) -> dict
     from uio_ds.config import LoRAConfig, UIOConfig
     from uio_ds.model.memory_model import UIOMemoryModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     config = UIOConfig(segment_length=64, compression_ratio=8,
                        encoder_lora=LoRAConfig(rank=16, alpha=32, target_modules=["q_proj", "v_proj"]),
                        transfer_lora=LoRAConfig(rank=16, alpha=32, target_modules=["k_proj", "v_proj"]),
@@ -101,7 +102,7 @@ def run_variant(name: str, spec: dict, args, tokenizer, train, held_out) -> dict
     strategy = build_strategy(*spec["strategy"]) if spec["strategy"][1] else build_strategy(spec["strategy"][0])
     ids, labels = train
     held_ids, held_digits = held_out
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     curve, start = [], time.perf_counter()
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
@@ -124,24 +125,24 @@ def run_variant(name: str, spec: dict, args, tokenizer, train, held_out) -> dict
     return {**spec, "strategy": list(spec["strategy"]), "curve": curve, "seconds": round(time.perf_counter() - start, 1)}
 
 
-def plot(report: dict, out: str) -> str:
+def plot(report: dict, out: str, name: str = "recall_signal") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in report["variants"].items():
+    for variant, r in report["variants"].items():
         steps = [c["step"] for c in r["curve"]]
-        axes[0].plot(steps, [c["answer_loss"] for c in r["curve"]], marker="o", label=name)
-        axes[1].plot(steps, [c["exact_match"] for c in r["curve"]], marker="o", label=name)
+        axes[0].plot(steps, [c["answer_loss"] for c in r["curve"]], marker="o", label=variant)
+        axes[1].plot(steps, [c["exact_match"] for c in r["curve"]], marker="o", label=variant)
     axes[0].axhline(2.302585, color="gray", ls=":", label="chance (ln 10)")
     axes[0].set(xlabel="training step", ylabel="held-out answer-digit loss (nats)", title="answer loss")
     axes[1].set(xlabel="training step", ylabel="exact match (5 digits)", title="pass key from memory", ylim=(-0.03, 1.03))
     axes[0].legend(fontsize=8)
-    fig.suptitle("tiny memory, pass key in segment 1 asked in segment 4: one run per setting, same seed")
+    fig.suptitle(f"tiny memory, pass key in segment 1 asked in segment 4: one run per setting, seed {report.get('seed', 0)}")
     fig.tight_layout()
-    png = os.path.join(out, "recall_signal.png")
+    png = os.path.join(out, f"{name}.png")
     fig.savefig(png, dpi=110)
     return png
 
@@ -159,11 +160,13 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--seed", type=int, default=0, help="initial parts (LoRA A) and the order of documents")
+    p.add_argument("--name", default="recall_signal", help="writes NAME.json and NAME.png")
     p.add_argument("--replot", action="store_true", help="redraw the figure from the JSON of an earlier run")
     args = p.parse_args(argv)
     if args.replot:
-        with open(os.path.join(args.out, "recall_signal.json")) as f:
-            print(f"wrote {plot(json.load(f), args.out)}")
+        with open(os.path.join(args.out, f"{args.name}.json")) as f:
+            print(f"wrote {plot(json.load(f), args.out, args.name)}")
         return 0
     if not os.path.isfile(os.path.join(args.base, "config.json")):
         print(f"error: {args.base} is not a model directory: run `make tiny-recipe` (stage 1) first", file=sys.stderr)
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     train = documents(tokenizer, 4000, seed=3, length=256)
     held_ids, _ = documents(tokenizer, 64, seed=12345, length=256)
     held_out = (held_ids, digit_positions(held_ids))
-    report = {"machine": machine(), "base": args.base, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    report = {"machine": machine(), "base": args.base, "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "documents": "4 segments of 64 tokens, key in segment 1, answer in segment 4", "variants": {}}
     for name in args.variants:
         report["variants"][name] = run_variant(name, VARIANTS[name], args, tokenizer, train, held_out)
@@ -181,10 +184,10 @@ def main(argv=None) -> int:
     for name, r in report["variants"].items():
         print(f"{name:30s} " + " ".join(f"{c['answer_loss']:>6.2f} / {c['exact_match']:.2f}" for c in r["curve"]))
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "recall_signal.json")
+    path = os.path.join(args.out, f"{args.name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
-    png = plot(report, args.out)
+    png = plot(report, args.out, args.name)
     print(f"\nwrote {path}, {png}")
     return 0
 
