@@ -16,31 +16,12 @@
 # stopped (a training stage resumes from its last checkpoint). Stage times go to $OUT/times.tsv.
 set -euo pipefail
 OUT=${OUT:-runs/real_recipe}
-RESULTS=${RESULTS:-benchmarks/results}
-PY=${PY:-.venv/bin/python}
-DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
+RECIPE=real-recipe
 MAIN_STEPS=${MAIN_STEPS:-80}
 ABLATION_STEPS=${ABLATION_STEPS:-40}
 MEMORY_WINDOW=${MEMORY_WINDOW:-32}
-export DS_ACCELERATOR=cpu PATH="$(dirname "$PY"):$PATH"
-mkdir -p "$OUT" "$RESULTS"
-start=$(date +%s)
-stamp() { echo "[real-recipe +$(( $(date +%s) - start ))s] $*"; }
-# stage NAME DONE_FILE COMMAND...: runs COMMAND unless DONE_FILE exists, and records its time
-stage() {
-    local name=$1 done_file=$2; shift 2
-    if [[ -e $done_file ]]; then stamp "$name: done before ($done_file)"; return; fi
-    stamp "$name"
-    local t0; t0=$(date +%s)
-    "$@"
-    printf '%s\t%s\n' "$name" $(( $(date +%s) - t0 )) >> "$OUT/times.tsv"
-}
-free_port() { $PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
-train() {  # train RUN_DIR --set overrides...
-    local run=$1; shift
-    $DEEPSPEED --num_gpus 2 --master_port "$(free_port)" launch/train.py --deepspeed ds_configs/zero2.json \
-        --config launch/configs/smollm2.json --resume auto --set output_dir="$run" "$@"
-}
+source "$(dirname "$0")/common.sh"
+train() { ds_train launch/configs/smollm2.json "$@"; }  # train RUN_DIR --set overrides...
 evaluate() { $PY launch/eval.py --model models/smollm2 --data data/kjv --split eval --out "$RESULTS" "$@"; }
 
 stage "1. main training ($MAIN_STEPS steps, 2,048-token pieces)" "$OUT/main/final/uio_config.json" \

@@ -27,31 +27,15 @@
 # stage times go to $OUT/times.tsv.
 set -euo pipefail
 OUT=${OUT:-runs/tiny_recipe}
-RESULTS=${RESULTS:-benchmarks/results}
-PY=${PY:-.venv/bin/python}
-DEEPSPEED=${DEEPSPEED:-.venv/bin/deepspeed}
+RECIPE=tiny-recipe
 RECALL_STEPS=${RECALL_STEPS:-800}
 BOOKS_STEPS=${BOOKS_STEPS:-300}
 AE_STEPS=${AE_STEPS:-1500}
 MIXED_STEPS=${MIXED_STEPS:-800}
-export DS_ACCELERATOR=cpu PATH="$(dirname "$PY"):$PATH"
-mkdir -p "$OUT" "$RESULTS"
-start=$(date +%s)
-stamp() { echo "[tiny-recipe +$(( $(date +%s) - start ))s] $*"; }
-stage() {  # stage NAME DONE_FILE COMMAND...: runs COMMAND unless DONE_FILE exists, records its time
-    local name=$1 done_file=$2; shift 2
-    if [[ -e $done_file ]]; then stamp "$name: done before ($done_file)"; return; fi
-    stamp "$name"
-    local t0; t0=$(date +%s)
-    "$@"
-    printf '%s\t%s\n' "$name" $(( $(date +%s) - t0 )) >> "$OUT/times.tsv"
-}
-free_port() { $PY -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
+source "$(dirname "$0")/common.sh"
 train() {  # train RUN_DIR --set overrides...
     local run=$1; shift
-    $DEEPSPEED --num_gpus 2 --master_port "$(free_port)" launch/train.py --deepspeed ds_configs/zero2.json \
-        --config launch/configs/tiny_recall.json --resume auto \
-        --set model_path="$OUT/base" output_dir="$run" "$@"
+    ds_train launch/configs/tiny_recall.json "$run" model_path="$OUT/base" "$@"
 }
 evaluate() { $PY launch/eval.py --model "$OUT/base" --out "$RESULTS" "$@"; }
 
