@@ -17,7 +17,9 @@ def _summary_module(name: str = "table2_summary"):
     return module
 
 
-def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys):
+def _evaluation_setup(tiny_dirs, tmp_path):
+    """launch/eval.py's main, its common arguments over three generated documents and untrained
+    tiny parts (l=32, ratio 8), and the results and runs directories."""
     from uio_ds.data.synthetic import synthetic_text
     from uio_ds.eval.run import main as evaluate
 
@@ -26,6 +28,11 @@ def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys
     results, runs = tmp_path / "results", tmp_path / "runs"
     common = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
               "--data", str(docs), "--out", str(results)]
+    return evaluate, common, results, runs
+
+
+def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys):
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64", "128",
                               "--name", "smollm2_recipe_perplexity"]) == 0
     assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
@@ -71,14 +78,7 @@ def test_summary_without_results_says_what_to_run(tmp_path, capsys):
 
 
 def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
-    from uio_ds.data.synthetic import synthetic_text
-    from uio_ds.eval.run import main as evaluate
-
-    docs = tmp_path / "docs.jsonl"
-    docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")
-    results, runs = tmp_path / "results", tmp_path / "runs"
-    common = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
-              "--data", str(docs), "--out", str(results)]
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     for name in ("tiny_recipe_passkey", "tiny_recipe_passkey_frozen_decoder"):
         assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "153",
                                   "185", "--passkey-depths", "0.0", "--passkey-trials", "2", "--name", name]) == 0

@@ -65,3 +65,30 @@ def passkey_entry(p: dict) -> dict:
         out["methods"][name] = {"accuracy_by_length": by_len, "mean": r["mean"], "answer_loss_by_length": loss,
                                 "mean_answer_loss": r["mean_answer_loss"]}
     return out
+
+
+def summary_main(argv, description: str, default_runs: str, summarize, required: tuple[str, str, str],
+                 print_summary, name: str, plot) -> int:
+    """The command line both recipe summaries share: read ``--results`` / ``--runs`` / ``--times``,
+    refuse when ``required`` = (key of the summary, file it comes from, make target) is missing,
+    print the tables, write NAME.json and the figure ``plot(summary, results_dir)`` returns (or None)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--runs", default=default_runs)
+    p.add_argument("--times", default=None, help="the recipe's times.tsv (stage name, seconds)")
+    args = p.parse_args(argv)
+    s = summarize(args.results, args.runs, args.times)
+    key, source, target = required
+    if not s.get(key):
+        print(f"error: {args.results}/{source} is missing: run `make {target}` first", file=sys.stderr)
+        return 1
+    print_summary(s)
+    path = os.path.join(args.results, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(s, f, indent=2)
+    png = plot(s, args.results)
+    print(f"\nwrote {path}" + (f", {png}" if png else ""))
+    return 0

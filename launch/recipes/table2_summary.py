@@ -7,13 +7,12 @@ writes ``smollm2_recipe.json`` and ``smollm2_recipe_ablations.png`` next to the 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times  # noqa: E402
+from summary_common import (  # noqa: E402
+    load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main)
 
 ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32", "decoder_lora")
 ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",
@@ -127,23 +126,10 @@ def plot_ablations(s: dict, path: str) -> str | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", default="benchmarks/results")
-    p.add_argument("--runs", default="runs/real_recipe")
-    p.add_argument("--times", default=None, help="the recipe's times.tsv (stage name, seconds)")
-    args = p.parse_args(argv)
-    s = summarize(args.results, args.runs, args.times)
-    if "perplexity" not in s:
-        print(f"error: {args.results}/smollm2_recipe_perplexity.json is missing: run `make real-recipe` first",
-              file=sys.stderr)
-        return 1
-    print_summary(s)
-    path = os.path.join(args.results, "smollm2_recipe.json")
-    with open(path, "w") as f:
-        json.dump(s, f, indent=2)
-    png = plot_ablations(s, os.path.join(args.results, "smollm2_recipe_ablations.png"))
-    print(f"\nwrote {path}" + (f", {png}" if png else ""))
-    return 0
+    return summary_main(argv, __doc__, "runs/real_recipe", summarize,
+                        ("perplexity", "smollm2_recipe_perplexity.json", "real-recipe"), print_summary,
+                        "smollm2_recipe",
+                        lambda s, results: plot_ablations(s, os.path.join(results, "smollm2_recipe_ablations.png")))
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ the key must cross, (b) perplexity of the held-out books by segment position, (c
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times  # noqa: E402
+from summary_common import (  # noqa: E402
+    load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main)
 
 RUNS = {"recall": "memory + decoder LoRA (pass key)", "recall_frozen_decoder": "memory, frozen decoder (pass key)",
         "recall_unbiased2": "memory + decoder LoRA, unbiased(2)",
@@ -149,21 +148,8 @@ def plot(s: dict, path: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--results", default="benchmarks/results")
-    p.add_argument("--runs", default="runs/tiny_recipe")
-    p.add_argument("--times", default=None, help="the recipe's times.tsv (stage name, seconds)")
-    args = p.parse_args(argv)
-    s = summarize(args.results, args.runs, args.times)
-    if not s["passkey"]:
-        print(f"error: {args.results}/tiny_recipe_passkey.json is missing: run `make tiny-recipe` first", file=sys.stderr)
-        return 1
-    print_summary(s)
-    path = os.path.join(args.results, "tiny_recipe.json")
-    with open(path, "w") as f:
-        json.dump(s, f, indent=2)
-    print(f"\nwrote {path}, {plot(s, os.path.join(args.results, 'tiny_recipe.png'))}")
-    return 0
+    return summary_main(argv, __doc__, "runs/tiny_recipe", summarize, ("passkey", "tiny_recipe_passkey.json", "tiny-recipe"),
+                        print_summary, "tiny_recipe", lambda s, results: plot(s, os.path.join(results, "tiny_recipe.png")))
 
 
 if __name__ == "__main__":
