@@ -46,22 +46,20 @@ VARIANTS = {
 
 
 def documents(tokenizer, count: int, seed: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, labels) of ``count`` recall documents of ``length`` tokens; labels keep the answer only."""
+    """(ids, labels) of ``count`` recall documents of ``length`` tokens, tokenised and labelled as the
+    training pipeline does (``completion_field``): the labels keep the answer only."""
+    from uio_ds.data.pipeline import completion_document, tokenize_source
     from uio_ds.data.synthetic import write_recall_completion_jsonl
-    from uio_ds.model.memory_model import IGNORE_INDEX
+    from uio_ds.train_config import SourceConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "recall.jsonl")
         write_recall_completion_jsonl(path, count, tokenizer, [length], seed=seed)
-        with open(path) as f:
-            records = [json.loads(line) for line in f]
-    ids, labels = [], []
-    for r in records:
-        prompt = tokenizer(r["prompt"])["input_ids"]
-        answer = tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
-        ids.append(prompt + answer)
-        labels.append([IGNORE_INDEX] * len(prompt) + answer)
-    return torch.tensor(ids), torch.tensor(labels)
+        source = SourceConfig(path=path, text_field="prompt", completion_field="completion")
+        dataset, _ = tokenize_source(source, tokenizer, os.path.join(tmp, "cache"), log=lambda *_: None)
+        docs = [completion_document(torch.tensor(ids), start)
+                for ids, start in zip(dataset["input_ids"], dataset["score_from"])]
+    return torch.stack([d["input_ids"] for d in docs]), torch.stack([d["labels"] for d in docs])
 
 
 def digit_positions(ids: torch.Tensor) -> torch.Tensor:

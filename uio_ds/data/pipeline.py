@@ -114,6 +114,14 @@ def read_prompt_completions(source: SourceConfig) -> tuple[list[tuple[str, str]]
     return pairs, stats
 
 
+def completion_document(ids: torch.Tensor, score_from: int) -> dict:
+    """A prompt-completion document for the strategies: the tokens before ``score_from`` (the
+    prompt) are read but not scored (labels ``IGNORE_INDEX``)."""
+    labels = ids.clone()
+    labels[..., :score_from] = IGNORE_INDEX
+    return {"input_ids": ids, "labels": labels}
+
+
 def _fingerprint(source: SourceConfig, tokenizer) -> str:
     files = source_files(source)
     parts = []
@@ -261,9 +269,7 @@ class DocumentStream:
                 ids = ids + ids  # [x ; x]: the second segment is rebuilt from the first one's memory
             ids = torch.tensor(ids, dtype=torch.long)
             if "score_from" in self.datasets[source].column_names:
-                labels = ids.clone()
-                labels[: self.datasets[source][doc]["score_from"]] = IGNORE_INDEX
-                out.append({"input_ids": ids, "labels": labels})
+                out.append(completion_document(ids, self.datasets[source][doc]["score_from"]))
             else:
                 out.append(ids)
         return out
