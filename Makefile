@@ -16,7 +16,7 @@ TINY_MODEL := models/tiny-llama
 # CPU ranks for the DeepSpeed runs (gloo backend, DS_ACCELERATOR=cpu)
 RANKS ?= 2
 
-.PHONY: install prepare train demo tiny-recipe real-recipe test clean
+.PHONY: install prepare train demo tiny-recipe real-recipe memory-recipe test clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ tiny-recipe: prepare
 # StreamingLLM and full attention, and ablations; stages already done are skipped.
 real-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_table2.sh
+
+# A memory that carries information on SmolLM2: auto-encoding with both encoder layouts and both
+# ratios at one budget, then the best trained further (hours on 2 cores); stages done are skipped.
+memory-recipe: prepare
+	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_memory.sh
 
 test: prepare
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests

@@ -31,6 +31,8 @@ setup(
         "matplotlib>=3.7",
         "numpy>=1.24",
         "gguf>=0.10",  # reading GGUF checkpoints (prepare-model)
+        "sacrebleu>=2.4",  # BLEU-4 of auto-encoding, as published figures compute it
+        "rouge-score>=0.1.2",  # ROUGE-L (auto-encoding, LongBench summaries)
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "scipy>=1.10"],

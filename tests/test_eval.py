@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import load, perturb_trainable, random_ids
-from uio_ds.eval.autoencode import copy_documents, evaluate_autoencoding, reconstruct
+from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct
 from uio_ds.eval.longbench import evaluate_longbench, load_records
 from uio_ds.eval.methods import build_methods
 from uio_ds.eval.passkey import evaluate_passkey, passkey_prompt
@@ -120,7 +120,14 @@ def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):
     assert not torch.equal(rebuilt, other)
     report = evaluate_autoencoding(model, tokenizer, segments)
     assert 0 <= report["bleu4"] <= 1 and 0 <= report["rouge_l"] <= 1
-    assert copy_documents(segments).shape == (3, 32)
+    assert report["segments"] == 3 and report["memory_tokens"] == model.num_mem_tokens
+    # the baseline reads no memory: its reconstructions and loss are the plain decoder's
+    assert not torch.equal(reconstruct(model, segments, with_memory=False), rebuilt)
+    targets = torch.cat([segments[:, 1:], torch.full_like(segments[:, :1], -100)], dim=1)
+    with torch.no_grad():
+        plain = model.decode(segments, None, targets).loss.item()
+    assert report["no_memory"]["loss"] == pytest.approx(plain, rel=1e-5)
+    assert report["loss"] != pytest.approx(plain, rel=1e-3)
 
 
 def test_longbench_records_are_checked_with_file_and_line(tmp_path, model, tokenizer):

@@ -1,4 +1,5 @@
-"""Metrics against hand-computed cases."""
+"""Metrics against hand-computed cases (the scorers are sacrebleu and rouge-score: these pin
+what they compute, so a change of scorer or of its settings is caught)."""
 
 import math
 
@@ -29,6 +30,8 @@ def test_rouge_l_by_hand():
     # LCS("a b c d e", "a c e f") = "a c e" = 3; P = 3/5, R = 3/4, F = 2PR/(P+R) = 2/3
     assert rouge_l("a b c d e", "a c e f") == pytest.approx(2 * 0.6 * 0.75 / 1.35)
     assert rouge_l("", "a") == 0.0
+    # rouge-score's tokeniser: case and punctuation do not count
+    assert rouge_l("The cat, sat.", "the cat sat") == pytest.approx(1.0)
     assert mean_rouge_l(["a b", "x"], ["a b", "y"]) == pytest.approx(0.5)
 
 

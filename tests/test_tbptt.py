@@ -125,6 +125,17 @@ def test_labels_score_only_the_marked_tokens(model):
         res = strategy.run(model, [{"input_ids": doc, "labels": labels}])
         assert res.num_tokens == kept and math.isclose(res.loss_sum, total.item(), rel_tol=1e-5)
         assert rel_err(res.grads, ref) < 1e-5, strategy
+    # segment 2 scores no token in either row: its decoder pass is not run (loss and gradient 0)
+    calls = []
+    original = model.decode
+    model.decode = lambda *args, **kwargs: calls.append(args[0].shape[1]) or original(*args, **kwargs)
+    try:
+        for strategy in (TBPTT(2), Incremental(None), Unbiased(2)):
+            calls.clear()
+            res = strategy.run(model, [{"input_ids": doc, "labels": labels}])
+            assert len(calls) == 4 and res.segment_num_tokens[2] == 0 and res.segment_loss_sums[2] == 0, strategy
+    finally:
+        del model.decode
     # an unlabelled document is scored on every token, as before
     assert Full().run(model, [{"input_ids": doc}]).num_tokens == 2 * (doc.shape[1] - 1)
     with pytest.raises(ValueError, match="labels of shape"):

@@ -10,6 +10,7 @@ from uio_ds import checkpoint as ckpt
 from uio_ds.config import ConfigError
 from uio_ds.data.pipeline import build_stream, document_pieces, source_files
 from uio_ds.data.synthetic import synthetic_text
+from uio_ds.model.memory_model import IGNORE_INDEX
 from uio_ds.train_config import DataConfig, SourceConfig, TrainConfig, apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +152,10 @@ def test_autoencode_documents_are_a_segment_twice(two_sources):
     config.autoencode_tokens = 16
     stream, _ = build_stream(config, tok, log=lambda *_: None)
     for doc in stream.next_documents():
-        assert len(doc) == 32 and doc[:16].equal(doc[16:])
+        ids, labels = doc["input_ids"], doc["labels"]
+        assert len(ids) == 32 and ids[:16].equal(ids[16:])
+        # only the copy is scored, from its second token on (its first is given, as in evaluation)
+        assert (labels[:17] == IGNORE_INDEX).all() and labels[17:].equal(ids[17:])
     with pytest.raises(ConfigError, match="must equal uio.segment_length"):
         TrainConfig.from_dict(minimal(data={"sources": [{"path": "x"}], "autoencode_tokens": 16},
                                       uio={"segment_length": 32, "compression_ratio": 8}))

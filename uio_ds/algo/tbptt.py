@@ -243,6 +243,11 @@ class TBPTT(Strategy):
                  "segments": len(bounds)}
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
+            targets = segment_targets(labels, a, b)
+            if not _has_targets(targets):
+                sums.append(0.0)
+                counts.append(0)
+                continue
             first = max(0, t - S)
             if t > first:
                 fresh = model.encode(torch.cat(segs[first:t], dim=0))  # one graph over the window
@@ -253,7 +258,7 @@ class TBPTT(Strategy):
             else:
                 fresh = []
             memory = values[:first] + fresh
-            out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(labels, a, b))
+            out = model.decode(segs[t], _kv(model, memory, batch), targets)
             self._add(buffers, _grad(out.loss_sum * scale, params))
             sums.append(host_value(out.loss_sum))
             counts.append(out.num_tokens)
@@ -393,10 +398,15 @@ class _LeafWindowStrategy(Strategy):
                         values[s] = graphs[s].detach()
                     leaves[s] = values[s].detach().requires_grad_(True)
                 stats["max_live_graphs"] = max(stats["max_live_graphs"], len(graphs))
+            targets = segment_targets(labels, a, b)
+            if not _has_targets(targets):
+                sums.append(0.0)
+                counts.append(0)
+                continue
             window = sorted(leaves)
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
             with _graph_context(self.graph_mode):  # 'offload' also moves the decoder's saved activations
-                out = model.decode(segs[t], _kv(model, memory, batch), segment_targets(labels, a, b))
+                out = model.decode(segs[t], _kv(model, memory, batch), targets)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -492,6 +502,13 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
     if not loss.requires_grad:
         return (None,) * len(inputs)
     return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def _has_targets(targets: torch.Tensor) -> bool:
+    """Whether a decoder step scores any token. One that scores none (a prompt's segments, the
+    first copy of an auto-encoding document) adds nothing to loss or gradient: it is not run.
+    On the memory planner's fake tensors every step counts as scoring."""
+    return bool(host_value((targets != IGNORE_INDEX).any(), fake=1.0))
 
 
 def _graph_context(mode: str):

@@ -122,6 +122,13 @@ def completion_document(ids: torch.Tensor, score_from: int) -> dict:
     return {"input_ids": ids, "labels": labels}
 
 
+def autoencode_document(segment: torch.Tensor) -> dict:
+    """An auto-encoding document [x ; x] for a segment x of l tokens: only the copy's tokens after
+    its first are scored, so the loss is the reconstruction of x from its memory given x's first
+    token (what ``uio_ds.eval.autoencode`` measures), and the decoder never runs on the first copy."""
+    return completion_document(torch.cat([segment, segment]), segment.shape[-1] + 1)
+
+
 def _fingerprint(source: SourceConfig, tokenizer) -> str:
     files = source_files(source)
     parts = []
@@ -266,7 +273,8 @@ class DocumentStream:
             doc, start, stop = self.pieces[source][piece]
             ids = self.datasets[source][doc]["input_ids"][start:stop]
             if self.config.autoencode_tokens:
-                ids = ids + ids  # [x ; x]: the second segment is rebuilt from the first one's memory
+                out.append(autoencode_document(torch.tensor(ids, dtype=torch.long)))
+                continue
             ids = torch.tensor(ids, dtype=torch.long)
             if "score_from" in self.datasets[source].column_names:
                 out.append(completion_document(ids, self.datasets[source][doc]["score_from"]))

@@ -3,8 +3,8 @@
 The decoder sees only the segment's memory and the segment's first token, and generates
 the rest greedily; BLEU-4 and ROUGE-L compare the reconstruction with the original text.
 Training for this task is ordinary UIO training on two-segment documents [x ; x]
-(``copy_documents``): the loss of the second segment is reconstruction from the memory of
-the first.
+(``data.autoencode_tokens``), scored on the copy only: reconstruction from the memory of the
+first segment.
 """
 
 from __future__ import annotations
@@ -12,16 +12,19 @@ from __future__ import annotations
 import torch
 
 from uio_ds.eval.metrics import bleu4, mean_rouge_l
-from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.memory_model import IGNORE_INDEX, UIOMemoryModel
 
 
 @torch.no_grad()
-def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """Greedy reconstructions (N, l-1) of segments (N, l) from their memories."""
+def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int = 8,
+                with_memory: bool = True) -> torch.Tensor:
+    """Greedy reconstructions (N, l-1) of segments (N, l) from their memories and first tokens
+    (``with_memory=False``: from the first tokens alone, the baseline)."""
     outs = []
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
-        cache = model.build_cache(model.memory_kv(model.encode(seg)).per_text(seg.shape[0]))
+        memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
+        cache = model.build_cache(memory)
         token, generated = seg[:, :1], []
         for _ in range(seg.shape[1] - 1):
             token = model.decoder_forward(token, cache, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
@@ -30,15 +33,35 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
     return torch.cat(outs)
 
 
+@torch.no_grad()
+def reconstruction_loss(model: UIOMemoryModel, segments: torch.Tensor, with_memory: bool = True,
+                        batch_size: int = 8) -> float:
+    """Mean teacher-forced loss (nats/token) of tokens 1..l-1 of ``segments`` given the segment's
+    memory (or none) and its first token: the graded signal behind the greedy reconstruction."""
+    total, count = 0.0, 0
+    for i in range(0, segments.shape[0], batch_size):
+        seg = segments[i : i + batch_size]
+        memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
+        targets = torch.cat([seg[:, 1:], torch.full_like(seg[:, :1], IGNORE_INDEX)], dim=1)
+        out = model.decode(seg, memory, targets)
+        total, count = total + out.loss_sum.item(), count + out.num_tokens
+    return total / count
+
+
 def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tensor) -> dict:
-    """BLEU-4 (corpus) and ROUGE-L (mean) of reconstructions of ``segments`` (N, l)."""
-    rebuilt = reconstruct(model, segments)
-    hyps = [tokenizer.decode(r, skip_special_tokens=True) for r in rebuilt]
+    """BLEU-4 (corpus) and ROUGE-L (mean) of greedy reconstructions of ``segments`` (N, l) from
+    their memories, the same scores for the decoder without memory (which can only guess the
+    text from its first token), and the teacher-forced loss of the text with and without memory."""
     refs = [tokenizer.decode(s[1:], skip_special_tokens=True) for s in segments]
-    return {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs), "segments": len(refs),
-            "example": {"reference": refs[0], "reconstruction": hyps[0]}}
-
-
-def copy_documents(segments: torch.Tensor) -> torch.Tensor:
-    """Training documents [x ; x] for the auto-encoding task: (N, l) -> (N, 2l)."""
-    return torch.cat([segments, segments], dim=1)
+    report = {"segments": len(refs), "segment_length": segments.shape[1], "memory_tokens": model.num_mem_tokens}
+    for name, memory in (("memory", True), ("no_memory", False)):
+        rebuilt = reconstruct(model, segments, with_memory=memory)
+        hyps = [tokenizer.decode(r, skip_special_tokens=True) for r in rebuilt]
+        scores = {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs),
+                  "loss": reconstruction_loss(model, segments, with_memory=memory)}
+        if memory:
+            report.update(scores)
+            report["example"] = {"reference": refs[0], "reconstruction": hyps[0]}
+        else:
+            report["no_memory"] = scores
+    return report

@@ -1,64 +1,39 @@
-"""Text metrics, implemented here (no external scorer): BLEU-4, ROUGE-L, QA F1, exact match.
+"""Text metrics: BLEU-4 and ROUGE-L from the standard scorers, QA F1 and exact match.
 
-Words are whitespace-separated tokens. BLEU-4 is corpus-level (n-gram counts summed over all
-pairs, as in Papineni et al. 2002) with the brevity penalty and no smoothing; ROUGE-L is the
-LCS F-measure (beta = 1) averaged over pairs; QA F1 follows SQuAD's answer normalisation and
-takes the best gold answer.
+BLEU-4 is sacrebleu's corpus BLEU (13a tokenisation, the defaults published BLEU figures use);
+ROUGE-L is Google's ``rouge-score`` LCS F-measure (its tokeniser: lower case, alphanumeric
+words, no stemming), averaged over pairs; QA F1 follows SQuAD's answer normalisation and takes
+the best gold answer. Both scorers return [0, 1] here (sacrebleu's 0-100 divided by 100).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
+from functools import lru_cache
 from typing import Sequence
 
 
-def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
 def bleu4(hypotheses: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus BLEU-4 of hypotheses against one reference each, in [0, 1]."""
+    """Corpus BLEU-4 of hypotheses against one reference each, in [0, 1] (sacrebleu)."""
+    import sacrebleu
+
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    matched, total = [0] * 4, [0] * 4
-    hyp_len = ref_len = 0
-    for hyp, ref in zip(hypotheses, references):
-        h, r = hyp.split(), ref.split()
-        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
-        for n in range(1, 5):
-            hc, rc = _ngrams(h, n), _ngrams(r, n)
-            matched[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
-            total[n - 1] += max(len(h) - n + 1, 0)
-    if hyp_len == 0 or min(matched) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matched, total)) / 4
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return brevity * math.exp(log_precision)
+    return sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score / 100
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+@lru_cache(maxsize=1)
+def _rouge_l_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F-measure of one pair, in [0, 1]."""
-    h, r = hypothesis.split(), reference.split()
-    if not h or not r:
-        return 0.0
-    lcs = _lcs(h, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(h), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F-measure of one pair, in [0, 1] (rouge-score)."""
+    return _rouge_l_scorer().score(reference, hypothesis)["rougeL"].fmeasure
 
 
 def mean_rouge_l(hypotheses: Sequence[str], references: Sequence[str]) -> float:

@@ -159,7 +159,11 @@ def main(argv=None) -> int:
             from uio_ds.eval.autoencode import evaluate_autoencoding
 
             l = model.segment_length
-            segments = [d[i : i + l] for d in docs for i in range(0, len(d) - l + 1, l)][: args.ae_segments]
+            # the documents' segments taken in turn (each document's first, then each one's second, ...)
+            # so a small sample spans every held-out document
+            per_doc = [[d[i : i + l] for i in range(0, len(d) - l + 1, l)] for d in docs]
+            segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
+            segments = segments[: args.ae_segments]
             report[task] = evaluate_autoencoding(model, tokenizer, torch.stack(segments))
         elif task == "longbench":
             from uio_ds.eval.longbench import evaluate_longbench, load_records
@@ -197,6 +201,9 @@ def print_report(report: dict) -> None:
                   + f"   answer loss {fmt(r['mean_answer_loss'])} nats/token")
     if "autoencode" in report:
         ae = report["autoencode"]
-        print(f"\nauto-encoding: BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f} over {ae['segments']} segments")
+        base = ae["no_memory"]
+        print(f"\nauto-encoding ({ae['segments']} segments of {ae['segment_length']} tokens, {ae['memory_tokens']} memory "
+              f"tokens): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}; without memory "
+              f"BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}")
     if "longbench" in report:
         print("\nLongBench-format: " + ", ".join(f"{n} {r['average']:.3f}" for n, r in report["longbench"].items()))

@@ -105,6 +105,24 @@ def segment_targets(input_ids: torch.Tensor, start: int, stop: int) -> torch.Ten
     return targets
 
 
+def stepwise_layout(n: int, m: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and visibility of the 'stepwise' encoder layout over ``[segment (n) ; <mem> x m]``.
+
+    ``<mem>`` token i reads the segment's first e_i = ceil((i+1) * n / m) tokens and itself, and
+    sits at RoPE position e_i, right after the last token it reads; segment tokens are causal
+    among themselves and never see a ``<mem>`` token. For a full segment (n = l) e_i = (i+1) * l/m,
+    the layout of the official UIO-LLMs code. Returns ``positions`` (n+m,) and ``visible``
+    (n+m, n+m), True where a query (row) may attend to a key (column).
+    """
+    ends = ((torch.arange(m, device=device) + 1) * n + m - 1) // m
+    positions = torch.cat([torch.arange(n, device=device), ends])
+    keys = torch.arange(n + m, device=device)
+    visible = keys.unsqueeze(0) <= torch.arange(n + m, device=device).unsqueeze(1)  # causal
+    visible[n:, :n] = keys[:n].unsqueeze(0) < ends.unsqueeze(1)
+    visible[n:, n:] = torch.eye(m, dtype=torch.bool, device=device)
+    return positions, visible
+
+
 def host_value(t: torch.Tensor, fake: float = float("nan")) -> float:
     """``t.item()``; for a fake tensor (the memory planner runs the training step on tensors
     without data, ``uio_ds.memory_plan``) there is no value, and ``fake`` is returned instead."""
@@ -377,6 +395,7 @@ class UIOMemoryModel(nn.Module):
             )
         embeds = self.base.get_input_embeddings()(input_ids)
         mem = self.mem_embeddings.to(embeds.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
+        layout = self._encoder_layout(input_ids.shape[0], n, embeds.dtype, embeds.device)
         captured: list[torch.Tensor] = []
 
         def keep_mem_positions(_module, _inputs, output):
@@ -388,8 +407,8 @@ class UIOMemoryModel(nn.Module):
 
         hooks = [layer.input_layernorm.register_forward_hook(keep_mem_positions) for layer in self.layers]
         try:
-            with self.adapter("encoder"):
-                self.base.model(inputs_embeds=torch.cat([embeds, mem], dim=1), use_cache=False)
+            with self.adapter("encoder"), self._masked_attention(bool(layout)):
+                self.base.model(inputs_embeds=torch.cat([embeds, mem], dim=1), use_cache=False, **layout)
         except _EncoderDone:
             pass
         finally:
@@ -398,6 +417,34 @@ class UIOMemoryModel(nn.Module):
         if len(captured) != self.num_layers:
             raise RuntimeError(f"encoder captured {len(captured)} of {self.num_layers} layers' memory")
         return torch.stack(captured, dim=1)
+
+    def _encoder_layout(self, batch: int, n: int, dtype: torch.dtype, device: torch.device) -> dict:
+        """Extra arguments of the encoder's base-model call for ``memory_layout``: none for
+        'appended' (plain causal attention over positions 0..n+m-1), explicit positions and an
+        additive 4D mask for 'stepwise' (see ``stepwise_layout``)."""
+        if self.config.memory_layout == "appended":
+            return {}
+        positions, visible = stepwise_layout(n, self.num_mem_tokens, device)
+        # Additive, not boolean: eager attention adds the mask to the scores as it is.
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+        size = n + self.num_mem_tokens
+        return {"position_ids": positions.unsqueeze(0).expand(batch, -1),
+                "attention_mask": mask.view(1, 1, size, size).expand(batch, 1, size, size)}
+
+    @contextlib.contextmanager
+    def _masked_attention(self, masked: bool) -> Iterator[None]:
+        # flash-attn takes no arbitrary mask: a stepwise encoder call runs through torch SDPA
+        # (the encoder reads l + m tokens, so its attention is a small part of its cost);
+        # the decoder keeps the configured kernel.
+        config = self.base.config
+        switch = masked and config._attn_implementation == "flash_attention_2"
+        if switch:
+            config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            if switch:
+                config._attn_implementation = "flash_attention_2"
 
     # ------------------------------------------------------------------ transfer head
 

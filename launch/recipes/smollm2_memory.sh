@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A memory that carries information on SmolLM2-135M (`make memory-recipe`), on this 2-core CPU:
+#   1. auto-encoding (the paper's Table 1): UIO trained on [x ; x] documents of 128-token pieces of
+#      the training books, scored on the copy only, so the second segment is rebuilt from the
+#      first one's memory; the same budget for the stepwise layout at ratio 8, the appended layout
+#      at ratio 8 and the stepwise layout at ratio 32;
+#   2. the stepwise ratio-8 memory trained further (init_from stage 1's parts);
+#   3. each evaluated on 64 held-out book segments: greedy reconstruction from memory alone
+#      (BLEU-4 with sacrebleu, ROUGE-L with rouge-score), the same without memory, and the
+#      teacher-forced loss of the text with and without memory.
+# Every stage is skipped when its output exists, so an interrupted recipe continues where it
+# stopped (a training stage resumes from its last checkpoint). Stage times go to $OUT/times.tsv.
+set -euo pipefail
+OUT=${OUT:-runs/memory_recipe}
+RECIPE=memory-recipe
+AE_STEPS=${AE_STEPS:-200}
+AE_LONG_STEPS=${AE_LONG_STEPS:-800}
+AE_SEGMENTS=${AE_SEGMENTS:-64}
+source "$(dirname "$0")/common.sh"
+train_ae() { ds_train launch/configs/smollm2_autoencode.json "$@"; }  # train_ae RUN_DIR --set overrides...
+evaluate_ae() {  # evaluate_ae PARTS NAME
+    $PY launch/eval.py --model models/smollm2 --uio "$1" --data data/kjv --split eval --tasks autoencode \
+        --ae-segments "$AE_SEGMENTS" --methods uio --out "$RESULTS" --name "$2"
+}
+
+declare -A AE_VARIANT=(
+    [stepwise_ratio8]="uio.memory_layout=stepwise uio.compression_ratio=8"
+    [appended_ratio8]="uio.memory_layout=appended uio.compression_ratio=8"
+    [stepwise_ratio32]="uio.memory_layout=stepwise uio.compression_ratio=32"
+)
+for name in stepwise_ratio8 appended_ratio8 stepwise_ratio32; do
+    # shellcheck disable=SC2086  # the variant is a list of overrides
+    stage "1. auto-encoding $name ($AE_STEPS steps)" "$OUT/ae_$name/final/uio_config.json" \
+        train_ae "$OUT/ae_$name" steps="$AE_STEPS" ${AE_VARIANT[$name]}
+    stage "1. auto-encoding $name: evaluation" "$RESULTS/smollm2_memory_ae_$name.json" \
+        evaluate_ae "$OUT/ae_$name/final" "smollm2_memory_ae_$name"
+done
+
+stage "2. auto-encoding stepwise_ratio8 continued ($AE_LONG_STEPS steps)" "$OUT/ae_long/final/uio_config.json" \
+    train_ae "$OUT/ae_long" steps="$AE_LONG_STEPS" init_from="$OUT/ae_stepwise_ratio8/final" save_every=100
+stage "2. auto-encoding stepwise_ratio8 continued: evaluation" "$RESULTS/smollm2_memory_ae_long.json" \
+    evaluate_ae "$OUT/ae_long/final" smollm2_memory_ae_long
+stamp "done"
