@@ -362,3 +362,26 @@ def test_decoder_lora_is_off_by_default_and_trains_when_on(tiny_dirs, tmp_path):
         torch.testing.assert_close(again(ids).loss, model(ids).loss, rtol=0, atol=0)
     with pytest.raises(ValueError, match="differs from this model's in \\['decoder_lora'\\]"):
         plain.load_trained(str(tmp_path / "parts"))
+
+
+def test_decoder_lora_added_on_top_of_trained_parts(tiny_dirs, tmp_path):
+    """load_trained(new_adapters=("decoder",)): parts saved without a decoder LoRA load into a model
+    that has one (a trained memory, then a decoder taught to read it); the new adapter keeps its
+    zero start, so the model first computes what the saved parts computed. Without the flag the
+    differing config is refused."""
+    from uio_ds.config import LoRAConfig
+
+    trained = load(tiny_dirs["llama"])
+    perturb_trainable(trained, seed=21)
+    trained.save_trained(str(tmp_path / "parts"))
+    lora = LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj"))
+    model = load(tiny_dirs["llama"], decoder_lora=lora)
+    with pytest.raises(ValueError, match=r"differs from this model's in \['decoder_lora'\]"):
+        model.load_trained(str(tmp_path / "parts"))
+    model.load_trained(str(tmp_path / "parts"), new_adapters=("decoder",))
+    ids = random_ids(2, 40, seed=22)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).loss, trained(ids).loss, rtol=0, atol=0)
+    other = load(tiny_dirs["llama"], decoder_lora=lora, compression_ratio=8)
+    with pytest.raises(ValueError, match=r"differs from this model's in \['compression_ratio'\]"):
+        other.load_trained(str(tmp_path / "parts"), new_adapters=("decoder",))

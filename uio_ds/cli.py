@@ -52,11 +52,18 @@ def _parser() -> argparse.ArgumentParser:
     recall.add_argument("--tokenizer", default=None, help="model directory whose tokenizer sets --tokens (recall-completion)")
     recall.add_argument("--tokens", type=int, nargs="+", default=None,
                         help="document lengths in tokens, drawn uniformly (recall-completion)")
+    recall.add_argument("--corpus", default=None, help="prepared corpus directory whose books are the haystack (passkey-books)")
+    recall.add_argument("--split", default="train", help="split of --corpus (passkey-books)")
+    recall.add_argument("--depth", type=float, nargs=2, default=(0.0, 1.0), metavar=("MIN", "MAX"),
+                        help="relative depth of the key sentence, drawn uniformly (passkey-books)")
     recall.add_argument("--kind", default="recall",
-                        choices=("recall", "recall-completion", "passkey", "filler", "repeat", "copy", "story"),
+                        choices=("recall", "recall-completion", "passkey-books", "passkey", "filler", "repeat", "copy",
+                                 "story"),
                         help="recall: pass-key documents with story filler; recall-completion: the same as "
                              "prompt-completion records of exactly --tokens tokens (train with "
-                             "completion_field=completion: only the answer is scored); passkey: the classic format, "
+                             "completion_field=completion: only the answer is scored); passkey-books: the evaluation's "
+                             "pass-key prompt over stretches of the --corpus books, prompt-completion records of "
+                             "exactly --tokens tokens; passkey: the classic format, "
                              "repeated filler sentences (--filler = repeats); filler: the repeated filler alone "
                              "(a haystack); repeat: a digit run repeated after story text; "
                              "copy: a digit run repeated at once (induction practice); "
@@ -166,6 +173,18 @@ def cmd_make_recall_data(args) -> int:
 
         write_recall_completion_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer),
                                       args.tokens, seed=args.seed)
+    elif args.kind == "passkey-books":
+        if not args.tokenizer or not args.tokens or not args.corpus:
+            raise SystemExit("error: --kind passkey-books needs --tokenizer DIR, --corpus DIR and --tokens N [N ...]")
+        if not 0.0 <= args.depth[0] <= args.depth[1] <= 1.0:
+            raise SystemExit(f"error: --depth {args.depth[0]} {args.depth[1]}: give 0 <= MIN <= MAX <= 1")
+        from transformers import AutoTokenizer
+
+        from uio_ds.data.synthetic import write_passkey_books_jsonl
+
+        counts = write_passkey_books_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer),
+                                           args.corpus, args.tokens, tuple(args.depth), args.split, args.seed)
+        print(f"{counts['dropped']} draws dropped (the decoded prompt re-tokenised to another length)")
     elif args.kind == "passkey":
         write_passkey_jsonl(args.out, args.documents, tuple(args.filler), seed=args.seed)
     elif args.kind == "filler":

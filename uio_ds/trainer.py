@@ -89,12 +89,13 @@ class Trainer:
         if self.rank == 0:
             engine.barrier()
 
+        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
         if cfg.init_from:
-            model = UIOMemoryModel.from_pretrained(cfg.model_path, trained_path=cfg.init_from)
-            if model.config.to_dict() != cfg.uio.to_dict():
-                raise ValueError(f"init_from={cfg.init_from!r} holds a different UIO config than 'uio': make them equal")
-        else:
-            model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
+            # the saved config must equal 'uio' but for runtime options and a decoder LoRA added now
+            try:
+                model.load_trained(cfg.init_from, new_adapters=("decoder",))
+            except ValueError as err:
+                raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
         model.to(engine.device())
         self.model = model
         algo = cfg.algorithm

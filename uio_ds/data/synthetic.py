@@ -133,6 +133,48 @@ def write_recall_completion_jsonl(path: str, documents: int, tokenizer, lengths:
     return documents
 
 
+def write_passkey_books_jsonl(path: str, documents: int, tokenizer, corpus: str, lengths: list[int],
+                              depths: tuple[float, float] = (0.0, 1.0), split: str = "train", seed: int = 0) -> dict:
+    """Prompt-completion pass-key documents over real text, in the format of ``uio_ds.eval.passkey``:
+    intro, a stretch of a book from ``corpus`` (a prepared corpus directory, ``split``) with the key
+    sentence at a depth drawn uniformly from ``depths``, the question; the completion is the answer
+    ``" 12345."``. Each document has exactly a length drawn from ``lengths`` tokens (draws whose
+    decoded prompt re-tokenises to another length are dropped and counted). Train with
+    ``completion_field: "completion"``: only the answer is scored. Returns counts."""
+    import json
+
+    import torch
+
+    from uio_ds.data.pipeline import read_texts
+    from uio_ds.eval.passkey import passkey_prompt
+    from uio_ds.train_config import SourceConfig
+
+    texts, _ = read_texts(SourceConfig(path=corpus, split=split))
+    books = [torch.tensor(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    rng = random.Random(seed)
+    written = dropped = 0
+    with open(path, "w") as f:
+        while written < documents:
+            n = rng.choice(lengths)
+            key = "".join(rng.choice("0123456789") for _ in range(5))
+            completion = f" {key}."
+            prompt_tokens = n - len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+            fits = [b for b in books if len(b) >= prompt_tokens]
+            if not fits:
+                raise ValueError(f"no book in {corpus} ({split}) has {prompt_tokens} tokens: give shorter lengths")
+            book = rng.choice(fits)
+            start = rng.randrange(len(book) - prompt_tokens + 1)
+            depth = rng.uniform(*depths)
+            prompt = tokenizer.decode(passkey_prompt(tokenizer, book[start:], prompt_tokens, depth, key)[0])
+            if len(tokenizer(prompt)["input_ids"]) != prompt_tokens:
+                dropped += 1
+                continue
+            f.write(json.dumps({"prompt": prompt, "completion": completion, "key": key, "tokens": n,
+                                "depth": round(depth, 4)}) + "\n")
+            written += 1
+    return {"written": written, "dropped": dropped}
+
+
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
 

@@ -628,16 +628,21 @@ class UIOMemoryModel(nn.Module):
         self.config.save(directory, extra=_base_fingerprint(self.base.config))
         return directory
 
-    def load_trained(self, directory: str) -> None:
+    def load_trained(self, directory: str, new_adapters: tuple[str, ...] = ()) -> None:
         """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
         saved config must equal this model's except for the runtime options (dtype, attention,
-        position_overflow)."""
+        position_overflow, memory_window).
+
+        ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved without
+        them: they keep their initial values (a decoder LoRA on top of a trained memory)."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         config, meta = UIOConfig.load(directory)
         saved, here = config.to_dict(), self.config.to_dict()
-        differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k])
+        added = [name for name in new_adapters if name in self.adapter_names and saved.get(f"{name}_lora") is None]
+        differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k]
+                        and k not in {f"{name}_lora" for name in added})
         if differ:
             raise ValueError(
                 f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
@@ -645,6 +650,8 @@ class UIOMemoryModel(nn.Module):
             )
         _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))
         for name in self.adapter_names:
+            if name in added:
+                continue
             path = os.path.join(directory, name, "adapter_model.safetensors")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
