@@ -106,3 +106,35 @@ def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pass key in segment 1" in out and "auto-encoding" in out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
+
+
+def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, capsys):
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
+    for name in ("smollm2_memory_stepwise_ratio8", "smollm2_memory_appended_ratio8"):
+        assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3", "--name", name]) == 0
+    assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
+                              "--passkey-depths", "0.5", "--passkey-trials", "1",
+                              "--name", "smollm2_memory_passkey_decoder_lora"]) == 0
+    (runs / "ae_stepwise_ratio8").mkdir(parents=True)
+    (runs / "ae_stepwise_ratio8" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "loss": v, "seconds": 1.0, "tokens": 60, "skipped": False}) + "\n"
+        for i, v in enumerate([5.0, 4.0, 3.0, 2.0])))
+
+    mod = _summary_module("memory_summary")
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_memory.json").read_text())
+    ae = json.loads((results / "smollm2_memory_stepwise_ratio8.json").read_text())["autoencode"]
+    got = s["autoencode"]["ae_stepwise_ratio8"]
+    assert (got["rouge_l"], got["bleu4"], got["loss"], got["no_memory"]) == (ae["rouge_l"], ae["bleu4"], ae["loss"],
+                                                                            ae["no_memory"])
+    assert got["layout"] == "stepwise" and got["memory_tokens"] == 4 and got["segments"] == 3
+    assert list(s["autoencode"]) == ["ae_stepwise_ratio8", "ae_appended_ratio8"]
+    pk = json.loads((results / "smollm2_memory_passkey_decoder_lora.json").read_text())["passkey"]["methods"]
+    assert s["passkey"]["passkey_decoder_lora"]["methods"]["no_memory"]["accuracy_by_length"] == \
+        [r[0] for r in pk["no_memory"]["accuracy"]]
+    assert s["training"]["ae_stepwise_ratio8"]["loss_last"] == 2.0 and s["training"]["ae_long"] is None
+    assert (results / "smollm2_memory.png").exists()
+    out = capsys.readouterr().out
+    assert "auto-encoding of held-out book segments" in out and "pass key (memory + decoder LoRA" in out
+    assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
+    assert "make memory-recipe" in capsys.readouterr().err
