@@ -58,3 +58,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def attention_inputs(base_model, embeds: torch.Tensor) -> torch.Tensor:
+    """Every layer's attention input (after its input norm) at the last position: (B, L, H)."""
+    hidden = base_model.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states
+    return torch.stack([layer.input_layernorm(hidden[i])[:, -1] for i, layer in enumerate(base_model.model.layers)],
+                       dim=1)
+
+
+def slow_stepwise_memory(model: UIOMemoryModel, ids: torch.Tensor, base_model=None) -> torch.Tensor:
+    """<mem> token i computed from what it may see and nothing else: the causal model over
+    [segment[:e_i] ; <mem>_i], whose positions 0..e_i are the layout's (e_i = ceil((i+1) n / m)).
+    With ``base_model`` the plain transformers model runs instead of the encoder adapter."""
+    n, m = ids.shape[1], model.num_mem_tokens
+    columns = []
+    for i in range(m):
+        end = -(-(i + 1) * n // m)
+        embeds = model.base.get_input_embeddings()(ids[:, :end])
+        embeds = torch.cat([embeds, model.mem_embeddings[i].to(embeds.dtype).expand(ids.shape[0], 1, -1)], dim=1)
+        if base_model is not None:
+            columns.append(attention_inputs(base_model, embeds))
+        else:
+            with model.adapter("encoder"):
+                columns.append(attention_inputs(model.base, embeds))
+    return torch.stack(columns, dim=2)

@@ -268,7 +268,7 @@ class Trainer:
                     torch.autograd.grad(loss, embeds)
         bare = engine.all_reduce_max_float(time.perf_counter() - start)
         step_seconds = engine.all_reduce_max_float(step_seconds)
-        report = {"step_seconds": round(step_seconds, 3), "bare_forward_backward_seconds": round(bare, 3),
+        report = {"step_seconds": round(step_seconds, 6), "bare_forward_backward_seconds": round(bare, 6),
                   "tokens": step_tokens, "uio_tokens_per_s": round(step_tokens / step_seconds, 1),
                   "bare_tokens_per_s": round(step_tokens / bare, 1), "overhead_ratio": round(step_seconds / bare, 3),
                   "world_size": self.world_size}
