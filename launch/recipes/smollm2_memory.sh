@@ -5,7 +5,8 @@
 #      first one's memory; the same budget for the stepwise layout at ratio 8, the appended layout
 #      at ratio 8 and the stepwise layout at ratio 32;
 #   2. a pass key read through memory, trained from the stepwise ratio-8 auto-encoder, evaluated
-#      at 1K..8K tokens with the held-out books as haystack;
+#      at 1K..8K tokens with the held-out books as haystack, against the decoder without memory and
+#      StreamingLLM in the decoder's window;
 #   3. the stepwise ratio-8 auto-encoder trained further (init_from stage 1's parts);
 #   auto-encoders are evaluated on 64 held-out book segments: greedy reconstruction from memory alone
 #      (BLEU-4 with sacrebleu, ROUGE-L with rouge-score), the same without memory, and the
@@ -56,7 +57,7 @@ stage "2. pass key with decoder LoRA ($PASSKEY_STEPS steps)" "$OUT/passkey_decod
         'data.sources=[{"path": "'"$OUT"'/passkey_train.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-books"}]'
 stage "2. pass key with decoder LoRA: evaluation" "$RESULTS/smollm2_memory_passkey_decoder_lora.json" \
     $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_decoder_lora/final" --data data/kjv --split eval \
-        --tasks passkey --methods uio no_memory --max-doc-tokens 32768 --passkey-lengths $PASSKEY_LENGTHS \
+        --tasks passkey --methods uio no_memory streaming --max-doc-tokens 32768 --passkey-lengths $PASSKEY_LENGTHS \
         --passkey-depths 0.1 0.5 0.9 --passkey-trials "$PASSKEY_TRIALS" --out "$RESULTS" \
         --name smollm2_memory_passkey_decoder_lora
 
