@@ -31,6 +31,14 @@ def _evaluation_setup(tiny_dirs, tmp_path):
     return evaluate, common, results, runs
 
 
+def _write_metrics(run, losses, seconds: float, tokens: int) -> None:
+    """A training run's metrics.jsonl with the given losses, one step each."""
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "loss": v, "seconds": seconds, "tokens": tokens, "skipped": False}) + "\n"
+        for i, v in enumerate(losses)))
+
+
 def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys):
     evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64", "128",
@@ -42,11 +50,7 @@ def test_summary_collects_evaluations_runs_and_times(tiny_dirs, tmp_path, capsys
                               "--name", "smollm2_recipe_ablation_reference"]) == 0
     assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "--lengths", "64", "128",
                               "--memory-window", "2", "--name", "smollm2_recipe_perplexity_window"]) == 0
-    (runs / "main").mkdir(parents=True)
-    losses = [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5]
-    (runs / "main" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": i + 1, "loss": v, "seconds": 2.0, "tokens": 100, "skipped": False}) + "\n"
-        for i, v in enumerate(losses)))
+    _write_metrics(runs / "main", [4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 0.5, 0.5], seconds=2.0, tokens=100)
     times = tmp_path / "times.tsv"
     times.write_text("1. main training\t120\n2. perplexity\t30\n")
 
@@ -85,10 +89,7 @@ def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
     assert evaluate(common + ["--tasks", "perplexity", "--methods", "uio", "no_memory", "--lengths", "64", "128",
                               "--name", "tiny_recipe_perplexity"]) == 0
     assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "4", "--name", "tiny_recipe_autoencode_ratio8"]) == 0
-    (runs / "recall").mkdir(parents=True)
-    (runs / "recall" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": i + 1, "loss": v, "seconds": 0.5, "tokens": 56, "skipped": False}) + "\n"
-        for i, v in enumerate([2.0, 2.0, 1.0, 0.2])))
+    _write_metrics(runs / "recall", [2.0, 2.0, 1.0, 0.2], seconds=0.5, tokens=56)
 
     mod = _summary_module("tiny_summary")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
@@ -115,10 +116,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
     assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
                               "--passkey-depths", "0.5", "--passkey-trials", "1",
                               "--name", "smollm2_memory_passkey_decoder_lora"]) == 0
-    (runs / "ae_stepwise_ratio8").mkdir(parents=True)
-    (runs / "ae_stepwise_ratio8" / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": i + 1, "loss": v, "seconds": 1.0, "tokens": 60, "skipped": False}) + "\n"
-        for i, v in enumerate([5.0, 4.0, 3.0, 2.0])))
+    _write_metrics(runs / "ae_stepwise_ratio8", [5.0, 4.0, 3.0, 2.0], seconds=1.0, tokens=60)
 
     mod = _summary_module("memory_summary")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
