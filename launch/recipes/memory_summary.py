@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from summary_common import load_json, passkey_entry, run_summary, stage_times, summary_main  # noqa: E402
 
 AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
-                "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "stepwise, ratio 8, trained further"}
+                "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}
 PASSKEY = {"passkey_decoder_lora": "memory + decoder LoRA"}
 
 
