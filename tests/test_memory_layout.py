@@ -34,8 +34,7 @@ def test_layout_positions_and_visibility():
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stepwise_encoder_equals_slow_reference(tiny_dirs, arch, attention):
-    model = load(tiny_dirs[arch], attention=attention)
-    assert model.config.memory_layout == "stepwise"
+    model = load(tiny_dirs[arch], attention=attention, memory_layout="stepwise")
     perturb_trainable(model, seed=3, scale=0.1)
     with torch.no_grad():
         for length in (16, 11):  # a full segment and a residual
@@ -52,7 +51,7 @@ def test_stepwise_encoder_equals_slow_reference(tiny_dirs, arch, attention):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zero_lora_stepwise_memory_equals_base_on_visible_tokens(tiny_dirs, arch):
-    model = load(tiny_dirs[arch])
+    model = load(tiny_dirs[arch], memory_layout="stepwise")
     base = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch], attn_implementation="sdpa").eval()
     ids = random_ids(3, 16, seed=5)
     with torch.no_grad():
@@ -64,7 +63,7 @@ def test_zero_lora_stepwise_memory_equals_base_on_visible_tokens(tiny_dirs, arch
 def test_stepwise_encoder_through_flash_standin(tiny_dirs, arch):
     """With flash-attn configured the stepwise encoder runs through SDPA with its mask (flash
     takes no arbitrary mask) and the decoder through flash: memories and losses equal SDPA's."""
-    model = load(tiny_dirs[arch], attention="sdpa")
+    model = load(tiny_dirs[arch], attention="sdpa", memory_layout="stepwise")
     perturb_trainable(model, seed=4, scale=0.1)
     ids = random_ids(2, 32, seed=6)
     with torch.no_grad():
@@ -83,7 +82,7 @@ def test_stepwise_encoder_through_flash_standin(tiny_dirs, arch):
 
 
 def test_layout_is_saved_and_checked_on_load(tiny_dirs, tmp_path):
-    stepwise = load(tiny_dirs["llama"])
+    stepwise = load(tiny_dirs["llama"], memory_layout="stepwise")
     stepwise.save_trained(str(tmp_path / "parts"))
     with open(tmp_path / "parts" / CONFIG_NAME) as f:
         assert json.load(f)["uio"]["memory_layout"] == "stepwise"
@@ -105,5 +104,5 @@ def test_layout_is_saved_and_checked_on_load(tiny_dirs, tmp_path):
 def test_unknown_layout_is_refused():
     from helpers import small_config
 
-    with pytest.raises(ValueError, match=r"memory_layout='diagonal': choose one of \['stepwise', 'appended'\]"):
+    with pytest.raises(ValueError, match=r"memory_layout='diagonal': choose one of \['appended', 'stepwise'\]"):
         small_config(memory_layout="diagonal")

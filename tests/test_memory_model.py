@@ -43,9 +43,9 @@ def prefix_kv(base, prefix: torch.Tensor) -> MemoryKV:
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zero_lora_encoder_equals_base(tiny_dirs, arch):
-    # The appended layout is the base model reading [segment ; <mem> x m] causally (the stepwise
-    # layout has its own references in test_memory_layout.py).
-    model, base = load(tiny_dirs[arch], memory_layout="appended"), plain_base(tiny_dirs[arch])
+    # The appended layout (default) is the base model reading [segment ; <mem> x m] causally (the
+    # stepwise layout has its own references in test_memory_layout.py).
+    model, base = load(tiny_dirs[arch]), plain_base(tiny_dirs[arch])
     ids = random_ids(3, 16)
     with torch.no_grad():
         memory = model.encode(ids)
@@ -218,7 +218,7 @@ def test_saved_encoder_adapter_loads_in_peft(tiny_dirs, tmp_path):
     """The adapters are peft-format: peft's own loader reads the encoder adapter."""
     from peft import PeftModel
 
-    model = load(tiny_dirs["llama"], memory_layout="appended")
+    model = load(tiny_dirs["llama"])
     perturb_trainable(model, seed=13)
     model.save_trained(str(tmp_path / "uio"))
     peft_model = PeftModel.from_pretrained(plain_base(tiny_dirs["llama"]), str(tmp_path / "uio" / "encoder")).eval()

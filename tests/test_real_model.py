@@ -51,21 +51,20 @@ def test_prepared_directory_is_verified_and_idempotent(smollm2_dir):
 
 
 def test_zero_lora_encoder_equals_base(smol, smollm2_dir):
-    model, base, tok = smol  # the stepwise layout (default)
+    model, base, tok = smol  # the appended layout (default): the base reading [segment ; <mem> x m] causally
     ids = tok(synthetic_text(20, seed=1), return_tensors="pt")["input_ids"][:, :64]
     with torch.no_grad():
         memory = model.encode(ids)
-        want = slow_stepwise_memory(model, ids, base_model=base)
-    assert memory.shape == (1, 30, 32, 576)
-    torch.testing.assert_close(memory, want, rtol=0, atol=1e-5)
-    # the appended layout: the base model reading [segment ; <mem> x m] causally
-    appended = UIOMemoryModel.from_pretrained(smollm2_dir, real_config(memory_layout="appended")).eval()
-    with torch.no_grad():
-        memory = appended.encode(ids)
         embeds = torch.cat([base.get_input_embeddings()(ids), model.mem_embeddings.unsqueeze(0)], dim=1)
         hidden = base.model(inputs_embeds=embeds, output_hidden_states=True).hidden_states
         want = torch.stack([layer.input_layernorm(hidden[i])[:, 64:] for i, layer in enumerate(base.model.layers)], 1)
+    assert memory.shape == (1, 30, 32, 576)
     torch.testing.assert_close(memory, want, rtol=0, atol=1e-5)
+    # the stepwise layout against the slow reference that runs each <mem> token on its visible tokens
+    stepwise = UIOMemoryModel.from_pretrained(smollm2_dir, real_config(memory_layout="stepwise")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stepwise.encode(ids), slow_stepwise_memory(stepwise, ids, base_model=base),
+                                   rtol=0, atol=1e-5)
 
 
 def test_no_memory_logits_equal_base(smol):

@@ -19,7 +19,7 @@ ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
 DTYPES = ("float32", "bfloat16", "float16")
 MEM_INITS = ("vocab_mean", "normal")
 POSITION_OVERFLOW_POLICIES = ("error", "drop_oldest")
-MEMORY_LAYOUTS = ("stepwise", "appended")
+MEMORY_LAYOUTS = ("appended", "stepwise")
 TRANSFER_TARGETS = ("k_proj", "v_proj")
 ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -101,13 +101,13 @@ class UIOConfig:
     """False: the transfer head's LoRA is not trained or used, so the memory K/V are the frozen
     base model's own k/v projections of the memory (the paper's "without transfer head" ablation)."""
 
-    memory_layout: str = "stepwise"
-    """How the encoder reads ``[segment ; <mem> x m]``. 'stepwise' (the official UIO-LLMs code's
-    layout): ``<mem>`` token i reads the first (i+1)*l/m segment tokens and itself, at the
-    position right after them, so each memory token summarises a growing prefix. 'appended'
-    (the paper's text): the ``<mem>`` tokens follow the segment at positions l..l+m-1 with plain
-    causal attention, each reading the whole segment and the earlier ``<mem>`` tokens. Saved with
-    the trained parts; parts saved before this option existed are 'appended'."""
+    memory_layout: str = "appended"
+    """How the encoder reads ``[segment ; <mem> x m]``. 'appended' (the paper's text): the
+    ``<mem>`` tokens follow the segment at positions l..l+m-1 with plain causal attention, each
+    reading the whole segment and the earlier ``<mem>`` tokens. 'stepwise' (the official UIO-LLMs
+    code's layout): ``<mem>`` token i reads the first (i+1)*l/m segment tokens and itself, at the
+    position right after them, so each memory token summarises a growing prefix. Saved with the
+    trained parts; parts saved before this option existed are 'appended'."""
 
     mem_init: str = "vocab_mean"
     """Initial <mem> embeddings: 'vocab_mean' (every slot = mean input embedding) or 'normal'
