@@ -115,7 +115,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
         assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3", "--name", name]) == 0
     assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
                               "--passkey-depths", "0.5", "--passkey-trials", "1",
-                              "--name", "smollm2_memory_passkey_decoder_lora"]) == 0
+                              "--name", "smollm2_memory_passkey_short"]) == 0
     _write_metrics(runs / "ae_stepwise_ratio8", [5.0, 4.0, 3.0, 2.0], seconds=1.0, tokens=60)
 
     mod = _summary_module("memory_summary")
@@ -127,8 +127,8 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
                                                                             ae["no_memory"])
     assert got["layout"] == "stepwise" and got["memory_tokens"] == 4 and got["segments"] == 3
     assert list(s["autoencode"]) == ["ae_stepwise_ratio8", "ae_appended_ratio8"]
-    pk = json.loads((results / "smollm2_memory_passkey_decoder_lora.json").read_text())["passkey"]["methods"]
-    assert s["passkey"]["passkey_decoder_lora"]["methods"]["no_memory"]["accuracy_by_length"] == \
+    pk = json.loads((results / "smollm2_memory_passkey_short.json").read_text())["passkey"]["methods"]
+    assert s["passkey"]["passkey_short"]["methods"]["no_memory"]["accuracy_by_length"] == \
         [r[0] for r in pk["no_memory"]["accuracy"]]
     assert s["training"]["ae_stepwise_ratio8"]["loss_last"] == 2.0 and s["training"]["ae_long"] is None
     assert (results / "smollm2_memory.png").exists()

@@ -17,7 +17,7 @@ from summary_common import load_json, passkey_entry, run_summary, stage_times, s
 
 AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
                 "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}
-PASSKEY = {"passkey_decoder_lora": "memory + decoder LoRA"}
+PASSKEY = {"passkey_short": "memory + decoder LoRA, 256..1,010-token documents"}
 
 
 def _result_name(run: str) -> str:

@@ -5,7 +5,7 @@
 #      first one's memory; the same budget for the stepwise layout at ratio 8, the appended layout
 #      at ratio 8 and the stepwise layout at ratio 32;
 #   2. a pass key read through memory, trained from the best auto-encoder of stage 1, evaluated
-#      at 1K..8K tokens with the held-out books as haystack, against the decoder without memory and
+#      at 500..4,000 tokens with the held-out books as haystack, against the decoder without memory and
 #      StreamingLLM in the decoder's window;
 #   3. the best auto-encoder of stage 1 trained further (init_from its parts);
 #   auto-encoders are evaluated on 64 held-out book segments: greedy reconstruction from memory alone
@@ -23,9 +23,11 @@ AE_SEGMENTS=${AE_SEGMENTS:-64}
 # reconstruction loss 2.04 against 2.34 for stepwise after 200 steps; see the README).
 BEST_AE=${BEST_AE:-appended_ratio8}
 PASSKEY_DOCUMENTS=${PASSKEY_DOCUMENTS:-2000}
-PASSKEY_STEPS=${PASSKEY_STEPS:-300}
+PASSKEY_STEPS=${PASSKEY_STEPS:-600}
 PASSKEY_TRIALS=${PASSKEY_TRIALS:-5}
-PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-1000 2000 4000 8000}
+PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-500 1000 2000 4000}
+# where the pass-key stage starts: the best auto-encoder (or committed parts, on a new machine)
+PASSKEY_INIT=${PASSKEY_INIT:-$OUT/ae_$BEST_AE/final}
 source "$(dirname "$0")/common.sh"
 train_ae() { ds_train launch/configs/smollm2_autoencode.json "$@"; }  # train_ae RUN_DIR --set overrides...
 evaluate_ae() {  # evaluate_ae PARTS NAME
@@ -46,24 +48,26 @@ for name in stepwise_ratio8 appended_ratio8 stepwise_ratio32; do
         evaluate_ae "$OUT/ae_$name/final" "smollm2_memory_ae_$name"
 done
 
-# 2. a pass key through memory: the evaluation's prompt over stretches of the training books
-#    (512..3,035 tokens in steps of 97, so the answer falls at every offset of a segment; the key
-#    at any depth), only the answer scored, the whole memory gradient (unbiased with S above the
-#    segment count), starting from the best auto-encoder, with a decoder LoRA that
-#    learns to read the memory
-stage "2. pass-key training documents" "$OUT/passkey_train.jsonl" \
+# 2. a pass key through memory: the evaluation's prompt over stretches of the training books, the
+#    key at any depth, only the answer scored, the whole memory gradient (unbiased with S above
+#    the segment count), starting from the best auto-encoder, with a decoder LoRA that learns to
+#    read the memory. Short documents (256..1,010 tokens: the key 0-7 segments back) first: on
+#    512..3,035-token documents the answer loss stayed at chance for 77 steps (12 minutes), and on
+#    the tiny model the escape from chance came at one distance before it spread to others.
+#    Lengths step by 37 and 97 tokens so the answer falls at every offset of a segment.
+stage "2. pass-key training documents, 256..1,010 tokens" "$OUT/passkey_short.jsonl" \
     $PY -m uio_ds make-recall-data --kind passkey-books --tokenizer models/smollm2 --corpus data/kjv --split train \
-        --tokens $(seq 512 97 3072) --documents "$PASSKEY_DOCUMENTS" --out "$OUT/passkey_train.jsonl"
+        --tokens $(seq 256 37 1024) --documents "$PASSKEY_DOCUMENTS" --out "$OUT/passkey_short.jsonl"
 # shellcheck disable=SC2086  # the variant is a list of overrides
-stage "2. pass key with decoder LoRA ($PASSKEY_STEPS steps)" "$OUT/passkey_decoder_lora/final/uio_config.json" \
-    ds_train launch/configs/smollm2_passkey.json "$OUT/passkey_decoder_lora" steps="$PASSKEY_STEPS" \
-        init_from="$OUT/ae_$BEST_AE/final" ${AE_VARIANT[$BEST_AE]} \
-        'data.sources=[{"path": "'"$OUT"'/passkey_train.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-books"}]'
-stage "2. pass key with decoder LoRA: evaluation" "$RESULTS/smollm2_memory_passkey_decoder_lora.json" \
-    $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_decoder_lora/final" --data data/kjv --split eval \
+stage "2. pass key with decoder LoRA, short documents ($PASSKEY_STEPS steps)" "$OUT/passkey_short/final/uio_config.json" \
+    ds_train launch/configs/smollm2_passkey.json "$OUT/passkey_short" steps="$PASSKEY_STEPS" \
+        init_from="$PASSKEY_INIT" ${AE_VARIANT[$BEST_AE]} \
+        'data.sources=[{"path": "'"$OUT"'/passkey_short.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-short"}]'
+stage "2. pass key with decoder LoRA, short documents: evaluation" "$RESULTS/smollm2_memory_passkey_short.json" \
+    $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_short/final" --data data/kjv --split eval \
         --tasks passkey --methods uio no_memory streaming --max-doc-tokens 32768 --passkey-lengths $PASSKEY_LENGTHS \
         --passkey-depths 0.1 0.5 0.9 --passkey-trials "$PASSKEY_TRIALS" --out "$RESULTS" \
-        --name smollm2_memory_passkey_decoder_lora
+        --name smollm2_memory_passkey_short
 
 # shellcheck disable=SC2086
 stage "3. auto-encoding $BEST_AE continued ($AE_LONG_STEPS steps)" "$OUT/ae_long/final/uio_config.json" \
