@@ -8,6 +8,7 @@
 #      at 500..4,000 tokens with the held-out books as haystack, against the decoder without memory and
 #      StreamingLLM in the decoder's window;
 #   3. the best auto-encoder of stage 1 trained further (init_from its parts);
+#   4. the pass-key parts copied to release/smollm2-uio (what the repository ships);
 #   auto-encoders are evaluated on 64 held-out book segments: greedy reconstruction from memory alone
 #      (BLEU-4 with sacrebleu, ROUGE-L with rouge-score), the same without memory, and the
 #      teacher-forced loss of the text with and without memory.
@@ -26,8 +27,13 @@ PASSKEY_DOCUMENTS=${PASSKEY_DOCUMENTS:-2000}
 PASSKEY_STEPS=${PASSKEY_STEPS:-600}
 PASSKEY_TRIALS=${PASSKEY_TRIALS:-5}
 PASSKEY_LENGTHS=${PASSKEY_LENGTHS:-500 1000 2000 4000}
-# where the pass-key stage starts: the best auto-encoder (or committed parts, on a new machine)
-PASSKEY_INIT=${PASSKEY_INIT:-$OUT/ae_$BEST_AE/final}
+# Where stages 2 and 3 start: the best auto-encoder of stage 1. On a new machine, continue from the
+# committed parts instead of re-running stage 1:
+#   AUTOENCODE=0 AE_INIT=release/milestones/smollm2-ae-appended-ratio8 make memory-recipe
+AUTOENCODE=${AUTOENCODE:-1}
+AE_INIT=${AE_INIT:-$OUT/ae_$BEST_AE/final}
+PASSKEY_INIT=${PASSKEY_INIT:-$AE_INIT}
+RELEASE=${RELEASE:-release/smollm2-uio}
 source "$(dirname "$0")/common.sh"
 train_ae() { ds_train launch/configs/smollm2_autoencode.json "$@"; }  # train_ae RUN_DIR --set overrides...
 evaluate_ae() {  # evaluate_ae PARTS NAME
@@ -41,6 +47,7 @@ declare -A AE_VARIANT=(
     [stepwise_ratio32]="uio.memory_layout=stepwise uio.compression_ratio=32"
 )
 for name in stepwise_ratio8 appended_ratio8 stepwise_ratio32; do
+    [[ $AUTOENCODE == 1 ]] || break
     # shellcheck disable=SC2086  # the variant is a list of overrides
     stage "1. auto-encoding $name ($AE_STEPS steps)" "$OUT/ae_$name/final/uio_config.json" \
         train_ae "$OUT/ae_$name" steps="$AE_STEPS" ${AE_VARIANT[$name]}
@@ -71,8 +78,11 @@ stage "2. pass key with decoder LoRA, short documents: evaluation" "$RESULTS/smo
 
 # shellcheck disable=SC2086
 stage "3. auto-encoding $BEST_AE continued ($AE_LONG_STEPS steps)" "$OUT/ae_long/final/uio_config.json" \
-    train_ae "$OUT/ae_long" steps="$AE_LONG_STEPS" init_from="$OUT/ae_$BEST_AE/final" save_every=100 \
+    train_ae "$OUT/ae_long" steps="$AE_LONG_STEPS" init_from="$AE_INIT" save_every=100 \
         ${AE_VARIANT[$BEST_AE]}
 stage "3. auto-encoding $BEST_AE continued: evaluation" "$RESULTS/smollm2_memory_ae_long.json" \
     evaluate_ae "$OUT/ae_long/final" smollm2_memory_ae_long
+# 4. the release: the pass-key parts (kept when the release directory already holds parts)
+stage "4. release: $OUT/passkey_short/final -> $RELEASE" "$RELEASE/uio_config.json" \
+    cp -r "$OUT/passkey_short/final/." "$RELEASE/"
 stamp "done"
