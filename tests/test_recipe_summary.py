@@ -111,7 +111,7 @@ def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
 
 def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, capsys):
     evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
-    for name in ("smollm2_memory_stepwise_ratio8", "smollm2_memory_appended_ratio8"):
+    for name in ("smollm2_memory_ae_stepwise_ratio8", "smollm2_memory_ae_appended_ratio8"):
         assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3", "--name", name]) == 0
     assert evaluate(common + ["--tasks", "passkey", "--methods", "uio", "no_memory", "--passkey-lengths", "160", "224",
                               "--passkey-depths", "0.5", "--passkey-trials", "1",
@@ -121,7 +121,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
     mod = _summary_module("memory_summary")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_memory.json").read_text())
-    ae = json.loads((results / "smollm2_memory_stepwise_ratio8.json").read_text())["autoencode"]
+    ae = json.loads((results / "smollm2_memory_ae_stepwise_ratio8.json").read_text())["autoencode"]
     got = s["autoencode"]["ae_stepwise_ratio8"]
     assert (got["rouge_l"], got["bleu4"], got["loss"], got["no_memory"]) == (ae["rouge_l"], ae["bleu4"], ae["loss"],
                                                                             ae["no_memory"])

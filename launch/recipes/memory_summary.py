@@ -20,10 +20,6 @@ AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8":
 PASSKEY = {"passkey_short": "memory + decoder LoRA, 256..1,010-token documents"}
 
 
-def _result_name(run: str) -> str:
-    return f"smollm2_memory_{run.removeprefix('ae_')}" if run.startswith("ae_") else f"smollm2_memory_{run}"
-
-
 def summarize(results: str, runs: str, times: str | None) -> dict:
     out: dict = {"command": "make memory-recipe"}
     out["stages_s"], total = stage_times(times)
@@ -32,7 +28,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
     out["training"] = {name: run_summary(os.path.join(runs, name)) for name in [*AUTOENCODERS, *PASSKEY]}
     out["autoencode"] = {}
     for run in AUTOENCODERS:
-        r = load_json(os.path.join(results, f"{_result_name(run)}.json"))
+        r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))
         if r:
             out.setdefault("machine", r["machine"])
             a = r["autoencode"]
@@ -43,7 +39,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 "example": a["example"]}
     out["passkey"] = {}
     for run in PASSKEY:
-        r = load_json(os.path.join(results, f"{_result_name(run)}.json"))
+        r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))
         if r:
             out.setdefault("machine", r["machine"])
             out["passkey"][run] = passkey_entry(r["passkey"])
@@ -134,7 +130,7 @@ def main(argv=None) -> int:
         return out
 
     return summary_main(argv, __doc__.splitlines()[0], "runs/memory_recipe", with_runs,
-                        ("autoencode", "smollm2_memory_stepwise_ratio8.json", "memory-recipe"), print_summary,
+                        ("autoencode", "smollm2_memory_ae_appended_ratio8.json", "memory-recipe"), print_summary,
                         "smollm2_memory", plot)
 
 
