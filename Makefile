@@ -1,5 +1,5 @@
 # uio_ds set-up and common jobs. Every target builds the virtual environment first
-# from this repository's own files (setup.py), so a fresh clone needs nothing else.
+# from this repository's own files (pyproject.toml), so a fresh clone needs nothing else.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch on CPU machines; on a CUDA machine: make TORCH_SPEC=torch ...
@@ -18,7 +18,7 @@ RANKS ?= 2
 
 .PHONY: install prepare train demo tiny-recipe real-recipe memory-recipe test clean
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import print_table, summary_line, write_results
+from transformers import AutoTokenizer
 
-import torch  # noqa: E402
-from common import print_table, summary_line, write_results  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from uio_ds.config import UIOConfig  # noqa: E402
-from uio_ds.data.corpus import load_corpus  # noqa: E402
-from uio_ds.model.generation import generate  # noqa: E402
-from uio_ds.model.memory_model import UIOMemoryModel  # noqa: E402
+from uio_ds.config import UIOConfig
+from uio_ds.data.corpus import load_corpus
+from uio_ds.model.generation import generate
+from uio_ds.model.memory_model import UIOMemoryModel
 
 
 def main() -> None:

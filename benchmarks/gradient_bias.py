@@ -29,17 +29,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import RESULTS_DIR, flat, perturb_trainable, print_table, summary_line, write_results
+from transformers import AutoTokenizer
 
-import torch  # noqa: E402
-from common import RESULTS_DIR, flat, perturb_trainable, print_table, summary_line, write_results  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-
-from uio_ds.algo import Full, Unbiased  # noqa: E402
-from uio_ds.config import LoRAConfig, UIOConfig  # noqa: E402
-from uio_ds.data.synthetic import synthetic_text  # noqa: E402
-from uio_ds.model.memory_model import UIOMemoryModel  # noqa: E402
-from uio_ds.model.tiny import build_tiny_model  # noqa: E402
+from uio_ds.algo import Full, Unbiased
+from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.data.synthetic import synthetic_text
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.tiny import build_tiny_model
 
 # Table 4 of the paper: mean r per S, with and without the compensation factor.
 PAPER = {True: {"1": 0.994, "4": 0.980, "8": 1.024, "inf": 0.999},

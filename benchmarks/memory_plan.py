@@ -26,12 +26,10 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import RESULTS_DIR, print_table, summary_line, write_results
 
-import torch  # noqa: E402
-from common import RESULTS_DIR, print_table, summary_line, write_results  # noqa: E402
-
-from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan  # noqa: E402
+from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan
 
 CARDS_GB = (24, 40, 80)
 

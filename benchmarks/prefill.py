@@ -30,16 +30,14 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import RESULTS_DIR, print_table, summary_line, write_results
 
-import torch  # noqa: E402
-from common import RESULTS_DIR, print_table, summary_line, write_results  # noqa: E402
-
-from uio_ds.baselines import HOMER, StreamingLLM  # noqa: E402
-from uio_ds.config import LoRAConfig, UIOConfig  # noqa: E402
-from uio_ds.memory_tracker import TensorMemoryTracker  # noqa: E402
-from uio_ds.model.generation import MemoryStream  # noqa: E402
-from uio_ds.model.memory_model import UIOMemoryModel  # noqa: E402
+from uio_ds.baselines import HOMER, StreamingLLM
+from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.memory_tracker import TensorMemoryTracker
+from uio_ds.model.generation import MemoryStream
+from uio_ds.model.memory_model import UIOMemoryModel
 
 MIB = 2**20
 SHAPES = {

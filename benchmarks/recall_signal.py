@@ -33,9 +33,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
+import torch
 
 VARIANTS = {
     "all tokens": {"answer_only": False, "decoder_lora": True, "strategy": ("full", None)},

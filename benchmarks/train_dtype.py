@@ -11,19 +11,15 @@ relative loss difference and the cosine between the two gradients.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import flat, perturb_trainable, print_table, summary_line, write_results
 
-import torch  # noqa: E402
-from common import flat, perturb_trainable, print_table, summary_line, write_results  # noqa: E402
-
-from uio_ds.algo import Unbiased  # noqa: E402
-from uio_ds.config import LoRAConfig, UIOConfig  # noqa: E402
-from uio_ds.model.memory_model import UIOMemoryModel  # noqa: E402
+from uio_ds.algo import Unbiased
+from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.model.memory_model import UIOMemoryModel
 
 
 def main() -> None:

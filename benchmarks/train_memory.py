@@ -18,16 +18,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from common import RESULTS_DIR, perturb_trainable, print_table, summary_line, write_results
 
-import torch  # noqa: E402
-from common import RESULTS_DIR, perturb_trainable, print_table, summary_line, write_results  # noqa: E402
-
-from uio_ds.algo import Full, Unbiased  # noqa: E402
-from uio_ds.config import LoRAConfig, UIOConfig  # noqa: E402
-from uio_ds.memory_tracker import TensorMemoryTracker  # noqa: E402
-from uio_ds.model.memory_model import UIOMemoryModel  # noqa: E402
-from uio_ds.model.tiny import build_tiny_model  # noqa: E402
+from uio_ds.algo import Full, Unbiased
+from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.memory_tracker import TensorMemoryTracker
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.tiny import build_tiny_model
 
 MIB = 2**20
 METHODS = {

@@ -8,12 +8,9 @@ parallel, the residual is decoded, and new tokens stream out with re-compression
 tokens; prefill and decode tokens/s are reported at the end.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from uio_ds.cli import main  # noqa: E402
+from uio_ds.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["generate", *sys.argv[1:]]))

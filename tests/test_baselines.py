@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import random_ids
 from transformers import AutoModelForCausalLM
 
-from helpers import random_ids
 from uio_ds.baselines import StreamingLLM
 
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import load, perturb_trainable
+
 from uio_ds.cli import main
 from uio_ds.data.synthetic import synthetic_text
 

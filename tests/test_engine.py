@@ -3,24 +3,22 @@
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "distributed"))
-
-from engine_cases import CASES, WORLD, case_documents, case_model, case_train_config  # noqa: E402
+from engine_cases import CASES, WORLD, case_documents, case_model, case_train_config
 from helpers import REPO, free_port, launcher_env
-from uio_ds.algo import build_strategy, count_targets  # noqa: E402
-from uio_ds.config import ConfigError  # noqa: E402
+
+from uio_ds.algo import build_strategy, count_targets
+from uio_ds.config import ConfigError
+
 
 @pytest.fixture(scope="module")
 def deepspeed_runs(tiny_dirs, tmp_path_factory):
     """Every case of engine_cases.CASES, run once through the deepspeed launcher with 2 CPU ranks."""
     out = tmp_path_factory.mktemp("engine")
     cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", str(free_port()),
-           os.path.join(REPO, "tests", "distributed", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
+           os.path.join(REPO, "tests", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in CASES}
@@ -115,7 +113,7 @@ def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
 
 def test_fp16_is_refused_where_deepspeed_cannot_run_it(tiny_dirs):
     from uio_ds.engine import resolve_ds_config
-    from uio_ds.train_config import apply_overrides, TrainConfig
+    from uio_ds.train_config import TrainConfig, apply_overrides
 
     cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
     cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), ["uio.dtype=float16"]))

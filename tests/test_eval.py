@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import load, perturb_trainable, random_ids
+
 from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct
 from uio_ds.eval.longbench import evaluate_longbench, load_records
 from uio_ds.eval.methods import build_methods

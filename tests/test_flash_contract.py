@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from flash_standin import flash_attn_func, flash_standin
 from helpers import load, perturb_trainable, random_ids
+
 from uio_ds.model.attention import resolve_attention
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from helpers import load, perturb_trainable, random_ids
+
 from uio_ds.model.generation import MemoryStream, generate, sample_next
 from uio_ds.model.memory_model import MemoryKV, PositionRangeError, split_segments
 

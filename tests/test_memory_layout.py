@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from flash_standin import flash_standin
 from helpers import load, perturb_trainable, random_ids, slow_stepwise_memory
+from transformers import AutoModelForCausalLM
+
 from uio_ds.config import CONFIG_NAME
 from uio_ds.model.memory_model import UIOMemoryModel, stepwise_layout
 

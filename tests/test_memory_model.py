@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import load, perturb_trainable, random_ids, small_config
 from transformers import AutoModelForCausalLM
 
-from helpers import load, perturb_trainable, random_ids, small_config
 from uio_ds.model.memory_model import (
     IGNORE_INDEX,
     MemoryKV,

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
+from helpers import perturb_trainable, slow_stepwise_memory
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import perturb_trainable, slow_stepwise_memory
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.data.synthetic import synthetic_text
 from uio_ds.model.generation import generate

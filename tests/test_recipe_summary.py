@@ -3,17 +3,22 @@
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
-
 from helpers import REPO
 
 
 def _summary_module(name: str = "table2_summary"):
-    path = os.path.join(REPO, "launch", "recipes", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
+    """A recipe's summary script as a module; its folder is importable, as when it runs as a script."""
+    folder = os.path.join(REPO, "launch", "recipes")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
     return module
 
 

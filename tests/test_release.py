@@ -6,9 +6,9 @@ import random
 import re
 
 import pytest
+from helpers import REPO
 from transformers import AutoTokenizer
 
-from helpers import REPO
 from uio_ds.eval.methods import UIOMethod
 from uio_ds.eval.passkey import passkey_prompt
 from uio_ds.model.memory_model import UIOMemoryModel

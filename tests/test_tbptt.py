@@ -5,8 +5,8 @@ import random
 
 import pytest
 import torch
-
 from helpers import load, perturb_trainable, random_ids
+
 from uio_ds.algo import TBPTT, Full, Incremental, Unbiased, build_strategy
 from uio_ds.algo.tbptt import _Reservoir
 
@@ -238,7 +238,7 @@ def test_unbiased_is_unbiased_and_the_factor_matters(model):
     doc = random_ids(1, 16 * 7, seed=8)  # T=7 segments, 6 memories
     full = flat(Full().run(model, doc).grads)
     enc_mask = torch.cat([
-        torch.full((p.numel(),), not (".transfer." in n), dtype=torch.bool)
+        torch.full((p.numel(),), ".transfer." not in n, dtype=torch.bool)
         for n, p in model.named_trainable_parameters()
     ])  # the encoder-side parameters (LoRA + <mem>) are where the estimator acts
     direction = full[enc_mask] / full[enc_mask].norm()

@@ -1,6 +1,9 @@
 """Command line: ``python -m uio_ds <command>`` (or ``uio-ds <command>``).
 
 Commands:
+  train      train UIO memory (one rank; under DeepSpeed: deepspeed --module uio_ds.train ...)
+  eval       evaluate trained parts against no memory, StreamingLLM, HOMER and full attention
+  pretrain   pre-train every weight of a small base model on text windows (plain PyTorch)
   demo       build a tiny model, compress a long generated text, stream a continuation
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
   make-recall-data  write recall documents (a pass key stated early, asked for at the end)
@@ -12,9 +15,13 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
+
+# Commands with their own parser, in their own module (each also runs as python -m MODULE)
+DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "pretrain": "uio_ds.pretrain"}
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +34,10 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uio_ds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(prog="uio-ds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in DELEGATED.items():
+        sub.add_parser(name, help=f"see uio-ds {name} --help ({module})", add_help=False)
 
     tiny = sub.add_parser("make-tiny", help="write a tiny local checkpoint + tokenizer")
     tiny.add_argument("--arch", default="llama", choices=("llama", "mistral", "qwen2"))
@@ -301,6 +310,9 @@ def cmd_prepare_corpus(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     commands = {
         "make-tiny": cmd_make_tiny,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,28 @@ from uio_ds.config import ConfigError, UIOConfig
 
 ALGORITHMS = ("full", "tbptt", "incremental", "unbiased")
 GRAPH_MODES = ("auto", "keep", "offload", "recompute")
+# The configs that ship with the package: configs/deepspeed (ZeRO stages) and configs/train (runs)
+BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def bundled_configs(kind: str) -> list[str]:
+    """Names of the configs of ``kind`` ("deepspeed" or "train") that ship with the package."""
+    folder = os.path.join(BUNDLED_CONFIGS, kind)
+    return sorted(f[: -len(".json")] for f in os.listdir(folder) if f.endswith(".json"))
+
+
+def find_config(name: str, kind: str) -> str:
+    """The file for ``name``: an existing path as given, else the bundled config of that name
+    (``zero2``, ``tiny``, with or without ``.json``)."""
+    if os.path.isfile(name):
+        return name
+    stem = name[: -len(".json")] if name.endswith(".json") else name
+    bundled = os.path.join(BUNDLED_CONFIGS, kind, stem + ".json")
+    if os.sep not in stem and os.path.isfile(bundled):
+        return bundled
+    what = "DeepSpeed config" if kind == "deepspeed" else "training config"
+    raise FileNotFoundError(f"{what} {name!r} not found: give a JSON file or a bundled name "
+                            f"({', '.join(bundled_configs(kind))})")
 
 
 @dataclass
@@ -152,9 +175,13 @@ class OptimConfig:
     """AdamW with linear warm-up and cosine decay."""
 
     lr: float = 1e-4
+    """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2)."""
     eps: float = 1e-8
+    """AdamW's epsilon."""
     warmup_steps: int = 0
     """Linear warm-up from 0 to ``lr`` over this many steps."""
     min_lr_ratio: float = 0.1
@@ -211,6 +238,8 @@ class TrainConfig:
     and the exported parts (``final/``)."""
 
     log_every: int = 1
+    """Log to the console, TensorBoard and ``metrics.jsonl`` every N steps."""
+
     save_every: int = 0
     """Save a checkpoint every N steps (0: only at the end)."""
 
@@ -219,10 +248,6 @@ class TrainConfig:
 
     seed: int = 0
     """Seed of torch (dropout) and of every generator not seeded elsewhere."""
-
-    measure_overhead: bool = True
-    """After the last step, time a bare transformers forward+backward over the same tokens as that
-    step (in segment_length windows, no memory) and report the ratio (``cost.json``)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -258,12 +283,11 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
-        """Read a JSON config and apply ``a.b=value`` overrides (values parsed as JSON, else strings)."""
+        """Read a JSON config (a path or a bundled name, see ``find_config``) and apply ``a.b=value`` overrides (values parsed as JSON, else strings)."""
+        path = find_config(path, "train")
         try:
             with open(path) as f:
                 data = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"training config {path!r} not found") from None
         except json.JSONDecodeError as err:
             raise ConfigError("training config", [f"{path} is not valid JSON: {err}"]) from None
         return cls.from_dict(apply_overrides(data, overrides or []))

@@ -15,7 +15,7 @@ import time
 import torch
 
 from uio_ds import checkpoint as ckpt
-from uio_ds.algo.tbptt import as_batches, build_strategy
+from uio_ds.algo.tbptt import build_strategy
 from uio_ds.model.attention import resolve_attention
 from uio_ds.train_config import TrainConfig
 
@@ -52,9 +52,15 @@ class _NullWriter:
 class Trainer:
     """Trains the UIO parts of a memory model with a TBPTT strategy under DeepSpeed."""
 
-    def __init__(self, config: TrainConfig, ds_config: dict, resume: str | None = None, log=print):
+    def __init__(self, config: TrainConfig, ds_config: dict, resume: str | None = None, log=print,
+                 world_size: int | None = None):
+        """Checks the DeepSpeed config against ``config`` (raising every problem at once) without
+        touching the model or the data; ``world_size`` defaults to the launcher's WORLD_SIZE."""
+        from uio_ds import engine
+
         self.config = config
-        self.raw_ds_config = ds_config
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size)
         self.resume = resume
         self._print = log
         self.step = 0
@@ -74,8 +80,11 @@ class Trainer:
         from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
 
         cfg = self.config
-        self.rank, self.world_size = engine.init_distributed()
-        ds_config, graph_mode = engine.resolve_ds_config(self.raw_ds_config, cfg, self.world_size)
+        self.rank, world_size = engine.init_distributed()
+        if world_size != self.world_size:
+            raise RuntimeError(f"{world_size} ranks joined but the DeepSpeed config was resolved for "
+                               f"{self.world_size}: set WORLD_SIZE as the launcher does, or pass world_size")
+        ds_config, graph_mode = self.ds_config, self.graph_mode
         # the attention kernel is settled before any data work: asking for flash-attn where it
         # cannot run fails here, with the fix in the message
         attention = resolve_attention(cfg.uio.attention, TORCH_DTYPES[cfg.uio.dtype])
@@ -108,7 +117,6 @@ class Trainer:
         self.engine = engine.UIOEngine(
             model, ds_config, self.strategy, lr_lambda=lambda step: cfg.optim.lr_multiplier(step, cfg.steps)
         )
-        self.ds_config = ds_config
 
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -222,7 +230,6 @@ class Trainer:
         cfg = self.config
         losses = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
-        seconds = None
         while self.step < cfg.steps:
             start = time.perf_counter()
             out = self.train_step()
@@ -235,8 +242,6 @@ class Trainer:
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
-        if cfg.measure_overhead and seconds is not None:
-            self.measure_overhead(seconds, out.tokens)
         self.writer.flush()
         if self.rank == 0:
             final = os.path.join(cfg.output_dir, "final")
@@ -244,41 +249,6 @@ class Trainer:
             self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses
-
-    def measure_overhead(self, step_seconds: float, step_tokens: int) -> dict:
-        """Time a bare transformers forward+backward over the documents of the last step (every
-        rank its own, as in the step: windows of segment_length tokens, no memory, gradient into
-        the input embeddings so the whole backward runs) and compare with the step's time.
-
-        The ratio is what the framework costs per token over plain fine-tuning of the same
-        windows: the encoder passes it adds (about 1/3 of a forward+backward for the forward,
-        more for the window's encoder backward) plus everything else (DeepSpeed's step and
-        reductions, Python). Written to ``cost.json`` and TensorBoard."""
-        from uio_ds import engine
-
-        model, l = self.model, self.model.segment_length
-        start = time.perf_counter()
-        with model.adapter(None):
-            for doc, labels in as_batches(self._last_documents):
-                doc, labels = doc.to(engine.device()), labels.to(engine.device())
-                for a in range(0, doc.shape[1] - 1, l):
-                    ids = doc[:, a : a + l]
-                    embeds = model.base.get_input_embeddings()(ids).detach().requires_grad_(True)
-                    loss = model.base(inputs_embeds=embeds, labels=labels[:, a : a + l]).loss
-                    torch.autograd.grad(loss, embeds)
-        bare = engine.all_reduce_max_float(time.perf_counter() - start)
-        step_seconds = engine.all_reduce_max_float(step_seconds)
-        report = {"step_seconds": round(step_seconds, 6), "bare_forward_backward_seconds": round(bare, 6),
-                  "tokens": step_tokens, "uio_tokens_per_s": round(step_tokens / step_seconds, 1),
-                  "bare_tokens_per_s": round(step_tokens / bare, 1), "overhead_ratio": round(step_seconds / bare, 3),
-                  "world_size": self.world_size}
-        self.writer.add_scalar("speed/overhead_ratio", report["overhead_ratio"], self.step)
-        if self.rank == 0:
-            with open(os.path.join(self.config.output_dir, "cost.json"), "w") as f:
-                json.dump(report, f, indent=2)
-        self.log(f"cost of the last step: {report['uio_tokens_per_s']} tokens/s vs {report['bare_tokens_per_s']} "
-                 f"for a bare transformers forward+backward of the same windows: {report['overhead_ratio']}x")
-        return report
 
     def close(self) -> None:
         from uio_ds import engine

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summary_common import load_json, passkey_entry, run_summary, stage_times, summary_main  # noqa: E402
+from summary_common import load_json, passkey_entry, run_summary, stage_times, summary_main
 
 AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
                 "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}

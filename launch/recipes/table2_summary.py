@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summary_common import (  # noqa: E402
-    load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main)
+from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main
 
 ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32", "decoder_lora")
 ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",

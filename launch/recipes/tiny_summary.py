@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summary_common import (  # noqa: E402
-    load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main)
+from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main
 
 RUNS = {"recall": "memory + decoder LoRA (pass key)", "recall_frozen_decoder": "memory, frozen decoder (pass key)",
         "recall_unbiased2": "memory + decoder LoRA, unbiased(2)",

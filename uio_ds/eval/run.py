@@ -14,7 +14,7 @@ METHODS = ("uio", "no_memory", "streaming", "full", "homer")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate UIO memory against no memory, StreamingLLM and full attention.")
+    p = argparse.ArgumentParser(prog="uio-ds eval", description="Evaluate UIO memory against no memory, StreamingLLM and full attention.")
     p.add_argument("--model", required=True, help="base model directory")
     p.add_argument("--uio", default=None, help="trained UIO parts (save_trained / a run's final/)")
     p.add_argument("--segment-length", type=int, default=None, help="without --uio: l of untrained UIO parts")
@@ -59,6 +59,11 @@ def _documents(args, tokenizer) -> tuple[list[str], list[torch.Tensor]]:
 
 
 def _plots(report: dict, path_prefix: str) -> list[str]:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("plots skipped: matplotlib is not installed (pip install 'uio_ds[plot]')")
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

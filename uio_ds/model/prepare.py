@@ -88,8 +88,12 @@ def _source_identity(resolved: dict) -> dict:
 
 
 def _load_source(resolved: dict):
+    import importlib.util
+
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if resolved["kind"] == "gguf" and importlib.util.find_spec("gguf") is None:
+        raise RuntimeError("reading a .gguf checkpoint needs the gguf package: pip install 'uio_ds[gguf]'")
     kwargs = {"gguf_file": resolved["gguf_file"]} if resolved["gguf_file"] else {}
     model = AutoModelForCausalLM.from_pretrained(resolved["directory"], dtype=torch.float32, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(resolved["directory"], **kwargs)

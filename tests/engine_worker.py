@@ -5,16 +5,12 @@ saves the trainable parameters after every step for comparison with a single-pro
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import torch
+from engine_cases import CASES, case_documents, case_model, case_train_config
 
-import torch  # noqa: E402
-
-from engine_cases import CASES, case_documents, case_model, case_train_config  # noqa: E402
-from uio_ds import engine  # noqa: E402
-from uio_ds.algo import build_strategy  # noqa: E402
+from uio_ds import engine
+from uio_ds.algo import build_strategy
 
 
 def main() -> None:

@@ -1,0 +1,103 @@
+"""Train UIO memory with DeepSpeed: one rank of a run.
+
+    deepspeed [--num_gpus N] launch/train.py --deepspeed ds_configs/zero2.json \\
+        --config launch/configs/tiny.json [--set optim.lr=1e-4 steps=200 ...] [--resume auto]
+    deepspeed --num_gpus N --module uio_ds.train --deepspeed zero2 --config tiny ...
+    uio-ds train --config tiny ...          (one process, no launcher)
+
+``--config`` and ``--deepspeed`` take a JSON file or the name of a config that ships with the
+package (``uio-ds train --list-configs``). On CPU machines DeepSpeed runs with
+DS_ACCELERATOR=cpu and the gloo backend; ``--num_gpus N`` then starts N CPU ranks. Every
+configuration problem is reported, all at once, before the model or the data is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+
+def config_help() -> str:
+    """Every training-config key with its default and meaning, from the dataclasses."""
+    from uio_ds.config import option_reference
+    from uio_ds.train_config import TrainConfig
+
+    lines = ["training config keys (JSON file, or --set KEY=VALUE; default in brackets):"]
+    for key, default, doc in option_reference(TrainConfig):
+        lines.append(f"  {key} [{default}]")
+        lines += textwrap.wrap(doc, 96, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="uio-ds train", description=__doc__, epilog=config_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="training config: a JSON file or a bundled name (tiny, smollm2, ...)")
+    p.add_argument("--deepspeed", default="zero2", help="DeepSpeed config: a JSON file or a bundled name "
+                   "(zero1, zero2, zero2_offload; default zero2)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config values (VALUE is parsed as JSON, else taken as a string)")
+    p.add_argument("--resume", default=None,
+                   help="'auto' (latest checkpoint of this run if any), 'latest' (must exist), or a checkpoint path")
+    p.add_argument("--list-configs", action="store_true", help="print the bundled configs and exit")
+    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    args = p.parse_args(argv)
+    if not args.config and not args.list_configs:
+        p.error("--config is required (a JSON file or a bundled name; --list-configs shows them)")
+    return args
+
+
+def validate(args):
+    """Everything that can be checked without loading the model or the data; returns the
+    trainer, set up by ``main``."""
+    from uio_ds.checkpoint import check_world_size, resume_target
+    from uio_ds.data.pipeline import source_files
+    from uio_ds.train_config import TrainConfig, find_config
+    from uio_ds.trainer import Trainer
+
+    config = TrainConfig.from_file(args.config, args.set)
+    ds_path = find_config(args.deepspeed, "deepspeed")
+    try:
+        with open(ds_path) as f:
+            ds_config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"DeepSpeed config {ds_path} is not valid JSON: {err}") from None
+    if not os.path.isfile(os.path.join(config.model_path, "config.json")):
+        raise FileNotFoundError(f"model_path {config.model_path!r} has no config.json: give a local model directory "
+                                "(make prepare writes models/smollm2; uio-ds make-tiny writes a tiny one)")
+    for source in config.data.sources:
+        source_files(source)
+    trainer = Trainer(config, ds_config, resume=args.resume)
+    if args.resume:
+        target = resume_target(args.resume, os.path.join(config.output_dir, "checkpoints"))
+        if target is not None:
+            check_world_size(*target, trainer.world_size)
+    return trainer
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list_configs:
+        from uio_ds.train_config import BUNDLED_CONFIGS, bundled_configs
+
+        for kind in ("train", "deepspeed"):
+            print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")
+        return 0
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        trainer = validate(args)
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer.setup()
+    trainer.train()
+    trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
