@@ -35,7 +35,7 @@ from transformers import AutoTokenizer
 
 from uio_ds.algo import Full, Unbiased
 from uio_ds.config import LoRAConfig, UIOConfig
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.tiny import build_tiny_model
 

@@ -11,6 +11,7 @@ from engine_cases import CASES, case_documents, case_model, case_train_config
 
 from uio_ds import engine
 from uio_ds.algo import build_strategy
+from uio_ds.train_config import find_config
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     rank, world = engine.init_distributed()
     for name, case in CASES.items():
         cfg = case_train_config(args.model, case)
-        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ds_configs", case["ds"])) as f:
+        with open(find_config(case["ds"], "deepspeed")) as f:
             ds_config, graph_mode = engine.resolve_ds_config(json.load(f), cfg, world)
         model = case_model(args.model, case)
         strategy = build_strategy(case["algorithm"], case["window"])

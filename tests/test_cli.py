@@ -8,7 +8,7 @@ import pytest
 from helpers import load, perturb_trainable
 
 from uio_ds.cli import main
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +49,7 @@ def test_generate_errors_are_clear(tiny_dirs, tmp_path, capsys, case, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_launch_generate_is_the_same_command(tiny_dirs, tmp_path):
     (tmp_path / "p.txt").write_text(synthetic_text(10, seed=5))
     proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "generate.py"), "--model", tiny_dirs["mistral"],

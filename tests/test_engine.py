@@ -56,6 +56,7 @@ def flat(tensors) -> torch.Tensor:
     return torch.cat([t.flatten().double() for t in tensors])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_rank_steps_match_reference(deepspeed_runs, tiny_dirs, name):
     case = CASES[name]
@@ -76,6 +77,7 @@ def test_two_rank_steps_match_reference(deepspeed_runs, tiny_dirs, name):
         assert want[0]["grad_norm"] > 0.5
 
 
+@pytest.mark.slow
 def test_offload_config_keeps_encoder_graphs_on_cpu(deepspeed_runs):
     assert deepspeed_runs["zero2_offload"]["graph_mode"] == "offload"
     assert deepspeed_runs["zero2"]["graph_mode"] == "keep"

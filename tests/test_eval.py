@@ -9,8 +9,9 @@ from helpers import load, perturb_trainable, random_ids
 from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct
 from uio_ds.eval.longbench import evaluate_longbench, load_records
 from uio_ds.eval.methods import build_methods
-from uio_ds.eval.passkey import evaluate_passkey, passkey_prompt
+from uio_ds.eval.passkey import evaluate_passkey
 from uio_ds.eval.perplexity import evaluate_perplexity
+from uio_ds.formats import passkey_prompt
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +152,8 @@ def test_longbench_records_are_checked_with_file_and_line(tmp_path, model, token
 
 
 def test_eval_command_writes_json_and_plots(tiny_dirs, tmp_path):
-    from uio_ds.data.synthetic import synthetic_text
     from uio_ds.eval.run import main
+    from uio_ds.formats import synthetic_text
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")

@@ -46,6 +46,7 @@ def _run(venv, work, *args):
     return subprocess.run([*args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_wheel_runs_every_entry_point(installed_wheel):
     venv, work = installed_wheel
     where = _run(venv, work, str(venv / "bin" / "python"), "-c", "import uio_ds.eval, uio_ds; print(uio_ds.__file__)")

@@ -10,7 +10,7 @@ from helpers import perturb_trainable, slow_stepwise_memory
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from uio_ds.config import LoRAConfig, UIOConfig
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
 from uio_ds.model.generation import generate
 from uio_ds.model.memory_model import UIOMemoryModel, segment_targets
 from uio_ds.model.prepare import PREPARED_FILE, prepare_model
@@ -90,6 +90,7 @@ def test_memory_changes_logits_and_trains_only_the_uio_parts(smol, smollm2_dir):
     assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
 
 
+@pytest.mark.slow
 def test_generation_runs_past_the_8k_position_window(smol, smollm2_dir, kjv_file):
     _, _, tok = smol
     model = UIOMemoryModel.from_pretrained(smollm2_dir, real_config(segment_length=1024, compression_ratio=32)).eval()

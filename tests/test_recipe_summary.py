@@ -25,8 +25,8 @@ def _summary_module(name: str = "table2_summary"):
 def _evaluation_setup(tiny_dirs, tmp_path):
     """launch/eval.py's main, its common arguments over three generated documents and untrained
     tiny parts (l=32, ratio 8), and the results and runs directories."""
-    from uio_ds.data.synthetic import synthetic_text
     from uio_ds.eval.run import main as evaluate
+    from uio_ds.formats import synthetic_text
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("\n".join(json.dumps({"text": synthetic_text(60, seed=i)}) for i in range(3)) + "\n")

@@ -10,7 +10,7 @@ from helpers import REPO
 from transformers import AutoTokenizer
 
 from uio_ds.eval.methods import UIOMethod
-from uio_ds.eval.passkey import passkey_prompt
+from uio_ds.formats import passkey_prompt
 from uio_ds.model.memory_model import UIOMemoryModel
 
 RELEASE = os.path.join(REPO, "release", "smollm2-uio")
@@ -48,6 +48,7 @@ def _answers(method, tok, haystack, keys, depth):
             for key in keys]
 
 
+@pytest.mark.slow
 def test_released_memory_carries_a_key_the_decoder_alone_cannot(released):
     """500-token prompts with the key 30% and 50% deep: the key sits one to two segments before
     the question. The released memory does not yet carry whole keys (exact match 1 in 16 here,

@@ -4,7 +4,7 @@ import os
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
 from uio_ds.model.tiny import build_tiny_tokenizer
 
 

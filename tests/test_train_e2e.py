@@ -11,7 +11,10 @@ import pytest
 from helpers import REPO, free_port, launcher_env
 
 from uio_ds import checkpoint as ckpt
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
+
+# every test here starts the deepspeed launcher with two ranks (tens of seconds each)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ from transformers import AutoTokenizer
 from uio_ds import checkpoint as ckpt
 from uio_ds.config import ConfigError
 from uio_ds.data.pipeline import build_stream, document_pieces, source_files
-from uio_ds.data.synthetic import synthetic_text
-from uio_ds.model.memory_model import IGNORE_INDEX
+from uio_ds.formats import IGNORE_INDEX, synthetic_text
 from uio_ds.train_config import DataConfig, SourceConfig, TrainConfig, apply_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +163,7 @@ def test_autoencode_documents_are_a_segment_twice(two_sources):
 def test_prompt_completion_source_scores_the_completion_only(tiny_dirs, tmp_path):
     """completion_field: the document is prompt + completion, the labels mask the prompt, a document
     longer than max_tokens is skipped (never cut) and counted, bad records are counted by file:line."""
-    from uio_ds.model.memory_model import IGNORE_INDEX
+    from uio_ds.formats import IGNORE_INDEX
 
     tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     path = tmp_path / "qa.jsonl"

@@ -207,7 +207,7 @@ def cmd_make_recall_data(args) -> int:
     elif args.kind == "story":
         import json
 
-        from uio_ds.data.synthetic import synthetic_text
+        from uio_ds.formats import synthetic_text
 
         with open(args.out, "w") as f:
             for i in range(args.documents):
@@ -223,7 +223,7 @@ def cmd_demo(args) -> int:
     from transformers import AutoTokenizer
 
     from uio_ds.config import LoRAConfig, UIOConfig
-    from uio_ds.data.synthetic import synthetic_text
+    from uio_ds.formats import synthetic_text
     from uio_ds.model.memory_model import UIOMemoryModel
     from uio_ds.model.tiny import build_tiny_model
 

@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from uio_ds.algo.tbptt import build_strategy
 from uio_ds.config import LoRAConfig, UIOConfig
@@ -291,6 +292,17 @@ def _plan(model, source: str, settings: PlanSettings, mode: str) -> MemoryPlan:
                       trainable_parameters=trainable, frozen_parameters=frozen, notes=notes)
 
 
+class _ScalarStandIns(TorchDispatchMode):
+    """Answers ``.item()`` of a fake tensor, which has no data, with 1 (True for a bool): the
+    training step reads a few scalars (token counts, loss sums, "is anything scored") that
+    scale numbers but never shapes, so a stand-in leaves the memory it plans unchanged."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            return True if args[0].dtype == torch.bool else 1
+        return func(*args, **(kwargs or {}))
+
+
 def plan(source: str, settings: PlanSettings) -> MemoryPlan:
     """The estimate: the training step on fake tensors (no memory used, no accelerator needed)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -298,7 +310,7 @@ def plan(source: str, settings: PlanSettings) -> MemoryPlan:
     settings.validate()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     model = build_model(source, settings, fake_mode=mode)
-    with mode:
+    with mode, _ScalarStandIns():
         return _plan(model, source, settings, "fake")
 
 

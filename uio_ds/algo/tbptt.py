@@ -33,7 +33,8 @@ from typing import Protocol, Sequence
 
 import torch
 
-from uio_ds.model.memory_model import IGNORE_INDEX, host_value, segment_targets, split_segments
+from uio_ds.formats import IGNORE_INDEX
+from uio_ds.model.memory_model import segment_targets, split_segments
 from uio_ds.offload import offload_saved_tensors
 
 GRAPH_MODES = ("keep", "offload", "recompute")
@@ -143,7 +144,7 @@ def count_targets(documents) -> int:
 
 
 def _scored(labels: torch.Tensor) -> int:
-    return int(host_value((labels[:, 1:] != IGNORE_INDEX).sum(), fake=labels[:, 1:].numel()))
+    return int((labels[:, 1:] != IGNORE_INDEX).sum().item())
 
 
 class Strategy:
@@ -215,8 +216,8 @@ class Full(Strategy):
         grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(
-            list(g.detach() if g is not None else None for g in grads), host_value(out.loss_sum), out.num_tokens,
-            [host_value(s) for s in out.segment_loss_sums], list(out.segment_num_tokens),
+            list(g.detach() if g is not None else None for g in grads), out.loss_sum.item(), out.num_tokens,
+            [s.item() for s in out.segment_loss_sums], list(out.segment_num_tokens),
             {"encoder_graph_forwards": segments - 1, "encoder_backward_passes": segments - 1,
              "max_live_graphs": segments - 1, "segments": segments},
         )
@@ -260,7 +261,7 @@ class TBPTT(Strategy):
             memory = values[:first] + fresh
             out = model.decode(segs[t], _kv(model, memory, batch), targets)
             self._add(buffers, _grad(out.loss_sum * scale, params))
-            sums.append(host_value(out.loss_sum))
+            sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)
         return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
 
@@ -418,7 +419,7 @@ class _LeafWindowStrategy(Strategy):
                     elif rows[0] != 1.0:
                         g = g * rows[0]
                     accumulated[s] = g if s not in accumulated else accumulated[s] + g
-            sums.append(host_value(out.loss_sum))
+            sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)
         for s in sorted(leaves):
             flush(s)
@@ -508,7 +509,7 @@ def _has_targets(targets: torch.Tensor) -> bool:
     """Whether a decoder step scores any token. One that scores none (a prompt's segments, the
     first copy of an auto-encoding document) adds nothing to loss or gradient: it is not run.
     On the memory planner's fake tensors every step counts as scoring."""
-    return bool(host_value((targets != IGNORE_INDEX).any(), fake=1.0))
+    return bool((targets != IGNORE_INDEX).any().item())
 
 
 def _graph_context(mode: str):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from uio_ds.data.corpus import CORPUS_FILE, GroupingStats, group_records
-from uio_ds.model.memory_model import IGNORE_INDEX
+from uio_ds.formats import IGNORE_INDEX
 from uio_ds.train_config import DataConfig, SourceConfig
 
 TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")

@@ -1,77 +1,22 @@
-"""Deterministic English-like text, generated rather than downloaded.
-
-The tiny tokenizer is trained on it and the demo reads it as a "long document";
-it is the same on every machine for a given seed, so tiny models and their
-tokenizer are reproducible without any hub or bundled corpus.
-"""
+"""Synthetic training documents written as jsonl: pass-key recall in story text or in the
+training books, digit runs to repeat, the classic pass-key filler (the formats are
+``uio_ds.formats``)."""
 
 from __future__ import annotations
 
 import random
 
-NAMES = (
-    "Ada Basil Clara Dorian Edith Felix Greta Hugo Iris Jonah Kira Leon Mira Nolan Opal Pavel "
-    "Quinn Rosa Silas Tilda Ursa Viktor Wren Xavier Yara Zane"
-).split()
-PLACES = (
-    "harbour valley library market tower river garden station village forest bridge castle "
-    "island workshop meadow observatory"
-).split()
-OBJECTS = (
-    "lantern letter map compass ledger basket violin clock key mirror kettle telescope "
-    "notebook ribbon anchor candle"
-).split()
-ADJECTIVES = (
-    "old quiet bright narrow golden hidden distant crooked silver patient heavy gentle "
-    "strange small ancient careful"
-).split()
-VERBS = "found carried opened mended painted hid sold counted followed studied guarded traded".split()
-TIMES = "at dawn|before noon|in the evening|after the storm|on the third day|at midnight|in spring".split("|")
-CONNECTIVES = "Then|Later|Meanwhile|Afterwards|Soon|Still|At last|Even so".split("|")
-
-
-def _sentence(rng: random.Random) -> str:
-    name, other = rng.sample(NAMES, 2)
-    kind = rng.randrange(6)
-    adj, obj, place, verb = rng.choice(ADJECTIVES), rng.choice(OBJECTS), rng.choice(PLACES), rng.choice(VERBS)
-    if kind == 0:
-        return f"{name} {verb} the {adj} {obj} near the {place} {rng.choice(TIMES)}."
-    if kind == 1:
-        return f"{rng.choice(CONNECTIVES)}, {name} and {other} walked to the {adj} {place}."
-    if kind == 2:
-        return f"The {obj} belonged to {other}, who kept {rng.randint(2, 99)} of them in the {place}."
-    if kind == 3:
-        return f'"Where is the {obj}?" asked {name}. "In the {adj} {place}," said {other}.'
-    if kind == 4:
-        return f"Nobody in the {place} had seen a {adj} {obj} since {name} {verb} one {rng.choice(TIMES)}."
-    return f"{name} wrote {rng.randint(2, 999)} words about the {place} and gave the {obj} to {other}."
-
-
-def synthetic_text(num_sentences: int, seed: int = 0, sentences_per_paragraph: int = 6) -> str:
-    """``num_sentences`` sentences of story-like English, in paragraphs; deterministic in ``seed``."""
-    if num_sentences < 1:
-        raise ValueError(f"num_sentences={num_sentences}: must be >= 1")
-    rng = random.Random(seed)
-    paragraphs, current = [], []
-    for _ in range(num_sentences):
-        current.append(_sentence(rng))
-        if len(current) == sentences_per_paragraph:
-            paragraphs.append(" ".join(current))
-            current = []
-    if current:
-        paragraphs.append(" ".join(current))
-    return "\n\n".join(paragraphs)
+from uio_ds.formats import INTRO, NEEDLE, QUESTION, passkey_prompt, story_sentence
 
 
 def recall_text(rng: random.Random, filler_sentences: int, key_digits: int = 5, key_position: int = 0,
                 filler_seed: int | None = None) -> tuple[str, str]:
-    """A recall document in the passkey format of ``uio_ds.eval.passkey``: the pass key is stated
+    """A recall document in the pass-key format of ``uio_ds.formats``: the pass key is stated
     after ``key_position`` filler sentences, ``filler_sentences`` sentences of story follow in all,
     and the document ends by asking for the key and answering it. Returns (text, key)."""
-    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
 
     key = "".join(rng.choice("0123456789") for _ in range(key_digits))
-    sentences = [_sentence(random.Random(filler_seed if filler_seed is not None else rng.random()))
+    sentences = [story_sentence(random.Random(filler_seed if filler_seed is not None else rng.random()))
                  for _ in range(filler_sentences)]
     before, after = " ".join(sentences[:key_position]), " ".join(sentences[key_position:])
     text = INTRO + before + NEEDLE.format(key=key) + after + QUESTION + f" {key}."
@@ -103,7 +48,6 @@ def write_recall_completion_jsonl(path: str, documents: int, tokenizer, lengths:
     Lengths are drawn uniformly from ``lengths``."""
     import json
 
-    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
 
     rng = random.Random(seed)
 
@@ -123,7 +67,7 @@ def write_recall_completion_jsonl(path: str, documents: int, tokenizer, lengths:
                                  f"{n - budget + 1} tokens")
             filler: list[int] = []
             while len(filler) < budget:
-                filler += ids(" " + _sentence(rng), special=False)
+                filler += ids(" " + story_sentence(rng), special=False)
             prompt = head + tokenizer.decode(filler[:budget]) + question
             # A cut inside a word can re-tokenise differently; such a draw is dropped, not bent.
             if len(ids(prompt)) + len(ids(completion, special=False)) != n:
@@ -146,7 +90,6 @@ def write_passkey_books_jsonl(path: str, documents: int, tokenizer, corpus: str,
     import torch
 
     from uio_ds.data.pipeline import read_texts
-    from uio_ds.eval.passkey import passkey_prompt
     from uio_ds.train_config import SourceConfig
 
     texts, _ = read_texts(SourceConfig(path=corpus, split=split))
@@ -185,7 +128,6 @@ def write_passkey_jsonl(path: str, documents: int, repeats: tuple[int, int], see
     the loss a memory can remove is the key's: the training signal for carrying it across segments."""
     import json
 
-    from uio_ds.eval.passkey import INTRO, NEEDLE, QUESTION
 
     rng = random.Random(seed)
     with open(path, "w") as f:
@@ -210,7 +152,7 @@ def write_repeat_jsonl(path: str, documents: int, seed: int = 0, between: bool =
         for _ in range(documents):
             run = "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 12)))
             if between:
-                story = " ".join(_sentence(rng) for _ in range(rng.randint(0, 4)))
+                story = " ".join(story_sentence(rng) for _ in range(rng.randint(0, 4)))
                 text = f"Sequence: {run}. {story} Again: {run}."
             else:
                 text = f"Copy: {run}. Again: {run}."

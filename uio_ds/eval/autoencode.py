@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from uio_ds.eval.metrics import bleu4, mean_rouge_l
-from uio_ds.model.memory_model import IGNORE_INDEX, UIOMemoryModel
+from uio_ds.formats import IGNORE_INDEX
+from uio_ds.model.memory_model import UIOMemoryModel
 
 
 @torch.no_grad()

@@ -15,28 +15,7 @@ import torch
 from tqdm import tqdm
 
 from uio_ds.eval.methods import Method
-
-INTRO = "There is a pass key hidden in the text below. Find it and remember it.\n"
-NEEDLE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
-QUESTION = "\nWhat is the pass key? The pass key is"
-
-
-def passkey_prompt(tokenizer, haystack: torch.Tensor, length: int, depth: float, key: str,
-                   intro: str = INTRO, needle: str = NEEDLE, question: str = QUESTION) -> torch.Tensor:
-    """A (1, length) prompt: intro, haystack tokens with the needle at ``depth`` (0 = start, 1 = end), question."""
-    enc = lambda text: tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]  # noqa: E731
-    head, key_ids, tail = enc(intro), enc(needle.format(key=key)), enc(question)
-    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        head = torch.cat([torch.tensor([tokenizer.bos_token_id]), head])
-    filler = length - len(head) - len(key_ids) - len(tail)
-    if filler < 1:
-        raise ValueError(f"a {length}-token prompt leaves no room for haystack: intro, key and question "
-                         f"take {length - filler} tokens")
-    if filler > len(haystack):
-        raise ValueError(f"cannot build a {length}-token prompt from a {len(haystack)}-token haystack")
-    at = int(round(depth * filler))
-    body = torch.cat([haystack[:at], key_ids, haystack[at:filler]])
-    return torch.cat([head, body, tail]).unsqueeze(0)
+from uio_ds.formats import passkey_prompt
 
 
 def evaluate_passkey(

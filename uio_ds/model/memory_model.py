@@ -28,16 +28,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
 
 from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.attention import resolve_attention
 from uio_ds.model.kv import MemoryKV, forward_after_cache, prefix_cache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer", "decoder")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
-IGNORE_INDEX = -100
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
 RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -121,14 +120,6 @@ def stepwise_layout(n: int, m: int, device: torch.device | str | None = None) ->
     visible[n:, :n] = keys[:n].unsqueeze(0) < ends.unsqueeze(1)
     visible[n:, n:] = torch.eye(m, dtype=torch.bool, device=device)
     return positions, visible
-
-
-def host_value(t: torch.Tensor, fake: float = float("nan")) -> float:
-    """``t.item()``; for a fake tensor (the memory planner runs the training step on tensors
-    without data, ``uio_ds.memory_plan``) there is no value, and ``fake`` is returned instead."""
-    if isinstance(t, FakeTensor):
-        return fake
-    return t.item()
 
 
 def _base_fingerprint(base_config) -> dict:
@@ -576,7 +567,7 @@ class UIOMemoryModel(nn.Module):
                 ignore_index=IGNORE_INDEX,
                 reduction="sum",
             )
-            out.num_tokens = int(host_value((targets != IGNORE_INDEX).sum(), fake=targets.numel()))
+            out.num_tokens = int((targets != IGNORE_INDEX).sum().item())
         return out
 
     # ------------------------------------------------------------------ whole documents

@@ -138,7 +138,7 @@ def verify(path: str, expected_answer: str | None = None) -> dict:
     """Load ``path`` the way users will and check it works: an answer and a perplexity."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from uio_ds.data.synthetic import synthetic_text
+    from uio_ds.formats import synthetic_text
 
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -155,7 +155,7 @@ def verify(path: str, expected_answer: str | None = None) -> dict:
         "question": VERIFY_QUESTION,
         "answer": reply,
         "perplexity": round(ppl, 3),
-        "perplexity_text": f"uio_ds.data.synthetic.synthetic_text(400, seed=0), first {n} tokens",
+        "perplexity_text": f"uio_ds.formats.synthetic_text(400, seed=0), first {n} tokens",
         "load_seconds": round(load_seconds, 2),
         "parameters": sum(p.numel() for p in model.parameters()),
     }

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from uio_ds.data.synthetic import synthetic_text
+from uio_ds.formats import synthetic_text
 
 TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
 # "<|endoftext|>" is in the vocabulary because transformers loads a qwen2 directory with
