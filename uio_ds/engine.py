@@ -14,7 +14,7 @@ One optimizer step under ZeRO-1/2:
 DeepSpeed therefore reduces (averages over ranks) exactly once per step, whatever number
 of segments or backward passes each rank ran, and the average is the gradient of the
 token-weighted mean loss over all ranks' documents. Calling ``engine.backward`` once per
-segment instead was measured to give silently wrong parameters (DESIGN.md section 3).
+segment instead was measured to give silently wrong parameters.
 """
 
 from __future__ import annotations

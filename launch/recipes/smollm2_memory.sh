@@ -21,7 +21,7 @@ AE_STEPS=${AE_STEPS:-200}
 AE_LONG_STEPS=${AE_LONG_STEPS:-800}
 AE_SEGMENTS=${AE_SEGMENTS:-64}
 # The auto-encoder that stages 2 and 3 build on: the one stage 1 measured best (appended ratio 8:
-# reconstruction loss 2.04 against 2.34 for stepwise after 200 steps; see the README).
+# reconstruction loss 2.04 against 2.34 for stepwise after 200 steps; docs/results.md).
 BEST_AE=${BEST_AE:-appended_ratio8}
 PASSKEY_DOCUMENTS=${PASSKEY_DOCUMENTS:-2000}
 PASSKEY_STEPS=${PASSKEY_STEPS:-600}

@@ -27,7 +27,7 @@ def stage_times(path: str | None) -> tuple[dict, int | None]:
 
 
 def run_summary(run: str) -> dict | None:
-    """First/last training losses, time per step and the cost probe of one training run."""
+    """First/last training losses and time per step of one training run."""
     path = os.path.join(run, "metrics.jsonl")
     if not os.path.isfile(path):
         return None
@@ -43,7 +43,6 @@ def run_summary(run: str) -> dict | None:
         "loss_window": k,
         "seconds_per_step": round(mean([r["seconds"] for r in rows]), 2),
         "tokens_per_step": round(mean([r["tokens"] for r in rows]), 1),
-        "cost": load_json(os.path.join(run, "cost.json")),
     }
 
 

@@ -1,7 +1,7 @@
 """Collect the SmolLM2 Table 2 recipe's results into one table, one JSON and an ablation plot.
 
 Reads what ``launch/recipes/smollm2_table2.sh`` wrote (the evaluation JSONs under
-``--results``, each run's metrics.jsonl and cost.json under ``--runs``, the stage times) and
+``--results``, each run's metrics.jsonl under ``--runs``, the stage times) and
 writes ``smollm2_recipe.json`` and ``smollm2_recipe_ablations.png`` next to the evaluations.
 """
 
@@ -56,9 +56,7 @@ def print_summary(s: dict) -> None:
     if s.get("main_run"):
         m = s["main_run"]
         print(f"main run: {m['steps']} steps, {m['seconds_per_step']} s/step, loss {m['loss_first']} "
-              f"(first {m['loss_window']}) -> {m['loss_last']} (last {m['loss_window']})"
-              + (f"; cost: {m['cost']['uio_tokens_per_s']} vs bare {m['cost']['bare_tokens_per_s']} tokens/s, "
-                 f"overhead ratio {m['cost']['overhead_ratio']}" if m.get("cost") else ""))
+              f"(first {m['loss_window']}) -> {m['loss_last']} (last {m['loss_window']})")
     if "perplexity" in s:
         ppl = s["perplexity"]
         lengths = list(next(iter(ppl.values()))["by_length_segments_2_to_T"])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tiny recipe: a trained tiny model that shows memory carrying information across segments
-# (`make tiny-recipe`; on this 2-core CPU see the README for the measured stage times).
+# (`make tiny-recipe`; on this 2-core CPU docs/results.md has the measured stage times).
 #   0. data: the tiny Llama's tokenizer (trained on the books), pre-training mixtures, and
 #      recall documents as prompt-completion records of exactly 256 tokens (4 segments of 64):
 #      the pass key in segment 1, the question and the answer in segment 4;
