@@ -40,6 +40,7 @@ from uio_ds.algo.tbptt import build_strategy
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.offload import host_device
+from uio_ds.train_config import ALGORITHMS
 
 GIB = 2**30
 
@@ -93,8 +94,8 @@ class PlanSettings:
 
     def validate(self) -> None:
         problems = []
-        if self.algorithm not in ("full", "tbptt", "incremental", "unbiased"):
-            problems.append(f"algorithm={self.algorithm!r}: choose full, tbptt, incremental or unbiased")
+        if self.algorithm not in ALGORITHMS:
+            problems.append(f"algorithm={self.algorithm!r}: choose one of {list(ALGORITHMS)}")
         if self.dtype not in _DTYPES:
             problems.append(f"dtype={self.dtype!r}: choose one of {list(_DTYPES)}")
         if self.zero_stage not in (0, 1, 2, 3):

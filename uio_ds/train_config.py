@@ -20,7 +20,9 @@ from typing import Any
 from uio_ds.config import ConfigError, UIOConfig
 
 ALGORITHMS = ("full", "tbptt", "incremental", "unbiased")
-GRAPH_MODES = ("auto", "keep", "offload", "recompute")
+"""The gradient strategies of ``uio_ds.algo``, by name."""
+GRAPH_MODES = ("keep", "offload", "recompute")
+"""Where the incremental strategies keep retained encoder graphs; the config adds "auto"."""
 # The configs that ship with the package: configs/deepspeed (ZeRO stages) and configs/train (runs)
 BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -159,8 +161,8 @@ class AlgorithmConfig:
         out = []
         if self.name not in ALGORITHMS:
             out.append(f"algorithm.name={self.name!r}: choose one of {list(ALGORITHMS)}")
-        if self.graph_mode not in GRAPH_MODES:
-            out.append(f"algorithm.graph_mode={self.graph_mode!r}: choose one of {list(GRAPH_MODES)}")
+        if self.graph_mode not in ("auto", *GRAPH_MODES):
+            out.append(f"algorithm.graph_mode={self.graph_mode!r}: choose one of {['auto', *GRAPH_MODES]}")
         if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
             out.append(f"algorithm.window={self.window!r}: must be an integer >= 1 or null")
         if self.name in ("tbptt", "unbiased") and self.window is None:

@@ -36,8 +36,7 @@ import torch
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.memory_model import segment_targets, split_segments
 from uio_ds.offload import offload_saved_tensors
-
-GRAPH_MODES = ("keep", "offload", "recompute")
+from uio_ds.train_config import ALGORITHMS, GRAPH_MODES
 
 
 class MemoryModel(Protocol):
@@ -471,7 +470,7 @@ def build_strategy(name: str, window: int | None = None, **kwargs) -> Strategy:
         return Incremental(window, **kwargs)
     if name == "unbiased":
         return Unbiased(window, **kwargs)
-    raise ValueError(f"unknown strategy {name!r}: choose full, tbptt, incremental or unbiased")
+    raise ValueError(f"unknown strategy {name!r}: choose one of {list(ALGORITHMS)}")
 
 
 # ---------------------------------------------------------------------------- helpers
