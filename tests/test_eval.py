@@ -133,12 +133,13 @@ def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):
 
 def test_longbench_records_are_checked_with_file_and_line(tmp_path, model, tokenizer):
     good = {"context": "Ada lives in the harbour. " * 10, "input": "Where does Ada live?", "answers": ["harbour"],
-            "dataset": "qa"}
+            "dataset": "hotpotqa"}
     path = tmp_path / "lb.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "dataset": "samsum"}) + "\n")
     records = load_records(str(path))
     report = evaluate_longbench(build_methods(model, ["uio"]), tokenizer, records, max_new_tokens=4)
-    assert set(report["uio"]["tasks"]) == {"qa", "samsum"}
+    assert set(report["uio"]["tasks"]) == {"hotpotqa", "samsum"}
+    assert all(0 <= v <= 100 for v in report["uio"]["tasks"].values())
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "answers": "harbour"}) + "\n")
     with pytest.raises(ValueError, match=f"{bad}:2: field 'answers' must be a list"):
