@@ -125,6 +125,17 @@ def test_parallel_compression_equals_one_by_one(tiny_dirs, arch):
         )  # one row each: the token axis now holds segment after segment
     torch.testing.assert_close(together.per_text(1).keys, apart.keys, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together.per_text(1).values, apart.values, rtol=1e-5, atol=1e-6)
+    # compress: the same memories, one row per text, whatever the chunk of segments per call
+    texts = segments[:4].reshape(2, 2 * 16)
+    with torch.no_grad():
+        whole, chunked = model.compress(texts), model.compress(texts, batch_size=3)
+        first = model.compress(texts[:1])
+    torch.testing.assert_close(whole.keys, chunked.keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(whole.values[:, :1], first.values, rtol=1e-5, atol=1e-6)
+    two = 2 * model.num_mem_tokens  # text 0 is segments 0 and 1
+    torch.testing.assert_close(whole.keys[:, :1], apart.keys[..., :two, :], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="whole segments"):
+        model.compress(segments[:1, :10])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

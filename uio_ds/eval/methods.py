@@ -66,11 +66,7 @@ class UIOMethod(Method):
         bounds = split_segments(ids.shape[1], model.segment_length)
         memory = None
         if self.use_memory and len(bounds) > 1:
-            full = ids[:, : bounds[-1][0]].reshape(-1, model.segment_length)
-            parts = [model.memory_kv(model.encode(full[i : i + self.encode_batch_size]))
-                     for i in range(0, full.shape[0], self.encode_batch_size)]
-            memory = type(parts[0])(torch.cat([p.keys for p in parts], 1), torch.cat([p.values for p in parts], 1))
-            memory = memory.per_text(1)
+            memory = model.compress(ids[:, : bounds[-1][0]], self.encode_batch_size)
         losses = []
         for t, (a, b) in enumerate(bounds):
             if t < first_segment:

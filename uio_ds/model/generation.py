@@ -39,14 +39,8 @@ class MemoryStream:
 
     def _compress(self, segments: torch.Tensor) -> MemoryKV:
         """Memory K/V of ``segments`` (B, c*l), one row per text, segments in order."""
-        model, l = self.model, self.model.segment_length
-        batch, count = segments.shape[0], segments.shape[1] // l
-        flat = segments.reshape(batch * count, l)
-        step = self.encode_batch_size or flat.shape[0]
-        parts = [model.memory_kv(model.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)]
-        kv = MemoryKV(torch.cat([p.keys for p in parts], dim=1), torch.cat([p.values for p in parts], dim=1))
-        self.num_compressions += count
-        return kv.per_text(batch)
+        self.num_compressions += segments.shape[1] // self.model.segment_length
+        return self.model.compress(segments, self.encode_batch_size)
 
     def _append_memory(self, kv: MemoryKV) -> None:
         model = self.model

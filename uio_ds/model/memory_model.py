@@ -455,6 +455,21 @@ class UIOMemoryModel(nn.Module):
                 values.append(layer.self_attn.v_proj(h).view(n_seg, m, self.num_kv_heads, self.head_dim).transpose(1, 2))
         return MemoryKV(torch.stack(keys), torch.stack(values))
 
+    def compress(self, input_ids: torch.Tensor, batch_size: int | None = None) -> MemoryKV:
+        """Memory K/V of texts (B, c*l) made of whole segments: one row per text, its c memories
+        in order. Encoder and transfer head run on ``batch_size`` segments at a time (all at once
+        when None), which bounds the activation memory of a long prompt read without a graph."""
+        batch, length = input_ids.shape
+        if length == 0 or length % self.segment_length:
+            raise ValueError(f"compress takes whole segments: {length} tokens is not a multiple of "
+                             f"segment_length={self.segment_length}")
+        flat = input_ids.reshape(batch * (length // self.segment_length), self.segment_length)
+        step = batch_size or flat.shape[0]
+        parts = [self.memory_kv(self.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)]
+        kv = parts[0] if len(parts) == 1 else MemoryKV(torch.cat([p.keys for p in parts], dim=1),
+                                                       torch.cat([p.values for p in parts], dim=1))
+        return kv.per_text(batch)
+
     # ------------------------------------------------------------------ decoder
 
     def fit_positions(self, memory: MemoryKV | None, query_length: int) -> MemoryKV | None:
@@ -586,8 +601,7 @@ class UIOMemoryModel(nn.Module):
         memory = None
         if len(bounds) > 1:
             # The last segment's memory would serve no loss: never build it.
-            full = input_ids[:, : bounds[-1][0]].reshape(batch * (len(bounds) - 1), self.segment_length)
-            memory = self.memory_kv(self.encode(full)).per_text(batch)
+            memory = self.compress(input_ids[:, : bounds[-1][0]])
         sums, counts = [], []
         for t, (start, stop) in enumerate(bounds):
             previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
