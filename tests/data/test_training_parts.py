@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from helpers import REPO
 from transformers import AutoTokenizer
 
 from uio_ds import checkpoint as ckpt
@@ -11,8 +12,6 @@ from uio_ds.config import ConfigError
 from uio_ds.data.pipeline import build_stream, document_pieces, source_files
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
 from uio_ds.train_config import DataConfig, SourceConfig, TrainConfig, apply_overrides
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def minimal(**overrides) -> dict:

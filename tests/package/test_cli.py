@@ -5,12 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers import load, perturb_trainable
+from helpers import REPO, load, perturb_trainable
 
 from uio_ds.cli import main
 from uio_ds.formats import synthetic_text
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_generate_streams_and_reports_speed(tiny_dirs, tmp_path, capsys):

@@ -18,7 +18,7 @@ def deepspeed_runs(tiny_dirs, tmp_path_factory):
     """Every case of engine_cases.CASES, run once through the deepspeed launcher with 2 CPU ranks."""
     out = tmp_path_factory.mktemp("engine")
     cmd = ["deepspeed", "--num_gpus", str(WORLD), "--master_port", str(free_port()),
-           os.path.join(REPO, "tests", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
+           os.path.join(REPO, "tests", "train", "engine_worker.py"), "--model", tiny_dirs["llama"], "--out", str(out)]
     proc = subprocess.run(cmd, env=launcher_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in CASES}
