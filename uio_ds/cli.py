@@ -3,6 +3,7 @@
 Commands:
   train      train UIO memory (one rank; under DeepSpeed: deepspeed --module uio_ds.train ...)
   eval       evaluate trained parts against no memory, StreamingLLM, HOMER and full attention
+  plan       a training config's accelerator memory per rank, planned on fake tensors (no accelerator)
   pretrain   pre-train every weight of a small base model on text windows (plain PyTorch)
   demo       build a tiny model, compress a long generated text, stream a continuation
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
@@ -21,7 +22,7 @@ import sys
 import time
 
 # Commands with their own parser, in their own module (each also runs as python -m MODULE)
-DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "pretrain": "uio_ds.pretrain"}
+DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain"}
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -30,6 +30,7 @@ tensors and measures it with the same tracker, which is how the estimator is val
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -91,6 +92,10 @@ class PlanSettings:
     contiguous_gradients: bool = True
     position_overflow: str = "auto"
     """'auto': 'drop_oldest' when the document passes the model's position range, else 'error'."""
+    uio: UIOConfig | None = None
+    """A training config's memory model (adapters, layout, decoder LoRA); its segment_length,
+    compression_ratio and dtype must equal the fields above. None: LoRA of ``lora_rank`` on the
+    encoder's q/v and the transfer head's k/v."""
 
     def validate(self) -> None:
         problems = []
@@ -105,6 +110,10 @@ class PlanSettings:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.document_tokens < 2:
             problems.append("document_tokens must be >= 2")
+        if self.uio is not None:
+            for name in ("segment_length", "compression_ratio", "dtype"):
+                if getattr(self.uio, name) != getattr(self, name):
+                    problems.append(f"uio.{name}={getattr(self.uio, name)!r} differs from {name}={getattr(self, name)!r}")
         if problems:
             raise ValueError("invalid memory-plan settings:\n  " + "\n  ".join(problems))
 
@@ -166,8 +175,10 @@ def base_config(source: str):
 
 
 def uio_config(settings: PlanSettings) -> UIOConfig:
-    lora = dict(rank=settings.lora_rank, alpha=2.0 * settings.lora_rank)
     overflow = "error" if settings.position_overflow == "auto" else settings.position_overflow
+    if settings.uio is not None:
+        return dataclasses.replace(settings.uio, attention="sdpa", position_overflow=overflow)
+    lora = dict(rank=settings.lora_rank, alpha=2.0 * settings.lora_rank)
     return UIOConfig(segment_length=settings.segment_length, compression_ratio=settings.compression_ratio,
                      encoder_lora=LoRAConfig(target_modules=("q_proj", "v_proj"), **lora),
                      transfer_lora=LoRAConfig(target_modules=("k_proj", "v_proj"), **lora),

@@ -14,7 +14,7 @@ LAYERS = [
     ("methods", ["uio_ds.algo", "uio_ds.baselines", "uio_ds.data"]),
     ("runs", ["uio_ds.engine", "uio_ds.eval", "uio_ds.memory_plan", "uio_ds.pretrain"]),
     ("trainer", ["uio_ds.trainer"]),
-    ("entry points", ["uio_ds.train", "uio_ds.cli"]),
+    ("entry points", ["uio_ds.train", "uio_ds.plan", "uio_ds.cli"]),
     ("python -m uio_ds", ["uio_ds.__main__"]),
 ]
 FOUNDATION = LAYERS[0][1]

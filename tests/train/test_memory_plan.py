@@ -98,3 +98,38 @@ def test_offload_moves_activations_but_not_weights_or_broadcast_views():
         assert [p[1].device.type for p in packed] == ["cpu", "cpu", "cpu", "meta"]
         back = unpack_saved(packed[-1])
         assert back.device.type == "cpu" and back.shape == x.shape
+
+
+def _train_config(tmp_path, model_dir, **uio) -> str:
+    config = {"model_path": model_dir,
+              "uio": {"segment_length": 32, "compression_ratio": 4,
+                      "encoder_lora": {"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                      "transfer_lora": {"rank": 4, "alpha": 8, "target_modules": ["k_proj", "v_proj"]}, **uio},
+              "data": {"sources": [{"path": "unused.jsonl"}], "max_tokens": 224},
+              "algorithm": {"name": "unbiased", "window": 2}}
+    path = tmp_path / f"config{len(uio)}.json"
+    path.write_text(__import__("json").dumps(config))
+    return str(path)
+
+
+def test_plan_command_plans_the_config_it_is_given(tiny_dirs, tmp_path, capsys):
+    """uio-ds plan: the config's own memory model and strategy, the DeepSpeed config's stage and
+    offload; a decoder LoRA in the config shows up as trainable parameters; bad input is refused."""
+    import json
+
+    from uio_ds.plan import main
+
+    plain, with_decoder = _train_config(tmp_path, tiny_dirs["llama"]), _train_config(
+        tmp_path, tiny_dirs["llama"], decoder_lora={"rank": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    assert main(["--config", plain, "--ranks", "2", "--out", str(tmp_path / "a.json")]) == 0
+    assert main(["--config", with_decoder, "--ranks", "2", "--deepspeed", "zero2_offload",
+                 "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [r["tokens"] for r in a["rows"]] == [224]  # data.max_tokens
+    plan_a, plan_b = a["plans"][0], b["plans"][0]
+    assert plan_b["trainable_parameters"] > plan_a["trainable_parameters"]
+    assert plan_a["settings"]["graph_mode"] == "keep" and plan_b["settings"]["graph_mode"] == "offload"
+    assert plan_a["peak"] == sum(plan_a["persistent"].values()) + plan_a["step_peak"]
+    assert "fits 24 GB" in capsys.readouterr().out
+    assert main(["--config", plain, "--set", "data.max_tokens=null"]) == 2
+    assert "give the document lengths with --tokens" in capsys.readouterr().err
