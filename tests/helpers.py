@@ -11,16 +11,15 @@ from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.model.memory_model import UIOMemoryModel
 
 
+def adapters(rank: int, alpha: float) -> dict:
+    """Encoder LoRA on q/v and transfer-head LoRA on k/v of one rank and alpha."""
+    return {"encoder_lora": LoRAConfig(rank=rank, alpha=alpha, target_modules=("q_proj", "v_proj")),
+            "transfer_lora": LoRAConfig(rank=rank, alpha=alpha, target_modules=("k_proj", "v_proj"))}
+
+
 def small_config(**overrides) -> UIOConfig:
     """l=16, ratio 4 (m=4), rank-4 adapters: every path exercised at test speed."""
-    kwargs = dict(
-        segment_length=16,
-        compression_ratio=4,
-        encoder_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj")),
-        transfer_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("k_proj", "v_proj")),
-    )
-    kwargs.update(overrides)
-    return UIOConfig(**kwargs)
+    return UIOConfig(**{"segment_length": 16, "compression_ratio": 4, **adapters(4, 8.0), **overrides})
 
 
 def perturb_trainable(model: UIOMemoryModel, seed: int = 0, scale: float = 0.05) -> None:

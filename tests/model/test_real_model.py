@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
-from helpers import perturb_trainable, slow_stepwise_memory
+from helpers import adapters, perturb_trainable, slow_stepwise_memory
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.config import UIOConfig
 from uio_ds.formats import synthetic_text
 from uio_ds.model.generation import generate
 from uio_ds.model.memory_model import UIOMemoryModel, segment_targets
@@ -17,14 +17,7 @@ from uio_ds.model.prepare import PREPARED_FILE, prepare_model
 
 
 def real_config(**overrides) -> UIOConfig:
-    kwargs = dict(
-        segment_length=256,
-        compression_ratio=8,
-        encoder_lora=LoRAConfig(rank=8, alpha=32.0, target_modules=("q_proj", "v_proj")),
-        transfer_lora=LoRAConfig(rank=8, alpha=32.0, target_modules=("k_proj", "v_proj")),
-    )
-    kwargs.update(overrides)
-    return UIOConfig(**kwargs)
+    return UIOConfig(**{"segment_length": 256, "compression_ratio": 8, **adapters(8, 32.0), **overrides})
 
 
 @pytest.fixture(scope="module")
