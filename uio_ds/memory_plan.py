@@ -40,7 +40,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from uio_ds.algo.tbptt import build_strategy
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
-from uio_ds.offload import host_device
 from uio_ds.train_config import ALGORITHMS
 
 GIB = 2**30
@@ -244,7 +243,8 @@ def run_step(model, settings: PlanSettings, offload_to_meta: bool) -> tuple[int,
     offloaded activations to the meta device (fake mode), where they are not counted."""
     kwargs = {}
     if settings.algorithm in ("incremental", "unbiased"):
-        kwargs["graph_mode"] = settings.graph_mode
+        # offloaded copies go to the meta device, where the tracker does not count them
+        kwargs.update(graph_mode=settings.graph_mode, offload_device="meta" if offload_to_meta else "cpu")
     if settings.algorithm == "unbiased":
         kwargs["seed"] = 0
     strategy = build_strategy(settings.algorithm, settings.window, **kwargs)
@@ -253,8 +253,7 @@ def run_step(model, settings: PlanSettings, offload_to_meta: bool) -> tuple[int,
     doc = torch.randint(0, vocab, (settings.micro_batch, settings.document_tokens), generator=gen)
     tracker = TensorMemoryTracker(device_type="cpu", default_label="gradients and backward temporaries")
     start = time.perf_counter()
-    offload = host_device("meta") if offload_to_meta else contextlib.nullcontext()
-    with _attributed(model, tracker), offload, tracker:
+    with _attributed(model, tracker), tracker:
         strategy.run(model, doc)
     return tracker.peak, dict(tracker.peak_by_label), time.perf_counter() - start
 

@@ -1,30 +1,18 @@
 """Activation offload: tensors that autograd saves for backward are kept off the accelerator.
 
-``offload_saved_tensors()`` is ``torch.autograd.graph.save_on_cpu`` with one difference: the
-place offloaded tensors go is a setting (``host_device``) rather than always "cpu". Training
-never changes it. The memory planner (``uio_ds.memory_plan``) runs the training step on fake
-tensors on the CPU standing for the accelerator, and points offloaded copies at the meta device,
-so that what stays on the accelerator and what was offloaded can be told apart.
+``offload_saved_tensors(host)`` is ``torch.autograd.graph.save_on_cpu`` with two differences:
+weights and broadcast views stay where they are, and the place offloaded copies go is an
+argument (the CPU by default; a tool that runs the step on CPU tensors standing for the
+accelerator, like the memory planner, points it elsewhere to tell the two apart).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
+from functools import partial
 
 import torch
 
-_HOST = [torch.device("cpu")]
-
-
-@contextlib.contextmanager
-def host_device(device: str | torch.device) -> Iterator[None]:
-    """Send tensors offloaded inside this block to ``device`` instead of the CPU."""
-    _HOST.append(torch.device(device))
-    try:
-        yield
-    finally:
-        _HOST.pop()
+CPU = torch.device("cpu")
 
 
 def _resident(t: torch.Tensor) -> bool:
@@ -35,9 +23,8 @@ def _resident(t: torch.Tensor) -> bool:
             or t.untyped_storage().nbytes() < t.numel() * t.element_size())
 
 
-def pack_saved(t: torch.Tensor):
-    """Saved-tensor pack hook: a host copy of ``t`` (or ``t`` itself when it is resident)."""
-    host = _HOST[-1]
+def pack_saved(t: torch.Tensor, host: torch.device = CPU):
+    """Saved-tensor pack hook: a copy of ``t`` on ``host`` (or ``t`` itself when it is resident)."""
     if t.device == host or _resident(t):
         return t.device, t
     pin = torch.cuda.is_available() and host.type == "cpu"
@@ -52,8 +39,8 @@ def unpack_saved(packed) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=t.is_pinned())
 
 
-def offload_saved_tensors():
-    """A context under which tensors saved for backward are copied to the host and copied back
-    when backward needs it (pinned host memory when CUDA is present). Unlike torch's
+def offload_saved_tensors(host: str | torch.device = CPU):
+    """A context under which tensors saved for backward are copied to ``host`` and copied back
+    when backward needs them (pinned host memory when CUDA is present). Unlike torch's
     ``save_on_cpu``, weights and broadcast views stay where they are (``_resident``)."""
-    return torch.autograd.graph.saved_tensors_hooks(pack_saved, unpack_saved)
+    return torch.autograd.graph.saved_tensors_hooks(partial(pack_saved, host=torch.device(host)), unpack_saved)

@@ -87,13 +87,12 @@ def test_bad_settings_are_named():
 def test_offload_moves_activations_but_not_weights_or_broadcast_views():
     import torch
 
-    from uio_ds.offload import host_device, pack_saved, unpack_saved
+    from uio_ds.offload import pack_saved, unpack_saved
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         w = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)
         x = torch.randn(8, 16, 64).exp()
-        with host_device("meta"):
-            packed = [pack_saved(t) for t in (w, w.t(), w.expand(8, 64, 64), x)]
+        packed = [pack_saved(t, host=torch.device("meta")) for t in (w, w.t(), w.expand(8, 64, 64), x)]
         # the weight, its transpose and its broadcast stay; an activation goes to the host (meta here)
         assert [p[1].device.type for p in packed] == ["cpu", "cpu", "cpu", "meta"]
         back = unpack_saved(packed[-1])

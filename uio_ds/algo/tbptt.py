@@ -317,7 +317,9 @@ class _LeafWindowStrategy(Strategy):
     leaf copies of the memories; the gradient each leaf accumulates is back-propagated through
     its encoder once, when it leaves the window or at the end."""
 
-    def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = 8):
+    def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = 8,
+                 offload_device: str = "cpu"):
+        """``offload_device``: where graph_mode 'offload' puts saved tensors (host memory)."""
         super().__init__(window)
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode={graph_mode!r}: choose one of {list(GRAPH_MODES)}")
@@ -325,6 +327,7 @@ class _LeafWindowStrategy(Strategy):
             raise ValueError(f"encode_batch_size={encode_batch_size}: must be >= 1 (or None for all at once)")
         self.graph_mode = graph_mode
         self.encode_batch_size = encode_batch_size
+        self.offload_device = offload_device
 
     def _window(self) -> _Window:
         raise NotImplementedError
@@ -392,7 +395,7 @@ class _LeafWindowStrategy(Strategy):
                     stats["evictions"] += 1
                 if enters[s]:
                     if self.graph_mode != "recompute":
-                        with _graph_context(self.graph_mode):
+                        with _graph_context(self.graph_mode, self.offload_device):
                             graphs[s] = model.encode(segs[s])
                         stats["encoder_graph_forwards"] += 1
                         values[s] = graphs[s].detach()
@@ -405,7 +408,7 @@ class _LeafWindowStrategy(Strategy):
                 continue
             window = sorted(leaves)
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
-            with _graph_context(self.graph_mode):  # 'offload' also moves the decoder's saved activations
+            with _graph_context(self.graph_mode, self.offload_device):  # 'offload' also moves the decoder's saved activations
                 out = model.decode(segs[t], _kv(model, memory, batch), targets)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
@@ -441,10 +444,10 @@ class Unbiased(_LeafWindowStrategy):
     name = "unbiased"
 
     def __init__(self, window: int, seed: int = 0, compensate: bool = True, graph_mode: str = "keep",
-                 encode_batch_size: int | None = 8):
+                 encode_batch_size: int | None = 8, offload_device: str = "cpu"):
         if window is None:
             raise ValueError("unbiased needs a reservoir size S >= 1")
-        super().__init__(window, graph_mode, encode_batch_size)
+        super().__init__(window, graph_mode, encode_batch_size, offload_device)
         self.compensate = compensate
         self.rng = random.Random(seed)
 
@@ -511,8 +514,8 @@ def _has_targets(targets: torch.Tensor) -> bool:
     return bool((targets != IGNORE_INDEX).any().item())
 
 
-def _graph_context(mode: str):
-    return offload_saved_tensors() if mode == "offload" else contextlib.nullcontext()
+def _graph_context(mode: str, device: str):
+    return offload_saved_tensors(device) if mode == "offload" else contextlib.nullcontext()
 
 
 def _check_recompute(model, mode: str) -> None:
