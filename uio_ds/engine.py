@@ -33,7 +33,7 @@ import deepspeed  # noqa: E402
 import deepspeed.comm as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from uio_ds.algo.tbptt import Strategy, count_targets  # noqa: E402
+from uio_ds.algo.tbptt import Strategy, as_batches, count_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
 from uio_ds.train_config import TrainConfig  # noqa: E402
 
@@ -245,12 +245,11 @@ class UIOEngine:
     def train_step(self, documents: list) -> StepOutput:
         """One optimizer step over this rank's ``documents``: 1-D or (B, T) token tensors, or
         dicts with ``input_ids`` and ``labels`` (``uio_ds.algo.as_batches``)."""
-        documents = [{k: v.to(device()) for k, v in d.items()} if isinstance(d, dict) else d.to(device())
-                     for d in documents]
-        local_tokens = count_targets(documents)
+        batches = [(ids.to(device()), labels.to(device())) for ids, labels in as_batches(documents)]
+        local_tokens = count_targets(batches)
         global_tokens = int(all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
-        result = self.strategy.run(self.model, documents, loss_scale=self.world_size * loss_scale / global_tokens)
+        result = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens)
         params = self.model.trainable_parameters()
         # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
         buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]

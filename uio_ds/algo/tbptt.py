@@ -137,9 +137,14 @@ def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def count_targets(documents) -> int:
-    """Scored tokens of ``documents`` (any form ``as_batches`` takes): every token but the first
-    of each row whose label is not ``IGNORE_INDEX``."""
-    return sum(_scored(labels) for _, labels in as_batches(documents))
+    """Scored tokens of ``documents`` (any form ``as_batches`` takes, or its output): every token
+    but the first of each row whose label is not ``IGNORE_INDEX``."""
+    batches = documents if _is_batches(documents) else as_batches(documents)
+    return sum(_scored(labels) for _, labels in batches)
+
+
+def _is_batches(documents) -> bool:
+    return isinstance(documents, list) and all(isinstance(d, tuple) and len(d) == 2 for d in documents)
 
 
 def _scored(labels: torch.Tensor) -> int:
@@ -174,12 +179,16 @@ class Strategy:
             targets = sum(_scored(labels) for _, labels in docs)
             if targets == 0:
                 raise ValueError("the documents have no scored token (every label is IGNORE_INDEX)")
-            scale = 1.0 / targets
-        else:
-            scale = float(loss_scale)
+            loss_scale = 1.0 / targets
+        return self.run_batches(model, docs, loss_scale)
+
+    def run_batches(self, model: MemoryModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                    loss_scale: float) -> TBPTTResult:
+        """``run`` on documents already grouped by ``as_batches``: (input_ids, labels) pairs."""
+        scale = float(loss_scale)
         params = model.trainable_parameters()
         result = None
-        for doc, labels in docs:
+        for doc, labels in batches:
             part = self._run_document(model, doc, labels, scale, params)
             result = part if result is None else result.merge(part)
         return result
