@@ -42,11 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override config values (VALUE is parsed as JSON, else taken as a string)")
     p.add_argument("--resume", default=None,
                    help="'auto' (latest checkpoint of this run if any), 'latest' (must exist), or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run outputs already in output_dir (checkpoints, final/, metrics, events)")
     p.add_argument("--list-configs", action="store_true", help="print the bundled configs and exit")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = p.parse_args(argv)
     if not args.config and not args.list_configs:
         p.error("--config is required (a JSON file or a bundled name; --list-configs shows them)")
+    if args.overwrite and args.resume:
+        p.error("--overwrite and --resume contradict each other: choose one")
     return args
 
 
@@ -55,6 +59,7 @@ def validate(args):
     trainer, set up by ``main``."""
     from uio_ds.checkpoint import check_world_size, resume_target
     from uio_ds.data.pipeline import source_files
+    from uio_ds.run_dir import RunLock, existing_run
     from uio_ds.train_config import TrainConfig, find_config
     from uio_ds.trainer import Trainer
 
@@ -70,7 +75,16 @@ def validate(args):
                                 "(make prepare writes models/smollm2; uio-ds make-tiny writes a tiny one)")
     for source in config.data.sources:
         source_files(source)
-    trainer = Trainer(config, ds_config, resume=args.resume)
+    prior = existing_run(config.output_dir)
+    if prior and not args.resume and not args.overwrite:
+        raise FileExistsError(f"output_dir {config.output_dir!r} already holds a run ({prior}): continue it with "
+                              "--resume auto, write elsewhere with --set output_dir=NEW_DIR, or replace it with "
+                              "--overwrite")
+    lock = RunLock(config.output_dir)
+    owner = lock.holder()
+    if owner is not None:
+        raise RuntimeError(lock.describe(owner))
+    trainer = Trainer(config, ds_config, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         target = resume_target(args.resume, os.path.join(config.output_dir, "checkpoints"))
         if target is not None:
@@ -89,13 +103,21 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         trainer = validate(args)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as err:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    trainer.setup()
-    trainer.train()
-    trainer.close()
+    try:
+        try:
+            trainer.setup()
+        except (ValueError, FileNotFoundError, RuntimeError) as err:  # found while setting up: no traceback
+            if rank == 0:
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+        trainer.train()
+        trainer.close()
+    finally:
+        trainer.release()
     return 0
 
 

@@ -53,12 +53,16 @@ class Trainer:
     """Trains the UIO parts of a memory model with a TBPTT strategy under DeepSpeed."""
 
     def __init__(self, config: TrainConfig, ds_config: dict, resume: str | None = None, log=print,
-                 world_size: int | None = None):
+                 world_size: int | None = None, overwrite: bool = False):
         """Checks the DeepSpeed config against ``config`` (raising every problem at once) without
-        touching the model or the data; ``world_size`` defaults to the launcher's WORLD_SIZE."""
+        touching the model or the data; ``world_size`` defaults to the launcher's WORLD_SIZE.
+        ``overwrite``: remove an earlier run's outputs from ``output_dir`` before starting."""
         from uio_ds import engine
+        from uio_ds.run_dir import RunLock
 
         self.config = config
+        self.overwrite = overwrite
+        self.lock = RunLock(config.output_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
         self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size)
         self.resume = resume
@@ -85,6 +89,7 @@ class Trainer:
             raise RuntimeError(f"{world_size} ranks joined but the DeepSpeed config was resolved for "
                                f"{self.world_size}: set WORLD_SIZE as the launcher does, or pass world_size")
         ds_config, graph_mode = self.ds_config, self.graph_mode
+        self._own_output_dir()
         # the attention kernel is settled before any data work: asking for flash-attn where it
         # cannot run fails here, with the fix in the message
         attention = resolve_attention(cfg.uio.attention, TORCH_DTYPES[cfg.uio.dtype])
@@ -135,6 +140,29 @@ class Trainer:
         if self.resume:
             self._resume(self.resume)
         return self
+
+    def _own_output_dir(self) -> None:
+        """Rank 0 takes the output directory's lock (and clears an earlier run under ``overwrite``);
+        every rank stops if it could not."""
+        from uio_ds import engine
+        from uio_ds.run_dir import clear_run
+
+        problem = None
+        if self.rank == 0:
+            try:
+                self.lock.acquire()
+            except (RuntimeError, OSError) as err:
+                problem = str(err)
+            else:
+                if self.lock.note:
+                    self.log(f"{self.config.output_dir}: {self.lock.note}")
+                if self.overwrite:
+                    removed = clear_run(self.config.output_dir)
+                    if removed:
+                        self.log(f"--overwrite: removed the earlier run's {', '.join(removed)} from "
+                                 f"{self.config.output_dir}")
+        if engine.all_reduce_max(int(problem is not None)):
+            raise RuntimeError(problem or "rank 0 could not take the output directory's lock")
 
     # ------------------------------------------------------------------ state
 
@@ -250,8 +278,13 @@ class Trainer:
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses
 
+    def release(self) -> None:
+        """Let go of the output directory (also after a failure)."""
+        self.lock.release()
+
     def close(self) -> None:
         from uio_ds import engine
 
         self.writer.close()
+        self.release()
         engine.shutdown()

@@ -85,6 +85,20 @@ def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path)
                              "--set", f"output_dir={out}", "--resume", "auto"],
                             env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert single.returncode == 2 and "written by 2 rank(s) and this run has 1" in single.stderr
+    # a fresh run into the same directory is refused before any work, and nothing is lost
+    again = subprocess.run([sys.executable, "-m", "uio_ds", "train", "--config", config, "--set", f"output_dir={out}"],
+                           env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already holds a run (checkpoints up to step 4" in again.stderr
+    assert "--resume auto" in again.stderr and "--overwrite" in again.stderr
+    assert ckpt.latest_tag(checkpoints) == "step00000004" and len(losses(out)) == 4
+    # a live run's lock refuses a second run on the directory
+    with open(os.path.join(out, ".lock"), "w") as f:
+        json.dump({"host": __import__("socket").gethostname(), "pid": os.getpid(), "started": time.time()}, f)
+    locked = subprocess.run([sys.executable, "-m", "uio_ds", "train", "--config", config, "--set",
+                             f"output_dir={out}", "--resume", "auto"],
+                            env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert locked.returncode == 2 and f"is in use by pid {os.getpid()}" in locked.stderr
+    os.remove(os.path.join(out, ".lock"))
     events = os.listdir(os.path.join(out, "tensorboard"))
     assert any(f.startswith("events.out.tfevents") for f in events)
     assert set(os.listdir(os.path.join(out, "final"))) >= {"encoder", "transfer", "uio_config.json",
@@ -125,6 +139,17 @@ def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
     assert sorted(got) == list(range(1, 31))
     for step in range(resumed_from + 1, 31):
         assert got[step] == want[step], f"step {step}: {got[step]} after resume vs {want[step]} uninterrupted"
+
+
+def test_overwrite_replaces_an_earlier_run(run_config, tmp_path):
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    launch(config, out, "steps=2", "save_every=1", "keep_last=2")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    proc = launch(config, out, "steps=1", "--overwrite")
+    assert "--overwrite: removed the earlier run's checkpoints, final, tensorboard, metrics.jsonl" in proc.stdout
+    assert sorted(losses(out)) == [1] and ckpt.complete_tags(os.path.join(out, "checkpoints")) == ["step00000001"]
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine" and not (tmp_path / "run" / ".lock").exists()
 
 
 def test_bad_config_fails_before_any_work(run_config, tmp_path):
