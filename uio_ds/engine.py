@@ -20,6 +20,7 @@ segment instead was measured to give silently wrong parameters.
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -207,6 +208,8 @@ class StepOutput:
     segment_tokens: list[float] = field(default_factory=list)
     stats: dict[str, float] = field(default_factory=dict)
     skipped: bool = False
+    non_finite: bool = False
+    """The loss or a gradient was NaN or infinite on some rank: no update was made."""
 
 
 class UIOEngine:
@@ -254,11 +257,17 @@ class UIOEngine:
         # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
         buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]
         lr = self.lr()  # the rate this step uses (the scheduler advances inside engine.step)
-        surrogate = self.engine(buffers, loss_scale)
-        self.engine.backward(surrogate)
-        self.engine.step()
-        norm = self.engine.get_global_grad_norm()
-        skipped = bool(getattr(self.optimizer, "overflow", False))
+        # A non-finite loss or gradient on any rank skips the update on every rank (no optimizer or
+        # scheduler step). Under fp16 an overflowing gradient is DeepSpeed's loss scaler's to handle.
+        finite = math.isfinite(result.loss_sum) and (self.fp16 or all(bool(torch.isfinite(g).all()) for g in buffers))
+        non_finite = bool(all_reduce_max(int(not finite)))
+        norm = None
+        if not non_finite:
+            surrogate = self.engine(buffers, loss_scale)
+            self.engine.backward(surrogate)
+            self.engine.step()
+            norm = self.engine.get_global_grad_norm()
+        skipped = non_finite or bool(getattr(self.optimizer, "overflow", False))
 
         # Reduced statistics for logging: global token-weighted loss and per-segment-position loss.
         positions = all_reduce_max(len(result.segment_loss_sums))
@@ -278,6 +287,7 @@ class UIOEngine:
             segment_tokens=sums[1 + positions :],
             stats=dict(zip(stats, reduced)),
             skipped=skipped,
+            non_finite=non_finite,
         )
 
     # ------------------------------------------------------------------ checkpoints

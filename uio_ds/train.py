@@ -100,6 +100,8 @@ def main(argv=None) -> int:
         for kind in ("train", "deepspeed"):
             print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")
         return 0
+    from uio_ds.trainer import TrainingStopped
+
     rank = int(os.environ.get("RANK", "0"))
     try:
         trainer = validate(args)
@@ -114,7 +116,12 @@ def main(argv=None) -> int:
             if rank == 0:
                 print(f"error: {err}", file=sys.stderr)
             return 2
-        trainer.train()
+        try:
+            trainer.train()
+        except TrainingStopped as err:
+            if rank == 0:
+                print(f"error: {err}", file=sys.stderr)
+            return 1
         trainer.close()
     finally:
         trainer.release()

@@ -248,6 +248,11 @@ class TrainConfig:
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
 
+    max_bad_steps: int = 3
+    """Stop the run (no export) after this many consecutive steps with a non-finite loss or
+    gradient (each is skipped: no update), or when the first this-many steps all have a zero
+    gradient (nothing is being trained)."""
+
     seed: int = 0
     """Seed of torch (dropout) and of every generator not seeded elsewhere."""
 
@@ -264,6 +269,8 @@ class TrainConfig:
             problems.append(f"save_every={self.save_every!r}: must be an integer >= 0")
         if not isinstance(self.keep_last, int) or self.keep_last < 1:
             problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 1")
+        if not isinstance(self.max_bad_steps, int) or self.max_bad_steps < 1:
+            problems.append(f"max_bad_steps={self.max_bad_steps!r}: must be an integer >= 1")
         if self.data.autoencode_tokens is not None and self.data.autoencode_tokens != self.uio.segment_length:
             problems.append(f"data.autoencode_tokens={self.data.autoencode_tokens} must equal uio.segment_length="
                             f"{self.uio.segment_length}: the copy must start exactly at the second segment")
@@ -277,7 +284,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        problems: list[str] = []
+        problems: list[str] = [f"{key}={value}: must be a finite number" for key, value in _non_finite(data)]
+        if problems:  # NaN and Infinity parse as JSON numbers; no option takes one
+            raise ConfigError("training config", problems)
         built = _build(cls, data, "", problems)
         if problems:
             raise ConfigError("training config", problems)
@@ -293,6 +302,17 @@ class TrainConfig:
         except json.JSONDecodeError as err:
             raise ConfigError("training config", [f"{path} is not valid JSON: {err}"]) from None
         return cls.from_dict(apply_overrides(data, overrides or []))
+
+
+def _non_finite(value: Any, where: str = "") -> list[tuple[str, float]]:
+    """(key, value) of every NaN or infinite number inside ``value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(where or "config", value)]
+    if isinstance(value, dict):
+        return [x for k, v in value.items() for x in _non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [x for i, v in enumerate(value) for x in _non_finite(v, f"{where}[{i}]")]
+    return []
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

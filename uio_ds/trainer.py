@@ -8,6 +8,7 @@ imports deepspeed. Rank 0 alone writes TensorBoard events, the progress bar and 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -20,6 +21,15 @@ from uio_ds.model.attention import resolve_attention
 from uio_ds.train_config import TrainConfig
 
 STATE_FILE = "trainer_state_rank{rank}.pt"
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (non-finite steps, nothing trained, non-finite parts): nothing exported."""
+
+
+def _finite_or_none(value):
+    """A number for strict JSON: NaN and infinities become null."""
+    return value if value is None or math.isfinite(value) else None
 
 
 def _rss_mb() -> float:
@@ -102,6 +112,11 @@ class Trainer:
         self.stream, self.data_info = build_stream(cfg.data, tokenizer, self.world_size, self.rank, log=self.log)
         if self.rank == 0:
             engine.barrier()
+        longest = max(stop - start for pieces in self.stream.pieces for _, start, stop in pieces)
+        if not cfg.data.autoencode_tokens and longest <= cfg.uio.segment_length:
+            raise ValueError(f"every training document is at most {longest} tokens, within one segment "
+                             f"(uio.segment_length={cfg.uio.segment_length}): no memory would ever be built or "
+                             "trained; use longer documents (data.max_tokens) or a shorter uio.segment_length")
 
         model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
         if cfg.init_from:
@@ -245,9 +260,12 @@ class Trainer:
             w.add_scalar("memory/cuda_peak_mb", torch.cuda.max_memory_allocated() / 2**20, s)
         if out.skipped:
             w.add_scalar("train/skipped_step", 1, s)
+        if out.non_finite:
+            w.add_scalar("train/non_finite_step", 1, s)
         if self.rank == 0:
-            record = {"step": s, "loss": out.loss, "lr": out.lr, "grad_norm": out.grad_norm, "tokens": out.tokens,
-                      "seconds": round(seconds, 4), "skipped": out.skipped}
+            record = {"step": s, "loss": _finite_or_none(out.loss), "lr": out.lr,
+                      "grad_norm": _finite_or_none(out.grad_norm), "tokens": out.tokens,
+                      "seconds": round(seconds, 4), "skipped": out.skipped, "non_finite": out.non_finite}
             with open(os.path.join(self.config.output_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -258,25 +276,48 @@ class Trainer:
         cfg = self.config
         losses = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
+        bad, zero, first = 0, 0, self.step
         while self.step < cfg.steps:
             start = time.perf_counter()
             out = self.train_step()
             seconds = time.perf_counter() - start
             losses.append(out.loss)
+            bad = bad + 1 if out.non_finite else 0
+            zero = zero + 1 if out.grad_norm == 0 else 0
+            if out.non_finite:
+                self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad} in a row)")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self._log_step(out, seconds)
             bar.update(1)
             bar.set_postfix(loss=f"{out.loss:.3f}", lr=f"{out.lr:.2e}", tok_s=f"{out.tokens / seconds:.0f}")
+            if bad >= cfg.max_bad_steps:
+                raise TrainingStopped(
+                    f"{bad} steps in a row (up to step {self.step}) had a non-finite loss or gradient: stopped "
+                    f"without exporting; {self._last_good()}. Lower optim.lr, or check the data and the base "
+                    "model's weights")
+            if zero >= cfg.max_bad_steps and self.step - first == zero:
+                raise TrainingStopped(
+                    f"the first {zero} steps of this run had a zero gradient: nothing is being trained (no "
+                    "scored token reads a memory, or the trainable parts are disconnected); stopped without "
+                    "exporting")
             if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
                 self.save_checkpoint()
         bar.close()
         self.writer.flush()
+        broken = [n for n, p in self.model.named_trainable_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            raise TrainingStopped(f"trained parts hold NaN or infinite values ({', '.join(broken[:3])}"
+                                  f"{', ...' if len(broken) > 3 else ''}): not exported; {self._last_good()}")
         if self.rank == 0:
             final = os.path.join(cfg.output_dir, "final")
             self.model.save_trained(final)
             self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses
+
+    def _last_good(self) -> str:
+        tag = ckpt.latest_tag(self.checkpoint_dir)
+        return f"the last checkpoint is {os.path.join(self.checkpoint_dir, tag)}" if tag else "no checkpoint was saved"
 
     def release(self) -> None:
         """Let go of the output directory (also after a failure)."""

@@ -164,3 +164,52 @@ def test_bad_config_fails_before_any_work(run_config, tmp_path):
     proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "/nope/*.jsonl" in proc.stderr and "matches no file" in proc.stderr
     assert not os.path.exists(os.path.join(REPO, "runs", "uio"))
+
+
+def _strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_non_finite_training_stops_without_export(run_config, tmp_path):
+    """An absurd learning rate blows the parts up: the steps with a non-finite loss or gradient
+    are skipped on both ranks, the run stops after max_bad_steps of them with exit 1 and exports
+    nothing, and metrics.jsonl stays strict JSON."""
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), os.path.join(REPO, "launch", "train.py"),
+           "--config", config, "--set", f"output_dir={out}", "optim.lr=1e30", "optim.grad_clip=0", "steps=12",
+           "save_every=1", "max_bad_steps=2"]
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-3000:]
+    assert "2 steps in a row" in text and "stopped without exporting" in text and "the last checkpoint is" in text
+    assert not os.path.exists(os.path.join(out, "final"))
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [_strict_json(line) for line in f]
+    assert [r["non_finite"] for r in records][-2:] == [True, True] and records[-1]["grad_norm"] is None
+    assert records[0]["non_finite"] is False  # the first step ran (and blew the parts up)
+    assert not os.path.exists(os.path.join(out, ".lock"))
+
+
+def test_hopeless_runs_are_refused_before_training(run_config, tmp_path):
+    config, _ = run_config
+    proc = subprocess.run([sys.executable, "-m", "uio_ds", "train", "--config", config, "--set",
+                           f"output_dir={tmp_path / 'a'}", "optim.lr=Infinity", "optim.betas=[0.9, NaN]"],
+                          env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "optim.lr=inf: must be a finite number" in proc.stderr
+    assert "optim.betas[1]=nan" in proc.stderr
+    # every document fits in one segment: no memory would ever be built
+    proc = launch_failing(config, str(tmp_path / "b"), "uio.segment_length=256")
+    assert proc.returncode == 2 and "within one segment" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "b" / "final")
+
+
+def launch_failing(config: str, out: str, *extra: str):
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), os.path.join(REPO, "launch", "train.py"),
+           "--config", config, "--set", f"output_dir={out}", *extra]
+    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc.stderr = proc.stdout + proc.stderr  # the launcher relays the ranks' output on stdout
+    return proc
