@@ -268,6 +268,22 @@ def test_trained_parts_on_another_base_are_refused(tiny_dirs, tmp_path):
         UIOMemoryModel.from_pretrained(tiny_dirs["llama"], small_config(), trained_path=str(tmp_path / "uio"))
 
 
+def test_trained_parts_on_other_weights_of_the_same_shape_are_refused(tiny_dirs, tmp_path):
+    """Same architecture and shape, other weights (another seed): refused unless allowed; the
+    same weights loaded in another dtype still pass."""
+    from uio_ds.model.tiny import build_tiny_model
+
+    parts = str(tmp_path / "uio")
+    load(tiny_dirs["llama"]).save_trained(parts)
+    twin = build_tiny_model("llama", str(tmp_path / "twin"), seed=1)
+    with pytest.raises(ValueError, match="trained on other base weights of the same shape"):
+        UIOMemoryModel.from_pretrained(twin, trained_path=parts)
+    UIOMemoryModel.from_pretrained(twin, trained_path=parts, allow_other_weights=True)
+    bf16 = load(tiny_dirs["llama"], dtype="bfloat16")
+    bf16.load_trained(parts)
+    assert UIOMemoryModel.from_pretrained(tiny_dirs["llama"], trained_path=parts).config.segment_length == 16
+
+
 def test_segment_longer_than_l_is_refused(tiny_dirs):
     model = load(tiny_dirs["llama"])
     with pytest.raises(ValueError, match="longer than segment_length=16"):

@@ -126,6 +126,36 @@ def _base_fingerprint(base_config) -> dict:
     return {k: getattr(base_config, k, None) for k in _FINGERPRINT_KEYS}
 
 
+def weights_probe(base: nn.Module, count: int = 16) -> list[float]:
+    """A few of the base model's weights, spread over its input embeddings, first and last
+    layers and final norm: parts trained on one set of weights are refused on another set of
+    the same shape. Compared with a tolerance (``_check_weights``), so loading the same weights
+    in another dtype still passes."""
+    inner = base.model
+    tensors = [base.get_input_embeddings().weight, inner.layers[0].self_attn.q_proj.weight,
+               inner.layers[-1].mlp.down_proj.weight, inner.norm.weight]
+    values = []
+    with torch.no_grad():
+        for t in tensors:
+            flat = t.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+            values += [float(f"{v:.4g}") for v in flat[index].float().cpu().tolist()]
+    return values
+
+
+def _check_weights(saved: list[float] | None, base: nn.Module, trained_path: str) -> None:
+    if not saved:
+        return  # parts saved before the probe existed
+    have = torch.tensor(weights_probe(base, len(saved) // 4))
+    want = torch.tensor(saved)
+    if have.shape != want.shape or not torch.allclose(have, want, rtol=2e-2, atol=1e-3):
+        raise ValueError(
+            f"the UIO parts in {trained_path} were trained on other base weights of the same shape (a probe of "
+            f"{len(saved)} weights differs): load them onto the base model they were trained with, or pass "
+            "allow_other_weights=True if you mean to"
+        )
+
+
 class UIOMemoryModel(nn.Module):
     """Encoder, transfer head and decoder of UIO-LLMs over one frozen base causal LM."""
 
@@ -170,6 +200,7 @@ class UIOMemoryModel(nn.Module):
         config: UIOConfig | None = None,
         trained_path: str | None = None,
         device: str | torch.device | None = None,
+        allow_other_weights: bool = False,
     ) -> "UIOMemoryModel":
         """Load a base model from a local directory and add UIO parts.
 
@@ -198,7 +229,7 @@ class UIOMemoryModel(nn.Module):
         )
         model = cls(base, config)
         if trained_path is not None:
-            model.load_trained(trained_path)
+            model.load_trained(trained_path, allow_other_weights=allow_other_weights)
         if device is not None:
             model.to(device)
         return model
@@ -630,16 +661,19 @@ class UIOMemoryModel(nn.Module):
             {"mem_embeddings": self.mem_embeddings.detach().contiguous().cpu()},
             os.path.join(directory, MEM_EMBEDDINGS_FILE),
         )
-        self.config.save(directory, extra=_base_fingerprint(self.base.config))
+        self.config.save(directory, extra={**_base_fingerprint(self.base.config),
+                                           "weights_probe": weights_probe(self.base)})
         return directory
 
-    def load_trained(self, directory: str, new_adapters: tuple[str, ...] = ()) -> None:
+    def load_trained(self, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False) -> None:
         """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
         saved config must equal this model's except for the runtime options (dtype, attention,
         position_overflow, memory_window).
 
         ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved without
-        them: they keep their initial values (a decoder LoRA on top of a trained memory)."""
+        them: they keep their initial values (a decoder LoRA on top of a trained memory).
+        ``allow_other_weights``: load onto base weights other than those the parts were trained on
+        (same shape), which is refused by default."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
@@ -654,6 +688,8 @@ class UIOMemoryModel(nn.Module):
                 f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
             )
         _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))
+        if not allow_other_weights:
+            _check_weights(meta.get("weights_probe"), self.base, directory)
         for name in self.adapter_names:
             if name in added:
                 continue
