@@ -41,8 +41,23 @@ from uio_ds.train_config import TrainConfig  # noqa: E402
 SUPPORTED_ZERO_STAGES = (0, 1, 2)
 
 
+def _single_process_env() -> None:
+    """Started without a launcher (``uio-ds train``): a process group of one, on a free local port."""
+    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
 def init_distributed() -> tuple[int, int]:
-    """Join the process group (gloo on CPU, NCCL on GPUs); returns (rank, world_size)."""
+    """Join the process group (gloo on CPU, NCCL on GPUs); returns (rank, world_size). Without
+    a launcher the process is a group of one."""
+    _single_process_env()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():

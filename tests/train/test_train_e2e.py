@@ -213,3 +213,14 @@ def launch_failing(config: str, out: str, *extra: str):
     proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     proc.stderr = proc.stdout + proc.stderr  # the launcher relays the ranks' output on stdout
     return proc
+
+
+def test_one_process_without_a_launcher_trains(run_config, tmp_path):
+    """uio-ds train with no launcher: a process group of one, the same outputs."""
+    config, _ = run_config
+    out = tmp_path / "single"
+    env = {k: v for k, v in launcher_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "uio_ds", "train", "--config", config, "--set", f"output_dir={out}",
+                           "steps=2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(losses(str(out))) == [1, 2] and (out / "final" / "uio_config.json").exists()
