@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 from common import RESULTS_DIR, print_table, summary_line, write_results
 
-from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan
+from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan, zero_settings
 
 CARDS_GB = (24, 40, 80)
 
@@ -43,9 +43,7 @@ def settings_from(args, tokens: int, offload: bool, **over) -> PlanSettings:
                   algorithm=args.algorithm, window=args.window, document_tokens=tokens,
                   micro_batch=args.micro_batch, dtype=args.dtype, zero_stage=args.zero_stage, ranks=args.ranks,
                   activation_offload=offload, optimizer_offload=args.optimizer_offload, lora_rank=args.lora_rank,
-                  reduce_bucket_size=int(ds.get("reduce_bucket_size", 200_000_000)),
-                  overlap_comm=bool(ds.get("overlap_comm", False)),
-                  contiguous_gradients=bool(ds.get("contiguous_gradients", True)))
+                  **zero_settings(ds))
     values.update(over)
     return PlanSettings(**values)
 

@@ -34,7 +34,7 @@ import deepspeed  # noqa: E402
 import deepspeed.comm as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from uio_ds.algo.tbptt import Strategy, as_batches, count_targets  # noqa: E402
+from uio_ds.algo.tbptt import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
 from uio_ds.train_config import TrainConfig  # noqa: E402
 
@@ -264,7 +264,7 @@ class UIOEngine:
         """One optimizer step over this rank's ``documents``: 1-D or (B, T) token tensors, or
         dicts with ``input_ids`` and ``labels`` (``uio_ds.algo.as_batches``)."""
         batches = [(ids.to(device()), labels.to(device())) for ids, labels in as_batches(documents)]
-        local_tokens = count_targets(batches)
+        local_tokens = batch_targets(batches)
         global_tokens = int(all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
         result = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens)
@@ -274,7 +274,8 @@ class UIOEngine:
         lr = self.lr()  # the rate this step uses (the scheduler advances inside engine.step)
         # A non-finite loss or gradient on any rank skips the update on every rank (no optimizer or
         # scheduler step). Under fp16 an overflowing gradient is DeepSpeed's loss scaler's to handle.
-        finite = math.isfinite(result.loss_sum) and (self.fp16 or all(bool(torch.isfinite(g).all()) for g in buffers))
+        finite = math.isfinite(result.loss_sum) and (
+            self.fp16 or bool(torch.stack([torch.isfinite(g).all() for g in buffers]).all()))  # one host sync
         non_finite = bool(all_reduce_max(int(not finite)))
         norm = None
         if not non_finite:

@@ -157,6 +157,13 @@ class MemoryPlan:
 # ------------------------------------------------------------------ models
 
 
+def zero_settings(zero: dict) -> dict:
+    """The PlanSettings fields that come from a DeepSpeed config's ``zero_optimization`` section."""
+    return dict(reduce_bucket_size=int(zero.get("reduce_bucket_size", 200_000_000)),
+                overlap_comm=bool(zero.get("overlap_comm", False)),
+                contiguous_gradients=bool(zero.get("contiguous_gradients", True)))
+
+
 def base_config(source: str):
     """A transformers config from a named shape (``SHAPES``) or a local model directory."""
     from transformers import AutoConfig
@@ -332,4 +339,5 @@ def measure(source: str, settings: PlanSettings, model=None) -> MemoryPlan:
     return _plan(model, source, settings, "real")
 
 
-__all__ = ["SHAPES", "STEP_PARTS", "PlanSettings", "MemoryPlan", "plan", "measure", "persistent_bytes", "base_config"]
+__all__ = ["SHAPES", "STEP_PARTS", "PlanSettings", "MemoryPlan", "plan", "measure", "persistent_bytes", "base_config",
+           "zero_settings"]

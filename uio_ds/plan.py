@@ -20,23 +20,23 @@ import sys
 CARDS_GB = (24, 40, 80)
 
 
-def settings_for(config, ds_config: dict, ranks: int, tokens: int):
-    """The memory plan's settings for a training config and its DeepSpeed config."""
+def settings_for(config, ds_config: dict, ranks: int, tokens: list[int]) -> list:
+    """The memory plan's settings for a training config and its DeepSpeed config, per document length."""
+    import dataclasses
+
     from uio_ds.engine import resolve_ds_config
-    from uio_ds.memory_plan import PlanSettings
+    from uio_ds.memory_plan import PlanSettings, zero_settings
 
     ds, graph_mode = resolve_ds_config(ds_config, config, ranks)
     zero = ds.get("zero_optimization", {})
-    return PlanSettings(
+    base = PlanSettings(
         segment_length=config.uio.segment_length, compression_ratio=config.uio.compression_ratio,
-        algorithm=config.algorithm.name, window=config.algorithm.window, document_tokens=tokens,
+        algorithm=config.algorithm.name, window=config.algorithm.window, document_tokens=tokens[0],
         micro_batch=config.data.documents_per_step, dtype=config.uio.dtype, zero_stage=int(zero.get("stage", 0)),
         ranks=ranks, activation_offload=graph_mode == "offload", recompute=graph_mode == "recompute",
-        optimizer_offload=zero.get("offload_optimizer", {}).get("device") == "cpu",
-        reduce_bucket_size=int(zero.get("reduce_bucket_size", 200_000_000)),
-        overlap_comm=bool(zero.get("overlap_comm", False)),
-        contiguous_gradients=bool(zero.get("contiguous_gradients", True)),
+        optimizer_offload=zero.get("offload_optimizer", {}).get("device") == "cpu", **zero_settings(zero),
         position_overflow=config.uio.position_overflow, uio=config.uio)
+    return [dataclasses.replace(base, document_tokens=n) for n in tokens]
 
 
 def main(argv=None) -> int:
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         if args.ranks < 1 or min(tokens) < 2:
             raise ValueError("--ranks must be >= 1 and every --tokens >= 2")
         source = args.model or config.model_path
-        settings = [settings_for(config, ds_config, args.ranks, n) for n in tokens]
+        settings = settings_for(config, ds_config, args.ranks, tokens)
         plans = [plan(source, s) for s in settings]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -137,14 +137,14 @@ def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def count_targets(documents) -> int:
-    """Scored tokens of ``documents`` (any form ``as_batches`` takes, or its output): every token
-    but the first of each row whose label is not ``IGNORE_INDEX``."""
-    batches = documents if _is_batches(documents) else as_batches(documents)
+    """Scored tokens of ``documents`` (any form ``as_batches`` takes): every token but the first
+    of each row whose label is not ``IGNORE_INDEX``."""
+    return batch_targets(as_batches(documents))
+
+
+def batch_targets(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Scored tokens of ``as_batches`` output."""
     return sum(_scored(labels) for _, labels in batches)
-
-
-def _is_batches(documents) -> bool:
-    return isinstance(documents, list) and all(isinstance(d, tuple) and len(d) == 2 for d in documents)
 
 
 def _scored(labels: torch.Tensor) -> int:
@@ -176,7 +176,7 @@ class Strategy:
         """
         docs = as_batches(documents)
         if loss_scale is None:
-            targets = sum(_scored(labels) for _, labels in docs)
+            targets = batch_targets(docs)
             if targets == 0:
                 raise ValueError("the documents have no scored token (every label is IGNORE_INDEX)")
             loss_scale = 1.0 / targets
@@ -546,5 +546,5 @@ def _as_rng_state(state):
     return state
 
 
-__all__ = ["Full", "TBPTT", "Incremental", "Unbiased", "TBPTTResult", "as_batches", "build_strategy", "count_targets",
-           "IGNORE_INDEX", "GRAPH_MODES"]
+__all__ = ["Full", "TBPTT", "Incremental", "Unbiased", "TBPTTResult", "as_batches", "batch_targets", "build_strategy",
+           "count_targets", "IGNORE_INDEX", "GRAPH_MODES"]
