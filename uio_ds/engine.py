@@ -60,6 +60,7 @@ def init_distributed() -> tuple[int, int]:
     _single_process_env()
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        _unlink_shm_buffer()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     elif "OMP_NUM_THREADS" not in os.environ:
@@ -67,6 +68,26 @@ def init_distributed() -> tuple[int, int]:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_buffer() -> None:
+    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer from /dev/shm.
+
+    On CPU, DeepSpeed maps a 66 MiB shared-memory buffer per rank when all ranks share a host
+    (``deepspeed_allreduce_buffer_<uid>_<master addr>_<port>_<rank>``) and never unlinks it, so
+    every run leaves 66 MiB per rank of RAM behind in /dev/shm, and a later run on the same port
+    can find a stale buffer. Once every rank has opened every other rank's buffer (after the
+    barrier) the names are no longer needed: the mappings stay valid until the process exits and
+    the memory is returned then, even when a rank is killed."""
+    if torch.cuda.is_available() or not os.path.isdir("/dev/shm"):
+        return
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    dist.barrier()
+    try:
+        os.remove(os.path.join("/dev/shm", name))
+    except FileNotFoundError:  # not created (ranks on several hosts use no shared buffer)
+        pass
 
 
 def device() -> torch.device:

@@ -118,10 +118,11 @@ def main(argv=None) -> int:
             return 2
         try:
             trainer.train()
-        except TrainingStopped as err:
+        except TrainingStopped as err:  # every rank stopped at the same step: leave together
             if rank == 0:
                 print(f"error: {err}", file=sys.stderr)
-            return 1
+            trainer.close()
+            return err.status
         trainer.close()
     finally:
         trainer.release()

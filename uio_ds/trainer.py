@@ -18,6 +18,7 @@ import torch
 from uio_ds import checkpoint as ckpt
 from uio_ds.algo.tbptt import build_strategy
 from uio_ds.model.attention import resolve_attention
+from uio_ds.stopping import StopRequest
 from uio_ds.train_config import TrainConfig
 
 STATE_FILE = "trainer_state_rank{rank}.pt"
@@ -25,6 +26,17 @@ STATE_FILE = "trainer_state_rank{rank}.pt"
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself (non-finite steps, nothing trained, non-finite parts): nothing exported."""
+
+    status = 1
+    """The process's exit status."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """A signal or the launcher's exit stopped the run at a step boundary, after a checkpoint."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 def _finite_or_none(value):
@@ -78,6 +90,7 @@ class Trainer:
         self.resume = resume
         self._print = log
         self.step = 0
+        self.stop = StopRequest()
         self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
 
     # ------------------------------------------------------------------ set-up
@@ -270,38 +283,56 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def train(self) -> list[float]:
-        """Run to ``config.steps``; returns the loss of every step run here."""
+        """Run to ``config.steps``; returns the loss of every step run here. SIGTERM, SIGINT or the
+        launcher's exit stop every rank at the next step boundary, after a checkpoint
+        (``TrainingInterrupted``)."""
         from tqdm import tqdm
+
+        from uio_ds import engine
 
         cfg = self.config
         losses = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
         bad, zero, first = 0, 0, self.step
-        while self.step < cfg.steps:
-            start = time.perf_counter()
-            out = self.train_step()
-            seconds = time.perf_counter() - start
-            losses.append(out.loss)
-            bad = bad + 1 if out.non_finite else 0
-            zero = zero + 1 if out.grad_norm == 0 else 0
-            if out.non_finite:
-                self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad} in a row)")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log_step(out, seconds)
-            bar.update(1)
-            bar.set_postfix(loss=f"{out.loss:.3f}", lr=f"{out.lr:.2e}", tok_s=f"{out.tokens / seconds:.0f}")
-            if bad >= cfg.max_bad_steps:
-                raise TrainingStopped(
-                    f"{bad} steps in a row (up to step {self.step}) had a non-finite loss or gradient: stopped "
-                    f"without exporting; {self._last_good()}. Lower optim.lr, or check the data and the base "
-                    "model's weights")
-            if zero >= cfg.max_bad_steps and self.step - first == zero:
-                raise TrainingStopped(
-                    f"the first {zero} steps of this run had a zero gradient: nothing is being trained (no "
-                    "scored token reads a memory, or the trainable parts are disconnected); stopped without "
-                    "exporting")
-            if (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps:
-                self.save_checkpoint()
+        self.stop.install()
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                out = self.train_step()
+                seconds = time.perf_counter() - start
+                losses.append(out.loss)
+                bad = bad + 1 if out.non_finite else 0
+                zero = zero + 1 if out.grad_norm == 0 else 0
+                if out.non_finite:
+                    self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad} in a row)")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log_step(out, seconds)
+                bar.update(1)
+                bar.set_postfix(loss=f"{out.loss:.3f}", lr=f"{out.lr:.2e}", tok_s=f"{out.tokens / seconds:.0f}")
+                if bad >= cfg.max_bad_steps:
+                    raise TrainingStopped(
+                        f"{bad} steps in a row (up to step {self.step}) had a non-finite loss or gradient: stopped "
+                        f"without exporting; {self._last_good()}. Lower optim.lr, or check the data and the base "
+                        "model's weights")
+                if zero >= cfg.max_bad_steps and self.step - first == zero:
+                    raise TrainingStopped(
+                        f"the first {zero} steps of this run had a zero gradient: nothing is being trained (no "
+                        "scored token reads a memory, or the trainable parts are disconnected); stopped without "
+                        "exporting")
+                saved = (cfg.save_every and self.step % cfg.save_every == 0) or self.step == cfg.steps
+                if saved:
+                    self.save_checkpoint()
+                # every rank learns whether any rank was asked to stop (one small all-reduce a step)
+                code = engine.all_reduce_max(self.stop.code) if self.step < cfg.steps else 0
+                if code:
+                    bar.close()
+                    tag = ckpt.latest_tag(self.checkpoint_dir) if saved else self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"stopped by {StopRequest.describe(code)} after step {self.step} of {cfg.steps}: checkpoint "
+                        f"{os.path.join(self.checkpoint_dir, tag)} saved; continue with --resume auto",
+                        StopRequest.exit_status(code))
+        finally:
+            self.stop.uninstall()
         bar.close()
         self.writer.flush()
         broken = [n for n, p in self.model.named_trainable_parameters() if not bool(torch.isfinite(p).all())]

@@ -1,0 +1,84 @@
+"""Stopping a run through the real ``deepspeed`` launcher: SIGTERM to the launcher alone, Ctrl-C
+to the whole process group, SIGTERM to one rank. Every rank stops at the next step boundary, a
+checkpoint of that step is saved, every process exits and the run resumes from it."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import psutil
+import pytest
+from helpers import REPO, free_port, launcher_env
+
+from uio_ds import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+
+
+def _start(config: str, out: str, port: int) -> subprocess.Popen:
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), os.path.join(REPO, "launch", "train.py"),
+           "--config", config, "--set", f"output_dir={out}", "steps=100000", "save_every=0"]
+    return subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _steps_logged(out: str) -> int:
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    return [p for p in children if any(part.startswith("--local_rank") for part in p.cmdline())]
+
+
+@pytest.mark.parametrize("how", ["sigterm_to_launcher", "ctrl_c", "sigterm_to_rank"])
+def test_a_stopped_run_saves_its_step_and_leaves_no_process(run_config, tmp_path, how):
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    port = free_port()
+    proc = _start(config, out, port)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()  # returns at EOF: when every process that holds the pipe (launcher, ranks) is gone
+    deadline = time.time() + 300
+    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert _steps_logged(out) >= 3, "the run did not start training"
+    ranks = _ranks(proc)
+    assert len(ranks) == 2
+    if how == "sigterm_to_launcher":  # the launcher does not pass it on: the ranks must notice
+        os.kill(proc.pid, signal.SIGTERM)
+    elif how == "ctrl_c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        ranks[-1].send_signal(signal.SIGTERM)
+    reader.join(timeout=120)
+    assert not reader.is_alive(), "processes of the run survived the stop"
+    proc.wait(timeout=30)
+    text = output[0]
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks), "a rank survived"
+    cause = {"sigterm_to_launcher": "the deepspeed launcher exited", "ctrl_c": "SIG",
+             "sigterm_to_rank": "SIGTERM"}[how]
+    assert f"stopped by {cause}" in text and "continue with --resume auto" in text, text[-3000:]
+    if how == "sigterm_to_rank":
+        assert proc.returncode == 128 + signal.SIGTERM
+    checkpoints = os.path.join(out, "checkpoints")
+    saved = ckpt.tag_step(ckpt.latest_tag(checkpoints))
+    assert saved == _steps_logged(out) >= 3  # the checkpoint holds the last step that ran
+    assert not os.path.exists(os.path.join(out, "final")) and not os.path.exists(os.path.join(out, ".lock"))
+    # DeepSpeed's CPU all-reduce buffers are unlinked from /dev/shm as soon as all ranks mapped them
+    if os.path.isdir("/dev/shm"):
+        assert not [f for f in os.listdir("/dev/shm") if f.endswith((f"_{port}_0", f"_{port}_1"))]
+    if how == "sigterm_to_launcher":  # the stop's checkpoint resumes
+        cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+               os.path.join(REPO, "launch", "train.py"), "--config", config, "--set", f"output_dir={out}",
+               f"steps={saved + 1}", "save_every=0", "--resume", "auto"]
+        done = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and f"resumed from {os.path.join(checkpoints, ckpt.step_tag(saved))}" in done.stdout
+        assert _steps_logged(out) == saved + 1 and os.path.isdir(os.path.join(out, "final"))
