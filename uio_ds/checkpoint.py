@@ -17,6 +17,8 @@ import time
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
+CONFIG = "train_config.json"
+"""The training config a checkpoint was written with (rank 0 writes it before COMPLETE)."""
 _TAG = re.compile(r"^step(\d{8})$")
 
 
@@ -108,3 +110,15 @@ def check_world_size(root: str, tag: str, world_size: int) -> None:
             "ZeRO optimizer partitions and the data order depend on the number of ranks; resume with "
             f"{saved} rank(s), or start a new run with init_from=<the run's exported final/ parts>"
         )
+
+
+def saved_config(root: str, tag: str) -> dict | None:
+    """The training config that wrote checkpoint ``tag`` (``TrainConfig.to_dict()``): its own
+    copy, else the run's ``run_config.json`` next to the checkpoint root; None when neither exists."""
+    for path, key in ((os.path.join(root, tag, CONFIG), None),
+                      (os.path.join(os.path.dirname(os.path.normpath(root)), "run_config.json"), "train")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                data = json.load(f)
+            return data[key] if key else data
+    return None

@@ -327,6 +327,20 @@ class UIOEngine:
             non_finite=non_finite,
         )
 
+    def apply_optimizer_settings(self, optim) -> None:
+        """After ``load``: AdamW's betas, eps, weight decay and the peak learning rate of ``optim``
+        (an ``OptimConfig``) replace those the checkpoint restored, and the rate of the next step is
+        the schedule's (which reads the config's steps and warm-up) at the restored step."""
+        scheduler = self.scheduler
+        groups = scheduler.optimizer.param_groups  # the optimizer that steps (ZeRO's inner one)
+        for group in groups:
+            group.update(betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay,
+                         initial_lr=optim.lr)
+        scheduler.base_lrs = [optim.lr] * len(groups)
+        for group, factor in zip(groups, scheduler.lr_lambdas):
+            group["lr"] = optim.lr * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
+
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, directory: str, tag: str, client_state: dict) -> None:

@@ -44,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="'auto' (latest checkpoint of this run if any), 'latest' (must exist), or a checkpoint path")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run outputs already in output_dir (checkpoints, final/, metrics, events)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config changes the run's trajectory (data, documents per step, model, "
+                        "UIO shape, algorithm); steps, optim.* and the save cadence may always change")
     p.add_argument("--list-configs", action="store_true", help="print the bundled configs and exit")
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = p.parse_args(argv)
@@ -57,10 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
-    from uio_ds.checkpoint import check_world_size, resume_target
+    from uio_ds.checkpoint import check_world_size, resume_target, saved_config
     from uio_ds.data.pipeline import source_files
     from uio_ds.run_dir import RunLock, existing_run
-    from uio_ds.train_config import TrainConfig, find_config
+    from uio_ds.train_config import TrainConfig, config_changes, find_config
     from uio_ds.trainer import Trainer
 
     config = TrainConfig.from_file(args.config, args.set)
@@ -89,6 +92,15 @@ def validate(args):
         target = resume_target(args.resume, os.path.join(config.output_dir, "checkpoints"))
         if target is not None:
             check_world_size(*target, trainer.world_size)
+            saved = saved_config(*target)
+            if saved is not None:
+                allowed, trajectory = config_changes(saved, config.to_dict())
+                if trajectory and not args.allow_config_change:
+                    raise ValueError(
+                        f"the config changes what checkpoint {os.path.join(*target)} was training, so the resume "
+                        f"would not continue that run: {'; '.join(trajectory)}. Resume with its settings, start a "
+                        "new run from its parts (init_from=OUTPUT_DIR/final), or pass --allow-config-change")
+                trainer.config_changes = allowed + trajectory
     return trainer
 
 

@@ -304,6 +304,36 @@ class TrainConfig:
         return cls.from_dict(apply_overrides(data, overrides or []))
 
 
+# What a resumed run may change: the length and rate of the run, its outputs, and options that
+# change how the same computation runs. Any other difference changes the trajectory (the data,
+# its order, the model, the memory shape, the gradient), so the resume would not be exact.
+RESUME_MAY_CHANGE = ("steps", "optim.", "save_every", "keep_last", "log_every", "max_bad_steps", "output_dir",
+                     "init_from", "uio.attention", "algorithm.graph_mode", "algorithm.encode_batch_size",
+                     "data.cache_dir")
+
+
+def _flatten(value: Any, where: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{where}.{key}" if where else key).items()}
+    return {where: list(value) if isinstance(value, tuple) else value}
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The differences between the training config a checkpoint was written with and ``new``
+    (both ``TrainConfig.to_dict()``), as ``key: old -> new``: (those a resume may apply, those
+    that change the run's trajectory)."""
+    before, after = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(new)))
+    allowed, trajectory = [], []
+    for key in sorted(set(before) | set(after)):
+        old, value = before.get(key, "(unset)"), after.get(key, "(unset)")
+        if old == value:
+            continue
+        change = f"{key}: {json.dumps(old)} -> {json.dumps(value)}"
+        may = any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
+        (allowed if may else trajectory).append(change)
+    return allowed, trajectory
+
+
 def _non_finite(value: Any, where: str = "") -> list[tuple[str, float]]:
     """(key, value) of every NaN or infinite number inside ``value``."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -88,6 +88,8 @@ class Trainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
         self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size)
         self.resume = resume
+        self.config_changes: list[str] = []
+        """Differences from the config of the checkpoint resumed (set by the entry point's check)."""
         self._print = log
         self.step = 0
         self.stop = StopRequest()
@@ -223,6 +225,8 @@ class Trainer:
         torch.save(self.state_dict(), os.path.join(self.checkpoint_dir, tag, STATE_FILE.format(rank=self.rank)))
         self.engine.save(self.checkpoint_dir, tag, {"step": self.step})  # ends with a barrier
         if self.rank == 0:
+            with open(os.path.join(self.checkpoint_dir, tag, ckpt.CONFIG), "w") as f:
+                json.dump(self.config.to_dict(), f, indent=2)
             ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
             removed = ckpt.prune(self.checkpoint_dir, self.config.keep_last)
             self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
@@ -238,9 +242,14 @@ class Trainer:
         root, tag = target
         ckpt.check_world_size(root, tag, self.world_size)
         self.engine.load(root, tag)
+        # the optimizer's settings and the schedule come from this config, not from the checkpoint
+        self.engine.apply_optimizer_settings(self.config.optim)
         state = torch.load(os.path.join(root, tag, STATE_FILE.format(rank=self.rank)), weights_only=False)
         self.load_state_dict(state)
         self.log(f"resumed from {os.path.join(root, tag)} at step {self.step}")
+        if self.config_changes:
+            self.log(f"config changes since that checkpoint, applied from step {self.step + 1}: "
+                     + "; ".join(self.config_changes))
 
     # ------------------------------------------------------------------ training
 

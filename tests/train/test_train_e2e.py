@@ -191,3 +191,32 @@ def test_one_process_without_a_launcher_trains(run_config, tmp_path):
                            "steps=2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(losses(str(out))) == [1, 2] and (out / "final" / "uio_config.json").exists()
+
+
+def test_resume_applies_rate_changes_and_refuses_trajectory_changes(run_config, tmp_path):
+    """A resumed run takes a new learning rate and length for real (the schedule is rebuilt from
+    the restored step); a change of the data, the model or the algorithm is refused unless
+    --allow-config-change."""
+    from uio_ds.train_config import TrainConfig
+
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    launch(config, out, "steps=4", "save_every=2")
+    proc = launch(config, out, "steps=6", "optim.lr=0.5", "--resume", "auto")
+    assert "config changes since that checkpoint, applied from step 5" in proc.stdout
+    assert "optim.lr: 0.003 -> 0.5" in proc.stdout and "steps: 4 -> 6" in proc.stdout
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        lrs = {r["step"]: r["lr"] for r in map(json.loads, f)}
+    optim = TrainConfig.from_file(config).optim
+    for step in (5, 6):  # the rate of step s is the schedule's at index s - 1, over 6 steps
+        assert lrs[step] == pytest.approx(0.5 * optim.lr_multiplier(step - 1, 6), rel=1e-6)
+    with open(os.path.join(out, "checkpoints", "step00000006", "train_config.json")) as f:
+        assert json.load(f)["optim"]["lr"] == 0.5
+
+    refused = launch_failing(config, out, "steps=8", "data.documents_per_step=1", "uio.compression_ratio=4",
+                             "--resume", "auto")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "data.documents_per_step: 2 -> 1" in refused.stderr and "uio.compression_ratio: 8 -> 4" in refused.stderr
+    assert "--allow-config-change" in refused.stderr and ckpt.latest_tag(os.path.join(out, "checkpoints")) == "step00000006"
+    proc = launch(config, out, "steps=7", "data.documents_per_step=1", "--resume", "auto", "--allow-config-change")
+    assert "data.documents_per_step: 2 -> 1" in proc.stdout and sorted(losses(out)) == list(range(1, 8))
