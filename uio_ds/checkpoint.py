@@ -9,6 +9,7 @@ checkpoint; incomplete directories are ignored on resume and deleted by the next
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -84,20 +85,60 @@ def prune(root: str, keep_last: int) -> list[str]:
     return removed
 
 
-def resume_target(resume: str, checkpoint_dir: str) -> tuple[str, str] | None:
+_READ_CHECKS: dict[tuple[str, str], str | None] = {}
+
+
+def unreadable(root: str, tag: str) -> str | None:
+    """The first file of checkpoint ``tag`` that cannot be read back (``path: error``), or None
+    when every file loads. A marker says the ranks finished writing; this finds a file damaged
+    since (truncated, overwritten, a disk error). Checked once per process and checkpoint."""
+    key = (os.path.abspath(root), tag)
+    if key not in _READ_CHECKS:
+        import torch
+
+        _READ_CHECKS[key] = None
+        folder = os.path.join(root, tag)
+        for name in sorted(os.listdir(folder)):
+            if not name.endswith(".pt"):
+                continue
+            try:
+                torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
+            except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable
+                _READ_CHECKS[key] = f"{os.path.join(folder, name)}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+                break
+    return _READ_CHECKS[key]
+
+
+def resume_target(resume: str, checkpoint_dir: str, skipped: list[str] | None = None) -> tuple[str, str] | None:
     """Where ``--resume`` points: (root, tag) of a complete checkpoint, or None for a fresh start.
 
     'auto': the run's latest complete checkpoint if any, else None; 'latest': it must exist;
-    a path: a checkpoint root (its latest) or one checkpoint directory."""
+    a path: a checkpoint root (its latest) or one checkpoint directory. A checkpoint with a file
+    that cannot be read is passed over for the previous complete one (each such one is described
+    in ``skipped``), except one named by its directory, which is refused naming the file."""
     root, tag = (checkpoint_dir if resume in ("auto", "latest") else resume), None
     if os.path.isfile(os.path.join(root, COMPLETE)):
         root, tag = os.path.split(os.path.normpath(root))
-    tag = tag or latest_tag(root)
-    if tag is None:
-        if resume == "auto":
-            return None
-        raise FileNotFoundError(f"no complete checkpoint to resume from in {root}")
-    return root, tag
+        problem = unreadable(root, tag)
+        if problem:
+            raise ValueError(f"checkpoint {os.path.join(root, tag)} cannot be loaded ({problem}): resume from "
+                             "another checkpoint")
+        return root, tag
+    latest = latest_tag(root)
+    candidates = ([latest] if latest else []) + [t for t in reversed(complete_tags(root)) if t != latest]
+    for tag in candidates:
+        problem = unreadable(root, tag)
+        if problem is None:
+            return root, tag
+        if skipped is not None:
+            skipped.append(f"checkpoint {os.path.join(root, tag)} cannot be loaded ({problem})")
+    if candidates:
+        raise ValueError(f"no checkpoint in {root} can be loaded: {unreadable(root, candidates[0])}"
+                         + (" (and every older one)" if len(candidates) > 1 else "")
+                         + "; start a new run (init_from=<exported parts>) or repair the files")
+    if resume == "auto":
+        return None
+    raise FileNotFoundError(f"no complete checkpoint to resume from in {root}")
 
 
 def check_world_size(root: str, tag: str, world_size: int) -> None:
@@ -122,3 +163,19 @@ def saved_config(root: str, tag: str) -> dict | None:
                 data = json.load(f)
             return data[key] if key else data
     return None
+
+
+def write_failure(err: BaseException, root: str, tag: str) -> str:
+    """One line on a checkpoint that could not be written, saying so when the disk is full."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    full = getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err) or (
+        free is not None and free < 64 * 2**20)
+    cause = ("the disk is full (No space left on device" + (f", {free // 2**20} MiB free" if free is not None else "")
+             + ")") if full else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    last = latest_tag(root)
+    return (f"could not write checkpoint {os.path.join(root, tag)}: {cause}. The incomplete directory is ignored on "
+            f"resume; {'the last complete checkpoint is ' + os.path.join(root, last) if last else 'no checkpoint is complete'}"
+            "; free space (or fix the cause) and continue with --resume auto")

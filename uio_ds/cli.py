@@ -34,6 +34,21 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _generation_arg_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the sampling arguments (checked before the model is loaded)."""
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens {args.max_new_tokens}: must be >= 1"
+    if not args.temperature > 0:
+        return f"--temperature {args.temperature}: must be > 0 (use greedy decoding, the default, for 0)"
+    if args.top_k < 0:
+        return f"--top-k {args.top_k}: must be >= 0 (0 keeps every token)"
+    if not 0 < args.top_p <= 1:
+        return f"--top-p {args.top_p}: must be in (0, 1] (1 keeps every token)"
+    if (args.top_k or args.top_p < 1 or args.temperature != 1.0) and not args.sample:
+        return "--temperature/--top-k/--top-p shape sampling: add --sample (decoding is greedy without it)"
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uio-ds", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -314,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
         return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ("generate", "demo"):
+        problem = _generation_arg_problem(args)
+        if problem:
+            parser.error(problem)
     commands = {
         "make-tiny": cmd_make_tiny,
         "make-recall-data": cmd_make_recall_data,

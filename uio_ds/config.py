@@ -132,13 +132,21 @@ class UIOConfig:
     """Seed for the initialisation of the trainable parts."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder_lora, dict):
-            self.encoder_lora = LoRAConfig(**_tuple_targets(self.encoder_lora))
-        if isinstance(self.transfer_lora, dict):
-            self.transfer_lora = LoRAConfig(**_tuple_targets(self.transfer_lora))
-        if isinstance(self.decoder_lora, dict):
-            self.decoder_lora = LoRAConfig(**_tuple_targets(self.decoder_lora))
         problems = []
+        for name in ("encoder_lora", "transfer_lora", "decoder_lora"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                known = {f.name for f in dataclasses.fields(LoRAConfig)}
+                unknown = sorted(set(value) - known)
+                if unknown:
+                    problems.append(f"{name}: unknown option(s) {unknown}; known: {sorted(known)}")
+                    value = {k: v for k, v in value.items() if k in known}
+                setattr(self, name, LoRAConfig(**_tuple_targets(value)))
+            elif not isinstance(value, LoRAConfig) and not (name == "decoder_lora" and value is None):
+                problems.append(f"{name}={value!r}: give an object like "
+                                '{"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}'
+                                + (" or null" if name == "decoder_lora" else ""))
+                setattr(self, name, LoRAConfig() if name != "decoder_lora" else None)
         l, r = self.segment_length, self.compression_ratio
         if not isinstance(l, int) or isinstance(l, bool) or l < 2:
             problems.append(f"segment_length={l!r}: must be an integer >= 2 (the paper uses 1024)")
@@ -155,11 +163,7 @@ class UIOConfig:
         problems += self.encoder_lora.problems("encoder_lora", ENCODER_TARGETS)
         problems += self.transfer_lora.problems("transfer_lora", TRANSFER_TARGETS)
         if self.decoder_lora is not None:
-            if isinstance(self.decoder_lora, LoRAConfig):
-                problems += self.decoder_lora.problems("decoder_lora", ENCODER_TARGETS)
-            else:
-                problems.append(f"decoder_lora={self.decoder_lora!r}: give null or an object like "
-                                '{"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}')
+            problems += self.decoder_lora.problems("decoder_lora", ENCODER_TARGETS)
         w = self.memory_window
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
             problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 1")

@@ -73,9 +73,6 @@ def validate(args):
             ds_config = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"DeepSpeed config {ds_path} is not valid JSON: {err}") from None
-    if not os.path.isfile(os.path.join(config.model_path, "config.json")):
-        raise FileNotFoundError(f"model_path {config.model_path!r} has no config.json: give a local model directory "
-                                "(make prepare writes models/smollm2; uio-ds make-tiny writes a tiny one)")
     for source in config.data.sources:
         source_files(source)
     prior = existing_run(config.output_dir)
@@ -130,10 +127,11 @@ def main(argv=None) -> int:
             return 2
         try:
             trainer.train()
-        except TrainingStopped as err:  # every rank stopped at the same step: leave together
-            if rank == 0:
+        except TrainingStopped as err:
+            if rank == 0 or err.local:
                 print(f"error: {err}", file=sys.stderr)
-            trainer.close()
+            if not err.local:  # every rank stopped at the same step: leave together
+                trainer.close()
             return err.status
         trainer.close()
     finally:

@@ -29,6 +29,15 @@ class TrainingStopped(RuntimeError):
 
     status = 1
     """The process's exit status."""
+    local = False
+    """True when only this rank stopped (the others did not agree to)."""
+
+
+class CheckpointWriteError(TrainingStopped):
+    """This rank could not write its part of a checkpoint (a full disk, an I/O error)."""
+
+    local = True
+    """Raised on one rank only: the others learn of it when the launcher stops them."""
 
 
 class TrainingInterrupted(TrainingStopped):
@@ -87,6 +96,7 @@ class Trainer:
         self.lock = RunLock(config.output_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
         self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size)
+        self.max_positions = self._check_model(config, resume)
         self.resume = resume
         self.config_changes: list[str] = []
         """Differences from the config of the checkpoint resumed (set by the entry point's check)."""
@@ -97,6 +107,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
+    @staticmethod
+    def _check_model(cfg: TrainConfig, resume: str | None) -> int:
+        """The base model directory, the ``init_from`` parts (unless a checkpoint is resumed) and the
+        longest document ``data.max_tokens`` lets through, checked from files alone; returns the
+        base model's position range."""
+        from uio_ds.model.memory_model import check_model_dir, check_trained_parts, length_problem
+
+        base_config = check_model_dir(cfg.model_path, cfg.uio)
+        resuming = resume and ckpt.resume_target(resume, os.path.join(cfg.output_dir, "checkpoints"))
+        if cfg.init_from and not resuming:
+            try:
+                check_trained_parts(cfg.init_from, cfg.uio, base_config, new_adapters=("decoder",))
+            except (ValueError, FileNotFoundError) as err:
+                raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
+        longest = 2 * cfg.data.autoencode_tokens if cfg.data.autoencode_tokens else cfg.data.max_tokens
+        problem = longest and length_problem(cfg.uio, longest, base_config.max_position_embeddings)
+        if problem:
+            raise ValueError(f"data.max_tokens={cfg.data.max_tokens} lets documents through that the model cannot "
+                             f"read: {problem}; or lower data.max_tokens")
+        return base_config.max_position_embeddings
+
     def log(self, message: str) -> None:
         if self.rank == 0:
             self._print(message)
@@ -106,7 +137,7 @@ class Trainer:
 
         from uio_ds import engine
         from uio_ds.data.pipeline import build_stream
-        from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
+        from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel, length_problem
 
         cfg = self.config
         self.rank, world_size = engine.init_distributed()
@@ -132,6 +163,11 @@ class Trainer:
             raise ValueError(f"every training document is at most {longest} tokens, within one segment "
                              f"(uio.segment_length={cfg.uio.segment_length}): no memory would ever be built or "
                              "trained; use longer documents (data.max_tokens) or a shorter uio.segment_length")
+
+        problem = length_problem(cfg.uio, longest, self.max_positions)
+        if problem:
+            raise ValueError(f"the longest training document has {longest} tokens: {problem}; or cut documents "
+                             "with data.max_tokens")
 
         model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
         if cfg.init_from:
@@ -221,13 +257,17 @@ class Trainer:
         from uio_ds import engine
 
         tag = ckpt.step_tag(self.step)
-        os.makedirs(os.path.join(self.checkpoint_dir, tag), exist_ok=True)
-        torch.save(self.state_dict(), os.path.join(self.checkpoint_dir, tag, STATE_FILE.format(rank=self.rank)))
-        self.engine.save(self.checkpoint_dir, tag, {"step": self.step})  # ends with a barrier
+        try:
+            os.makedirs(os.path.join(self.checkpoint_dir, tag), exist_ok=True)
+            torch.save(self.state_dict(), os.path.join(self.checkpoint_dir, tag, STATE_FILE.format(rank=self.rank)))
+            self.engine.save(self.checkpoint_dir, tag, {"step": self.step})  # ends with a barrier
+            if self.rank == 0:
+                with open(os.path.join(self.checkpoint_dir, tag, ckpt.CONFIG), "w") as f:
+                    json.dump(self.config.to_dict(), f, indent=2)
+                ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
+        except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+            raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir, tag)) from None
         if self.rank == 0:
-            with open(os.path.join(self.checkpoint_dir, tag, ckpt.CONFIG), "w") as f:
-                json.dump(self.config.to_dict(), f, indent=2)
-            ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
             removed = ckpt.prune(self.checkpoint_dir, self.config.keep_last)
             self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
                      + (f" (removed {', '.join(removed)})" if removed else ""))
@@ -235,7 +275,10 @@ class Trainer:
         return tag
 
     def _resume(self, resume: str) -> None:
-        target = ckpt.resume_target(resume, self.checkpoint_dir)
+        skipped: list[str] = []
+        target = ckpt.resume_target(resume, self.checkpoint_dir, skipped)
+        for note in skipped:
+            self.log(f"{note}: resuming from the previous complete checkpoint")
         if target is None:
             self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0")
             return

@@ -38,6 +38,14 @@ def source_files(source: SourceConfig) -> list[str]:
                 f"data source {path!r} is a directory but not a prepared corpus (no {CORPUS_FILE}); "
                 "give files, a glob, or run `python -m uio_ds prepare-corpus`"
             )
+        try:
+            with open(os.path.join(path, "dataset_dict.json")) as f:
+                splits = json.load(f)["splits"]
+        except (OSError, ValueError, KeyError):
+            splits = None  # not a datasets DatasetDict on disk: load_from_disk will say what it is
+        if splits is not None and source.split not in splits:
+            raise ValueError(f"prepared corpus {path!r} has no split {source.split!r} (it has {splits}): set the "
+                             "source's \"split\"")
         return [path]
     files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
     if not files:
@@ -302,7 +310,16 @@ def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int =
         ds, stats = tokenize_source(source, tokenizer, config.cache_dir, log=log)
         datasets.append(ds)
         info[source.name or source.path] = stats
+        if stats["skipped"]:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in stats["skipped"].items())
+            log(f"data source {source.name or source.path}: {stats['documents']} documents from {stats['records']} "
+                f"records; skipped {sum(stats['skipped'].values())} bad record(s) ({reasons}); first: "
+                + "; ".join(stats["examples"][:3]))
     stream = DocumentStream(datasets, config, world_size, rank)
     info["skipped_pieces"] = stream.skipped  # too short, or a prompt-completion document too long
+    if stream.skipped:
+        log(f"data: skipped {stream.skipped} document(s) or piece(s) shorter than data.min_tokens={config.min_tokens}"
+            + (f" or prompt-completion documents longer than data.max_tokens={config.max_tokens}"
+               if config.max_tokens else ""))
     info["pieces"] = [len(p) for p in stream.pieces]
     return stream, info

@@ -128,6 +128,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.uio and (args.segment_length or args.compression_ratio):
         raise SystemExit("error: --segment-length/--compression-ratio come from --uio's saved config; drop them")
+    if "uio" in args.methods and not args.uio and not (args.segment_length or args.compression_ratio):
+        raise SystemExit("error: method uio needs trained parts: pass --uio DIR (save_trained output, a run's "
+                         "final/), or --segment-length/--compression-ratio to measure untrained parts, or leave uio "
+                         "out of --methods")
     if "longbench" in args.tasks and not args.longbench:
         raise SystemExit("error: the longbench task needs --longbench FILE")
     longbench_records = None

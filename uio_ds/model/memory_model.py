@@ -161,24 +161,9 @@ class UIOMemoryModel(nn.Module):
 
     def __init__(self, base: nn.Module, config: UIOConfig):
         super().__init__()
-        model_type = getattr(base.config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported architecture {model_type!r}: uio_ds needs a Llama-family decoder with RoPE "
-                f"and k_proj/v_proj attention; supported model_type values are {list(SUPPORTED_MODEL_TYPES)}"
-            )
-        if base.config.num_hidden_layers < 2:
-            raise ValueError(
-                f"the base model has {base.config.num_hidden_layers} layer(s); UIO needs at least 2 "
-                "(the encoder adapter lives in every layer but the last)"
-            )
-        positions_needed = config.segment_length + config.num_mem_tokens
-        if positions_needed > base.config.max_position_embeddings:
-            raise PositionRangeError(
-                f"segment_length={config.segment_length} plus {config.num_mem_tokens} <mem> tokens needs "
-                f"{positions_needed} positions for the encoder, but the base model has "
-                f"max_position_embeddings={base.config.max_position_embeddings}; use a shorter segment_length"
-            )
+        problems = base_model_problems(base.config, config)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.config = config
         self.base = base
         self.base.requires_grad_(False)
@@ -547,32 +532,17 @@ class UIOMemoryModel(nn.Module):
     def max_tokens_supported(self) -> int | None:
         """Longest text whose every decoder call fits in the position range (policy 'error');
         None when a ``memory_window`` keeps every decoder call in range whatever the length."""
-        l, m, limit = self.segment_length, self.num_mem_tokens, self.max_positions
-        if self.config.memory_window is not None and self.config.memory_window * m + l <= limit:
-            return None
-        # A full segment still fits after c memories while c*m + l <= limit; after one more
-        # memory, a final residual can use whatever positions are left.
-        c = (limit - l) // m
-        return (c + 1) * l + max(0, limit - (c + 1) * m)
+        return max_tokens_supported(self.config, self.max_positions)
 
     def peak_positions(self, total_tokens: int) -> int:
         """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
-        l, m, w = self.segment_length, self.num_mem_tokens, self.config.memory_window
-        c = (total_tokens - 1) // l
-        read = (lambda n: min(n, w)) if w is not None else (lambda n: n)  # noqa: E731
-        last = read(c) * m + (total_tokens - c * l)
-        return max(last, read(c - 1) * m + l) if c >= 1 else last
+        return peak_positions(self.config, total_tokens)
 
     def check_length(self, total_tokens: int) -> None:
         """Refuse, before any work, a text that would pass the position range under policy 'error'."""
-        if self.config.position_overflow == "error" and self.peak_positions(total_tokens) > self.max_positions:
-            raise PositionRangeError(
-                f"{total_tokens} tokens need {self.peak_positions(total_tokens)} positions but the base model has "
-                f"max_position_embeddings={self.max_positions}; the longest supported text is "
-                f"{self.max_tokens_supported()} tokens at segment_length={self.segment_length}, "
-                f"compression_ratio={self.config.compression_ratio}; use a larger compression_ratio, "
-                "a shorter input, or position_overflow='drop_oldest'"
-            )
+        problem = length_problem(self.config, total_tokens, self.max_positions)
+        if problem:
+            raise PositionRangeError(problem)
 
     def build_cache(self, memory: MemoryKV | None):
         """A transformers DynamicCache holding the memory K/V rotated at positions 0..M-1."""
@@ -677,17 +647,9 @@ class UIOMemoryModel(nn.Module):
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        check_trained_parts(directory, self.config, self.base.config, new_adapters)
         config, meta = UIOConfig.load(directory)
-        saved, here = config.to_dict(), self.config.to_dict()
-        added = [name for name in new_adapters if name in self.adapter_names and saved.get(f"{name}_lora") is None]
-        differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k]
-                        and k not in {f"{name}_lora" for name in added})
-        if differ:
-            raise ValueError(
-                f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
-                f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
-            )
-        _check_fingerprint(meta, self.base.config, directory, getattr(self.base.config, "_name_or_path", "?"))
+        added = [name for name in new_adapters if name in self.adapter_names and config.to_dict().get(f"{name}_lora") is None]
         if not allow_other_weights:
             _check_weights(meta.get("weights_probe"), self.base, directory)
         for name in self.adapter_names:
@@ -714,6 +676,106 @@ class UIOMemoryModel(nn.Module):
             self.mem_embeddings.copy_(mem)
         self._set_adapter(None, force=True)
 
+
+
+def peak_positions(config: UIOConfig, total_tokens: int) -> int:
+    """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
+    l, m, w = config.segment_length, config.num_mem_tokens, config.memory_window
+    c = (total_tokens - 1) // l
+    read = (lambda n: min(n, w)) if w is not None else (lambda n: n)  # noqa: E731
+    last = read(c) * m + (total_tokens - c * l)
+    return max(last, read(c - 1) * m + l) if c >= 1 else last
+
+
+def max_tokens_supported(config: UIOConfig, limit: int) -> int | None:
+    """Longest text whose every decoder call fits in ``limit`` positions (policy 'error'); None
+    when a ``memory_window`` keeps every decoder call in range whatever the length."""
+    l, m = config.segment_length, config.num_mem_tokens
+    if config.memory_window is not None and config.memory_window * m + l <= limit:
+        return None
+    # A full segment still fits after c memories while c*m + l <= limit; after one more
+    # memory, a final residual can use whatever positions are left.
+    c = (limit - l) // m
+    return (c + 1) * l + max(0, limit - (c + 1) * m)
+
+
+def length_problem(config: UIOConfig, total_tokens: int, limit: int) -> str | None:
+    """Why a text of ``total_tokens`` tokens would pass ``limit`` positions under policy 'error'
+    (None when it fits, or under another policy)."""
+    if config.position_overflow != "error" or peak_positions(config, total_tokens) <= limit:
+        return None
+    return (f"{total_tokens} tokens need {peak_positions(config, total_tokens)} positions but the base model has "
+            f"max_position_embeddings={limit}; the longest supported text is "
+            f"{max_tokens_supported(config, limit)} tokens at segment_length={config.segment_length}, "
+            f"compression_ratio={config.compression_ratio}; use a larger compression_ratio, "
+            "a shorter input, or position_overflow='drop_oldest'")
+
+
+def base_model_problems(base_config, config: UIOConfig) -> list[str]:
+    """What makes a base model (its transformers config) unfit for UIO parts of ``config``."""
+    problems = []
+    model_type = getattr(base_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        problems.append(f"unsupported architecture {model_type!r}: uio_ds needs a Llama-family decoder with RoPE "
+                        f"and k_proj/v_proj attention; supported model_type values are {list(SUPPORTED_MODEL_TYPES)}")
+    if getattr(base_config, "num_hidden_layers", 0) < 2:
+        problems.append(f"the base model has {getattr(base_config, 'num_hidden_layers', 0)} layer(s); UIO needs at "
+                        "least 2 (the encoder adapter lives in every layer but the last)")
+    positions_needed = config.segment_length + config.num_mem_tokens
+    if positions_needed > base_config.max_position_embeddings:
+        problems.append(f"segment_length={config.segment_length} plus {config.num_mem_tokens} <mem> tokens needs "
+                        f"{positions_needed} positions for the encoder, but the base model has "
+                        f"max_position_embeddings={base_config.max_position_embeddings}; use a shorter segment_length")
+    return problems
+
+
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(base_path: str, config: UIOConfig):
+    """Everything about a base model directory that its files tell without loading weights:
+    config.json readable, a supported architecture that fits ``config``, weight files and
+    tokenizer files present. Returns the transformers config; raises ValueError (or
+    FileNotFoundError) naming every problem."""
+    import glob
+
+    from transformers import AutoConfig
+
+    if not os.path.isfile(os.path.join(base_path, "config.json")):
+        raise FileNotFoundError(f"model_path {base_path!r} has no config.json: give a local model directory "
+                                "(make prepare writes models/smollm2; uio-ds make-tiny writes a tiny one)")
+    try:
+        base_config = AutoConfig.from_pretrained(base_path)
+    except (ValueError, OSError, KeyError) as err:
+        raise ValueError(f"{os.path.join(base_path, 'config.json')} cannot be read as a model config: "
+                         f"{str(err).splitlines()[0]}") from None
+    problems = base_model_problems(base_config, config)
+    if not any(glob.glob(os.path.join(base_path, pattern)) for pattern in _WEIGHT_FILES):
+        problems.append(f"{base_path} holds no weights ({' or '.join(_WEIGHT_FILES)}): copy the checkpoint's weight "
+                        "files there, or prepare it with uio-ds prepare-model")
+    if not any(os.path.isfile(os.path.join(base_path, f)) for f in _TOKENIZER_FILES):
+        problems.append(f"{base_path} holds no tokenizer ({', '.join(_TOKENIZER_FILES)}): save the tokenizer into "
+                        "the model directory")
+    if problems:
+        raise ValueError(f"model_path {base_path!r}: " + "; ".join(problems))
+    return base_config
+
+
+def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = ()) -> None:
+    """The checks of ``load_trained`` that need only ``uio_config.json``: the saved UIO config
+    equals ``config`` (but for runtime options and ``new_adapters`` added now) and the parts
+    were trained on a base model of this shape. Raises ValueError / FileNotFoundError."""
+    saved_config, meta = UIOConfig.load(directory)
+    saved, here = saved_config.to_dict(), config.to_dict()
+    added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
+    differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
+    if differ:
+        raise ValueError(
+            f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
+            f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
+        )
+    _check_fingerprint(meta, base_config, directory, getattr(base_config, "_name_or_path", "?"))
 
 def _check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
     have = _base_fingerprint(base_config)
