@@ -91,16 +91,16 @@ _READ_CHECKS: dict[tuple[str, str], str | None] = {}
 def unreadable(root: str, tag: str) -> str | None:
     """The first file of checkpoint ``tag`` that cannot be read back (``path: error``), or None
     when every file loads. A marker says the ranks finished writing; this finds a file damaged
-    since (truncated, overwritten, a disk error). Checked once per process and checkpoint."""
-    key = (os.path.abspath(root), tag)
+    since (truncated, overwritten, a disk error). Each state of the files is read once per process."""
+    folder = os.path.join(root, tag)
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".pt"))
+    stats = [os.stat(os.path.join(folder, f)) for f in files]
+    key = (os.path.abspath(folder), tuple((f, s.st_size, s.st_mtime_ns) for f, s in zip(files, stats)))
     if key not in _READ_CHECKS:
         import torch
 
         _READ_CHECKS[key] = None
-        folder = os.path.join(root, tag)
-        for name in sorted(os.listdir(folder)):
-            if not name.endswith(".pt"):
-                continue
+        for name in files:
             try:
                 torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
             except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable
