@@ -165,8 +165,9 @@ def saved_config(root: str, tag: str) -> dict | None:
     return None
 
 
-def write_failure(err: BaseException, root: str, tag: str) -> str:
-    """One line on a checkpoint that could not be written, saying so when the disk is full."""
+def write_failure(err: BaseException, root: str, what: str) -> str:
+    """One line on ``what`` (a checkpoint, exported parts) that could not be written under the
+    checkpoint root ``root``, saying so when the disk is full."""
     try:
         free = shutil.disk_usage(root).free
     except OSError:
@@ -176,6 +177,5 @@ def write_failure(err: BaseException, root: str, tag: str) -> str:
     cause = ("the disk is full (No space left on device" + (f", {free // 2**20} MiB free" if free is not None else "")
              + ")") if full else f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     last = latest_tag(root)
-    return (f"could not write checkpoint {os.path.join(root, tag)}: {cause}. The incomplete directory is ignored on "
-            f"resume; {'the last complete checkpoint is ' + os.path.join(root, last) if last else 'no checkpoint is complete'}"
+    return (f"could not write {what}: {cause}. An incomplete checkpoint is ignored on resume; {'the last complete checkpoint is ' + os.path.join(root, last) if last else 'no checkpoint is complete'}"
             "; free space (or fix the cause) and continue with --resume auto")

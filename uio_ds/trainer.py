@@ -266,7 +266,8 @@ class Trainer:
                     json.dump(self.config.to_dict(), f, indent=2)
                 ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
         except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
-            raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir, tag)) from None
+            raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir,
+                                                          f"checkpoint {os.path.join(self.checkpoint_dir, tag)}")) from None
         if self.rank == 0:
             removed = ckpt.prune(self.checkpoint_dir, self.config.keep_last)
             self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
@@ -393,7 +394,10 @@ class Trainer:
                                   f"{', ...' if len(broken) > 3 else ''}): not exported; {self._last_good()}")
         if self.rank == 0:
             final = os.path.join(cfg.output_dir, "final")
-            self.model.save_trained(final)
+            try:
+                self.model.save_trained(final)
+            except (OSError, RuntimeError) as err:
+                raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir, f"the trained parts to {final}")) from None
             self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses

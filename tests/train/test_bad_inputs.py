@@ -301,9 +301,9 @@ def test_checkpoint_write_failure_names_a_full_disk(tmp_path):
 
     (tmp_path / "checkpoints").mkdir()
     message = ckpt.write_failure(OSError(errno.ENOSPC, "No space left on device"), str(tmp_path / "checkpoints"),
-                                 "step00000004")
+                                 "checkpoint step00000004")
     assert "the disk is full (No space left on device" in message and "--resume auto" in message
-    other = ckpt.write_failure(PermissionError(13, "Permission denied"), str(tmp_path / "checkpoints"), "step00000004")
+    other = ckpt.write_failure(PermissionError(13, "Permission denied"), str(tmp_path / "checkpoints"), "final/")
     assert "PermissionError" in other and "disk is full" not in other
 
 
@@ -359,3 +359,28 @@ def test_resume_passes_over_a_damaged_checkpoint(run_config, earlier_run, tmp_pa
     assert f"{shard}" in text and "resuming from the previous complete checkpoint" in text
     assert f"resumed from {os.path.join(run, 'checkpoints', 'step00000001')} at step 1" in text
     assert ckpt.latest_tag(os.path.join(run, "checkpoints")) == "step00000003"
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_its_last_checkpoint_intact(run_config, tmp_path):
+    """A 4 MiB tmpfs as output directory fills up after about 30 checkpoints of the tiny run: the
+    run stops with one line saying the disk is full, and `latest` names the last complete
+    checkpoint. Needs permission to mount (root with CAP_SYS_ADMIN); skipped otherwise."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        config, _ = run_config
+        run = str(disk / "run")
+        cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+               os.path.join(REPO, "launch", "train.py"), "--config", config, "--set", f"output_dir={run}",
+               "steps=200", "save_every=1", "keep_last=1000"]
+        proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "the disk is full (No space left on device" in text, text[-3000:]
+        last = ckpt.latest_tag(os.path.join(run, "checkpoints"))
+        assert last is not None and f"the last complete checkpoint is {os.path.join(run, 'checkpoints', last)}" in text
+        assert ckpt.unreadable(os.path.join(run, "checkpoints"), last) is None
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
