@@ -8,7 +8,10 @@
 #      at 500..4,000 tokens with the held-out books as haystack, against the decoder without memory and
 #      StreamingLLM in the decoder's window;
 #   3. the best auto-encoder of stage 1 trained further (init_from its parts);
-#   4. the pass-key parts copied to release/smollm2-uio (what the repository ships);
+#   4. the pass-key parts trained further on longer documents and then on mixes of lengths
+#      (4a: 512..2,048 tokens, 4b: 1,024..4,096, 4c: 256..4,096 at lr 3e-4, 4d: 256..8,192 at
+#      lr 3e-4), each stage from the parts of the one before;
+#   5. the last pass-key parts copied to release/smollm2-uio (what the repository ships);
 #   auto-encoders are evaluated on 64 held-out book segments: greedy reconstruction from memory alone
 #      (BLEU-4 with sacrebleu, ROUGE-L with rouge-score), the same without memory, and the
 #      teacher-forced loss of the text with and without memory.
@@ -82,7 +85,32 @@ stage "3. auto-encoding $BEST_AE continued ($AE_LONG_STEPS steps)" "$OUT/ae_long
         ${AE_VARIANT[$BEST_AE]}
 stage "3. auto-encoding $BEST_AE continued: evaluation" "$RESULTS/smollm2_memory_ae_long.json" \
     evaluate_ae "$OUT/ae_long/final" smollm2_memory_ae_long
-# 4. the release: the pass-key parts (kept when the release directory already holds parts)
-stage "4. release: $OUT/passkey_short/final -> $RELEASE" "$RELEASE/uio_config.json" \
-    cp -r "$OUT/passkey_short/final/." "$RELEASE/"
+# 4. the pass key on longer documents, then on mixes of lengths: training on longer documents
+#    alone moved the reading distance (better at 4K, worse at 500 tokens); a mix of lengths at a
+#    lower rate lifted every length at once. Each stage starts from the previous stage's parts.
+passkey_stage() {  # passkey_stage NAME "TOKENS" SEED STEPS INIT overrides...
+    local name=$1 tokens=$2 seed=$3 steps=$4 init=$5; shift 5
+    # shellcheck disable=SC2086  # the token lengths are a list
+    stage "4. pass-key documents $name" "$OUT/passkey_$name.jsonl" \
+        $PY -m uio_ds make-recall-data --kind passkey-books --tokenizer models/smollm2 --corpus data/kjv --split train \
+            --tokens $tokens --documents 1000 --seed "$seed" --out "$OUT/passkey_$name.jsonl"
+    stage "4. pass key, $name documents ($steps steps)" "$OUT/passkey_$name/final/uio_config.json" \
+        ds_train launch/configs/smollm2_passkey.json "$OUT/passkey_$name" steps="$steps" init_from="$init" \
+            optim.warmup_steps=5 save_every=25 "$@" \
+            'data.sources=[{"path": "'"$OUT"'/passkey_'"$name"'.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-'"$name"'"}]'
+}
+passkey_stage continued "$(seq 512 61 2048)" 1 150 "$OUT/passkey_short/final"
+# (the committed milestone smollm2-passkey-long ran 150 steps of a 400-step schedule; here the
+#  stage is a whole 150-step schedule)
+passkey_stage long "$(seq 1024 97 4096)" 2 150 "$OUT/passkey_continued/final"
+passkey_stage mix4k "$(seq 256 67 4096)" 3 150 "$OUT/passkey_long/final" optim.lr=3e-4
+passkey_stage mix8k "$(seq 256 131 8192)" 4 150 "$OUT/passkey_mix4k/final" optim.lr=3e-4 data.max_tokens=8400
+stage "4. pass key, mix8k: evaluation" "$RESULTS/smollm2_memory_passkey_mix8k.json" \
+    $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_mix8k/final" --data data/kjv --split eval \
+        --tasks passkey --methods uio no_memory --max-doc-tokens 32768 --passkey-lengths 500 1000 2000 4000 8000 \
+        --passkey-depths 0.1 0.5 0.9 --passkey-trials 5 --out "$RESULTS" --name smollm2_memory_passkey_mix8k
+
+# 5. the release: the last pass-key parts (kept when the release directory already holds parts)
+stage "5. release: $OUT/passkey_mix8k/final -> $RELEASE" "$RELEASE/uio_config.json" \
+    cp -r "$OUT/passkey_mix8k/final/." "$RELEASE/"
 stamp "done"

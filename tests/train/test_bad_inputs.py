@@ -104,6 +104,7 @@ CONFIG_CASES = [
     ("source_glob", ['data.sources=[{"path": "/nope/*.jsonl"}]'], ["/nope/*.jsonl", "matches no file"]),
     ("source_missing", ['data.sources=[{"path": "/nope/a.jsonl"}]'], ["/nope/a.jsonl", "not found"]),
     ("source_suffix", ['data.sources=[{"path": "__TMP__/data.csv"}]'], ["unsupported type"]),
+    ("source_empty", ['data.sources=[{"path": "__TMP__/empty.jsonl"}]'], ["empty.jsonl", "is empty"]),
     ("corpus_not_prepared", ['data.sources=[{"path": "__TMP__"}]'], ["not a prepared corpus"]),
     ("segment_length", ["uio.segment_length=1"], ["segment_length=1"]),
     ("ratio_not_dividing", ["uio.compression_ratio=5"], ["compression_ratio=5 does not divide"]),
@@ -131,6 +132,7 @@ def test_bad_config_is_refused_before_loading(run_config, tmp_path, capsys, no_s
     config, _ = run_config
     out = tmp_path / "out"
     (tmp_path / "data.csv").write_text("text\nIn the beginning\n")
+    (tmp_path / "empty.jsonl").write_text("")
     overrides = [o.replace("__TMP__", str(tmp_path)) for o in overrides]
     code = train_entry.main(["--config", config, "--set", f"output_dir={out}", *overrides])
     err = capsys.readouterr().err

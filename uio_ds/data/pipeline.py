@@ -57,6 +57,8 @@ def source_files(source: SourceConfig) -> list[str]:
             raise ValueError(f"data source file {f!r}: unsupported type; use one of {list(TEXT_SUFFIXES)}")
         if not os.access(f, os.R_OK):
             raise PermissionError(f"data source file {f!r} is not readable")
+        if os.path.getsize(f) == 0:
+            raise ValueError(f"data source file {f!r} is empty: give a file with documents, or leave it out")
     return files
 
 
