@@ -70,9 +70,9 @@ def test_wheel_runs_every_entry_point(installed_wheel):
     assert listed.returncode == 0
     for name in ("zero2", "zero2_offload", "tiny", "smollm2"):
         assert name in listed.stdout
-    # a bundled config is found by name from anywhere; the missing model is the first problem
+    # a bundled config is found by name from anywhere; its relative data path is the first problem here
     bundled = _run(venv, work, str(venv / "bin" / "uio-ds"), "train", "--config", "tiny", "--deepspeed", "zero2")
-    assert bundled.returncode == 2 and "model_path 'models/tiny-llama' has no config.json" in bundled.stderr
+    assert bundled.returncode == 2 and "data source file 'data/kjv' not found" in bundled.stderr
 
 
 def test_every_config_key_has_a_meaning():
