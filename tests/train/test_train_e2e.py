@@ -42,6 +42,8 @@ def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path)
     out = str(tmp_path / "run")
     proc = launch(config, out, module=True)
     assert "trained UIO parts exported" in proc.stdout + proc.stderr
+    # the bad record is summarised on the console, where it is
+    assert "skipped 1 bad record(s) (1 not valid JSON); first: " in proc.stdout and "docs.jsonl:25" in proc.stdout
     checkpoints = os.path.join(out, "checkpoints")
     assert ckpt.complete_tags(checkpoints) == ["step00000004"]  # keep_last=1 removed step 2
     assert ckpt.latest_tag(checkpoints) == "step00000004"
