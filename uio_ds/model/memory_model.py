@@ -677,7 +677,6 @@ class UIOMemoryModel(nn.Module):
         self._set_adapter(None, force=True)
 
 
-
 def peak_positions(config: UIOConfig, total_tokens: int) -> int:
     """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
     l, m, w = config.segment_length, config.num_mem_tokens, config.memory_window
