@@ -127,9 +127,12 @@ def all_reduce_max(value: int) -> int:
     return int(t.item())
 
 
-def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int) -> tuple[dict, str]:
+def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size: int | None = None
+                      ) -> tuple[dict, str]:
     """Fill the ``"auto"`` values of a DeepSpeed config from the training config, check that the two
     agree, and choose where retained encoder graphs live. Returns (DeepSpeed config, graph mode).
+    ``hidden_size`` (the base model's) sizes ZeRO's communication buckets when they are "auto"
+    (hidden_size squared, as Hugging Face's DeepSpeed integration does).
 
     Every problem is collected and raised at once, before any model is loaded."""
     ds = copy.deepcopy(raw)
@@ -197,6 +200,13 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int) -> tuple[dic
             "ZeRO-3 gathers parameters in hooks on module forwards and needs the same forwards on every rank, "
             "while TBPTT runs a different number of segment passes per rank; use stage 2"
         )
+    for key in ("reduce_bucket_size", "allgather_bucket_size"):
+        if zero.get(key) == "auto":
+            if hidden_size:
+                zero[key] = hidden_size * hidden_size
+            else:
+                problems.append(f"DeepSpeed zero_optimization.{key}=\"auto\" needs the base model's hidden size "
+                                "(resolved by the trainer and the planner); give a number here")
     if zero.get("offload_optimizer", {}).get("device") not in (None, "none", "cpu"):
         problems.append("DeepSpeed zero_optimization.offload_optimizer.device: only \"cpu\" is supported")
 

@@ -20,14 +20,14 @@ import sys
 CARDS_GB = (24, 40, 80)
 
 
-def settings_for(config, ds_config: dict, ranks: int, tokens: list[int]) -> list:
+def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_size: int | None = None) -> list:
     """The memory plan's settings for a training config and its DeepSpeed config, per document length."""
     import dataclasses
 
     from uio_ds.engine import resolve_ds_config
     from uio_ds.memory_plan import PlanSettings, zero_settings
 
-    ds, graph_mode = resolve_ds_config(ds_config, config, ranks)
+    ds, graph_mode = resolve_ds_config(ds_config, config, ranks, hidden_size=hidden_size)
     zero = ds.get("zero_optimization", {})
     base = PlanSettings(
         segment_length=config.uio.segment_length, compression_ratio=config.uio.compression_ratio,
@@ -40,7 +40,7 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int]) -> list
 
 
 def main(argv=None) -> int:
-    from uio_ds.memory_plan import GIB, SHAPES, STEP_PARTS, plan
+    from uio_ds.memory_plan import GIB, SHAPES, STEP_PARTS, base_config, plan
     from uio_ds.train_config import TrainConfig, find_config
 
     p = argparse.ArgumentParser(prog="uio-ds plan", description=__doc__,
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         if args.ranks < 1 or min(tokens) < 2:
             raise ValueError("--ranks must be >= 1 and every --tokens >= 2")
         source = args.model or config.model_path
-        settings = settings_for(config, ds_config, args.ranks, tokens)
+        settings = settings_for(config, ds_config, args.ranks, tokens, hidden_size=base_config(source).hidden_size)
         plans = [plan(source, s) for s in settings]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -95,8 +95,10 @@ class Trainer:
         self.overwrite = overwrite
         self.lock = RunLock(config.output_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-        self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size)
-        self.max_positions = self._check_model(config, resume)
+        base_config = self._check_model(config, resume)
+        self.max_positions = base_config.max_position_embeddings
+        self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size,
+                                                                   hidden_size=base_config.hidden_size)
         self.resume = resume
         self.config_changes: list[str] = []
         """Differences from the config of the checkpoint resumed (set by the entry point's check)."""
@@ -108,10 +110,10 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _check_model(cfg: TrainConfig, resume: str | None) -> int:
+    def _check_model(cfg: TrainConfig, resume: str | None):
         """The base model directory, the ``init_from`` parts (unless a checkpoint is resumed) and the
         longest document ``data.max_tokens`` lets through, checked from files alone; returns the
-        base model's position range."""
+        base model's transformers config."""
         from uio_ds.model.memory_model import check_model_dir, check_trained_parts, length_problem
 
         base_config = check_model_dir(cfg.model_path, cfg.uio)
@@ -126,7 +128,7 @@ class Trainer:
         if problem:
             raise ValueError(f"data.max_tokens={cfg.data.max_tokens} lets documents through that the model cannot "
                              f"read: {problem}; or lower data.max_tokens")
-        return base_config.max_position_embeddings
+        return base_config
 
     def log(self, message: str) -> None:
         if self.rank == 0:

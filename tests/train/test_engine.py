@@ -99,6 +99,21 @@ def test_every_shipped_deepspeed_config_resolves(tiny_dirs):
         assert ds["optimizer"]["params"]["torch_adam"] is True  # CPU: no fused Adam
 
 
+def test_auto_bucket_sizes_follow_the_hidden_size(tiny_dirs):
+    """zero_optimization's "auto" buckets resolve to hidden_size squared (as Hugging Face's
+    DeepSpeed configs are written); without the model's hidden size they are refused."""
+    from uio_ds.engine import resolve_ds_config
+
+    cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
+    with open(os.path.join(REPO, "ds_configs", "zero2.json")) as f:
+        raw = json.load(f)
+    raw["zero_optimization"].update(reduce_bucket_size="auto", allgather_bucket_size="auto")
+    ds, _ = resolve_ds_config(raw, cfg, 2, hidden_size=4096)
+    assert ds["zero_optimization"]["reduce_bucket_size"] == ds["zero_optimization"]["allgather_bucket_size"] == 4096**2
+    with pytest.raises(ConfigError, match="reduce_bucket_size=\"auto\" needs the base model's hidden size"):
+        resolve_ds_config(raw, cfg, 2)
+
+
 def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
     from uio_ds.engine import resolve_ds_config
 
