@@ -412,3 +412,16 @@ def test_decoder_lora_added_on_top_of_trained_parts(tiny_dirs, tmp_path):
     other = load(tiny_dirs["llama"], decoder_lora=lora, compression_ratio=8)
     with pytest.raises(ValueError, match=r"differs from this model's in \['compression_ratio'\]"):
         other.load_trained(str(tmp_path / "parts"), new_adapters=("decoder",))
+
+
+def test_weights_probe_indices_stay_inside_large_tensors():
+    """A real model's embedding matrix passes 2**24 elements (SmolLM2: 49,152 x 576), where a
+    float32 linspace put the last probe index one past the end and the export of a trained run
+    failed; the indices are integers, both ends included."""
+    from uio_ds.model.memory_model import spread_indices
+
+    for n in (1, 2, 17, 2**24 + 1, 49152 * 576, 128256 * 4096):
+        index = spread_indices(n, 16)
+        assert index[0] == 0 and index[-1] == n - 1 and bool((index[1:] >= index[:-1]).all())
+    # the same probe as before on tensors that float32 represents exactly (saved parts still load)
+    assert spread_indices(1000, 16).tolist() == torch.linspace(0, 999, 16).long().tolist()

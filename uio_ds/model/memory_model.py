@@ -126,6 +126,13 @@ def _base_fingerprint(base_config) -> dict:
     return {k: getattr(base_config, k, None) for k in _FINGERPRINT_KEYS}
 
 
+def spread_indices(n: int, count: int) -> torch.Tensor:
+    """``count`` indices spread evenly over 0..n-1, both ends included, in integer arithmetic (a
+    float32 linspace rounds n-1 up past the end once n exceeds 2**24, as a real model's
+    embedding matrix does)."""
+    return torch.arange(count, dtype=torch.long) * (n - 1) // max(count - 1, 1)
+
+
 def weights_probe(base: nn.Module, count: int = 16) -> list[float]:
     """A few of the base model's weights, spread over its input embeddings, first and last
     layers and final norm: parts trained on one set of weights are refused on another set of
@@ -138,7 +145,7 @@ def weights_probe(base: nn.Module, count: int = 16) -> list[float]:
     with torch.no_grad():
         for t in tensors:
             flat = t.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, count, device=flat.device).long()
+            index = spread_indices(flat.numel(), count).to(flat.device)
             values += [float(f"{v:.4g}") for v in flat[index].float().cpu().tolist()]
     return values
 
