@@ -46,12 +46,7 @@ def test_paper_config_validates_against_its_model(name, tmp_path):
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
-# Configs whose memory plan is committed (a 100K-token plan takes about 5 CPU-minutes here; the
-# Llama-3, Mistral and Qwen2 plans are still to be run)
-PLANNED = ("llama2_7b_chat_ratio32", "llama2_7b_chat_ratio8")
-
-
-@pytest.mark.parametrize("name", PLANNED)
+@pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
 def test_paper_config_has_a_committed_plan(name):
     """benchmarks/results/plans/<name>.json: uio-ds plan on 8 ranks with zero2_offload."""
     from helpers import REPO
