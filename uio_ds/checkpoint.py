@@ -102,7 +102,8 @@ def unreadable(root: str, tag: str) -> str | None:
         _READ_CHECKS[key] = None
         for name in files:
             try:
-                torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False)
+                # mapped, not read: a damaged archive fails on opening, without loading every tensor
+                torch.load(os.path.join(folder, name), map_location="cpu", weights_only=False, mmap=True)
             except Exception as err:  # noqa: BLE001 - whatever the damage, the file is unusable
                 _READ_CHECKS[key] = f"{os.path.join(folder, name)}: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
                 break

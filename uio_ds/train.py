@@ -60,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
-    from uio_ds.checkpoint import check_world_size, resume_target, saved_config
+    from uio_ds.checkpoint import check_world_size, saved_config
     from uio_ds.data.pipeline import source_files
     from uio_ds.run_dir import RunLock, existing_run
     from uio_ds.train_config import TrainConfig, config_changes, find_config
@@ -86,7 +86,7 @@ def validate(args):
         raise RuntimeError(lock.describe(owner))
     trainer = Trainer(config, ds_config, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
-        target = resume_target(args.resume, os.path.join(config.output_dir, "checkpoints"))
+        target = trainer.resume_from
         if target is not None:
             check_world_size(*target, trainer.world_size)
             saved = saved_config(*target)

@@ -95,7 +95,12 @@ class Trainer:
         self.overwrite = overwrite
         self.lock = RunLock(config.output_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-        base_config = self._check_model(config, resume)
+        self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
+        self.skipped_checkpoints: list[str] = []
+        """Checkpoints passed over for an unreadable file (logged when the run resumes)."""
+        self.resume_from = ckpt.resume_target(resume, self.checkpoint_dir, self.skipped_checkpoints) if resume else None
+        """(root, tag) of the checkpoint this run resumes, resolved once; None for a fresh start."""
+        base_config = self._check_model(config, resuming=self.resume_from is not None)
         self.max_positions = base_config.max_position_embeddings
         self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size,
                                                                    hidden_size=base_config.hidden_size)
@@ -105,19 +110,17 @@ class Trainer:
         self._print = log
         self.step = 0
         self.stop = StopRequest()
-        self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
 
     # ------------------------------------------------------------------ set-up
 
     @staticmethod
-    def _check_model(cfg: TrainConfig, resume: str | None):
+    def _check_model(cfg: TrainConfig, resuming: bool):
         """The base model directory, the ``init_from`` parts (unless a checkpoint is resumed) and the
         longest document ``data.max_tokens`` lets through, checked from files alone; returns the
         base model's transformers config."""
         from uio_ds.model.memory_model import check_model_dir, check_trained_parts, length_problem
 
         base_config = check_model_dir(cfg.model_path, cfg.uio)
-        resuming = resume and ckpt.resume_target(resume, os.path.join(cfg.output_dir, "checkpoints"))
         if cfg.init_from and not resuming:
             try:
                 check_trained_parts(cfg.init_from, cfg.uio, base_config, new_adapters=("decoder",))
@@ -206,7 +209,7 @@ class Trainer:
                  f"{self.strategy}, graph_mode={graph_mode}, attention {attention} (asked: {cfg.uio.attention}); trainable {summary['trainable']:,} of "
                  f"{summary['total']:,} parameters ({100 * summary['share']:.2f}%)")
         if self.resume:
-            self._resume(self.resume)
+            self._resume()
         return self
 
     def _own_output_dir(self) -> None:
@@ -277,10 +280,9 @@ class Trainer:
         engine.barrier()
         return tag
 
-    def _resume(self, resume: str) -> None:
-        skipped: list[str] = []
-        target = ckpt.resume_target(resume, self.checkpoint_dir, skipped)
-        for note in skipped:
+    def _resume(self) -> None:
+        target = self.resume_from
+        for note in self.skipped_checkpoints:
             self.log(f"{note}: resuming from the previous complete checkpoint")
         if target is None:
             self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0")
