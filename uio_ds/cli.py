@@ -32,6 +32,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (the CUDA device when there is one, else the CPU), cpu, cuda:N")
 
 
 def _generation_arg_problem(args: argparse.Namespace) -> str | None:
@@ -46,6 +48,12 @@ def _generation_arg_problem(args: argparse.Namespace) -> str | None:
         return f"--top-p {args.top_p}: must be in (0, 1] (1 keeps every token)"
     if (args.top_k or args.top_p < 1 or args.temperature != 1.0) and not args.sample:
         return "--temperature/--top-k/--top-p shape sampling: add --sample (decoding is greedy without it)"
+    from uio_ds.model.memory_model import resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as err:
+        return f"--device: {err}"
     return None
 
 
@@ -253,7 +261,7 @@ def cmd_demo(args) -> int:
         transfer_lora=LoRAConfig(rank=8, alpha=32.0, target_modules=("k_proj", "v_proj")),
         position_overflow="drop_oldest",
     )
-    model = UIOMemoryModel.from_pretrained(base_dir, config).eval()
+    model = UIOMemoryModel.from_pretrained(base_dir, config, device=args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     s = model.trainable_summary()
     print(f"base model: {base_dir} ({s['total'] - s['trainable']:,} frozen parameters)")
@@ -262,7 +270,7 @@ def cmd_demo(args) -> int:
 
     uio_dir = os.path.join(args.out, "uio")
     model.save_trained(uio_dir)
-    model = UIOMemoryModel.from_pretrained(base_dir, trained_path=uio_dir).eval()
+    model = UIOMemoryModel.from_pretrained(base_dir, trained_path=uio_dir, device=args.device).eval()
     print(f"trained parts saved to {uio_dir} and reloaded (peft adapters + <mem> embeddings)")
 
     text = synthetic_text(max(1, args.prompt_tokens // 12), seed=args.seed + 1)
@@ -300,7 +308,7 @@ def cmd_generate(args) -> int:
                                        ("dtype", args.dtype)) if v}
         config = UIOConfig(**overrides)
     start = time.perf_counter()
-    model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio).eval()
+    model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     print(f"loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, : args.max_prompt_tokens]

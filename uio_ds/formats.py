@@ -23,11 +23,15 @@ QUESTION = "\nWhat is the pass key? The pass key is"
 
 def passkey_prompt(tokenizer, haystack: torch.Tensor, length: int, depth: float, key: str,
                    intro: str = INTRO, needle: str = NEEDLE, question: str = QUESTION) -> torch.Tensor:
-    """A (1, length) prompt: intro, haystack tokens with the needle at ``depth`` (0 = start, 1 = end), question."""
-    enc = lambda text: tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]  # noqa: E731
+    """A (1, length) prompt: intro, haystack tokens with the needle at ``depth`` (0 = start, 1 = end),
+    question; on the haystack's device."""
+    def enc(text: str) -> torch.Tensor:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long,
+                            device=haystack.device)
+
     head, key_ids, tail = enc(intro), enc(needle.format(key=key)), enc(question)
     if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
-        head = torch.cat([torch.tensor([tokenizer.bos_token_id]), head])
+        head = torch.cat([head.new_tensor([tokenizer.bos_token_id]), head])
     filler = length - len(head) - len(key_ids) - len(tail)
     if filler < 1:
         raise ValueError(f"a {length}-token prompt leaves no room for haystack: intro, key and question "

@@ -174,14 +174,14 @@ class Trainer:
             raise ValueError(f"the longest training document has {longest} tokens: {problem}; or cut documents "
                              "with data.max_tokens")
 
-        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio)
+        # straight onto this rank's device: no rank holds a second copy of the weights on the host
+        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=engine.device())
         if cfg.init_from:
             # the saved config must equal 'uio' but for runtime options and a decoder LoRA added now
             try:
                 model.load_trained(cfg.init_from, new_adapters=("decoder",))
             except ValueError as err:
                 raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
-        model.to(engine.device())
         self.model = model
         algo = cfg.algorithm
         kwargs = {}

@@ -313,6 +313,8 @@ EVAL_CASES = [
     ("uio_without_parts", ["--tasks", "passkey", "--methods", "uio"], ["method uio needs trained parts"]),
     ("parts_and_shape", ["--uio", "__PARTS__", "--segment-length", "32"], ["come from --uio"]),
     ("longbench_without_file", ["--uio", "__PARTS__", "--tasks", "longbench"], ["needs --longbench FILE"]),
+    ("absent_device", ["--uio", "__PARTS__", "--device", "cuda:99"], ["--device", "'cuda:99'", "CUDA device"]),
+    ("not_a_device", ["--uio", "__PARTS__", "--device", "gpu7"], ["--device", "not a device name"]),
 ]
 
 
@@ -331,6 +333,7 @@ GENERATE_CASES = [
     ("temperature", ["--sample", "--temperature", "0"], "--temperature 0.0"),
     ("max_new_tokens", ["--max-new-tokens", "0"], "--max-new-tokens 0"),
     ("sampling_without_sample", ["--top-k", "5"], "add --sample"),
+    ("absent_device", ["--device", "cuda:99"], "--device: device 'cuda:99'"),
 ]
 
 

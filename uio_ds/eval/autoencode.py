@@ -21,7 +21,7 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
                 with_memory: bool = True) -> torch.Tensor:
     """Greedy reconstructions (N, l-1) of segments (N, l) from their memories and first tokens
     (``with_memory=False``: from the first tokens alone, the baseline)."""
-    outs = []
+    outs, segments = [], segments.to(model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
@@ -31,7 +31,7 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
             token = model.decoder_forward(token, cache, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
             generated.append(token)
         outs.append(torch.cat(generated, dim=1))
-    return torch.cat(outs)
+    return torch.cat(outs).cpu()
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def reconstruction_loss(model: UIOMemoryModel, segments: torch.Tensor, with_memo
                         batch_size: int = 8) -> float:
     """Mean teacher-forced loss (nats/token) of tokens 1..l-1 of ``segments`` given the segment's
     memory (or none) and its first token: the graded signal behind the greedy reconstruction."""
-    total, count = 0.0, 0
+    total, count, segments = 0.0, 0, segments.to(model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None

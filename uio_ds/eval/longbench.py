@@ -186,7 +186,7 @@ def build_prompt(tokenizer, record: dict, limit: int | None, chat: bool):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                             tokenize=True)
         ids = ids if isinstance(ids, list) else ids["input_ids"]  # a BatchEncoding in some versions
-    return torch.tensor([ids])
+    return torch.tensor([ids], device="cpu")  # the method moves it to its model's device
 
 
 def evaluate_longbench(methods: Sequence[Method], tokenizer, records: Sequence[dict],

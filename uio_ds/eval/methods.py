@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from uio_ds.baselines import HOMER, StreamingLLM
+from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.generation import generate
 from uio_ds.model.kv import forward_after_cache
 from uio_ds.model.memory_model import UIOMemoryModel, segment_targets, split_segments
 
 
 def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
-    keep = targets[0] != -100
-    nll = F.cross_entropy(logits[0].float(), targets[0].clamp(min=0), reduction="none")
-    return nll[keep].tolist()
+    nll = F.cross_entropy(logits[0].float(), targets[0].to(logits.device).clamp(min=0), reduction="none")
+    return [v for v, t in zip(nll.tolist(), targets[0].tolist()) if t != IGNORE_INDEX]
 
 
 def _greedy_base(base, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
@@ -36,6 +36,9 @@ def _greedy_base(base, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
 
 
 class Method:
+    """Ids may come on any device (a tokenizer makes them on the host): each method moves them
+    to its model's device, and hands back plain Python numbers."""
+
     name = "method"
     max_tokens: int | None = None
     """Longest text the method can read (None: unbounded)."""
@@ -63,6 +66,7 @@ class UIOMethod(Method):
     def token_losses(self, ids, first_segment: int = 0):
         """Losses of the tokens of segments ``first_segment``.. (earlier segments are only read)."""
         model = self.model
+        ids = ids.to(model.device)
         bounds = split_segments(ids.shape[1], model.segment_length)
         memory = None
         if self.use_memory and len(bounds) > 1:
@@ -84,6 +88,7 @@ class UIOMethod(Method):
 
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):
+        ids = ids.to(self.model.device)
         if self.use_memory:
             result = generate(self.model, ids, max_new_tokens, encode_batch_size=self.encode_batch_size)
             return result.sequences[0, ids.shape[1] :].tolist()
@@ -100,12 +105,12 @@ class StreamingMethod(Method):
         self.streaming = StreamingLLM(base, sink_tokens, window_tokens, chunk_tokens)
 
     def token_losses(self, ids):
-        return self.streaming.score(ids)[2]
+        return self.streaming.score(ids.to(self.streaming.base.device))[2]
 
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):
         self.streaming.reset()
-        logits = self.streaming.prefill(ids)
+        logits = self.streaming.prefill(ids.to(self.streaming.base.device))
         out = []
         for _ in range(max_new_tokens):
             token = logits.argmax(-1, keepdim=True)
@@ -123,7 +128,7 @@ class FullAttention(Method):
 
     @torch.no_grad()
     def token_losses(self, ids):
-        ids = ids[:, : self.max_tokens]
+        ids = ids[:, : self.max_tokens].to(self.base.device)
         logits = self.base(ids).logits[:, :-1]
         return _token_losses(logits, ids[:, 1:])
 
@@ -131,7 +136,7 @@ class FullAttention(Method):
     def greedy(self, ids, max_new_tokens):
         if ids.shape[1] + max_new_tokens > self.max_tokens:
             raise ValueError(f"full attention reads at most {self.max_tokens} tokens")
-        return _greedy_base(self.base, ids, max_new_tokens)
+        return _greedy_base(self.base, ids.to(self.base.device), max_new_tokens)
 
 
 class HOMERMethod(Method):
@@ -149,7 +154,7 @@ class HOMERMethod(Method):
 
     @torch.no_grad()
     def token_losses(self, ids):
-        losses = []
+        ids, losses = ids.to(self.homer.base.device), []
         for t, (a, b) in enumerate(split_segments(ids.shape[1], self.segment_length)):
             targets = segment_targets(ids, a, b)
             if t == 0:
@@ -162,7 +167,7 @@ class HOMERMethod(Method):
 
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):
-        logits, out = self._read(ids), []
+        logits, out = self._read(ids.to(self.homer.base.device)), []
         for _ in range(max_new_tokens):
             token = logits.argmax(-1, keepdim=True)
             out.append(int(token))

@@ -51,7 +51,7 @@ def evaluate_passkey(
                     found = re.search(r"\d+", text)
                     hits += int(found is not None and found.group(0) == key)
                     # a graded signal next to exact match: the loss of the true answer's tokens
-                    answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
+                    answer = prompt.new_tensor([tokenizer(f" {key}", add_special_tokens=False)["input_ids"]])
                     losses += method.last_losses(torch.cat([prompt, answer], dim=1), answer.shape[1])
                 row.append(hits / trials)
                 loss_row.append(sum(losses) / len(losses))

@@ -20,6 +20,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--segment-length", type=int, default=None, help="without --uio: l of untrained UIO parts")
     p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: ratio of untrained parts")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="override the parts' dtype")
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (the CUDA device when there is one, else the CPU), cpu, cuda:N")
     p.add_argument("--memory-window", type=int, default=None,
                    help="uio reads only the most recent N memories (default: every memory that fits)")
     p.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"], choices=TASKS)
@@ -58,7 +60,8 @@ def _documents(args, tokenizer) -> tuple[list[str], list[torch.Tensor]]:
     else:
         names = [f"doc{i}" for i in range(len(texts))]
     texts, names = texts[: args.max_documents], names[: args.max_documents]
-    docs = [torch.tensor(ids[: args.max_doc_tokens]) for ids in tokenizer(texts)["input_ids"]]
+    # documents stay on the host: each method moves what it reads to its model's device
+    docs = [torch.tensor(ids[: args.max_doc_tokens], device="cpu") for ids in tokenizer(texts)["input_ids"]]
     return names, docs
 
 
@@ -69,6 +72,7 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
         print("plots skipped: matplotlib is not installed (pip install 'uio_ds[plot]')")
         return []
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,7 +106,7 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
         fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.8), squeeze=False)
         for ax, name in zip(axes[0], methods):
             grid = [[float("nan") if v is None else v for v in row] for row in pk["methods"][name]["accuracy"]]
-            im = ax.imshow(torch.tensor(grid).T.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+            im = ax.imshow(np.array(grid).T, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
             ax.set_xticks(range(len(pk["lengths"])), [str(n) for n in pk["lengths"]], rotation=45)
             ax.set_yticks(range(len(pk["depths"])), [f"{d:.0%}" for d in pk["depths"]])
             ax.set(title=f"{name}", xlabel="prompt tokens", ylabel="key depth" if ax is axes[0][0] else None)
@@ -123,9 +127,13 @@ def main(argv=None) -> int:
     from uio_ds.config import UIOConfig
     from uio_ds.eval.methods import build_methods
     from uio_ds.machine import machine
-    from uio_ds.model.memory_model import UIOMemoryModel
+    from uio_ds.model.memory_model import UIOMemoryModel, resolve_device
 
     args = parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise SystemExit(f"error: --device: {err}") from None
     if args.uio and (args.segment_length or args.compression_ratio):
         raise SystemExit("error: --segment-length/--compression-ratio come from --uio's saved config; drop them")
     if "uio" in args.methods and not args.uio and not (args.segment_length or args.compression_ratio):
@@ -150,13 +158,14 @@ def main(argv=None) -> int:
 
         config = dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype),
                                                                  ("memory_window", args.memory_window)) if v})
-    model = UIOMemoryModel.from_pretrained(args.model, config)
+    model = UIOMemoryModel.from_pretrained(args.model, config, device=device)
     if args.uio:
         model.load_trained(args.uio)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     methods = build_methods(model, args.methods)
     report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "machine": machine(),
+                    "device": str(device),
                     "timings_s": {}}
     names, docs = ([], [])
     if {"perplexity", "passkey", "autoencode"} & set(args.tasks):

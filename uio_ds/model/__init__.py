@@ -7,6 +7,8 @@ from uio_ds.model.memory_model import (
     MemoryKV,
     PositionRangeError,
     UIOMemoryModel,
+    default_device,
+    resolve_device,
     segment_targets,
     split_segments,
 )
@@ -19,7 +21,9 @@ __all__ = [
     "MemoryStream",
     "PositionRangeError",
     "UIOMemoryModel",
+    "default_device",
     "generate",
+    "resolve_device",
     "segment_targets",
     "split_segments",
 ]

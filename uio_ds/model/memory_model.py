@@ -83,6 +83,32 @@ class DocumentOutput:
         return self.loss_sum / max(self.num_tokens, 1)
 
 
+def default_device() -> torch.device:
+    """Where a model runs when no device is named: this process's CUDA device when there is one
+    (``LOCAL_RANK``'s under a launcher), the CPU otherwise."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
+    return torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> :func:`default_device`; any other name as ``torch.device`` reads it, checked
+    here so a device this machine lacks fails before the weights are read."""
+    if device == "auto":
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name ({err}): use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: this machine has no CUDA device (torch "
+                             f"{torch.__version__} sees none); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def split_segments(length: int, segment_length: int) -> list[tuple[int, int]]:
     """(start, stop) of each segment of a ``length``-token text: full segments, then a residual of 1..l tokens."""
     if length < 1:
@@ -177,7 +203,9 @@ class UIOMemoryModel(nn.Module):
         self._inject_adapters()
         hidden = base.config.hidden_size
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
-        self.to(TORCH_DTYPES[config.dtype])
+        # every part on the base's device (peft leaves an adapter behind where it finds another
+        # adapter of the same layer on the meta device)
+        self.to(device=base.get_input_embeddings().weight.device, dtype=TORCH_DTYPES[config.dtype])
         self._trainable_names = [n for n, _ in self.named_parameters() if self._is_trainable_name(n)]
         self._refresh_trainable()
         self._active_adapter: str | None = None
@@ -197,7 +225,9 @@ class UIOMemoryModel(nn.Module):
         """Load a base model from a local directory and add UIO parts.
 
         With ``trained_path`` the UIO config and trained weights come from that directory
-        (written by ``save_trained``); ``config`` must then be omitted.
+        (written by ``save_trained``); ``config`` must then be omitted. With ``device`` the
+        weights are loaded straight onto it (``device_map``: no full copy in host memory first)
+        and the UIO parts are made there; ``"auto"`` is :func:`default_device`.
         """
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -216,14 +246,13 @@ class UIOMemoryModel(nn.Module):
         if meta:
             _check_fingerprint(meta, base_config, trained_path, base_path)
         dtype = TORCH_DTYPES[config.dtype]
+        placement = {} if device is None else {"device_map": {"": resolve_device(device)}}
         base = AutoModelForCausalLM.from_pretrained(
-            base_path, dtype=dtype, attn_implementation=resolve_attention(config.attention, dtype)
+            base_path, dtype=dtype, attn_implementation=resolve_attention(config.attention, dtype), **placement
         )
         model = cls(base, config)
         if trained_path is not None:
             model.load_trained(trained_path, allow_other_weights=allow_other_weights)
-        if device is not None:
-            model.to(device)
         return model
 
     def _inject_adapters(self) -> None:
@@ -285,8 +314,9 @@ class UIOMemoryModel(nn.Module):
         table = self.base.get_input_embeddings().weight.detach().float()
         if self.config.mem_init == "vocab_mean":
             return table.mean(0, keepdim=True).expand(m, hidden).clone()
+        # drawn on the host, so the values do not depend on the device the model is on
         gen = torch.Generator().manual_seed(self.config.seed)
-        return torch.randn(m, hidden, generator=gen) * table.std()
+        return torch.randn(m, hidden, generator=gen, device="cpu").to(table.device) * table.std()
 
     def _is_trainable_name(self, name: str) -> bool:
         if name == "mem_embeddings":
