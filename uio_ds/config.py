@@ -128,6 +128,12 @@ class UIOConfig:
     """Read only the most recent N segment memories (None: every memory that fits the position
     range). A runtime option: trained parts may be evaluated with another window."""
 
+    decoder_recompute: bool = False
+    """Activation recompute in the decoder pass under autograd: each decoder layer keeps only its
+    input and is run again at backward time (the memory-for-time trade of gradient
+    checkpointing), so a pass's activations shrink to one layer's. Gradients are unchanged. A
+    runtime option."""
+
     seed: int = 0
     """Seed for the initialisation of the trainable parts."""
 
@@ -167,8 +173,9 @@ class UIOConfig:
         w = self.memory_window
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
             problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 1")
-        if not isinstance(self.train_transfer, bool):
-            problems.append(f"train_transfer={self.train_transfer!r}: must be true or false")
+        for name in ("train_transfer", "decoder_recompute"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}={getattr(self, name)!r}: must be true or false")
         for name, allowed in (
             ("mem_init", MEM_INITS),
             ("attention", ATTENTION_BACKENDS),

@@ -10,6 +10,7 @@ reading the prefix tokens and the new tokens in one pass (tested).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -76,23 +77,40 @@ def rotate_keys(base, keys: torch.Tensor, start: int = 0) -> torch.Tensor:
     return keys * cos + rotate_half(keys) * sin
 
 
-def cache_from_rotated(base, keys: torch.Tensor, values: torch.Tensor):
-    """A DynamicCache holding already-rotated keys and their values, layer by layer."""
+@functools.lru_cache(maxsize=None)
+def _read_only_cache_class():
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=base.config)
+    class ReadOnlyCache(DynamicCache):
+        """A prefix cache that a forward pass reads but never extends: each layer gets
+        [prefix ; its new K/V] and the prefix stays as it was, so a layer run twice (activation
+        recompute) sees the same keys and values both times."""
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            layer = self.layers[layer_idx]
+            return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
+
+    return ReadOnlyCache
+
+
+def cache_from_rotated(base, keys: torch.Tensor, values: torch.Tensor, read_only: bool = False):
+    """A DynamicCache holding already-rotated keys and their values, layer by layer
+    (``read_only``: never extended by the passes that read it)."""
+    from transformers import DynamicCache
+
+    cache = (_read_only_cache_class() if read_only else DynamicCache)(config=base.config)
     for i in range(keys.shape[0]):
-        cache.update(keys[i], values[i], i)
+        DynamicCache.update(cache, keys[i], values[i], i)
     return cache
 
 
-def prefix_cache(base, memory: MemoryKV | None):
+def prefix_cache(base, memory: MemoryKV | None, read_only: bool = False):
     """A transformers DynamicCache holding ``memory`` with keys rotated at positions 0..M-1."""
     from transformers import DynamicCache
 
     if memory is None or memory.num_tokens == 0:
         return DynamicCache(config=base.config)
-    return cache_from_rotated(base, rotate_keys(base, memory.keys), memory.values)
+    return cache_from_rotated(base, rotate_keys(base, memory.keys), memory.values, read_only)
 
 
 def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:

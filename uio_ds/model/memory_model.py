@@ -38,7 +38,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer", "decoder")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
-RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window")
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "decoder_recompute")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -581,18 +581,54 @@ class UIOMemoryModel(nn.Module):
         if problem:
             raise PositionRangeError(problem)
 
-    def build_cache(self, memory: MemoryKV | None):
-        """A transformers DynamicCache holding the memory K/V rotated at positions 0..M-1."""
-        return prefix_cache(self.base, memory)
+    def build_cache(self, memory: MemoryKV | None, read_only: bool = False):
+        """A transformers DynamicCache holding the memory K/V rotated at positions 0..M-1
+        (``read_only``: a pass reads it but does not extend it)."""
+        return prefix_cache(self.base, memory, read_only)
 
     def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
         """The decoder (the frozen base, plus the decoder LoRA when configured) over ``input_ids``
         after whatever ``cache`` holds; returns logits.
 
-        ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place.
+        ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place,
+        unless it is read-only (``build_cache(..., read_only=True)``).
         """
-        with self.adapter(self.decoder_adapter):
+        with self.adapter(self.decoder_adapter), self._recomputed_layers():
             return forward_after_cache(self.base, input_ids, cache, logits_to_keep)
+
+    @contextlib.contextmanager
+    def _recomputed_layers(self) -> Iterator[None]:
+        """With ``decoder_recompute`` under autograd: every decoder layer runs inside a
+        non-reentrant ``torch.utils.checkpoint``, which keeps the layer's inputs and runs it again
+        at backward time. transformers' own gradient checkpointing drops the KV cache, which here
+        holds the memory, hence this: the cache must be read-only (a rerun must not extend it),
+        and the rerun, which happens after this pass has left its adapter, sets that adapter
+        again for its duration."""
+        if not (self.config.decoder_recompute and torch.is_grad_enabled()):
+            yield
+            return
+        from torch.utils.checkpoint import checkpoint
+
+        adapter = self._active_adapter
+
+        def recomputed(forward):
+            def run(*args, **kwargs):
+                previous = self._active_adapter
+                self._set_adapter(adapter)
+                try:
+                    return forward(*args, **kwargs)
+                finally:
+                    self._set_adapter(previous)
+
+            return lambda *args, **kwargs: checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+        for layer in self.layers:  # an instance attribute shadows the class's forward
+            layer.forward = recomputed(layer.forward)
+        try:
+            yield
+        finally:
+            for layer in self.layers:
+                del layer.forward
 
     def decode(
         self,
@@ -608,7 +644,8 @@ class UIOMemoryModel(nn.Module):
         if memory is not None and memory.batch_size != input_ids.shape[0]:
             raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
         memory = self.fit_positions(memory, input_ids.shape[1])
-        cache = self.build_cache(memory) if memory is not None else None
+        # the pass's cache is dropped after it: read-only, so a recomputed layer sees the same K/V
+        cache = self.build_cache(memory, read_only=self.config.decoder_recompute) if memory is not None else None
         logits = self.decoder_forward(input_ids, cache)
         out = DecoderOutput(logits=logits, memory_tokens=memory.num_tokens if memory is not None else 0)
         if targets is not None:
