@@ -56,6 +56,14 @@ SHAPES: dict[str, dict] = {
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
                        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-5,
                        sliding_window=None),
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+    "llama3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                        max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+                        tie_word_embeddings=True),
     "qwen2-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                      num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
                      max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
@@ -248,21 +256,31 @@ def run_step(model, settings: PlanSettings, offload_to_meta: bool) -> tuple[int,
     """One strategy step over a random document on ``model``'s tensors (fake or real, CPU);
     returns (peak bytes, bytes per part at the peak, seconds). ``offload_to_meta`` sends
     offloaded activations to the meta device (fake mode), where they are not counted."""
-    kwargs = {}
-    if settings.algorithm in ("incremental", "unbiased"):
-        # offloaded copies go to the meta device, where the tracker does not count them
-        kwargs.update(graph_mode=settings.graph_mode, offload_device="meta" if offload_to_meta else "cpu")
-    if settings.algorithm == "unbiased":
-        kwargs["seed"] = 0
-    strategy = build_strategy(settings.algorithm, settings.window, **kwargs)
-    vocab = model.base.config.vocab_size
-    gen = torch.Generator().manual_seed(0)
-    doc = torch.randint(0, vocab, (settings.micro_batch, settings.document_tokens), generator=gen)
+    # offloaded copies go to the meta device, where the tracker does not count them
+    strategy = step_strategy(settings, offload_device="meta" if offload_to_meta else "cpu")
+    doc = step_document(model, settings)
     tracker = TensorMemoryTracker(device_type="cpu", default_label="gradients and backward temporaries")
     start = time.perf_counter()
     with _attributed(model, tracker), tracker:
         strategy.run(model, doc)
     return tracker.peak, dict(tracker.peak_by_label), time.perf_counter() - start
+
+
+def step_strategy(settings: PlanSettings, offload_device: str = "cpu"):
+    """The gradient strategy of the planned step (the same one a measurement on a GPU runs)."""
+    kwargs = {}
+    if settings.algorithm in ("incremental", "unbiased"):
+        kwargs.update(graph_mode=settings.graph_mode, offload_device=offload_device)
+    if settings.algorithm == "unbiased":
+        kwargs["seed"] = 0
+    return build_strategy(settings.algorithm, settings.window, **kwargs)
+
+
+def step_document(model, settings: PlanSettings) -> torch.Tensor:
+    """The planned step's random document(s), made on the host (a step on a GPU moves them there)."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, model.base.config.vocab_size, (settings.micro_batch, settings.document_tokens),
+                         generator=gen)
 
 
 def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings) -> tuple[dict[str, int], list[str]]:
@@ -340,4 +358,4 @@ def measure(source: str, settings: PlanSettings, model=None) -> MemoryPlan:
 
 
 __all__ = ["SHAPES", "STEP_PARTS", "PlanSettings", "MemoryPlan", "plan", "measure", "persistent_bytes", "base_config",
-           "zero_settings"]
+           "zero_settings", "step_strategy", "step_document", "uio_config"]
