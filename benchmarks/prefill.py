@@ -181,7 +181,7 @@ def encoder_flops(base, tokens_per_segment: int, segments: int) -> float:
 
 
 def encoder_throughput(uio: UIOMemoryModel, args) -> dict:
-    segments = args.encode_batch
+    segments = args.encode_batch if args.encode_batch != "auto" else 8
     ids = torch.randint(3, 500, (segments, uio.segment_length), device=device())
     with torch.no_grad():
         uio.encode(ids)
@@ -255,7 +255,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["uio", "full", "streaming", "homer"])
     p.add_argument("--segment-length", type=int, default=1024)
     p.add_argument("--compression-ratio", type=int, default=32)
-    p.add_argument("--encode-batch", type=int, default=8, help="segments per batched encoder call")
+    p.add_argument("--encode-batch", type=lambda v: v if v == "auto" else int(v), default="auto",
+                   help="segments per batched encoder call: a number, or auto (from the memory budget: "
+                        "UIOMemoryModel.encode_batch_for)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--repeat-below", type=float, default=10.0, help="repeat a point only if one run is faster")
     p.add_argument("--decode-tokens", type=int, default=16)

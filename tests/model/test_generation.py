@@ -172,3 +172,24 @@ def test_memory_window_reads_only_the_most_recent_memories(short_context_dir):
         assert losses[79] == pytest.approx(want.item(), rel=1e-5)
         assert windowed(doc).loss_sum.item() == pytest.approx(sum(losses), rel=1e-5)
         assert abs(plain(doc).loss_sum.item() - sum(losses)) > 1e-3  # the window changes the scores
+
+
+def test_prefill_memory_stays_below_full_attention_at_every_length(tiny_dirs):
+    """The encoder batch comes from a budget (1/8 of full attention's KV cache for the prompt):
+    UIO's prefill then holds about its memory K/V, 1/ratio of full attention's cache (ratio 4
+    here), where compressing every segment at once holds nearly as much as full attention."""
+    from uio_ds.memory_tracker import TensorMemoryTracker
+
+    model = load(tiny_dirs["llama"])
+    for n in (256, 1024, 4096):
+        ids = random_ids(1, n, seed=1)
+        with torch.no_grad():
+            with TensorMemoryTracker() as full:
+                model.base(ids, use_cache=True, logits_to_keep=1)
+            with TensorMemoryTracker() as budget:
+                MemoryStream(model).prefill(ids)
+            with TensorMemoryTracker() as at_once:
+                MemoryStream(model, encode_batch_size=None).prefill(ids)
+        assert budget.peak < full.peak / 3, n
+        assert at_once.peak > 0.8 * full.peak and at_once.peak > 3 * budget.peak, n
+    assert model.encode_batch_for(4096) > model.encode_batch_for(1024) >= model.encode_batch_for(16) == 1

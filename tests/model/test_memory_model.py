@@ -128,14 +128,19 @@ def test_parallel_compression_equals_one_by_one(tiny_dirs, arch):
     # compress: the same memories, one row per text, whatever the chunk of segments per call
     texts = segments[:4].reshape(2, 2 * 16)
     with torch.no_grad():
-        whole, chunked = model.compress(texts), model.compress(texts, batch_size=3)
+        whole, chunked = model.compress(texts, batch_size=None), model.compress(texts, batch_size=3)
+        auto, single = model.compress(texts), model.compress(texts, batch_size=1)
         first = model.compress(texts[:1])
-    torch.testing.assert_close(whole.keys, chunked.keys, rtol=1e-5, atol=1e-6)
+    for other in (chunked, auto, single):
+        torch.testing.assert_close(whole.keys, other.keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(whole.values, other.values, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(whole.values[:, :1], first.values, rtol=1e-5, atol=1e-6)
     two = 2 * model.num_mem_tokens  # text 0 is segments 0 and 1
     torch.testing.assert_close(whole.keys[:, :1], apart.keys[..., :two, :], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="whole segments"):
         model.compress(segments[:1, :10])
+    with pytest.raises(ValueError, match="batch_size=0: must be an integer >= 1, 'auto' or None"):
+        model.compress(texts, batch_size=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

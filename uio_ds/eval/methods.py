@@ -57,7 +57,7 @@ class Method:
 
 
 class UIOMethod(Method):
-    def __init__(self, model: UIOMemoryModel, use_memory: bool = True, encode_batch_size: int = 8):
+    def __init__(self, model: UIOMemoryModel, use_memory: bool = True, encode_batch_size: int | str | None = "auto"):
         self.model, self.use_memory, self.encode_batch_size = model, use_memory, encode_batch_size
         self.name = "uio" if use_memory else "no_memory"
         self.max_tokens = model.max_tokens_supported() if use_memory else None

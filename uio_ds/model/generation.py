@@ -22,9 +22,10 @@ from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
 class MemoryStream:
     """Memories, residual tokens and decoder cache of a batch of equal-length texts."""
 
-    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | None = 8):
-        """``encode_batch_size``: segments per batched encoder call during prefill (bounds the
-        encoder's activation memory for long prompts; None compresses all segments at once)."""
+    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | str | None = "auto"):
+        """``encode_batch_size``: segments per batched encoder call during prefill, which bounds
+        the encoder's working memory for long prompts ("auto": from a budget, see
+        ``UIOMemoryModel.encode_batch_for``; None compresses all segments at once)."""
         self.model = model
         self.encode_batch_size = encode_batch_size
         self.memory: MemoryKV | None = None
@@ -144,7 +145,7 @@ def generate(
     stop_token_ids: Sequence[int] = (),
     pad_token_id: int | None = None,
     seed: int | None = None,
-    encode_batch_size: int | None = 8,
+    encode_batch_size: int | str | None = "auto",
     on_tokens: Callable[[torch.Tensor], None] | None = None,
 ) -> GenerationResult:
     """Generate up to ``max_new_tokens`` after equal-length prompts ``input_ids`` (B, P).

@@ -38,6 +38,9 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer", "decoder")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
+# Reading a prompt, the encoder's working memory is kept within 1/ENCODE_BUDGET_SHARE of the KV
+# cache full attention would hold for the same tokens (UIOMemoryModel.encode_batch_for).
+ENCODE_BUDGET_SHARE = 8
 RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "decoder_recompute")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
@@ -508,20 +511,70 @@ class UIOMemoryModel(nn.Module):
                 values.append(layer.self_attn.v_proj(h).view(n_seg, m, self.num_kv_heads, self.head_dim).transpose(1, 2))
         return MemoryKV(torch.stack(keys), torch.stack(values))
 
-    def compress(self, input_ids: torch.Tensor, batch_size: int | None = None) -> MemoryKV:
+    def compress(self, input_ids: torch.Tensor, batch_size: int | str | None = "auto") -> MemoryKV:
         """Memory K/V of texts (B, c*l) made of whole segments: one row per text, its c memories
-        in order. Encoder and transfer head run on ``batch_size`` segments at a time (all at once
-        when None), which bounds the activation memory of a long prompt read without a graph."""
+        in order. Encoder and transfer head run on ``batch_size`` segments at a time, which bounds
+        the working memory of a long prompt read without a graph: ``"auto"`` (default) takes as
+        many as :meth:`encode_batch_for` allows, ``None`` all at once. The K/V are written into
+        their final place batch by batch (no list of parts, no concatenated copy)."""
         batch, length = input_ids.shape
         if length == 0 or length % self.segment_length:
             raise ValueError(f"compress takes whole segments: {length} tokens is not a multiple of "
                              f"segment_length={self.segment_length}")
-        flat = input_ids.reshape(batch * (length // self.segment_length), self.segment_length)
-        step = batch_size or flat.shape[0]
-        parts = [self.memory_kv(self.encode(flat[i : i + step])) for i in range(0, flat.shape[0], step)]
-        kv = parts[0] if len(parts) == 1 else MemoryKV(torch.cat([p.keys for p in parts], dim=1),
-                                                       torch.cat([p.values for p in parts], dim=1))
-        return kv.per_text(batch)
+        count = length // self.segment_length
+        flat = input_ids.reshape(batch * count, self.segment_length)
+        if batch_size == "auto":
+            batch_size = self.encode_batch_for(input_ids.numel())
+        elif batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size={batch_size!r}: must be an integer >= 1, 'auto' or None")
+        step, m = batch_size or flat.shape[0], self.num_mem_tokens
+        keys = values = None
+        for i in range(0, flat.shape[0], step):
+            part = self.memory_kv(self.encode(flat[i : i + step]))
+            if keys is None:
+                shape = (self.num_layers, batch, self.num_kv_heads, count * m, self.head_dim)
+                keys, values = part.keys.new_empty(shape), part.values.new_empty(shape)
+            for j in range(part.batch_size):  # flat row i + j is segment (i + j) % count of text (i + j) // count
+                text, seg = divmod(i + j, count)
+                keys[:, text, :, seg * m : (seg + 1) * m] = part.keys[:, j]
+                values[:, text, :, seg * m : (seg + 1) * m] = part.values[:, j]
+        return MemoryKV(keys, values)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K/V one token takes in every layer's cache (the base model's, in its dtype)."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.mem_embeddings.element_size()
+
+    def encode_batch_for(self, tokens: int) -> int:
+        """Segments per encoder call when ``tokens`` tokens are compressed without a graph: as
+        many as keep the call's working memory within 1/8 of the KV cache that full attention
+        would hold for those tokens (so that reading a prompt costs UIO less memory than it costs
+        full attention, at every length), and at least one. One segment's working memory is
+        measured once per device and dtype (``torch.cuda.max_memory_allocated`` on CUDA, tensor
+        storage on the CPU) by compressing a segment."""
+        budget = tokens * self.kv_bytes_per_token() // ENCODE_BUDGET_SHARE
+        return max(1, budget // max(self._segment_encode_bytes(), 1))
+
+    def _segment_encode_bytes(self) -> int:
+        key = (str(self.device), self.mem_embeddings.dtype, self._active_adapter)
+        cached = getattr(self, "_encode_bytes", {})
+        if key not in cached:
+            from uio_ds.memory_tracker import TensorMemoryTracker
+
+            ids = torch.full((1, self.segment_length), 3, dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                    before = torch.cuda.memory_allocated(self.device)
+                    self.memory_kv(self.encode(ids))
+                    used = torch.cuda.max_memory_allocated(self.device) - before
+                else:
+                    with TensorMemoryTracker(device_type=self.device.type) as tracker:
+                        self.memory_kv(self.encode(ids))
+                    used = tracker.peak
+            cached[key] = int(used)
+            self._encode_bytes = cached
+        return cached[key]
 
     # ------------------------------------------------------------------ decoder
 
@@ -676,7 +729,7 @@ class UIOMemoryModel(nn.Module):
         memory = None
         if len(bounds) > 1:
             # The last segment's memory would serve no loss: never build it.
-            memory = self.compress(input_ids[:, : bounds[-1][0]])
+            memory = self.compress(input_ids[:, : bounds[-1][0]], batch_size=None)
         sums, counts = [], []
         for t, (start, stop) in enumerate(bounds):
             previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
