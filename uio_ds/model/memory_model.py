@@ -555,7 +555,7 @@ class UIOMemoryModel(nn.Module):
         return max(1, budget // max(self._segment_encode_bytes(), 1))
 
     def _segment_encode_bytes(self) -> int:
-        key = (str(self.device), self.mem_embeddings.dtype, self._active_adapter)
+        key = (str(self.device), self.mem_embeddings.dtype)
         cached = getattr(self, "_encode_bytes", {})
         if key not in cached:
             from uio_ds.memory_tracker import TensorMemoryTracker
