@@ -446,7 +446,9 @@ class UIOMemoryModel(nn.Module):
         captured: list[torch.Tensor] = []
 
         def keep_mem_positions(_module, _inputs, output):
-            captured.append(output[:, n:])
+            # a copy of the <mem> positions: a view would keep the layer's whole input alive
+            # (every layer's (N, n + m, hidden) until the call ends, 8x full attention's at 8K)
+            captured.append(output[:, n:].clone())
             if len(captured) == self.num_layers:
                 # Nothing after the last layer's input norm reaches the memory: stop the
                 # forward here instead of running that layer's attention and MLP for nothing.
