@@ -67,12 +67,7 @@ class MemoryStream:
             self._append_memory(self._compress(input_ids[:, :residual_start]))
         else:
             self.cache = self.model.build_cache(None)
-        # The residual (up to l tokens) is read a quarter segment at a time: one decoder pass over
-        # a whole segment would hold as much working memory as full attention over a short prompt.
-        tail, step = input_ids[:, residual_start:], max(1, self.model.segment_length // 4)
-        for start in range(0, tail.shape[1], step):
-            logits = self.feed(tail[:, start : start + step])
-        return logits
+        return self.feed(input_ids[:, residual_start:])
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
