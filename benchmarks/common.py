@@ -42,7 +42,7 @@ def perturb_trainable(model, seed: int, scale: float) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.trainable_parameters():
-            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) * scale)  # drawn on the host
 
 
 def flat(grads, params) -> torch.Tensor:

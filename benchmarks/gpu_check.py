@@ -34,7 +34,7 @@ import time
 import traceback
 
 import torch
-from common import RESULTS_DIR
+from common import RESULTS_DIR, flat, perturb_trainable
 
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.machine import machine
@@ -68,22 +68,10 @@ def _uio_config(l: int, ratio: int, **extra) -> UIOConfig:
                      transfer_lora=LoRAConfig(target_modules=("k_proj", "v_proj"), **lora), **extra)
 
 
-def _perturb(model: UIOMemoryModel) -> None:
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.trainable_parameters():
-            p.add_((torch.randn(p.shape, generator=gen) * 0.02).to(p.device, p.dtype))
-
-
 def _compare(a: torch.Tensor, b: torch.Tensor) -> dict:
     a, b = a.detach().double().cpu().flatten(), b.detach().double().cpu().flatten()
     return {"max_abs_diff": (a - b).abs().max().item(), "rel_err": ((a - b).norm() / b.norm().clamp_min(1e-30)).item(),
             "cosine": torch.nn.functional.cosine_similarity(a, b, dim=0).item()}
-
-
-def _flat(grads, params) -> torch.Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).detach().double().cpu().flatten()
-                      for g, p in zip(grads, params)])
 
 
 def part_flash(args, device, root) -> dict:
@@ -97,11 +85,11 @@ def part_flash(args, device, root) -> dict:
     out = {}
     for attention in ("flash_attention_2", "sdpa"):
         model = UIOMemoryModel.from_pretrained(path, _uio_config(l, ratio, attention=attention), device=device)
-        _perturb(model)
+        perturb_trainable(model, seed=1, scale=0.02)
         memory = model.memory_kv(model.encode(ids[:, : 2 * l].reshape(-1, l))).per_text(2)
         result = model.decode(ids[:, 2 * l :], memory, ids[:, 2 * l :].roll(-1, 1))
         grads = torch.autograd.grad(result.loss_sum, model.trainable_parameters(), allow_unused=True)
-        out[attention] = (result.logits.float(), _flat(grads, model.trainable_parameters()))
+        out[attention] = (result.logits.float(), flat(grads, model.trainable_parameters()))
         del model
     return {"status": "ok", "shape": "toy" if args.smoke else "smollm2-135m", "segment_length": l,
             "memory_tokens": 2 * (l // ratio), "logits": _compare(out["flash_attention_2"][0], out["sdpa"][0]),
@@ -131,7 +119,7 @@ def part_steps(args, device, root) -> dict:
             optim.step()
             optim.zero_grad(set_to_none=True)
             losses.append(result.loss)
-            first = first if first is not None else _flat(result.grads, params)
+            first = first if first is not None else flat(result.grads, params)
         if where.type == "cuda":
             torch.cuda.synchronize()
         runs[name] = {"losses": losses, "grad": first, "seconds": time.perf_counter() - start}

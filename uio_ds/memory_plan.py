@@ -328,7 +328,7 @@ def _plan(model, source: str, settings: PlanSettings, mode: str) -> MemoryPlan:
                       trainable_parameters=trainable, frozen_parameters=frozen, notes=notes)
 
 
-class _ScalarStandIns(TorchDispatchMode):
+class ScalarStandIns(TorchDispatchMode):
     """Answers ``.item()`` of a fake tensor, which has no data, with 1 (True for a bool): the
     training step reads a few scalars (token counts, loss sums, "is anything scored") that
     scale numbers but never shapes, so a stand-in leaves the memory it plans unchanged."""
@@ -346,7 +346,7 @@ def plan(source: str, settings: PlanSettings) -> MemoryPlan:
     settings.validate()
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     model = build_model(source, settings, fake_mode=mode)
-    with mode, _ScalarStandIns():
+    with mode, ScalarStandIns():
         return _plan(model, source, settings, "fake")
 
 
@@ -358,4 +358,4 @@ def measure(source: str, settings: PlanSettings, model=None) -> MemoryPlan:
 
 
 __all__ = ["SHAPES", "STEP_PARTS", "PlanSettings", "MemoryPlan", "plan", "measure", "persistent_bytes", "base_config",
-           "zero_settings", "step_strategy", "step_document", "uio_config"]
+           "zero_settings", "step_strategy", "step_document", "uio_config", "ScalarStandIns"]

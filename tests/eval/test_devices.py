@@ -15,24 +15,15 @@ import pytest
 import torch
 from helpers import perturb_trainable, random_ids, small_config
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct, reconstruction_loss
 from uio_ds.eval.methods import build_methods
 from uio_ds.eval.passkey import evaluate_passkey
 from uio_ds.eval.perplexity import evaluate_perplexity
+from uio_ds.memory_plan import ScalarStandIns
 from uio_ds.model import UIOMemoryModel, generate, resolve_device
 
 ARCHS = ("llama", "mistral", "qwen2")
-
-
-class _Scalars(TorchDispatchMode):
-    """Fake tensors hold no data: ``.item()`` / ``.tolist()`` read 1 (True for a bool)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            return True if args[0].dtype == torch.bool else 1
-        return func(*args, **(kwargs or {}))
 
 
 def _decoder_lora():
@@ -77,7 +68,7 @@ def fake_model(tiny_dirs, request):
 
 def _on_fake_device(fake_model, run):
     model, mode = fake_model
-    with mode, _Scalars():
+    with mode, ScalarStandIns():  # fake tensors hold no data: .item() reads 1
         return run(model)
 
 
