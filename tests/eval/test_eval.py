@@ -175,3 +175,21 @@ def test_last_losses_equal_the_tail_of_all_losses(model):
         for length, n in ((53, 5), (48, 3), (50, 20), (17, 16)):
             doc = random_ids(1, length, seed=length)
             assert method.last_losses(doc, n) == pytest.approx(method.token_losses(doc)[-n:], rel=1e-5, abs=1e-6)
+
+
+def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dirs, tmp_path):
+    ids = random_ids(1, 60, seed=3)
+    full = build_methods(model, ["full"])[0].token_losses(ids)
+    default = build_methods(model, ["streaming"])[0]
+    assert default.streaming.sink_tokens + default.streaming.window_tokens == model.segment_length
+    wide = build_methods(model, ["streaming"], streaming_window=64)[0]
+    assert wide.streaming.sink_tokens + wide.streaming.window_tokens == 64
+    # 60 tokens fit in a 64-entry window: StreamingLLM is full attention there, and not in l = 16 entries
+    assert wide.token_losses(ids) == pytest.approx(full, rel=1e-5, abs=1e-5)
+    assert default.token_losses(ids) != pytest.approx(full, rel=1e-3)
+    with pytest.raises(ValueError, match="must exceed the 4 attention sinks"):
+        build_methods(model, ["streaming"], streaming_window=4)
+    from uio_ds.eval.run import main
+
+    with pytest.raises(SystemExit, match="--streaming-window 3"):
+        main(["--model", tiny_dirs["llama"], "--methods", "streaming", "--streaming-window", "3"])

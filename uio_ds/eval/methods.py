@@ -6,7 +6,8 @@ prompt greedily:
 
 * ``uio``: the memory model: every earlier segment as compressed memory;
 * ``no_memory``: the same decoder seeing only the current segment (what memory must beat);
-* ``streaming``: StreamingLLM, attention sinks + a recent window of the same size as l;
+* ``streaming``: StreamingLLM, attention sinks + a recent window: l KV entries in all unless
+  ``streaming_window`` says otherwise;
 * ``full``: the base model attending to everything, up to its position range;
 * ``homer``: HOMER's hierarchical merging of the text before the current segment into a
   fixed-size cache (the last tokens of that text are its suffix, never pruned).
@@ -175,8 +176,16 @@ class HOMERMethod(Method):
         return out
 
 
-def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4) -> list[Method]:
-    """The named methods over one memory model's base weights; the streaming window matches l."""
+def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4,
+                  streaming_window: int | None = None) -> list[Method]:
+    """The named methods over one memory model's base weights.
+
+    ``streaming_window`` is the number of KV entries StreamingLLM reads (sinks included); by default
+    l, the decoder's own window.
+    """
+    window = streaming_window or model.segment_length
+    if window <= sink_tokens:
+        raise ValueError(f"streaming window {window} must exceed the {sink_tokens} attention sinks")
     out = []
     for name in names:
         if name == "uio":
@@ -184,7 +193,7 @@ def build_methods(model: UIOMemoryModel, names: list[str], sink_tokens: int = 4)
         elif name == "no_memory":
             out.append(UIOMethod(model, use_memory=False))
         elif name == "streaming":
-            out.append(StreamingMethod(model.base, sink_tokens, model.segment_length - sink_tokens))
+            out.append(StreamingMethod(model.base, sink_tokens, window - sink_tokens))
         elif name == "full":
             out.append(FullAttention(model.base))
         elif name == "homer":

@@ -24,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
                    help="where the model runs: auto (the CUDA device when there is one, else the CPU), cpu, cuda:N")
     p.add_argument("--memory-window", type=int, default=None,
                    help="uio reads only the most recent N memories (default: every memory that fits)")
+    p.add_argument("--streaming-window", type=int, default=None,
+                   help="KV entries StreamingLLM reads, its 4 sinks included (default: l, the decoder's window); "
+                        "e.g. (n/l)*l/ratio + l to match what uio reads at n tokens")
     p.add_argument("--tasks", nargs="+", default=["perplexity", "passkey"], choices=TASKS)
     p.add_argument("--methods", nargs="+", default=["uio", "no_memory", "streaming", "full"], choices=METHODS)
     p.add_argument("--data", default="data/kjv", help="documents: a prepared corpus directory or text files")
@@ -140,6 +143,9 @@ def main(argv=None) -> int:
         raise SystemExit("error: method uio needs trained parts: pass --uio DIR (save_trained output, a run's "
                          "final/), or --segment-length/--compression-ratio to measure untrained parts, or leave uio "
                          "out of --methods")
+    if args.streaming_window is not None and args.streaming_window <= 4:
+        raise SystemExit(f"error: --streaming-window {args.streaming_window}: it holds the 4 attention sinks and a "
+                         "recent window, so pass more than 4")
     if "longbench" in args.tasks and not args.longbench:
         raise SystemExit("error: the longbench task needs --longbench FILE")
     longbench_records = None
@@ -163,10 +169,10 @@ def main(argv=None) -> int:
         model.load_trained(args.uio)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    methods = build_methods(model, args.methods)
+    methods = build_methods(model, args.methods, streaming_window=args.streaming_window)
     report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "machine": machine(),
                     "device": str(device),
-                    "timings_s": {}}
+                    "streaming_window": args.streaming_window or model.segment_length, "timings_s": {}}
     names, docs = ([], [])
     if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
         names, docs = _documents(args, tokenizer)
