@@ -1,6 +1,6 @@
 """Everything DeepSpeed, in one module.
 
-One optimizer step under ZeRO-1/2:
+One optimizer step under ZeRO-1/2/3:
 
 1. every rank counts its scored tokens; one all-reduce gives the global count N;
 2. the TBPTT strategy runs the documents of this rank, with every decoder and encoder
@@ -15,6 +15,9 @@ DeepSpeed therefore reduces (averages over ranks) exactly once per step, whateve
 of segments or backward passes each rank ran, and the average is the gradient of the
 token-weighted mean loss over all ranks' documents. Calling ``engine.backward`` once per
 segment instead was measured to give silently wrong parameters.
+
+Under ZeRO-3, where running a module gathers its weights from every rank, step 2 runs the
+ranks' passes in lockstep (``uio_ds.algo.lockstep``).
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ import deepspeed  # noqa: E402
 import deepspeed.comm as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
+from uio_ds.algo.lockstep import Lockstep  # noqa: E402
 from uio_ds.algo.tbptt import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
 from uio_ds.train_config import TrainConfig  # noqa: E402
 
-SUPPORTED_ZERO_STAGES = (0, 1, 2)
+SUPPORTED_ZERO_STAGES = (0, 1, 2, 3)
 
 
 def _single_process_env() -> None:
@@ -121,6 +125,12 @@ def all_reduce_max_float(value: float) -> float:
     return float(t.item())
 
 
+def all_reduce_min(value: int) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
 def all_reduce_max(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -195,11 +205,23 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
     zero = ds.setdefault("zero_optimization", {"stage": 2})
     stage = zero.get("stage", 0)
     if stage not in SUPPORTED_ZERO_STAGES:
-        problems.append(
-            f"DeepSpeed zero_optimization.stage={stage}: uio_ds supports stages {list(SUPPORTED_ZERO_STAGES)}. "
-            "ZeRO-3 gathers parameters in hooks on module forwards and needs the same forwards on every rank, "
-            "while TBPTT runs a different number of segment passes per rank; use stage 2"
-        )
+        problems.append(f"DeepSpeed zero_optimization.stage={stage}: uio_ds supports stages "
+                        f"{list(SUPPORTED_ZERO_STAGES)}")
+    if stage == 3:
+        # ZeRO-3 gathers each module's weights from every rank when the module runs, so the ranks'
+        # passes run in lockstep (uio_ds.algo.lockstep), which needs self-contained passes.
+        if cfg.algorithm.name not in ("incremental", "unbiased"):
+            problems.append(f"DeepSpeed ZeRO-3 with algorithm.name={cfg.algorithm.name!r}: ZeRO-3 runs the "
+                            "incremental strategies only; use \"incremental\" or \"unbiased\", or ZeRO-2")
+        prefetch = zero.get("stage3_prefetch_bucket_size", "auto")
+        if prefetch == "auto":
+            zero["stage3_prefetch_bucket_size"] = 0
+        elif prefetch != 0:
+            problems.append(f"DeepSpeed zero_optimization.stage3_prefetch_bucket_size={prefetch}: prefetching "
+                            "follows the module order DeepSpeed recorded, which padding passes change from step "
+                            "to step; set it to 0 (or \"auto\")")
+        if zero.get("offload_param", {}).get("device") not in (None, "none", "cpu"):
+            problems.append("DeepSpeed zero_optimization.offload_param.device: only \"cpu\" is supported")
     for key in ("reduce_bucket_size", "allgather_bucket_size"):
         if zero.get(key) == "auto":
             if hidden_size:
@@ -212,7 +234,15 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
 
     cpu_activations = bool(ds.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
     graph_mode = cfg.algorithm.graph_mode
-    if graph_mode == "auto":
+    if stage == 3:
+        if graph_mode not in ("auto", "recompute"):
+            problems.append(f"DeepSpeed ZeRO-3 with algorithm.graph_mode={graph_mode!r}: ZeRO-3 rebuilds encoder "
+                            "graphs at backward time (every pass self-contained); use \"auto\" or \"recompute\"")
+        if cpu_activations:
+            problems.append("DeepSpeed activation_checkpointing.cpu_checkpointing=true with ZeRO-3: encoder graphs "
+                            "are rebuilt, not kept, under ZeRO-3; remove the section")
+        graph_mode = "recompute"
+    elif graph_mode == "auto":
         graph_mode = "offload" if cpu_activations else "keep"
     elif cpu_activations and graph_mode != "offload":
         problems.append(f"DeepSpeed activation_checkpointing.cpu_checkpointing=true but algorithm.graph_mode="
@@ -266,6 +296,22 @@ class UIOEngine:
         self.model = model
         self.strategy = strategy
         self.objective = SurrogateObjective(model)
+        self.lockstep = None
+        zero = ds_config.get("zero_optimization", {})
+        if zero.get("stage") == 3:
+            # The trainable parts (LoRA, <mem> embeddings: megabytes) stay whole on every rank, as
+            # under ZeRO-2: the strategies read them outside any module's forward (the surrogate,
+            # the <mem> embeddings). Their gradients and optimizer states are partitioned.
+            largest = max(p.numel() for p in model.trainable_parameters())
+            threshold = zero.get("stage3_param_persistence_threshold", "auto")
+            if threshold == "auto":
+                ds_config = copy.deepcopy(ds_config)
+                ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = largest
+            elif threshold < largest:
+                raise ConfigError("DeepSpeed config", [
+                    f"zero_optimization.stage3_param_persistence_threshold={threshold} is below the largest "
+                    f"trainable parameter ({largest} elements): set it to \"auto\" or at least {largest}"])
+            self.lockstep = Lockstep(all_reduce_min)
         schedule = lr_lambda or (lambda step: 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.objective,
@@ -273,6 +319,19 @@ class UIOEngine:
             config=ds_config,
             lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         )
+        if self.lockstep is not None:
+            # Persistent parameters are gathered the first time their module runs; the <mem>
+            # embeddings belong to no module that runs, so every persistent one is gathered now
+            # (DeepSpeed gathers them again after each step and each checkpoint event).
+            persistent = [p for p in self.objective.parameters() if getattr(p, "ds_persist", False)]
+            if persistent:
+                persistent[0].all_gather(persistent)
+            # While DeepSpeed has no complete trace of the module order (every step, as padding
+            # changes it), a module releases even persistent parameters after it runs: the
+            # surrogate reads the trainable parameters outside their modules, so the root module
+            # gathers them before its forward.
+            for p in model.trainable_parameters():
+                deepspeed.zero.register_external_parameter(self.objective, p)
         self.world_size = dist.get_world_size()
         self.rank = dist.get_rank()
         self.fp16 = self.engine.fp16_enabled()
@@ -298,7 +357,8 @@ class UIOEngine:
         local_tokens = batch_targets(batches)
         global_tokens = int(all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
-        result = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens)
+        result = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens,
+                                           lockstep=self.lockstep)
         params = self.model.trainable_parameters()
         # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
         buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]

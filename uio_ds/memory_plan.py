@@ -307,7 +307,8 @@ def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings) -> tup
         staging = b if stage == 2 else 4
         parts["reduce bucket"] = settings.reduce_bucket_size * staging * (2 if settings.overlap_comm else 1)
     if stage == 3:
-        notes.append("ZeRO-3 is refused by uio_ds's engine (docs/training.md); shown for comparison only")
+        notes.append("ZeRO-3: the frozen weights are counted whole here; the planner does not yet model their "
+                     "partition, gather buffers or padding passes")
     if settings.optimizer_offload:
         notes.append("optimizer offload: master weights, Adam moments and the fp32 gradient partition live in host memory")
     return {k: int(v) for k, v in parts.items()}, notes

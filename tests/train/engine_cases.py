@@ -13,6 +13,9 @@ CASES = {
     "zero1": {"ds": "zero1.json", "algorithm": "incremental", "window": 2, "steps": 2, "clip": 0.0},
     "zero2_offload": {"ds": "zero2_offload.json", "algorithm": "incremental", "window": 2, "steps": 2, "clip": 1.0},
     "zero2_full": {"ds": "zero2.json", "algorithm": "full", "window": None, "steps": 2, "clip": 0.0},
+    # the frozen base partitioned across the ranks, their passes in lockstep with padding passes
+    "zero3": {"ds": "zero3.json", "algorithm": "incremental", "window": 2, "steps": 3, "clip": 0.5},
+    "zero3_offload": {"ds": "zero3_offload.json", "algorithm": "incremental", "window": 2, "steps": 2, "clip": 1.0},
 }
 
 

@@ -26,13 +26,15 @@ def main() -> None:
         with open(find_config(case["ds"], "deepspeed")) as f:
             ds_config, graph_mode = engine.resolve_ds_config(json.load(f), cfg, world)
         model = case_model(args.model, case)
-        strategy = build_strategy(case["algorithm"], case["window"])
+        options = {} if case["algorithm"] == "full" else {"graph_mode": graph_mode}
+        strategy = build_strategy(case["algorithm"], case["window"], **options)
         eng = engine.UIOEngine(model, ds_config, strategy,
                                lr_lambda=lambda step, cfg=cfg: cfg.optim.lr_multiplier(step, cfg.steps))
         history = []
         for step in range(case["steps"]):
             out = eng.train_step(case_documents(case, rank, step))
             history.append({"loss": out.loss, "grad_norm": out.grad_norm, "lr": out.lr, "tokens": out.tokens,
+                            "stats": out.stats,
                             "params": [p.detach().clone() for p in model.trainable_parameters()]})
         if rank == 0:
             torch.save({"history": history, "graph_mode": graph_mode}, os.path.join(args.out, f"{name}.pt"))

@@ -153,7 +153,9 @@ def _deepspeed_file(tmp_path, edit: dict | None = None, text: str | None = None)
 
 DEEPSPEED_CASES = [
     ("not_json", None, "{ zero", ["not valid JSON"]),
-    ("zero3", {"zero_optimization": {"stage": 3}}, None, ["zero_optimization.stage=3"]),
+    ("zero4", {"zero_optimization": {"stage": 4}}, None, ["zero_optimization.stage=4"]),
+    ("zero3_prefetch", {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1000}}, None,
+     ["stage3_prefetch_bucket_size=1000", "set it to 0"]),
     ("accumulation", {"gradient_accumulation_steps": 4}, None, ["gradient_accumulation_steps=4"]),
     ("scheduler", {"scheduler": {"type": "WarmupLR"}}, None, ["scheduler section"]),
     ("sgd", {"optimizer": {"type": "SGD", "params": {}}}, None, ["optimizer.type='SGD'"]),

@@ -33,6 +33,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from uio_ds.algo.lockstep import ENCODE, FLUSH, Lockstep, decode_kind
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.memory_model import segment_targets, split_segments
 from uio_ds.offload import offload_saved_tensors
@@ -166,13 +167,15 @@ class Strategy:
 
     # -- public entry points ------------------------------------------------------------
 
-    def run(self, model: MemoryModel, documents, loss_scale: float | None = None) -> TBPTTResult:
+    def run(self, model: MemoryModel, documents, loss_scale: float | None = None,
+            lockstep: Lockstep | None = None) -> TBPTTResult:
         """Gradient of ``loss_scale * (summed token loss)`` over ``documents``.
 
         ``documents``: a (B, T) tensor of equal-length documents, or a list of such tensors, of
         1-D token tensors or of dicts with ``input_ids`` and ``labels`` (see ``as_batches``:
         1-D documents of equal length run as one batch, the batches one after another).
         ``loss_scale`` defaults to 1 / (number of scored tokens): the token-weighted mean.
+        ``lockstep``: see ``run_batches``.
         """
         docs = as_batches(documents)
         if loss_scale is None:
@@ -180,18 +183,39 @@ class Strategy:
             if targets == 0:
                 raise ValueError("the documents have no scored token (every label is IGNORE_INDEX)")
             loss_scale = 1.0 / targets
-        return self.run_batches(model, docs, loss_scale)
+        return self.run_batches(model, docs, loss_scale, lockstep)
 
     def run_batches(self, model: MemoryModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                    loss_scale: float) -> TBPTTResult:
-        """``run`` on documents already grouped by ``as_batches``: (input_ids, labels) pairs."""
+                    loss_scale: float, lockstep: Lockstep | None = None) -> TBPTTResult:
+        """``run`` on documents already grouped by ``as_batches``: (input_ids, labels) pairs.
+
+        ``lockstep`` (ZeRO-3): every base-model pass is announced to it, and the call returns
+        only when every rank has run all of its passes (see ``uio_ds.algo.lockstep``)."""
         scale = float(loss_scale)
         params = model.trainable_parameters()
+        if lockstep is not None:
+            self._check_lockstep()
+            padded_before = lockstep.padding_passes
+        self._lockstep = lockstep
         result = None
-        for doc, labels in batches:
-            part = self._run_document(model, doc, labels, scale, params)
-            result = part if result is None else result.merge(part)
+        try:
+            for doc, labels in batches:
+                part = self._run_document(model, doc, labels, scale, params)
+                result = part if result is None else result.merge(part)
+            if lockstep is not None:
+                lockstep.finish(model)
+                result.stats["padding_passes"] = lockstep.padding_passes - padded_before
+        finally:
+            self._lockstep = None
         return result
+
+    def _check_lockstep(self) -> None:
+        raise ValueError(f"{self.name} cannot keep ranks in lockstep (ZeRO-3): use incremental or unbiased "
+                         "with graph_mode 'recompute'")
+
+    def _enter(self, model, kind: int) -> None:
+        if getattr(self, "_lockstep", None) is not None:
+            self._lockstep.enter(model, kind)
 
     def state_dict(self) -> dict:
         return {}
@@ -341,6 +365,13 @@ class _LeafWindowStrategy(Strategy):
     def _window(self) -> _Window:
         raise NotImplementedError
 
+    def _check_lockstep(self) -> None:
+        # a kept (or offloaded) encoder graph would outlive the pass that built it, so its
+        # backward could not be matched by a padding pass on another rank
+        if self.graph_mode != "recompute":
+            raise ValueError(f"ZeRO-3 runs {self.name} with graph_mode 'recompute' (encoder graphs rebuilt at "
+                             f"backward, so every pass is self-contained), not {self.graph_mode!r}")
+
     def _run_document(self, model, doc, labels, scale, params):
         _check_recompute(model, self.graph_mode)
         bounds = split_segments(doc.shape[1], model.segment_length)
@@ -371,7 +402,9 @@ class _LeafWindowStrategy(Strategy):
         parallel = [s for s in range(n_mem) if not enters[s] or self.graph_mode == "recompute"]
         values: list = [None] * n_mem
         with torch.no_grad():
-            for s, v in zip(parallel, _encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size)):
+            encoded = _encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size,
+                                  enter=lambda: self._enter(model, ENCODE))
+            for s, v in zip(parallel, encoded):
                 values[s] = v
         graphs: dict[int, torch.Tensor] = {}   # memory -> encoder output with its graph alive
         leaves: dict[int, torch.Tensor] = {}   # memory -> detached leaf the decoders read
@@ -389,6 +422,7 @@ class _LeafWindowStrategy(Strategy):
             if grad is None:  # entered but no decoder step used it with gradient: nothing to do
                 return
             if out is None:  # recompute mode: rebuild this segment's encoder graph now
+                self._enter(model, FLUSH)
                 out = model.encode(segs[s])
                 stats["encoder_recomputes"] += 1
             grads = torch.autograd.grad(out, enc_params, grad_outputs=grad, allow_unused=True)
@@ -417,6 +451,8 @@ class _LeafWindowStrategy(Strategy):
                 continue
             window = sorted(leaves)
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
+            read = model.readable_memories(t)
+            self._enter(model, decode_kind(read > 0, any(s in leaves for s in range(t - read, t))))
             with _graph_context(self.graph_mode, self.offload_device):  # 'offload' also moves the decoder's saved activations
                 out = model.decode(segs[t], _kv(model, memory, batch), targets)
             inputs = list(params) + [leaves[s] for s in window]
@@ -488,14 +524,19 @@ def build_strategy(name: str, window: int | None = None, **kwargs) -> Strategy:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _encode_all(model, segments: list[torch.Tensor], batch: int, chunk: int | None = None) -> list[torch.Tensor]:
-    """Memories of several (B, l) segments in batched encoder calls; one (B, L, m, H) per segment."""
+def _encode_all(model, segments: list[torch.Tensor], batch: int, chunk: int | None = None,
+                enter=lambda: None) -> list[torch.Tensor]:
+    """Memories of several (B, l) segments in batched encoder calls; one (B, L, m, H) per segment.
+    ``enter()`` is called before each call (the lockstep's announcement)."""
     if not segments:
         return []
     flat = torch.cat(segments, dim=0)
     step = (chunk or len(segments)) * batch
-    out = torch.cat([model.encode(flat[i : i + step]) for i in range(0, flat.shape[0], step)], dim=0)
-    return list(out.split(batch, dim=0))
+    parts = []
+    for i in range(0, flat.shape[0], step):
+        enter()
+        parts.append(model.encode(flat[i : i + step]))
+    return list(torch.cat(parts, dim=0).split(batch, dim=0))
 
 
 def _kv(model, memory: list[torch.Tensor], batch: int):

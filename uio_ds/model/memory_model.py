@@ -203,6 +203,9 @@ class UIOMemoryModel(nn.Module):
         self.config = config
         self.base = base
         self.base.requires_grad_(False)
+        # taken now: under ZeRO-3 the frozen weights are later held in slices across ranks
+        # (a base on the meta device, as the memory planner builds it, has no values to probe)
+        self._weights_probe = None if base.get_input_embeddings().weight.is_meta else weights_probe(base)
         self._inject_adapters()
         hidden = base.config.hidden_size
         self.mem_embeddings = nn.Parameter(self._initial_mem_embeddings(config.num_mem_tokens, hidden))
@@ -444,12 +447,15 @@ class UIOMemoryModel(nn.Module):
         mem = self.mem_embeddings.to(embeds.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
         layout = self._encoder_layout(input_ids.shape[0], n, embeds.dtype, embeds.device)
         captured: list[torch.Tensor] = []
+        # Under ZeRO-3 a module left by an exception would leave its gathered weights and
+        # DeepSpeed's bookkeeping behind: the call then runs to its end.
+        stop_early = not hasattr(self.base.get_input_embeddings().weight, "ds_id")
 
         def keep_mem_positions(_module, _inputs, output):
             # a copy of the <mem> positions: a view would keep the layer's whole input alive
             # (every layer's (N, n + m, hidden) until the call ends, 8x full attention's at 8K)
             captured.append(output[:, n:].clone())
-            if len(captured) == self.num_layers:
+            if len(captured) == self.num_layers and stop_early:
                 # Nothing after the last layer's input norm reaches the memory: stop the
                 # forward here instead of running that layer's attention and MLP for nothing.
                 raise _EncoderDone
@@ -761,7 +767,7 @@ class UIOMemoryModel(nn.Module):
             os.path.join(directory, MEM_EMBEDDINGS_FILE),
         )
         self.config.save(directory, extra={**_base_fingerprint(self.base.config),
-                                           "weights_probe": weights_probe(self.base)})
+                                           "weights_probe": self._weights_probe or weights_probe(self.base)})
         return directory
 
     def load_trained(self, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False) -> None:
