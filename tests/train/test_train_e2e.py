@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,11 +17,12 @@ from uio_ds import checkpoint as ckpt
 pytestmark = pytest.mark.slow
 
 
-def launch(config: str, out: str, *extra: str, background: bool = False, module: bool = False):
-    """The deepspeed launcher on 2 CPU ranks, with launch/train.py or (``module``) ``--module
-    uio_ds.train`` and the bundled DeepSpeed config by name."""
-    script = ["--module", "uio_ds.train", "--deepspeed", "zero2"] if module else [
-        os.path.join(REPO, "launch", "train.py"), "--deepspeed", os.path.join(REPO, "ds_configs", "zero2.json")]
+def launch(config: str, out: str, *extra: str, background: bool = False, module: bool = False,
+           deepspeed: str = "zero2"):
+    """The deepspeed launcher on 2 CPU ranks, with launch/train.py and a file of ds_configs/ or
+    (``module``) ``--module uio_ds.train`` and the bundled DeepSpeed config by name."""
+    script = ["--module", "uio_ds.train", "--deepspeed", deepspeed] if module else [
+        os.path.join(REPO, "launch", "train.py"), "--deepspeed", os.path.join(REPO, "ds_configs", f"{deepspeed}.json")]
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), *script, "--config", config,
            "--set", f"output_dir={out}", *extra]
     if background:
@@ -108,6 +110,31 @@ def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
     assert sorted(got) == list(range(1, 31))
     for step in range(resumed_from + 1, 31):
         assert got[step] == want[step], f"step {step}: {got[step]} after resume vs {want[step]} uninterrupted"
+
+
+def test_zero3_run_resumes_exactly(run_config, tmp_path):
+    """ZeRO-3 (the frozen base partitioned, passes in lockstep) through the trainer: a resume from
+    its step-2 checkpoint repeats steps 3-4 exactly (tests/train/test_engine.py checks its steps
+    against the PyTorch reference)."""
+    config, _ = run_config
+    run = ["save_every=2", "keep_last=2"]
+    out, resumed = str(tmp_path / "zero3"), str(tmp_path / "resumed")
+    launch(config, out, *run, deepspeed="zero3")
+    with open(os.path.join(out, "run_config.json")) as f:
+        assert json.load(f)["deepspeed"]["zero_optimization"]["stage"] == 3
+    want = losses(out)
+    assert sorted(want) == [1, 2, 3, 4]
+    # the state of a run killed after its step-2 checkpoint, resumed
+    shutil.copytree(out, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "step00000004"))
+    shutil.rmtree(os.path.join(resumed, "final"))
+    with open(os.path.join(out, "metrics.jsonl")) as f, open(os.path.join(resumed, "metrics.jsonl"), "w") as g:
+        g.writelines(f.readlines()[:2])
+    launch(config, resumed, *run, "--resume", "auto", deepspeed="zero3")
+    assert losses(resumed) == want
+    for part in ("mem_embeddings.safetensors", "encoder/adapter_model.safetensors"):
+        with open(os.path.join(out, "final", part), "rb") as a, open(os.path.join(resumed, "final", part), "rb") as b:
+            assert a.read() == b.read(), part
 
 
 def test_overwrite_replaces_an_earlier_run(run_config, tmp_path):
