@@ -56,6 +56,12 @@ SHAPES: dict[str, dict] = {
                        num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
                        max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-5,
                        sliding_window=None),
+    "llama2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, vocab_size=32000,
+                       max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5),
+    "llama2-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, vocab_size=32000,
+                       max_position_embeddings=4096, rope_theta=10000.0, rms_norm_eps=1e-5),
     "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
                          max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
@@ -93,6 +99,8 @@ class PlanSettings:
     recompute: bool = False
     """Retained encoder graphs rebuilt at backward time (graph_mode 'recompute'); overrides offload."""
     optimizer_offload: bool = False
+    param_offload: bool = False
+    """ZeRO-3's ``offload_param``: the frozen weights' partitions live in host memory."""
     lora_rank: int = 16
     reduce_bucket_size: int = 200_000_000
     overlap_comm: bool = False
@@ -169,7 +177,8 @@ def zero_settings(zero: dict) -> dict:
     """The PlanSettings fields that come from a DeepSpeed config's ``zero_optimization`` section."""
     return dict(reduce_bucket_size=int(zero.get("reduce_bucket_size", 200_000_000)),
                 overlap_comm=bool(zero.get("overlap_comm", False)),
-                contiguous_gradients=bool(zero.get("contiguous_gradients", True)))
+                contiguous_gradients=bool(zero.get("contiguous_gradients", True)),
+                param_offload=zero.get("offload_param", {}).get("device") == "cpu")
 
 
 def base_config(source: str):
@@ -283,17 +292,39 @@ def step_document(model, settings: PlanSettings) -> torch.Tensor:
                          generator=gen)
 
 
-def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings) -> tuple[dict[str, int], list[str]]:
-    """Per-rank bytes that live across steps, from DeepSpeed's ZeRO partitioning."""
+def zero3_layout(model) -> tuple[int, int]:
+    """ZeRO-3's view of a memory model, as uio_ds's engine configures it: (frozen elements kept
+    whole on every rank, elements of the largest module's partitioned weights). Every tensor up
+    to the largest trainable one persists whole (``stage3_param_persistence_threshold`` "auto");
+    the others are partitioned and a module's own are gathered whole while it runs."""
+    threshold = max(p.numel() for p in model.trainable_parameters())
+    trainable = {id(p) for p in model.trainable_parameters()}
+    whole = sum(p.numel() for p in model.parameters() if id(p) not in trainable and p.numel() <= threshold)
+    gathered = max((sum(p.numel() for p in m.parameters(recurse=False) if p.numel() > threshold)
+                    for m in model.modules()), default=0)
+    return whole, gathered
+
+
+def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings,
+                     zero3: tuple[int, int] = (0, 0)) -> tuple[dict[str, int], list[str]]:
+    """Per-rank bytes that live across steps, from DeepSpeed's ZeRO partitioning. ``zero3``:
+    ``zero3_layout``'s (frozen elements kept whole, largest gathered module's elements)."""
     b = torch.tensor([], dtype=_DTYPES[settings.dtype]).element_size()
     mixed = settings.dtype != "float32"
     n, stage = settings.ranks, settings.zero_stage
     shard = (lambda x: x / n) if stage >= 1 else (lambda x: x)
     on_device = not settings.optimizer_offload
     notes = []
+    if stage == 3:
+        whole, gathered = zero3
+        frozen_bytes = whole * b + (0 if settings.param_offload else (frozen - whole) * b / n)
+    else:
+        frozen_bytes, gathered = frozen * b, 0
     parts = {
-        "frozen weights": frozen * b,
-        "trainable weights": trainable * b / (n if stage == 3 else 1),
+        "frozen weights": frozen_bytes,
+        **({"gathered weights (ZeRO-3)": gathered * b} if stage == 3 else {}),
+        # uio_ds keeps the trainable parts whole on every rank under ZeRO-3 too
+        "trainable weights": trainable * b,
         "fp32 master weights": shard(4 * trainable) if mixed and on_device else 0,
         "Adam moments (fp32)": shard(8 * trainable) if on_device else 0,
     }
@@ -302,13 +333,17 @@ def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings) -> tup
     else:
         grads = 4 * trainable if mixed or stage == 1 else b * trainable  # whole fp32 accumulator
     parts["gradients (ZeRO)"] = grads
-    if stage in (1, 2) and settings.contiguous_gradients:
-        # ZeRO-2 stages low-precision gradients, ZeRO-1 stages the fp32 accumulator
-        staging = b if stage == 2 else 4
+    if stage >= 1 and settings.contiguous_gradients:
+        # ZeRO-2/3 stage low-precision gradients, ZeRO-1 stages the fp32 accumulator
+        staging = 4 if stage == 1 else b
         parts["reduce bucket"] = settings.reduce_bucket_size * staging * (2 if settings.overlap_comm else 1)
     if stage == 3:
-        notes.append("ZeRO-3: the frozen weights are counted whole here; the planner does not yet model their "
-                     "partition, gather buffers or padding passes")
+        notes.append("ZeRO-3: frozen weights partitioned over the ranks"
+                     + (" and held in host memory (offload_param)" if settings.param_offload else "")
+                     + ", one module's weights gathered whole at a time (prefetch off); padding passes run one "
+                     "segment while this rank waits and are not counted")
+        notes.append("ZeRO-3 loading: the trainer loads the whole base onto each rank before DeepSpeed partitions "
+                     "it, so the card must hold the base once at start-up")
     if settings.optimizer_offload:
         notes.append("optimizer offload: master weights, Adam moments and the fp32 gradient partition live in host memory")
     return {k: int(v) for k, v in parts.items()}, notes
@@ -318,7 +353,8 @@ def _plan(model, source: str, settings: PlanSettings, mode: str) -> MemoryPlan:
     trainable = sum(p.numel() for p in model.trainable_parameters())
     frozen = sum(p.numel() for p in model.parameters()) - trainable
     peak, parts, seconds = run_step(model, settings, offload_to_meta=mode == "fake")
-    persistent, notes = persistent_bytes(trainable, frozen, settings)
+    persistent, notes = persistent_bytes(trainable, frozen, settings,
+                                         zero3_layout(model) if settings.zero_stage == 3 else (0, 0))
     if model.config.position_overflow == "drop_oldest":
         notes.append(f"the document passes the model's {model.max_positions} positions: decoders read the most "
                      "recent memories that fit (position_overflow='drop_oldest')")
@@ -359,4 +395,4 @@ def measure(source: str, settings: PlanSettings, model=None) -> MemoryPlan:
 
 
 __all__ = ["SHAPES", "STEP_PARTS", "PlanSettings", "MemoryPlan", "plan", "measure", "persistent_bytes", "base_config",
-           "zero_settings", "step_strategy", "step_document", "uio_config", "ScalarStandIns"]
+           "zero_settings", "zero3_layout", "step_strategy", "step_document", "uio_config", "ScalarStandIns"]

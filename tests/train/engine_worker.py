@@ -36,8 +36,14 @@ def main() -> None:
             history.append({"loss": out.loss, "grad_norm": out.grad_norm, "lr": out.lr, "tokens": out.tokens,
                             "stats": out.stats,
                             "params": [p.detach().clone() for p in model.trainable_parameters()]})
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        layout = {  # what ZeRO-3 kept whole and what each rank holds of the rest
+            "whole": sum(p.ds_numel for p in frozen if p.ds_persist),
+            "partition": sum(p.ds_tensor.numel() for p in frozen if not p.ds_persist),
+        } if ds_config["zero_optimization"]["stage"] == 3 else None
         if rank == 0:
-            torch.save({"history": history, "graph_mode": graph_mode}, os.path.join(args.out, f"{name}.pt"))
+            torch.save({"history": history, "graph_mode": graph_mode, "zero3_layout": layout},
+                       os.path.join(args.out, f"{name}.pt"))
         engine.barrier()
 
 

@@ -95,6 +95,21 @@ def test_zero3_pads_the_rank_with_fewer_passes(deepspeed_runs):
     assert "padding_passes" not in deepspeed_runs["zero2"]["history"][0]["stats"]
 
 
+@pytest.mark.slow
+def test_memory_planner_knows_what_zero3_keeps_whole(deepspeed_runs, tiny_dirs):
+    """The planner's ZeRO-3 layout is DeepSpeed's: the frozen tensors it keeps whole are those
+    DeepSpeed made persistent, and a rank's partition of the rest is 1/2 of it (2 ranks)."""
+    from uio_ds.memory_plan import zero3_layout
+
+    model = case_model(tiny_dirs["llama"], CASES["zero3"])
+    whole, gathered = zero3_layout(model)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    got = deepspeed_runs["zero3"]["zero3_layout"]
+    assert got["whole"] == whole > 0
+    assert got["partition"] == pytest.approx((frozen - whole) / WORLD, rel=1e-3)
+    assert gathered == max(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+
+
 def test_every_shipped_deepspeed_config_resolves(tiny_dirs):
     from uio_ds.engine import resolve_ds_config
 

@@ -74,6 +74,18 @@ def test_zero_partitioning_matches_deepspeed_accounting():
     assert any("host memory" in n for n in notes)
 
 
+def test_zero3_partitions_the_frozen_weights_and_gathers_one_module():
+    psi, frozen, whole, gathered = 1_000_000, 10_000_000, 2_000, 500_000
+    s = PlanSettings(dtype="bfloat16", zero_stage=3, ranks=8, reduce_bucket_size=1000)
+    parts, notes = persistent_bytes(psi, frozen, s, zero3=(whole, gathered))
+    assert parts == {"frozen weights": 2 * whole + 2 * (frozen - whole) / 8, "gathered weights (ZeRO-3)": 2 * gathered,
+                     "trainable weights": 2 * psi, "fp32 master weights": 4 * psi // 8,
+                     "Adam moments (fp32)": 8 * psi // 8, "gradients (ZeRO)": 4 * psi // 8, "reduce bucket": 2 * 1000}
+    assert any("partitioned over the ranks" in n for n in notes)
+    offload = PlanSettings(dtype="bfloat16", zero_stage=3, ranks=8, param_offload=True)
+    assert persistent_bytes(psi, frozen, offload, zero3=(whole, gathered))[0]["frozen weights"] == 2 * whole
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError) as err:
         plan("llama2-7b", PlanSettings(algorithm="magic", dtype="int8", ranks=0))
