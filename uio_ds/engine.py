@@ -235,16 +235,17 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
     cpu_activations = bool(ds.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
     graph_mode = cfg.algorithm.graph_mode
     if stage == 3:
-        if graph_mode not in ("auto", "recompute"):
-            problems.append(f"DeepSpeed ZeRO-3 with algorithm.graph_mode={graph_mode!r}: ZeRO-3 rebuilds encoder "
-                            "graphs at backward time (every pass self-contained); use \"auto\" or \"recompute\"")
-        if cpu_activations:
-            problems.append("DeepSpeed activation_checkpointing.cpu_checkpointing=true with ZeRO-3: encoder graphs "
-                            "are rebuilt, not kept, under ZeRO-3; remove the section")
-        graph_mode = "recompute"
+        # encoder graphs rebuilt at backward (every pass self-contained); CPU activation
+        # checkpointing moves the decoder's saved activations to the host
+        wanted = "recompute_offload" if cpu_activations else "recompute"
+        if graph_mode not in ("auto", wanted):
+            problems.append(f"DeepSpeed ZeRO-3{' with activation_checkpointing.cpu_checkpointing' * cpu_activations} "
+                            f"and algorithm.graph_mode={graph_mode!r}: ZeRO-3 rebuilds encoder graphs at backward; "
+                            f"use \"auto\" or \"{wanted}\"")
+        graph_mode = wanted
     elif graph_mode == "auto":
         graph_mode = "offload" if cpu_activations else "keep"
-    elif cpu_activations and graph_mode != "offload":
+    elif cpu_activations and graph_mode not in ("offload", "recompute_offload"):
         problems.append(f"DeepSpeed activation_checkpointing.cpu_checkpointing=true but algorithm.graph_mode="
                         f"{graph_mode!r}: use graph_mode \"auto\" or \"offload\"")
     ds.pop("activation_checkpointing", None)  # honoured by graph_mode; no DeepSpeed checkpointing API is used

@@ -97,7 +97,8 @@ class PlanSettings:
     activation_offload: bool = True
     """Retained encoder graphs offloaded to the host (graph_mode 'offload'); False keeps them."""
     recompute: bool = False
-    """Retained encoder graphs rebuilt at backward time (graph_mode 'recompute'); overrides offload."""
+    """Encoder graphs rebuilt at backward time (graph_mode 'recompute'; with ``activation_offload``
+    'recompute_offload': the decoder's saved activations still go to the host)."""
     optimizer_offload: bool = False
     param_offload: bool = False
     """ZeRO-3's ``offload_param``: the frozen weights' partitions live in host memory."""
@@ -134,7 +135,9 @@ class PlanSettings:
 
     @property
     def graph_mode(self) -> str:
-        return "recompute" if self.recompute else "offload" if self.activation_offload else "keep"
+        if self.recompute:
+            return "recompute_offload" if self.activation_offload else "recompute"
+        return "offload" if self.activation_offload else "keep"
 
 
 @dataclass

@@ -33,7 +33,8 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_
         segment_length=config.uio.segment_length, compression_ratio=config.uio.compression_ratio,
         algorithm=config.algorithm.name, window=config.algorithm.window, document_tokens=tokens[0],
         micro_batch=config.data.documents_per_step, dtype=config.uio.dtype, zero_stage=int(zero.get("stage", 0)),
-        ranks=ranks, activation_offload=graph_mode == "offload", recompute=graph_mode == "recompute",
+        ranks=ranks, activation_offload=graph_mode in ("offload", "recompute_offload"),
+        recompute=graph_mode in ("recompute", "recompute_offload"),
         optimizer_offload=zero.get("offload_optimizer", {}).get("device") == "cpu", **zero_settings(zero),
         position_overflow=config.uio.position_overflow, uio=config.uio)
     return [dataclasses.replace(base, document_tokens=n) for n in tokens]

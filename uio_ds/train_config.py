@@ -21,7 +21,7 @@ from uio_ds.config import ConfigError, UIOConfig
 
 ALGORITHMS = ("full", "tbptt", "incremental", "unbiased")
 """The gradient strategies of ``uio_ds.algo``, by name."""
-GRAPH_MODES = ("keep", "offload", "recompute")
+GRAPH_MODES = ("keep", "offload", "recompute", "recompute_offload")
 """Where the incremental strategies keep retained encoder graphs; the config adds "auto"."""
 # The configs that ship with the package: configs/deepspeed (ZeRO stages) and configs/train (runs)
 BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -147,8 +147,10 @@ class AlgorithmConfig:
     """unbiased only: multiply new contributions by max(1, (t-1)/S)."""
 
     graph_mode: str = "auto"
-    """Retained encoder graphs: keep, offload (to CPU), recompute; auto = offload when the DeepSpeed
-    config asks for CPU activation checkpointing, else keep."""
+    """Retained encoder graphs: keep, offload (to CPU, with the decoder's saved activations),
+    recompute (rebuilt at backward), recompute_offload (rebuilt, and the decoder's saved
+    activations on the CPU); auto = offload when the DeepSpeed config asks for CPU activation
+    checkpointing, else keep (under ZeRO-3: recompute_offload, else recompute)."""
 
     encode_batch_size: int | None = 8
     """Segments per batched encoder call when memories are computed in parallel without a graph

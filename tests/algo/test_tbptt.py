@@ -58,16 +58,30 @@ def test_truncation_changes_the_gradient(model):
     assert rel_err(Incremental(1).run(model, doc).grads, Full().run(model, doc).grads) > 1e-3
 
 
-@pytest.mark.parametrize("mode", ["keep", "offload", "recompute"])
+@pytest.mark.parametrize("mode", ["keep", "offload", "recompute", "recompute_offload"])
 def test_graph_modes_agree(model, mode):
     doc = random_ids(2, 16 * 6, seed=4)
     ref = Incremental(2).run(model, doc)
     res = Incremental(2, graph_mode=mode, encode_batch_size=2).run(model, doc)
     assert rel_err(res.grads, ref.grads) <= 1e-5
-    if mode == "recompute":
+    if mode.startswith("recompute"):
         assert res.stats["max_live_graphs"] == 0 and res.stats["encoder_recomputes"] == 5
     else:
         assert res.stats["max_live_graphs"] == 2
+
+
+def test_recompute_offload_moves_only_the_decoder_activations(model, monkeypatch):
+    import uio_ds.algo.tbptt as tbptt
+
+    entered = []
+    real = tbptt.offload_saved_tensors
+    monkeypatch.setattr(tbptt, "offload_saved_tensors", lambda device: entered.append(device) or real(device))
+    doc = random_ids(1, 16 * 4, seed=4)
+    res = Incremental(2, graph_mode="recompute_offload").run(model, doc)
+    assert len(entered) == 4 and res.stats["max_live_graphs"] == 0  # once per decoder step; no graph kept
+    entered.clear()
+    Incremental(2, graph_mode="recompute").run(model, doc)
+    assert entered == []
 
 
 def test_incremental_without_window_and_unbiased_with_large_window_equal_full(model):

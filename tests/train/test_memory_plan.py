@@ -19,10 +19,11 @@ def _settings(**over) -> PlanSettings:
 @pytest.mark.parametrize("over", [
     {},                                                  # unbiased(2), graphs kept
     {"recompute": True},                                 # unbiased(2), graphs rebuilt at backward
+    {"recompute": True, "activation_offload": True},     # ... and the decoder's activations on the host
     {"algorithm": "tbptt"},
     {"algorithm": "full", "window": None},
     {"dtype": "bfloat16", "micro_batch": 2},
-], ids=["unbiased-keep", "unbiased-recompute", "tbptt", "full", "bf16-batch2"])
+], ids=["unbiased-keep", "unbiased-recompute", "unbiased-recompute-offload", "tbptt", "full", "bf16-batch2"])
 def test_predicted_peak_matches_measured_within_10_percent(tiny_dirs, over):
     for arch in ("llama", "qwen2"):
         s = _settings(**over)
@@ -46,6 +47,10 @@ def test_activation_offload_keeps_saved_tensors_off_the_device(tiny_dirs):
     offloaded = plan(tiny_dirs["llama"], _settings(document_tokens=320, activation_offload=True))
     assert offloaded.settings["graph_mode"] == "offload"
     assert offloaded.step_peak < 0.7 * kept.step_peak, (offloaded.step, kept.step)
+    rebuilt = plan(tiny_dirs["llama"], _settings(document_tokens=320, recompute=True, activation_offload=True))
+    assert rebuilt.settings["graph_mode"] == "recompute_offload"
+    # graphs rebuilt, decoder activations on the host: the batched encoder call is the peak
+    assert "decoder activations" not in rebuilt.step and rebuilt.step_peak <= kept.step_peak
 
 
 def test_named_shape_builds_on_fake_tensors():

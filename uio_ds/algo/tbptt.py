@@ -359,6 +359,7 @@ class _LeafWindowStrategy(Strategy):
         if encode_batch_size is not None and encode_batch_size < 1:
             raise ValueError(f"encode_batch_size={encode_batch_size}: must be >= 1 (or None for all at once)")
         self.graph_mode = graph_mode
+        self.recompute = graph_mode in ("recompute", "recompute_offload")
         self.encode_batch_size = encode_batch_size
         self.offload_device = offload_device
 
@@ -368,9 +369,9 @@ class _LeafWindowStrategy(Strategy):
     def _check_lockstep(self) -> None:
         # a kept (or offloaded) encoder graph would outlive the pass that built it, so its
         # backward could not be matched by a padding pass on another rank
-        if self.graph_mode != "recompute":
-            raise ValueError(f"ZeRO-3 runs {self.name} with graph_mode 'recompute' (encoder graphs rebuilt at "
-                             f"backward, so every pass is self-contained), not {self.graph_mode!r}")
+        if not self.recompute:
+            raise ValueError(f"ZeRO-3 runs {self.name} with graph_mode 'recompute' or 'recompute_offload' (encoder "
+                             f"graphs rebuilt at backward, so every pass is self-contained), not {self.graph_mode!r}")
 
     def _run_document(self, model, doc, labels, scale, params):
         _check_recompute(model, self.graph_mode)
@@ -399,7 +400,7 @@ class _LeafWindowStrategy(Strategy):
 
         # Memory values. Memories that never take gradient are computed without a graph, all
         # at once; in 'recompute' mode so are the others (their graph is rebuilt at backward).
-        parallel = [s for s in range(n_mem) if not enters[s] or self.graph_mode == "recompute"]
+        parallel = [s for s in range(n_mem) if not enters[s] or self.recompute]
         values: list = [None] * n_mem
         with torch.no_grad():
             encoded = _encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size,
@@ -437,7 +438,7 @@ class _LeafWindowStrategy(Strategy):
                     flush(old)
                     stats["evictions"] += 1
                 if enters[s]:
-                    if self.graph_mode != "recompute":
+                    if not self.recompute:
                         with _graph_context(self.graph_mode, self.offload_device):
                             graphs[s] = model.encode(segs[s])
                         stats["encoder_graph_forwards"] += 1
@@ -453,7 +454,8 @@ class _LeafWindowStrategy(Strategy):
             memory = [leaves[s] if s in leaves else values[s] for s in range(t)]
             read = model.readable_memories(t)
             self._enter(model, decode_kind(read > 0, any(s in leaves for s in range(t - read, t))))
-            with _graph_context(self.graph_mode, self.offload_device):  # 'offload' also moves the decoder's saved activations
+            # 'offload' and 'recompute_offload' move the decoder's saved activations to the host
+            with _graph_context(self.graph_mode, self.offload_device):
                 out = model.decode(segs[t], _kv(model, memory, batch), targets)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
@@ -565,11 +567,11 @@ def _has_targets(targets: torch.Tensor) -> bool:
 
 
 def _graph_context(mode: str, device: str):
-    return offload_saved_tensors(device) if mode == "offload" else contextlib.nullcontext()
+    return offload_saved_tensors(device) if mode in ("offload", "recompute_offload") else contextlib.nullcontext()
 
 
 def _check_recompute(model, mode: str) -> None:
-    if mode != "recompute":
+    if mode not in ("recompute", "recompute_offload"):
         return
     config = getattr(model, "config", None)
     lora = getattr(config, "encoder_lora", None)
