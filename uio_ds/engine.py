@@ -313,6 +313,13 @@ class UIOEngine:
                     f"zero_optimization.stage3_param_persistence_threshold={threshold} is below the largest "
                     f"trainable parameter ({largest} elements): set it to \"auto\" or at least {largest}"])
             self.lockstep = Lockstep(all_reduce_min)
+            if not any(hasattr(p, "ds_id") for p in model.parameters()):
+                # Partitioned here, from wherever the model was loaded (the host): DeepSpeed's engine
+                # would otherwise move the whole model onto the device before partitioning it.
+                deepspeed.zero.Init(module=self.objective, config_dict_or_path=ds_config)
+                for module in self.objective.modules():  # the buffers (rotary frequencies) follow
+                    for name, buffer in module.named_buffers(recurse=False):
+                        module._buffers[name] = buffer.to(device())
         schedule = lr_lambda or (lambda step: 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.objective,

@@ -345,8 +345,8 @@ def persistent_bytes(trainable: int, frozen: int, settings: PlanSettings,
                      + (" and held in host memory (offload_param)" if settings.param_offload else "")
                      + ", one module's weights gathered whole at a time (prefetch off); padding passes run one "
                      "segment while this rank waits and are not counted")
-        notes.append("ZeRO-3 loading: the trainer loads the whole base onto each rank before DeepSpeed partitions "
-                     "it, so the card must hold the base once at start-up")
+        notes.append("ZeRO-3 loading: each rank loads the base into host memory and partitions it from there, so "
+                     "the host holds the base once per rank at start-up and no card ever holds it whole")
     if settings.optimizer_offload:
         notes.append("optimizer offload: master weights, Adam moments and the fp32 gradient partition live in host memory")
     return {k: int(v) for k, v in parts.items()}, notes

@@ -174,8 +174,10 @@ class Trainer:
             raise ValueError(f"the longest training document has {longest} tokens: {problem}; or cut documents "
                              "with data.max_tokens")
 
-        # straight onto this rank's device: no rank holds a second copy of the weights on the host
-        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=engine.device())
+        # straight onto this rank's device: no rank holds a second copy of the weights on the host;
+        # under ZeRO-3 on the host, where the engine partitions it, so that no device holds it whole
+        zero3 = ds_config["zero_optimization"].get("stage") == 3
+        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=None if zero3 else engine.device())
         if cfg.init_from:
             # the saved config must equal 'uio' but for runtime options and a decoder LoRA added now
             try:
