@@ -10,7 +10,7 @@
 #   3. the best auto-encoder of stage 1 trained further (init_from its parts);
 #   4. the pass-key parts trained further on longer documents and then on mixes of lengths
 #      (4a: 512..2,048 tokens, 4b: 1,024..4,096, 4c: 256..4,096 at lr 3e-4, 4d: 256..8,192 at
-#      lr 3e-4), each stage from the parts of the one before;
+#      lr 3e-4, 4e: 256..16,384 at lr 2e-4), each stage from the parts of the one before;
 #   5. the last pass-key parts copied to release/smollm2-uio (what the repository ships);
 #   auto-encoders are evaluated on 64 held-out book segments: greedy reconstruction from memory alone
 #      (BLEU-4 with sacrebleu, ROUGE-L with rouge-score), the same without memory, and the
@@ -105,12 +105,13 @@ passkey_stage continued "$(seq 512 61 2048)" 1 150 "$OUT/passkey_short/final"
 passkey_stage long "$(seq 1024 97 4096)" 2 150 "$OUT/passkey_continued/final"
 passkey_stage mix4k "$(seq 256 67 4096)" 3 150 "$OUT/passkey_long/final" optim.lr=3e-4
 passkey_stage mix8k "$(seq 256 131 8192)" 4 150 "$OUT/passkey_mix4k/final" optim.lr=3e-4 data.max_tokens=8400
-stage "4. pass key, mix8k: evaluation" "$RESULTS/smollm2_memory_passkey_mix8k.json" \
-    $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_mix8k/final" --data data/kjv --split eval \
+passkey_stage mix16k "$(seq 256 263 16384)" 5 100 "$OUT/passkey_mix8k/final" optim.lr=2e-4 data.max_tokens=16800
+stage "4. pass key, mix16k: evaluation" "$RESULTS/smollm2_memory_passkey_mix16k.json" \
+    $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_mix16k/final" --data data/kjv --split eval \
         --tasks passkey --methods uio no_memory --max-doc-tokens 32768 --passkey-lengths 500 1000 2000 4000 8000 \
-        --passkey-depths 0.1 0.5 0.9 --passkey-trials 5 --out "$RESULTS" --name smollm2_memory_passkey_mix8k
+        --passkey-depths 0.1 0.5 0.9 --passkey-trials 5 --out "$RESULTS" --name smollm2_memory_passkey_mix16k
 
 # 5. the release: the last pass-key parts (kept when the release directory already holds parts)
-stage "5. release: $OUT/passkey_mix8k/final -> $RELEASE" "$RELEASE/uio_config.json" \
-    cp -r "$OUT/passkey_mix8k/final/." "$RELEASE/"
+stage "5. release: $OUT/passkey_mix16k/final -> $RELEASE" "$RELEASE/uio_config.json" \
+    cp -r "$OUT/passkey_mix16k/final/." "$RELEASE/"
 stamp "done"
