@@ -135,6 +135,12 @@ def test_zero3_run_resumes_exactly(run_config, tmp_path):
     for part in ("mem_embeddings.safetensors", "encoder/adapter_model.safetensors"):
         with open(os.path.join(out, "final", part), "rb") as a, open(os.path.join(resumed, "final", part), "rb") as b:
             assert a.read() == b.read(), part
+    # the exported parts are whole (no ZeRO-3 partition of them) and load
+    from uio_ds.model.memory_model import UIOMemoryModel
+
+    with open(config) as f:
+        model = UIOMemoryModel.from_pretrained(json.load(f)["model_path"], trained_path=os.path.join(out, "final"))
+    assert all(p.numel() > 0 for p in model.trainable_parameters())
 
 
 def test_overwrite_replaces_an_earlier_run(run_config, tmp_path):
