@@ -97,7 +97,10 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
                     title="perplexity vs context length (first segment left out)")
         axes[1].set(xlabel="segment position in the document", ylabel="perplexity",
                     title="perplexity by segment position")
+        values = [v for r in ppl.values() for v in r["by_segment"].values() if v]
         for ax in axes:
+            if values and max(values) > 20 * min(values):  # methods orders of magnitude apart
+                ax.set_yscale("log")
             ax.grid(True, alpha=0.3)
             ax.legend()
         fig.tight_layout()
