@@ -161,6 +161,7 @@ class Strategy:
         if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
             raise ValueError(f"window S={window!r}: must be an integer >= 1")
         self.window = window
+        self._lockstep: Lockstep | None = None  # set for the duration of run_batches (ZeRO-3)
 
     def __repr__(self) -> str:
         return f"{self.name}({self.window})" if self.window is not None else self.name
@@ -214,7 +215,7 @@ class Strategy:
                          "with graph_mode 'recompute'")
 
     def _enter(self, model, kind: int) -> None:
-        if getattr(self, "_lockstep", None) is not None:
+        if self._lockstep is not None:
             self._lockstep.enter(model, kind)
 
     def state_dict(self) -> dict:
