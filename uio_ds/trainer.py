@@ -158,12 +158,10 @@ class Trainer:
         random.seed(cfg.seed + self.rank)
 
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
-        if self.rank != 0:
-            engine.barrier()  # rank 0 tokenises and caches first; the others read its cache
+        # the first rank to take a source's lock tokenises it into the cache; the others wait on the
+        # file system, not in a collective that a large corpus would outlast
         self.stream, self.data_info = build_stream(cfg.data, tokenizer, self.world_size, self.rank, log=self.log)
-        if self.rank == 0:
-            engine.barrier()
-        longest = max(stop - start for pieces in self.stream.pieces for _, start, stop in pieces)
+        longest = self.stream.longest
         if not cfg.data.autoencode_tokens and longest <= cfg.uio.segment_length:
             raise ValueError(f"every training document is at most {longest} tokens, within one segment "
                              f"(uio.segment_length={cfg.uio.segment_length}): no memory would ever be built or "

@@ -72,7 +72,7 @@ stage "2. pass-key training documents, 256..1,010 tokens" "$OUT/passkey_short.js
 stage "2. pass key with decoder LoRA, short documents ($PASSKEY_STEPS steps)" "$OUT/passkey_short/final/uio_config.json" \
     ds_train launch/configs/smollm2_passkey.json "$OUT/passkey_short" steps="$PASSKEY_STEPS" \
         init_from="$PASSKEY_INIT" ${AE_VARIANT[$BEST_AE]} \
-        'data.sources=[{"path": "'"$OUT"'/passkey_short.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-short"}]'
+        'data.sources=[{"path": "'"$OUT"'/passkey_short.jsonl", "text_field": "prompt", "completion_field": "completion", "eos": false, "name": "passkey-short"}]'
 stage "2. pass key with decoder LoRA, short documents: evaluation" "$RESULTS/smollm2_memory_passkey_short.json" \
     $PY launch/eval.py --model models/smollm2 --uio "$OUT/passkey_short/final" --data data/kjv --split eval \
         --tasks passkey --methods uio no_memory streaming --max-doc-tokens 32768 --passkey-lengths $PASSKEY_LENGTHS \
@@ -97,7 +97,7 @@ passkey_stage() {  # passkey_stage NAME "TOKENS" SEED STEPS INIT overrides...
     stage "4. pass key, $name documents ($steps steps)" "$OUT/passkey_$name/final/uio_config.json" \
         ds_train launch/configs/smollm2_passkey.json "$OUT/passkey_$name" steps="$steps" init_from="$init" \
             optim.warmup_steps=5 save_every=25 "$@" \
-            'data.sources=[{"path": "'"$OUT"'/passkey_'"$name"'.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "passkey-'"$name"'"}]'
+            'data.sources=[{"path": "'"$OUT"'/passkey_'"$name"'.jsonl", "text_field": "prompt", "completion_field": "completion", "eos": false, "name": "passkey-'"$name"'"}]'
 }
 passkey_stage continued "$(seq 512 61 2048)" 1 150 "$OUT/passkey_short/final"
 # (the committed milestone smollm2-passkey-long ran 150 steps of a 400-step schedule; here the

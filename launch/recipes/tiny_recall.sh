@@ -59,7 +59,7 @@ pretrain() {
         --weights 1 2 2 --out "$OUT/base" --window 128 --batch 16 --steps 900 --lr 1e-3
 }
 BOOKS='data.sources=[{"path": "data/kjv", "name": "kjv"}]'
-RECALL='data.sources=[{"path": "'"$OUT"'/recall_train.jsonl", "text_field": "prompt", "completion_field": "completion", "name": "recall"}]'
+RECALL='data.sources=[{"path": "'"$OUT"'/recall_train.jsonl", "text_field": "prompt", "completion_field": "completion", "eos": false, "name": "recall"}]'
 PASSKEY=(--data "$OUT/haystack.jsonl" --tasks passkey --passkey-depths 0.0 --passkey-trials 20
          --passkey-lengths 185 249 313 377 441 505)  # 7 tokens before a segment border: the answer ends its segment
 

@@ -73,14 +73,20 @@ def test_sources_are_checked_before_work(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     with pytest.raises(ValueError, match="unsupported type"):
         source_files(SourceConfig(path=str(tmp_path / "a.csv")))
-    with pytest.raises(FileNotFoundError, match="not a prepared corpus"):
+    with pytest.raises(FileNotFoundError, match="not one that datasets saved"):
         source_files(SourceConfig(path=str(tmp_path)))
 
 
 def test_document_pieces_cut_and_skip():
     pieces, skipped = document_pieces([10, 3, 25], min_tokens=4, max_tokens=10)
-    assert pieces == [(0, 0, 10), (2, 0, 10), (2, 10, 20), (2, 20, 25)]
+    assert pieces.tolist() == [[0, 0, 10], [2, 0, 10], [2, 10, 20], [2, 20, 25]]
     assert skipped == 1
+    pieces, skipped = document_pieces([10, 3, 25], min_tokens=4, max_tokens=10, truncate=True)
+    assert pieces.tolist() == [[0, 0, 10], [2, 0, 10]] and skipped == 1
+    pieces, skipped = document_pieces([10, 3, 25], min_tokens=4, max_tokens=10, whole=True)
+    assert pieces.tolist() == [[0, 0, 10]] and skipped == 2
+    pieces, skipped = document_pieces([7, 0, 21], min_tokens=2, max_tokens=None)
+    assert pieces.tolist() == [[0, 0, 7], [2, 0, 21]] and skipped == 1
 
 
 @pytest.fixture
@@ -178,12 +184,13 @@ def test_prompt_completion_source_scores_the_completion_only(tiny_dirs, tmp_path
     assert info["skipped_pieces"] == 1 and info["pieces"] == [1]
     prompt = tok(rows[0]["q"])["input_ids"]
     completion = tok(rows[0]["a"], add_special_tokens=False)["input_ids"]
+    completion.append(tok.eos_token_id)  # eos: the model learns where an answer ends
     for doc in stream.next_documents():
         assert doc["input_ids"].tolist() == prompt + completion
         assert doc["labels"][: len(prompt)].eq(IGNORE_INDEX).all()
         assert doc["labels"][len(prompt):].tolist() == completion
     (tmp_path / "x.txt").write_text("a plain text file has no completion field")
-    with pytest.raises(ValueError, match="needs jsonl records"):
+    with pytest.raises(ValueError, match="needs records"):
         build_stream(DataConfig(sources=[SourceConfig(path=str(tmp_path / "x.txt"), completion_field="a")],
                                 cache_dir=str(tmp_path / "cache")), tok, log=lambda *_: None)
 

@@ -105,7 +105,7 @@ CONFIG_CASES = [
     ("source_missing", ['data.sources=[{"path": "/nope/a.jsonl"}]'], ["/nope/a.jsonl", "not found"]),
     ("source_suffix", ['data.sources=[{"path": "__TMP__/data.csv"}]'], ["unsupported type"]),
     ("source_empty", ['data.sources=[{"path": "__TMP__/empty.jsonl"}]'], ["empty.jsonl", "is empty"]),
-    ("corpus_not_prepared", ['data.sources=[{"path": "__TMP__"}]'], ["not a prepared corpus"]),
+    ("not_a_datasets_directory", ['data.sources=[{"path": "__TMP__"}]'], ["not one that datasets saved"]),
     ("segment_length", ["uio.segment_length=1"], ["segment_length=1"]),
     ("ratio_not_dividing", ["uio.compression_ratio=5"], ["compression_ratio=5 does not divide"]),
     ("ratio_above_length", ["uio.compression_ratio=64", "uio.segment_length=32"],

@@ -143,6 +143,27 @@ def test_zero3_run_resumes_exactly(run_config, tmp_path):
     assert all(p.numel() > 0 for p in model.trainable_parameters())
 
 
+def test_streaming_run_resumes_exactly(run_config, tmp_path):
+    """data.streaming: sources read as streams (each rank its own share, nothing cached); a resume
+    from the step-2 checkpoint continues each stream where it stood and repeats steps 3-4 exactly."""
+    config, root = run_config
+    run = ["data.streaming=true", "save_every=2", "keep_last=2", f"data.cache_dir={tmp_path / 'no_cache'}"]
+    out, resumed = str(tmp_path / "stream"), str(tmp_path / "resumed")
+    launch(config, out, *run)
+    want = losses(out)
+    assert sorted(want) == [1, 2, 3, 4]
+    assert not os.path.exists(tmp_path / "no_cache")
+    with open(os.path.join(out, "run_config.json")) as f:
+        assert json.load(f)["data"]["streaming"] is True
+    shutil.copytree(out, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "step00000004"))
+    shutil.rmtree(os.path.join(resumed, "final"))
+    with open(os.path.join(out, "metrics.jsonl")) as f, open(os.path.join(resumed, "metrics.jsonl"), "w") as g:
+        g.writelines(f.readlines()[:2])
+    launch(config, resumed, *run, "--resume", "auto")
+    assert losses(resumed) == want
+
+
 def test_overwrite_replaces_an_earlier_run(run_config, tmp_path):
     config, _ = run_config
     out = str(tmp_path / "run")

@@ -17,26 +17,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from uio_ds.data.sources import Counts, Item, Undecodable, make_record, raw_items
+from uio_ds.train_config import SourceConfig
+
 CORPUS_FILE = "corpus.json"
-
-
-@dataclass
-class GroupingStats:
-    records: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    examples: list[str] = field(default_factory=list)
-
-    def skip(self, reason: str, where: str, max_examples: int = 5) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        if len(self.examples) < max_examples:
-            self.examples.append(f"{where}: {reason}")
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
 
 
 def kjv_path() -> str:
@@ -53,66 +39,32 @@ def kjv_path() -> str:
     return path
 
 
-def iter_records(files: Sequence[str], fields: Sequence[str], stats: GroupingStats) -> Iterable[tuple[str, dict]]:
-    """(``file:line``, record) for every good record of jsonl ``files``: a JSON object whose
-    ``fields`` are all strings, the first of them not blank. Bad records are skipped into ``stats``
-    with their reason and place."""
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise FileNotFoundError(f"corpus file(s) not found: {missing}")
-    for path in files:
-        with open(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
-                where = f"{path}:{line_no}"
-                if not raw.strip():
-                    continue
-                stats.records += 1
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    stats.skip("undecodable bytes (not UTF-8)", where)
-                    continue
-                except json.JSONDecodeError:
-                    stats.skip("not valid JSON", where)
-                    continue
-                if not isinstance(record, dict):
-                    stats.skip("record is not a JSON object", where)
-                    continue
-                bad = None
-                for name in fields:
-                    value = record.get(name)
-                    if value is None:
-                        bad = f"no field {name!r}"
-                    elif not isinstance(value, str):
-                        bad = f"field {name!r} is {type(value).__name__}, not a string"
-                    if bad:
-                        break
-                if bad is None and not record[fields[0]].strip():
-                    bad = "empty text"
-                if bad:
-                    stats.skip(bad, where)
-                    continue
-                yield where, record
-
-
 def group_records(
     files: Sequence[str],
     text_field: str = "text",
     group_by: Sequence[str] = ("book",),
     joiner: str = "\n",
-) -> tuple[list[dict], GroupingStats]:
+) -> tuple[list[dict], Counts]:
     """Documents (dicts with ``doc_id``, ``text``, ``num_records``, ``num_chars``, ``order``) in
     first-seen order, from jsonl ``files``; records of one document need not be adjacent.
-    With ``group_by`` empty every record is a document, named by its file and line."""
-    group_by = tuple(group_by or ())  # empty: every record is a document of its own
-    stats = GroupingStats()
+    With ``group_by`` empty every record is a document, named by its file and line. Records are
+    read and checked as a text source's are (``uio_ds.data.sources``)."""
+    group_by = list(group_by or ())  # empty: every record is a document of its own
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"corpus file(s) not found: {missing}")
+    source = SourceConfig(text_field=text_field, group_by=group_by)
+    stats = Counts()
     docs: dict[tuple, list[str]] = {}
-    for where, record in iter_records(files, (text_field,), stats):
-        if any(k not in record for k in group_by):
-            stats.skip(f"missing group key(s) {[k for k in group_by if k not in record]}", where)
-            continue
-        key = tuple(record[k] for k in group_by) if group_by else (where,)
-        docs.setdefault(key, []).append(record[text_field].strip())
+    for path in files:
+        for where, value in raw_items(path, 0):
+            if value is None:  # a blank line
+                continue
+            record, bad = (None, str(value)) if isinstance(value, Undecodable) else make_record(value, source)
+            stats.add(Item(where, record, bad))
+            if record is not None:
+                key = tuple(value[k] for k in group_by) if group_by else (where,)
+                docs.setdefault(key, []).append(record["text"].strip())
     out = []
     for order, (key, texts) in enumerate(docs.items()):
         text = joiner.join(texts)

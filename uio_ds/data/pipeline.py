@@ -1,134 +1,409 @@
-"""Training documents: read sources, tokenise once (cached through ``datasets``), mix, shard, resume.
+"""Training documents: read sources, tokenise in parallel (cached by content), mix, shard, resume.
 
-Sources are checked before any work (a missing file or an empty glob fails with its path).
-Bad records are skipped and counted (see ``uio_ds.data.corpus.group_records``). Each source
-is tokenised once per tokenizer and cached as a ``datasets`` Arrow directory. Documents
-shorter than ``min_tokens`` are skipped; longer than ``max_tokens`` are cut into pieces.
+Sources are checked before any work (a missing file or an empty glob fails with its path). Bad
+records are skipped and counted, the first few named by file and line (``uio_ds.data.sources``).
 
-``DocumentStream`` draws, for every optimizer step, ``world_size * documents_per_step``
-pieces: a source by weight, then the next piece of that source's seeded permutation
-(a new permutation each epoch). Every rank draws the same sequence and keeps its own
-slice, so ranks read different documents and the whole state is a few integers.
+Cached mode (the default): each source is read and tokenised once, by ``data.num_proc`` processes
+through ``datasets``, into an Arrow directory under ``data.cache_dir`` named by the content of
+its files, the source's options and the tokenizer; a second run, or another rank, memory-maps it.
+The first rank to take the source's lock file builds it; the others poll for the result (no
+collective that could time out on a large corpus) and take over if the builder's heartbeat
+stops. ``DocumentStream`` then draws, for every optimizer step, ``world_size *
+documents_per_step`` pieces: a source by weight, then the next piece of that source's seeded
+permutation (a new permutation each epoch). Every rank draws the same sequence and keeps its
+own slice, so ranks read different documents and the whole state is a few integers.
+
+Streaming mode (``data.streaming``): ``StreamingDocumentStream`` reads each source in file order,
+tokenising and cutting documents as it goes; each rank reads its own share (whole files when
+they divide evenly, else every world_size-th document). Its state is each source's position
+(file, item, piece), so a resume continues exactly where the checkpoint was taken.
+
+Documents shorter than ``min_tokens`` are skipped; text longer than the source's token limit is
+cut into pieces (or truncated, ``truncate``). Completion, instruction and chat documents are
+never cut: one too long is skipped and counted.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import random
+import shutil
+import threading
+import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from uio_ds.data.corpus import CORPUS_FILE, GroupingStats, group_records
+from uio_ds.data.sources import Counts, Item, iter_source, record_columns, source_files
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.train_config import DataConfig, SourceConfig
 
-TEXT_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+__all__ = ["source_files", "read_texts", "tokenize_source", "build_stream", "DocumentStream",
+           "StreamingDocumentStream", "document_pieces", "scored_document", "autoencode_document"]
+
+CACHE_VERSION = 2  # bump when the cached columns or their meaning change
+STATS_FILE = "uio_stats.json"
+LOCK_STALE_S = 60.0  # a lock whose heartbeat is older than this belongs to a dead builder
+SMALL_SOURCE_BYTES = 8 << 20  # below this a process pool costs more than it saves
+UNRENDERED = "the chat template refuses the turns or does not render them as prefixes of the whole"
 
 
-def source_files(source: SourceConfig) -> list[str]:
-    """The files of a source, checked to exist and be readable (raises with the path otherwise)."""
-    path = source.path
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, CORPUS_FILE)):
-            raise FileNotFoundError(
-                f"data source {path!r} is a directory but not a prepared corpus (no {CORPUS_FILE}); "
-                "give files, a glob, or run `python -m uio_ds prepare-corpus`"
-            )
+def _default_log(message: str) -> None:
+    print(message, flush=True)
+
+
+# ----------------------------------------------------------------------------- reading whole sources
+
+
+def read_texts(source: SourceConfig) -> tuple[list[str], dict]:
+    """Document texts of a text source (for evaluation and pre-training), with its record counts."""
+    files = source_files(source)
+    texts, counts = [], Counts()
+    for _, item in iter_source(source, files):
+        counts.add(item)
+        if item.record is not None:
+            texts.append(item.record["text"])
+    return texts, counts.to_dict()
+
+
+# ----------------------------------------------------------------------------- tokenisation
+
+
+class Tokenise:
+    """Token ids and scored spans of records of one source kind; picklable for worker processes.
+
+    Returns per record ``input_ids``, ``length`` and ``score_spans`` (flat [start, stop, ...] of
+    the scored token ranges; empty for text, where every token is scored) or None when the record
+    cannot be rendered (the reason in ``self.last_problem``)."""
+
+    def __init__(self, tokenizer, source: SourceConfig):
+        self.tokenizer, self.kind = tokenizer, source.resolved_kind
+        self.eos = source.eos
+        self.chat = self.kind == "chat" or (self.kind == "instruction" and source.chat_template)
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"data source {source.path!r} asks for the tokenizer's chat template, but the tokenizer "
+                             "has none: give a model whose tokenizer_config.json has a chat_template, or set "
+                             "chat_template: false (instruction records then use prompt_template)")
+        if self.eos and not self.chat and self.kind in ("completion", "instruction") and tokenizer.eos_token_id is None:
+            raise ValueError(f"data source {source.path!r}: eos is set but the tokenizer has no EOS token; set "
+                             "eos: false or give a tokenizer with one")
+
+    def _ids(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def _chat(self, messages: list[dict]) -> tuple[list[int], list[int]] | None:
+        from jinja2 import TemplateError
+
         try:
-            with open(os.path.join(path, "dataset_dict.json")) as f:
-                splits = json.load(f)["splits"]
-        except (OSError, ValueError, KeyError):
-            splits = None  # not a datasets DatasetDict on disk: load_from_disk will say what it is
-        if splits is not None and source.split not in splits:
-            raise ValueError(f"prepared corpus {path!r} has no split {source.split!r} (it has {splits}): set the "
-                             "source's \"split\"")
-        return [path]
-    files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
-    if not files:
-        raise FileNotFoundError(f"data source glob {path!r} matches no file")
-    for f in files:
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"data source file {f!r} not found")
-        if not f.endswith(TEXT_SUFFIXES):
-            raise ValueError(f"data source file {f!r}: unsupported type; use one of {list(TEXT_SUFFIXES)}")
-        if not os.access(f, os.R_OK):
-            raise PermissionError(f"data source file {f!r} is not readable")
-        if os.path.getsize(f) == 0:
-            raise ValueError(f"data source file {f!r} is empty: give a file with documents, or leave it out")
-    return files
+            return self._render_chat(messages)
+        except TemplateError:  # e.g. a template that insists on alternating user and assistant turns
+            return None
 
-
-def read_texts(source: SourceConfig) -> tuple[list[str], GroupingStats]:
-    """Document texts of a source, bad records skipped and counted."""
-    files = source_files(source)
-    if os.path.isdir(files[0]):
-        from datasets import load_from_disk
-
-        corpus = load_from_disk(files[0])
-        if source.split not in corpus:
-            raise ValueError(f"prepared corpus {files[0]} has no split {source.split!r} (it has {list(corpus)})")
-        return list(corpus[source.split]["text"]), GroupingStats(records=len(corpus[source.split]))
-    texts, stats = [], GroupingStats()
-    jsonl = [f for f in files if f.endswith((".jsonl", ".json"))]
-    if jsonl:
-        docs, stats = group_records(jsonl, source.text_field, group_by=())
-        texts += [d["text"] for d in docs]
-    for f in files:
-        if f.endswith(".parquet"):
-            from datasets import load_dataset
-
-            table = load_dataset("parquet", data_files=f, split="train")
-            if source.text_field not in table.column_names:
-                raise ValueError(f"{f}: no column {source.text_field!r} (columns: {table.column_names})")
-            for row, text in enumerate(table[source.text_field]):
-                stats.records += 1
-                if not isinstance(text, str) or not text.strip():
-                    stats.skip("missing, non-string or empty text", f"{f}:row {row}")
-                else:
-                    texts.append(text)
-        elif f.endswith(".txt"):
-            stats.records += 1
-            try:
-                with open(f, encoding="utf-8") as handle:
-                    text = handle.read()
-            except UnicodeDecodeError:
-                stats.skip("undecodable bytes (not UTF-8)", f)
+    def _render_chat(self, messages: list[dict]) -> tuple[list[int], list[int]] | None:
+        render = self.tokenizer.apply_chat_template
+        ids = list(render(messages, tokenize=True, return_dict=True)["input_ids"])
+        spans = []
+        for i, turn in enumerate(messages):
+            if turn["role"] != "assistant":
                 continue
-            if text.strip():
-                texts.append(text)
+            before = list(render(messages[:i], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])
+            through = list(render(messages[: i + 1], tokenize=True, return_dict=True)["input_ids"])
+            # the template must render a conversation's start as the start of the whole, or the
+            # scored tokens would not be the assistant's
+            if ids[: len(through)] != through or through[: len(before)] != before:
+                return None
+            spans += [len(before), len(through)]
+        return ids, spans
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"input_ids": [], "length": [], "score_spans": []}
+        keep = [i for i, bad in enumerate(batch["_bad"]) if not bad]
+        if not keep:
+            return out
+        if self.kind == "text":
+            for ids in self.tokenizer([batch["text"][i] for i in keep])["input_ids"]:
+                out["input_ids"].append(ids)
+                out["score_spans"].append([])
+        elif not self.chat:
+            prompts = self.tokenizer([batch["prompt"][i] for i in keep])["input_ids"]
+            # prompt and completion are tokenised apart, so the scored tokens are exactly the completion's
+            completions = self.tokenizer([batch["completion"][i] for i in keep], add_special_tokens=False)["input_ids"]
+            tail = [self.tokenizer.eos_token_id] if self.eos else []
+            for p, c in zip(prompts, completions):
+                out["input_ids"].append(p + c + tail)
+                out["score_spans"].append([len(p), len(p) + len(c) + len(tail)])
+        else:
+            for i in keep:
+                rendered = self._chat(batch["messages"][i])
+                if rendered is None:
+                    continue  # counted by the caller: the template does not render turns as prefixes
+                out["input_ids"].append(rendered[0])
+                out["score_spans"].append(rendered[1])
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        return out
+
+
+def _record_features(source: SourceConfig):
+    from datasets import Features, List, Value
+
+    columns = {"_bad": Value("string"), "_where": Value("string")}
+    for name in record_columns(source):
+        columns[name] = (List({"role": Value("string"), "content": Value("string")}) if name == "messages"
+                         else Value("string"))
+    return Features(columns)
+
+
+def _token_features():
+    from datasets import Features, List, Value
+
+    return Features({"input_ids": List(Value("int32")), "length": Value("int32"), "score_spans": List(Value("int32"))})
+
+
+def _generate_records(files: list[str], digests: list[str], source_json: str):
+    """Rows for ``datasets.Dataset.from_generator``: every item of ``files``, bad ones marked.
+    ``digests`` only makes the generator's fingerprint follow the files' content."""
+    source = SourceConfig(**json.loads(source_json))
+    empty = record_columns(source)
+    for path in files:
+        for _, item in iter_source(source, [path]):
+            if item.bad:
+                yield {"_bad": item.bad, "_where": item.where, **empty}
             else:
-                stats.skip("empty text", f)
-    return texts, stats
+                yield {"_bad": "", "_where": "", **item.record}
 
 
-def read_prompt_completions(source: SourceConfig) -> tuple[list[tuple[str, str]], GroupingStats]:
-    """(prompt, completion) pairs of a prompt-completion source (``completion_field`` set), bad
-    records skipped and counted; the texts are kept exactly (a completion's leading space matters)."""
-    from uio_ds.data.corpus import iter_records
+# ----------------------------------------------------------------------------- the cache
+
+
+def _digest_file(path: str, memo: dict) -> str:
+    st = os.stat(path)
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    if key not in memo:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        memo[key] = h.hexdigest()
+    return memo[key]
+
+
+def content_digests(files: list[str], cache_dir: str) -> list[str]:
+    """One digest per file (of a directory: of all its files), remembered by path, size, mtime and
+    inode in ``cache_dir/digests.json`` so that an unchanged corpus is not read again."""
+    memo_path = os.path.join(cache_dir, "digests.json")
+    try:
+        with open(memo_path) as f:
+            memo = json.load(f)
+    except (OSError, ValueError):
+        memo = {}
+    size = len(memo)
+    digests = []
+    for path in files:
+        if os.path.isdir(path):
+            parts = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+            digests.append(hashlib.sha1(json.dumps(
+                [[os.path.relpath(p, path), _digest_file(p, memo)] for p in parts]).encode()).hexdigest())
+        else:
+            digests.append(_digest_file(path, memo))
+    if len(memo) != size:
+        os.makedirs(cache_dir, exist_ok=True)
+        staging = f"{memo_path}.tmp-{os.getpid()}"
+        with open(staging, "w") as f:
+            json.dump(memo, f)
+        os.replace(staging, memo_path)
+    return digests
+
+
+def tokenizer_digest(tokenizer) -> str:
+    vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer.get_vocab())
+    extra = [getattr(tokenizer, "chat_template", None) or "", tokenizer.eos_token_id]
+    return hashlib.sha1((vocab + json.dumps(extra)).encode()).hexdigest()
+
+
+def cache_key(source: SourceConfig, files: list[str], tokenizer, cache_dir: str) -> str:
+    """The cache directory name of a source: its files' content, the options that change its
+    tokens, the tokenizer."""
+    options = {k: getattr(source, k) for k in ("text_field", "split", "kind", "completion_field", "messages_field",
+                                               "chat_template", "prompt_template", "eos", "group_by")}
+    key = json.dumps([CACHE_VERSION, content_digests(files, cache_dir), options, tokenizer_digest(tokenizer)],
+                     sort_keys=True)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+class _Heartbeat:
+    """Touches a lock file every few seconds while its holder works."""
+
+    def __init__(self, path: str, every: float = LOCK_STALE_S / 6):
+        self.path, self.every, self._stop = path, every, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _take_lock(lock: str) -> bool:
+    """True if this process now holds ``lock``; a lock left by a dead builder is broken."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            if time.time() - os.path.getmtime(lock) > LOCK_STALE_S:
+                os.remove(lock)  # its builder stopped beating: the next try takes it
+        except FileNotFoundError:
+            pass
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.uname().nodename} {os.getpid()}\n")
+    return True
+
+
+def default_num_proc(files: list[str]) -> int:
+    total = 0
+    for path in files:
+        if os.path.isdir(path):
+            total += sum(os.path.getsize(os.path.join(r, n)) for r, _, names in os.walk(path) for n in names)
+        else:
+            total += os.path.getsize(path)
+    if total < SMALL_SOURCE_BYTES:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=_default_log, num_proc: int | None = None,
+                    poll_s: float = 2.0):
+    """The source's tokenised documents as a memory-mapped ``datasets.Dataset`` (``input_ids``,
+    ``length``, ``score_spans``) and its record counts; built once per content and tokenizer by
+    whichever process takes the lock first, while the others wait for it."""
+    from datasets import load_from_disk
 
     files = source_files(source)
-    wrong = [f for f in files if os.path.isdir(f) or not f.endswith((".jsonl", ".json"))]
-    if wrong:
-        raise ValueError(f"data source {source.path!r}: completion_field needs jsonl records; {wrong[0]!r} is not a "
-                         ".jsonl / .json file")
-    stats, pairs = GroupingStats(), []
-    for where, record in iter_records(files, (source.text_field, source.completion_field), stats):
-        if not record[source.completion_field].strip():
-            stats.skip("empty completion", where)
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, cache_key(source, files, tokenizer, cache_dir))
+    lock, waited = f"{path}.lock", None
+    while True:
+        if os.path.isfile(os.path.join(path, STATS_FILE)):
+            with open(os.path.join(path, STATS_FILE)) as f:
+                return load_from_disk(path), json.load(f)
+        if _take_lock(lock):
+            try:
+                if not os.path.isfile(os.path.join(path, STATS_FILE)):  # finished between the check and the lock
+                    with _Heartbeat(lock):
+                        _build(source, files, tokenizer, path, num_proc or default_num_proc(files), log)
+            finally:
+                os.remove(lock)
             continue
-        pairs.append((record[source.text_field], record[source.completion_field]))
-    return pairs, stats
+        waited = waited or time.time()
+        time.sleep(poll_s)
 
 
-def completion_document(ids: torch.Tensor, score_from: int) -> dict:
-    """A prompt-completion document for the strategies: the tokens before ``score_from`` (the
-    prompt) are read but not scored (labels ``IGNORE_INDEX``)."""
-    labels = ids.clone()
-    labels[..., :score_from] = IGNORE_INDEX
+def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_proc: int, log) -> None:
+    from datasets import Dataset, disable_progress_bars, enable_progress_bars
+
+    name = source.name or source.path
+    started = time.time()
+    staging = f"{path}.tmp-{os.uname().nodename}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    work = os.path.join(staging, "work")
+    digests = content_digests(files, os.path.dirname(path))
+    records = Dataset.from_generator(
+        _generate_records, features=_record_features(source), cache_dir=work, num_proc=min(num_proc, len(files)),
+        gen_kwargs={"files": files, "digests": digests,
+                    "source_json": json.dumps({k: getattr(source, k) for k in SourceConfig.__dataclass_fields__})},
+        split="train")
+    counts = Counts()
+    bad_rows = records.select_columns(["_bad", "_where"])
+    for batch in bad_rows.iter(batch_size=65536):
+        for bad, where in zip(batch["_bad"], batch["_where"]):
+            counts.add(Item(where, bad=bad or None))
+    if not counts.documents:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"data source {source.path!r} has no usable document: {counts.skipped}; first: "
+                         f"{counts.examples}")
+    tokenise = Tokenise(tokenizer, source)
+    tokens = records.map(tokenise, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 and len(records) > 1 else None,
+                         remove_columns=records.column_names, features=_token_features(),
+                         desc=f"tokenising {name}")
+    unrendered = counts.documents - len(tokens)
+    if unrendered:
+        counts.skipped[UNRENDERED] = unrendered
+        counts.documents -= unrendered
+    if not len(tokens):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"data source {source.path!r} has no usable document: {counts.skipped}; first: "
+                         f"{counts.examples}")
+    disable_progress_bars()
+    try:
+        tokens.save_to_disk(os.path.join(staging, "out"))
+    finally:
+        enable_progress_bars()
+    info = counts.to_dict()
+    info.update(tokens=int(np.asarray(tokens.data.column("length")).sum()), seconds=round(time.time() - started, 1),
+                num_proc=num_proc, files=len(files))
+    with open(os.path.join(staging, "out", STATS_FILE), "w") as f:
+        json.dump(info, f)
+    del records, tokens, bad_rows
+    try:
+        os.replace(os.path.join(staging, "out"), path)
+    except OSError:  # another builder (a node without this lock file) finished first: keep its copy
+        if not os.path.isfile(os.path.join(path, STATS_FILE)):
+            raise
+    shutil.rmtree(staging, ignore_errors=True)
+    log(f"data source {name}: tokenised {info['documents']} documents, {info['tokens']:,} tokens, in "
+        f"{info['seconds']} s with {num_proc} process(es) -> {path}")
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def document_pieces(lengths, min_tokens: int, max_tokens: int | None, whole: bool = False,
+                    truncate: bool = False) -> tuple[np.ndarray, int]:
+    """(document, start, stop) pieces as an (n, 3) integer array: long documents cut at
+    ``max_tokens`` (or, with ``truncate``, only their first piece kept), short pieces dropped. With
+    ``whole`` a document is never cut: one longer than ``max_tokens`` is dropped. Returns the
+    pieces and the number of documents, tails or pieces skipped."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    docs = np.arange(len(lengths))
+    if whole or truncate:
+        if whole:
+            ok = (lengths >= min_tokens) & (lengths <= (max_tokens or np.iinfo(np.int64).max))
+            stops = lengths
+        else:
+            stops = np.minimum(lengths, max_tokens or np.iinfo(np.int64).max)
+            ok = stops >= min_tokens
+        pieces = np.stack([docs[ok], np.zeros(int(ok.sum()), np.int64), stops[ok]], axis=1)
+        return pieces.reshape(-1, 3), int((~ok).sum())
+    step = np.where(lengths > 0, max_tokens or np.maximum(lengths, 1), 1)
+    counts = -(-lengths // step)  # pieces per document (ceil)
+    doc = np.repeat(docs, counts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    start = (np.arange(len(doc)) - np.repeat(first, counts)) * np.repeat(step, counts)
+    stop = np.minimum(start + np.repeat(step, counts), np.repeat(lengths, counts))
+    ok = stop - start >= min_tokens
+    skipped = int((~ok).sum()) + int((lengths == 0).sum())
+    return np.stack([doc[ok], start[ok], stop[ok]], axis=1).reshape(-1, 3), skipped
+
+
+def scored_document(ids: torch.Tensor, spans) -> dict:
+    """A document for the strategies whose tokens outside ``spans`` (flat [start, stop, ...]) are
+    read but not scored (labels ``IGNORE_INDEX``)."""
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for start, stop in zip(spans[0::2], spans[1::2]):
+        labels[..., start:stop] = ids[..., start:stop]
     return {"input_ids": ids, "labels": labels}
 
 
@@ -136,87 +411,23 @@ def autoencode_document(segment: torch.Tensor) -> dict:
     """An auto-encoding document [x ; x] for a segment x of l tokens: only the copy's tokens after
     its first are scored, so the loss is the reconstruction of x from its memory given x's first
     token (what ``uio_ds.eval.autoencode`` measures), and the decoder never runs on the first copy."""
-    return completion_document(torch.cat([segment, segment]), segment.shape[-1] + 1)
+    l = segment.shape[-1]
+    return scored_document(torch.cat([segment, segment]), [l + 1, 2 * l])
 
 
-def _fingerprint(source: SourceConfig, tokenizer) -> str:
-    files = source_files(source)
-    parts = []
-    for f in files:
-        target = os.path.join(f, "dataset_dict.json") if os.path.isdir(f) else f
-        st = os.stat(target)
-        parts.append([os.path.abspath(f), st.st_size, int(st.st_mtime)])
-    vocab = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else str(tokenizer.get_vocab())
-    key = json.dumps([parts, source.text_field, source.split, hashlib.sha1(vocab.encode()).hexdigest()]
-                     + ([source.completion_field] if source.completion_field else []))
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
+def _document(ids: list[int], spans: list[int], autoencode: bool):
+    tensor = torch.tensor(ids, dtype=torch.long)
+    if autoencode:
+        return autoencode_document(tensor)
+    return scored_document(tensor, spans) if spans else tensor
 
 
-def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=print):
-    """A ``datasets.Dataset`` with ``input_ids`` per document (and, for a prompt-completion source,
-    ``score_from``: the index of the first completion token), built once per source and tokenizer."""
-    from datasets import Dataset, load_from_disk
-
-    path = os.path.join(cache_dir, _fingerprint(source, tokenizer))
-    if os.path.isfile(os.path.join(path, "uio_stats.json")):
-        with open(os.path.join(path, "uio_stats.json")) as f:
-            return load_from_disk(path), json.load(f)
-    if source.completion_field:
-        pairs, stats = read_prompt_completions(source)
-        texts = [p for p, _ in pairs]
-        columns = {"prompt": texts, "completion": [c for _, c in pairs]}
-
-        def tokenise(batch):
-            # Prompt and completion are tokenised apart, so the scored tokens are exactly the completion's.
-            prompts = tokenizer(batch["prompt"])["input_ids"]
-            completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
-            return {"input_ids": [p + c for p, c in zip(prompts, completions)], "score_from": [len(p) for p in prompts]}
-    else:
-        texts, stats = read_texts(source)
-        columns = {"text": texts}
-
-        def tokenise(batch):
-            return {"input_ids": tokenizer(batch["text"])["input_ids"]}
-    if not texts:
-        raise ValueError(f"data source {source.path!r} has no usable document: {stats.skipped} {stats.examples}")
-    dataset = Dataset.from_dict(columns).map(
-        tokenise, batched=True, remove_columns=list(columns), desc=f"tokenising {source.name or source.path}"
-    )
-    info = {"records": stats.records, "skipped": stats.skipped, "examples": stats.examples, "documents": len(texts)}
-    staging = f"{path}.tmp-{os.getpid()}"
-    dataset.save_to_disk(staging)
-    with open(os.path.join(staging, "uio_stats.json"), "w") as f:
-        json.dump(info, f)
-    if os.path.exists(path):  # another rank finished first: keep its copy
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        os.replace(staging, path)
-    return load_from_disk(path), info
-
-
-def document_pieces(lengths: list[int], min_tokens: int, max_tokens: int | None,
-                    whole: bool = False) -> tuple[list[tuple], int]:
-    """(document, start, stop) pieces: long documents cut at ``max_tokens``, short pieces dropped.
-    With ``whole`` a document is never cut: one longer than ``max_tokens`` is dropped.
-    Returns the pieces and the number of documents, tails or pieces skipped."""
-    pieces, skipped = [], 0
-    for i, n in enumerate(lengths):
-        if whole:
-            if min_tokens <= n <= (max_tokens or n):
-                pieces.append((i, 0, n))
-            else:
-                skipped += 1
-            continue
-        step = max_tokens or n
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            if stop - start >= min_tokens:
-                pieces.append((i, start, stop))
-            else:
-                skipped += 1
-    return pieces, skipped
+def _limits(config: DataConfig, source: SourceConfig) -> dict:
+    """How one source's documents become pieces (``document_pieces`` keywords)."""
+    if config.autoencode_tokens:
+        return {"min_tokens": config.autoencode_tokens, "max_tokens": config.autoencode_tokens}
+    return {"min_tokens": config.min_tokens, "max_tokens": source.max_tokens or config.max_tokens,
+            "whole": source.resolved_kind != "text", "truncate": source.truncate}
 
 
 @dataclass
@@ -224,11 +435,10 @@ class StreamState:
     draws: int = 0
     cursors: list[int] = field(default_factory=list)
     epochs: list[int] = field(default_factory=list)
-    mix_rng: object = None
 
 
 class DocumentStream:
-    """Seeded, resumable stream of training documents, sharded over data-parallel ranks."""
+    """Seeded, resumable stream of cached training documents, sharded over data-parallel ranks."""
 
     def __init__(self, datasets: list, config: DataConfig, world_size: int = 1, rank: int = 0):
         if not 0 <= rank < world_size:
@@ -236,34 +446,36 @@ class DocumentStream:
         self.config, self.world_size, self.rank = config, world_size, rank
         self.datasets = datasets
         self.pieces, self.skipped = [], 0
-        cut = config.autoencode_tokens or config.max_tokens
-        shortest = config.autoencode_tokens or config.min_tokens
         for ds, source in zip(datasets, config.sources):
-            lengths = [len(ids) for ids in ds["input_ids"]]
-            pieces, skipped = document_pieces(lengths, shortest, cut, whole=bool(source.completion_field))
+            pieces, skipped = document_pieces(np.asarray(ds.data.column("length")), **_limits(config, source))
             self.pieces.append(pieces)
             self.skipped += skipped
-        empty = [config.sources[i].path for i, p in enumerate(self.pieces) if not p]
+        empty = [config.sources[i].path for i, p in enumerate(self.pieces) if not len(p)]
         if empty:
             raise ValueError(f"data source(s) {empty} have no document of at least {config.min_tokens} tokens "
-                             f"(prompt-completion documents also at most data.max_tokens={config.max_tokens})")
+                             f"(completion, instruction and chat documents also at most the token limit, "
+                             f"data.max_tokens={config.max_tokens})")
         total = sum(s.weight for s in config.sources)
         self.weights = [s.weight / total for s in config.sources]
         self.state = StreamState(cursors=[0] * len(datasets), epochs=[0] * len(datasets))
         self._mix = random.Random(config.seed)
-        self._orders: dict[int, tuple[int, list[int]]] = {}
+        self._orders: dict[int, tuple[int, np.ndarray]] = {}
 
-    def _order(self, source: int, epoch: int) -> list[int]:
+    @property
+    def longest(self) -> int:
+        """Tokens of the longest piece this stream can give."""
+        return max(int((p[:, 2] - p[:, 1]).max()) for p in self.pieces)
+
+    def _order(self, source: int, epoch: int) -> np.ndarray:
         cached = self._orders.get(source)
         if cached is None or cached[0] != epoch:  # one permutation per source and epoch, kept per source
-            order = list(range(len(self.pieces[source])))
-            random.Random(f"{self.config.seed}/{source}/{epoch}").shuffle(order)
-            self._orders[source] = (epoch, order)
+            rng = np.random.default_rng([self.config.seed, source, epoch])
+            self._orders[source] = (epoch, rng.permutation(len(self.pieces[source])))
         return self._orders[source][1]
 
     def _draw(self) -> tuple[int, int]:
         source = self._mix.choices(range(len(self.weights)), weights=self.weights)[0]
-        piece = self._order(source, self.state.epochs[source])[self.state.cursors[source]]
+        piece = int(self._order(source, self.state.epochs[source])[self.state.cursors[source]])
         self.state.cursors[source] += 1
         if self.state.cursors[source] == len(self.pieces[source]):
             self.state.cursors[source] = 0
@@ -273,23 +485,15 @@ class DocumentStream:
 
     def next_documents(self) -> list:
         """This rank's documents for the next optimizer step: 1-D token tensors (lengths may differ),
-        and for prompt-completion sources dicts with ``input_ids`` and ``labels`` (the prompt's
-        tokens marked ``IGNORE_INDEX``: read, not scored)."""
+        and for documents not scored whole, dicts with ``input_ids`` and ``labels`` (the tokens
+        that are read but not scored marked ``IGNORE_INDEX``)."""
         k = self.config.documents_per_step
         drawn = [self._draw() for _ in range(self.world_size * k)]
-        mine = drawn[self.rank * k : (self.rank + 1) * k]
         out = []
-        for source, piece in mine:
-            doc, start, stop = self.pieces[source][piece]
-            ids = self.datasets[source][doc]["input_ids"][start:stop]
-            if self.config.autoencode_tokens:
-                out.append(autoencode_document(torch.tensor(ids, dtype=torch.long)))
-                continue
-            ids = torch.tensor(ids, dtype=torch.long)
-            if "score_from" in self.datasets[source].column_names:
-                out.append(completion_document(ids, self.datasets[source][doc]["score_from"]))
-            else:
-                out.append(ids)
+        for source, piece in drawn[self.rank * k : (self.rank + 1) * k]:
+            doc, start, stop = (int(v) for v in self.pieces[source][piece])
+            row = self.datasets[source][doc]
+            out.append(_document(row["input_ids"][start:stop], row["score_spans"], bool(self.config.autoencode_tokens)))
         return out
 
     def state_dict(self) -> dict:
@@ -297,6 +501,9 @@ class DocumentStream:
                 "mix_rng": self._mix.getstate(), "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if "sources" in state:
+            raise ValueError("the checkpoint was written by a streaming run (data.streaming: true); resume it with "
+                             "the same setting")
         self.state = StreamState(state["draws"], list(state["cursors"]), list(state["epochs"]))
         self._mix.setstate(_tuplify(state["mix_rng"]))
 
@@ -305,11 +512,157 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
-def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int = 0, log=print) -> tuple[DocumentStream, dict]:
-    """Tokenise (or load from cache) every source and build the stream; returns it with data statistics."""
+# ----------------------------------------------------------------------------- streaming
+
+
+class _SourceReader:
+    """One source read in order for one rank: documents tokenised and cut as they come."""
+
+    def __init__(self, index: int, source: SourceConfig, config: DataConfig, tokenizer, world_size: int, rank: int,
+                 log):
+        self.index, self.source, self.log = index, source, log
+        self.files = source_files(source)
+        if len(self.files) >= world_size and len(self.files) % world_size == 0:
+            self.share, self.stride = list(range(rank, len(self.files), world_size)), 1  # whole files per rank
+        else:
+            self.share, self.stride = list(range(len(self.files))), world_size  # every world_size-th document
+        self.rank, self.world_size = rank, world_size
+        self.tokenise = Tokenise(tokenizer, source)
+        self.limits = _limits(config, source)
+        self.counts = Counts()
+        # position: the current document's first item, how many of its pieces were taken, its number
+        self.epoch, self.position, self.piece, self.doc = 0, (self.share[0], 0), 0, -1
+        self._items = None
+        self._pieces: list[tuple[list[int], list[int]]] = []
+
+    def _open(self) -> None:
+        self._items = iter_source(self.source, self.files, start=self.position, file_indices=self.share)
+
+    def _next_document(self) -> bool:
+        """Move to the next document of this rank's share; False at the end of the share."""
+        for position, item in self._items:
+            if self.counts.add(item):
+                self.log(f"data source {self.source.name or self.source.path}: skipped {item.where} ({item.bad})")
+            if item.bad:
+                continue
+            self.doc += 1
+            if self.doc % self.stride != self.rank % self.stride:
+                continue
+            self.position, self.piece = position, 0
+            self._pieces = self._cut(item)
+            return True
+        return False
+
+    def _cut(self, item: Item) -> list[tuple[list[int], list[int]]]:
+        columns = {"_bad": [""], **{k: [item.record[k]] for k in item.record}}
+        tokens = self.tokenise(columns)
+        if not tokens["input_ids"]:
+            self.counts.skipped[UNRENDERED] = self.counts.skipped.get(UNRENDERED, 0) + 1
+            self.counts.documents -= 1
+            return []
+        ids, spans = tokens["input_ids"][0], tokens["score_spans"][0]
+        pieces, _ = document_pieces([len(ids)], **self.limits)
+        return [(ids[start:stop], spans) for _, start, stop in pieces]
+
+    def next_piece(self) -> tuple[list[int], list[int]]:
+        if self._items is None:
+            self._open()
+        restarts = 0
+        while self.piece >= len(self._pieces):
+            if not self._next_document():
+                restarts += 1
+                if restarts > 1 or self.doc < 0:
+                    raise ValueError(f"data source {self.source.path!r} gives rank {self.rank} no document of at "
+                                     f"least {self.limits['min_tokens']} tokens (within its token limit); counts: "
+                                     f"{self.counts.to_dict()}")
+                self.epoch += 1  # a stream is read again in the same order
+                self.position, self.piece, self.doc, self._pieces = (self.share[0], 0), 0, -1, []
+                self._open()
+        piece = self._pieces[self.piece]
+        self.piece += 1
+        return piece
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "file": self.position[0], "item": self.position[1], "piece": self.piece,
+                "doc": self.doc, "counts": self.counts.to_dict(), "files": len(self.files)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["files"] != len(self.files):
+            raise ValueError(f"data source {self.source.path!r} had {state['files']} file(s) when the checkpoint was "
+                             f"written and has {len(self.files)} now: a stream resumes only over the same files")
+        self.epoch, self.position = state["epoch"], (state["file"], state["item"])
+        self._pieces, self.piece = [], 0
+        if state["doc"] >= 0:
+            # read the current document again from its first item, and skip the pieces already taken
+            self.doc = state["doc"] - 1
+            self._open()
+            if not self._next_document():
+                raise ValueError(f"data source {self.source.path!r} ends before the checkpoint's position "
+                                 f"{self.position}: a stream resumes only over the same files")
+            self.piece = state["piece"]
+        else:
+            self.doc, self._items = -1, None
+        counts = state["counts"]  # as saved: the document read again above is not counted twice
+        self.counts = Counts(counts["records"], counts["documents"], dict(counts["skipped"]), list(counts["examples"]))
+
+
+class StreamingDocumentStream:
+    """Documents read from the sources as streams (``data.streaming``); every rank reads its own
+    share and mixes the sources by weight with its own seeded generator."""
+
+    def __init__(self, config: DataConfig, tokenizer, world_size: int = 1, rank: int = 0, log=_default_log):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.config, self.world_size, self.rank = config, world_size, rank
+        self.readers = [_SourceReader(i, s, config, tokenizer, world_size, rank, log)
+                        for i, s in enumerate(config.sources)]
+        total = sum(s.weight for s in config.sources)
+        self.weights = [s.weight / total for s in config.sources]
+        self._mix = random.Random(f"{config.seed}/{rank}")
+        self.draws = 0
+
+    @property
+    def longest(self) -> int:
+        return max(r.limits["max_tokens"] for r in self.readers)
+
+    def next_documents(self) -> list:
+        out = []
+        for _ in range(self.config.documents_per_step):
+            source = self._mix.choices(range(len(self.weights)), weights=self.weights)[0]
+            ids, spans = self.readers[source].next_piece()
+            out.append(_document(ids, spans, False))
+            self.draws += 1
+        return out
+
+    def stats(self) -> dict:
+        return {r.source.name or r.source.path: r.counts.to_dict() for r in self.readers}
+
+    def state_dict(self) -> dict:
+        return {"draws": self.draws, "mix_rng": self._mix.getstate(), "world_size": self.world_size,
+                "sources": [r.state_dict() for r in self.readers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "sources" not in state:
+            raise ValueError("the checkpoint was written by a run that cached its data (data.streaming: false); "
+                             "resume it with the same setting")
+        if len(state["sources"]) != len(self.readers):
+            raise ValueError(f"the checkpoint's stream has {len(state['sources'])} source(s), the config "
+                             f"{len(self.readers)}: resume with the same sources")
+        self.draws = state["draws"]
+        self._mix.setstate(_tuplify(state["mix_rng"]))
+        for reader, saved in zip(self.readers, state["sources"]):
+            reader.load_state_dict(saved)
+
+
+def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int = 0, log=_default_log):
+    """The training stream and data statistics: every source tokenised (or loaded from the cache),
+    or, with ``data.streaming``, opened as streams."""
+    if config.streaming:
+        stream = StreamingDocumentStream(config, tokenizer, world_size, rank, log=log)
+        return stream, {"streaming": True, "files": {r.source.name or r.source.path: len(r.files) for r in stream.readers}}
     datasets, info = [], {}
     for source in config.sources:
-        ds, stats = tokenize_source(source, tokenizer, config.cache_dir, log=log)
+        ds, stats = tokenize_source(source, tokenizer, config.cache_dir, log=log, num_proc=config.num_proc)
         datasets.append(ds)
         info[source.name or source.path] = stats
         if stats["skipped"]:
@@ -318,10 +671,10 @@ def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int =
                 f"records; skipped {sum(stats['skipped'].values())} bad record(s) ({reasons}); first: "
                 + "; ".join(stats["examples"][:3]))
     stream = DocumentStream(datasets, config, world_size, rank)
-    info["skipped_pieces"] = stream.skipped  # too short, or a prompt-completion document too long
+    info["skipped_pieces"] = stream.skipped  # too short, or a whole document too long
     if stream.skipped:
         log(f"data: skipped {stream.skipped} document(s) or piece(s) shorter than data.min_tokens={config.min_tokens}"
-            + (f" or prompt-completion documents longer than data.max_tokens={config.max_tokens}"
+            + (f" or whole documents longer than the token limit (data.max_tokens={config.max_tokens})"
                if config.max_tokens else ""))
     info["pieces"] = [len(p) for p in stream.pieces]
     return stream, info

@@ -23,6 +23,9 @@ TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
 # Qwen2Tokenizer whatever the saved class, and that class adds it when it is missing
 # (a 513th token for a 512-row embedding); byte-level BPE never emits it as unknown.
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<|endoftext|>"}
+# ChatML's shape over the tiny vocabulary's own special tokens: a turn is <s>role\ncontent</s>\n
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
 
 # Small enough for a CPU test in well under a second per forward, large enough
 # for GQA (4 query heads over 2 KV heads) and more than one layer.
@@ -57,7 +60,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, num_sentences: int = 4000, seed:
     )
     text = synthetic_text(num_sentences, seed=seed)
     tok.train_from_iterator(text.split("\n\n") + list(texts or []), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=CHAT_TEMPLATE, **SPECIAL_TOKENS)
 
 
 def tiny_config(arch: str, tokenizer: PreTrainedTokenizerFast, **overrides: Any):

@@ -1,0 +1,340 @@
+"""Records of a data source, in any common format, checked one by one.
+
+A source is files (a path or a glob) or a directory that ``datasets`` saved. Every format is read
+into the same records, by the source's kind (``SourceConfig.kind``):
+
+* text: ``{"text"}``, records of a group joined (``group_by``);
+* completion and instruction without a chat template: ``{"prompt", "completion"}``;
+* chat, and instruction with a chat template: ``{"messages": [{"role", "content"}, ...]}``.
+
+Formats, by suffix (after a compression suffix .gz / .zst / .bz2 / .xz where one is allowed):
+
+* ``.jsonl``, and ``.json`` holding JSON lines: read line by line here, so that a bad line is skipped
+  and named by file and line instead of failing the file. (``datasets``' own readers fail the whole
+  file on one bad line, and its text reader ignores ``encoding_errors`` for compressed files.)
+* ``.json`` holding one JSON array: parsed whole (as ``datasets``' json reader does too); a record
+  is named by its index.
+* ``.parquet`` and ``.arrow``: ``datasets.load_dataset`` in streaming mode, row by row.
+* ``.txt``: the whole file is one text document.
+* a directory: ``datasets.load_from_disk`` (a Dataset, or the ``split`` of a DatasetDict).
+
+``iter_source`` yields ``Item``s: a good record, or a bad one with its reason and place. Its
+position (file index, item index in the file) lets a stream stop anywhere and start there again.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from uio_ds.train_config import SourceConfig
+
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
+LINE_SUFFIXES = (".jsonl", ".json")
+FILE_SUFFIXES = (*LINE_SUFFIXES, ".txt", ".parquet", ".arrow")
+
+
+@dataclass
+class Item:
+    """One record of a source: ``record`` (the kind's fields) or ``bad`` (why it was skipped)."""
+
+    where: str
+    record: dict | None = None
+    bad: str | None = None
+    key: tuple | None = None  # group key (kind text with group_by)
+
+
+@dataclass
+class Counts:
+    """Items read (documents and bad records), the bad ones by reason, with the places of the first few."""
+
+    records: int = 0
+    documents: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, item: Item, max_examples: int = 5) -> bool:
+        """Count ``item``; True when it is the first bad one of its place."""
+        self.records += 1
+        if item.bad is None:
+            self.documents += 1
+            return False
+        self.skipped[item.bad] = self.skipped.get(item.bad, 0) + 1
+        if len(self.examples) < max_examples:
+            self.examples.append(f"{item.where}: {item.bad}")
+            return True
+        return False
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def to_dict(self) -> dict:
+        return {"records": self.records, "documents": self.documents, "skipped": dict(self.skipped),
+                "examples": list(self.examples)}
+
+
+def file_format(path: str) -> tuple[str, str | None]:
+    """(format suffix, compression) of a data file, e.g. (".jsonl", "zstd")."""
+    stem, ext = os.path.splitext(path)
+    compression = COMPRESSIONS.get(ext)
+    if compression:
+        ext = os.path.splitext(stem)[1]
+        if ext not in (*LINE_SUFFIXES, ".txt"):
+            raise ValueError(f"data source file {path!r}: only .jsonl / .json / .txt files may be compressed; "
+                             f"{ext or 'no suffix'} before {os.path.splitext(path)[1]} is not read")
+    if ext not in FILE_SUFFIXES:
+        raise ValueError(f"data source file {path!r}: unsupported type; use one of {list(FILE_SUFFIXES)}, "
+                         f"optionally compressed ({', '.join(COMPRESSIONS)}), or a datasets directory")
+    return ext, compression
+
+
+def source_files(source: SourceConfig) -> list[str]:
+    """The files of a source (or its one ``datasets`` directory), checked to exist, be readable and
+    be of a known format; raises naming the path and the fix otherwise."""
+    path = source.path
+    if os.path.isdir(path):
+        dataset_dict = os.path.join(path, "dataset_dict.json")
+        if os.path.isfile(dataset_dict):
+            try:
+                with open(dataset_dict) as f:
+                    splits = json.load(f)["splits"]
+            except (OSError, ValueError, KeyError):
+                raise ValueError(f"data source {path!r}: {dataset_dict} is damaged; save the dataset again") from None
+            if source.split not in splits:
+                raise ValueError(f"data source {path!r} has no split {source.split!r} (it has {splits}): set the "
+                                 "source's \"split\"")
+        elif not os.path.isfile(os.path.join(path, "state.json")):
+            raise FileNotFoundError(
+                f"data source {path!r} is a directory but not one that datasets saved (no dataset_dict.json or "
+                "state.json); give files, a glob, or save it with Dataset.save_to_disk / `uio-ds prepare-corpus`")
+        return [path]
+    files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
+    if not files:
+        raise FileNotFoundError(f"data source glob {path!r} matches no file")
+    for f in files:
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"data source file {f!r} not found")
+        if file_format(f)[0] == ".txt" and source.resolved_kind != "text":
+            raise ValueError(f"data source {path!r}: kind {source.resolved_kind} needs records (jsonl, json, parquet, "
+                             f"arrow or a datasets directory); {f!r} is a text file")
+        if not os.access(f, os.R_OK):
+            raise PermissionError(f"data source file {f!r} is not readable")
+        if os.path.getsize(f) == 0:
+            raise ValueError(f"data source file {f!r} is empty: give a file with documents, or leave it out")
+    return files
+
+
+def open_binary(path: str):
+    """A binary, line-iterable file object over ``path``, decompressed on the fly by its suffix."""
+    compression = file_format(path)[1]
+    if compression == "gzip":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if compression == "bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if compression == "xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    if compression == "zstd":
+        import io
+
+        try:
+            import zstandard
+        except ImportError:
+            raise ImportError(f"{path}: reading .zst files needs the 'zstandard' package (pip install zstandard)") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+# ----------------------------------------------------------------------------- raw items of one file
+
+
+def _json_is_array(path: str) -> bool:
+    with open_binary(path) as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def raw_items(path: str, start: int, split: str = "train") -> Iterator[tuple[str, object]]:
+    """(place, value) of every item of one file from item ``start`` on: a decoded JSON value, a row
+    dict, a whole text, or a ``Undecodable`` for an item that cannot be decoded. Items are lines (JSON
+    lines; blank lines count but yield nothing), array elements, rows or the one text."""
+    if os.path.isdir(path):
+        yield from _dataset_rows(path, start, split)
+        return
+    ext = file_format(path)[0]
+    if ext in LINE_SUFFIXES and not (ext == ".json" and _json_is_array(path)):
+        with open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                if number <= start:
+                    continue  # skipped without decoding: a resumed stream seeks by lines
+                if not raw.strip():
+                    yield f"{path}:{number}", None
+                    continue
+                try:
+                    yield f"{path}:{number}", json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield f"{path}:{number}", Undecodable("undecodable bytes (not UTF-8)")
+                except json.JSONDecodeError:
+                    yield f"{path}:{number}", Undecodable("not valid JSON")
+    elif ext == ".json":
+        with open_binary(path) as f:
+            try:
+                values = json.loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path}: a JSON array file that does not parse ({err}); fix it, or write "
+                                 "one record per line (.jsonl) so that bad records can be skipped") from None
+        for i, value in enumerate(values[start:], start=start):
+            yield f"{path}:record {i}", value
+    elif ext == ".txt":
+        if start == 0:
+            with open_binary(path) as f:
+                data = f.read()
+            try:
+                yield path, {"text": data.decode("utf-8")}
+            except UnicodeDecodeError:
+                yield path, Undecodable("undecodable bytes (not UTF-8)")
+    else:
+        from datasets import load_dataset
+
+        rows = load_dataset(ext[1:], data_files=path, split="train", streaming=True)
+        for i, row in enumerate(rows.skip(start) if start else rows, start=start):
+            yield f"{path}:row {i}", row
+
+
+def _dataset_rows(path: str, start: int, split: str) -> Iterator[tuple[str, object]]:
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(path)
+    name = path
+    if isinstance(data, DatasetDict):
+        data, name = data[split], f"{path}[{split}]"
+    for i in range(start, len(data)):
+        yield f"{name}:row {i}", data[i]
+
+
+class Undecodable(str):
+    """An item that could not be decoded; the string is the reason."""
+
+
+# ----------------------------------------------------------------------------- records by kind
+
+
+def _string_fields(value: dict, names) -> str | None:
+    for name in names:
+        if name not in value or value[name] is None:
+            return f"no field {name!r}"
+        if not isinstance(value[name], str):
+            return f"field {name!r} is {type(value[name]).__name__}, not a string"
+    return None
+
+
+def _messages(turns) -> tuple[list[dict] | None, str | None]:
+    if not isinstance(turns, list) or not turns:
+        return None, "messages is not a non-empty list"
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+            return None, f"turn {i} is not an object with string 'role' and 'content'"
+        out.append({"role": turn["role"], "content": turn["content"]})
+    if not any(t["role"] == "assistant" for t in out):
+        return None, "no assistant turn (nothing to score)"
+    return out, None
+
+
+def make_record(value, source: SourceConfig) -> tuple[dict | None, str | None]:
+    """The kind's record from one decoded item, or (None, reason)."""
+    if not isinstance(value, dict):
+        return None, "record is not a JSON object"
+    kind = source.resolved_kind
+    if kind == "text":
+        bad = _string_fields(value, (source.text_field,))
+        if bad is None and not value[source.text_field].strip():
+            bad = "empty text"
+        if bad is None and any(k not in value for k in source.group_by):
+            bad = f"missing group key(s) {[k for k in source.group_by if k not in value]}"
+        return (None, bad) if bad else ({"text": value[source.text_field]}, None)
+    if kind == "completion":
+        bad = _string_fields(value, (source.text_field, source.completion_field))
+        if bad is None and not value[source.completion_field].strip():
+            bad = "empty completion"
+        return (None, bad) if bad else ({"prompt": value[source.text_field],
+                                         "completion": value[source.completion_field]}, None)
+    if kind == "instruction":
+        bad = _string_fields(value, ("instruction", "output"))
+        extra = value.get("input")
+        if bad is None and extra is not None and not isinstance(extra, str):
+            bad = f"field 'input' is {type(extra).__name__}, not a string"
+        if bad is None and not value["output"].strip():
+            bad = "empty output"
+        if bad:
+            return None, bad
+        instruction = value["instruction"] + (f"\n\n{extra}" if extra and extra.strip() else "")
+        if source.chat_template:
+            return {"messages": [{"role": "user", "content": instruction},
+                                 {"role": "assistant", "content": value["output"]}]}, None
+        return {"prompt": source.prompt_template.replace("{instruction}", instruction),
+                "completion": " " + value["output"].lstrip()}, None
+    messages, bad = _messages(value.get(source.messages_field))
+    if bad:
+        return None, (f"no field {source.messages_field!r}" if source.messages_field not in value else bad)
+    return {"messages": messages}, None
+
+
+def record_columns(source: SourceConfig) -> dict:
+    """An empty record of the source's kind (the columns of its Arrow table)."""
+    kind = source.resolved_kind
+    if kind == "text":
+        return {"text": ""}
+    if kind == "chat" or (kind == "instruction" and source.chat_template):
+        return {"messages": []}
+    return {"prompt": "", "completion": ""}
+
+
+def iter_source(source: SourceConfig, files: list[str], start: tuple[int, int] = (0, 0),
+                file_indices: list[int] | None = None) -> Iterator[tuple[tuple[int, int], Item]]:
+    """((file index, item index at which this document starts), item) for the source's documents in
+    file order, from position ``start``. Text records with ``group_by`` are joined while consecutive
+    records of a file share the key; bad items are yielded too (``Item.bad``), so the caller counts
+    them. ``file_indices`` restricts reading to those files (a rank's share of a stream)."""
+    indices = file_indices if file_indices is not None else list(range(len(files)))
+    grouping = bool(source.group_by) and source.resolved_kind == "text"
+    for fi in indices:
+        if fi < start[0]:
+            continue
+        first = start[1] if fi == start[0] else 0
+        group: list[str] = []
+        group_key, group_start, group_where = None, first, ""
+        item_index = first
+        for where, value in raw_items(files[fi], first, source.split):
+            position = item_index
+            item_index += 1
+            if value is None:  # blank line
+                continue
+            if isinstance(value, Undecodable):
+                yield (fi, position), Item(where, bad=str(value))
+                continue
+            record, bad = make_record(value, source)
+            if bad:
+                yield (fi, position), Item(where, bad=bad)
+                continue
+            if not grouping:
+                yield (fi, position), Item(where, record)
+                continue
+            key = tuple(json.dumps(value[k], sort_keys=True) for k in source.group_by)
+            if group and key != group_key:
+                yield (fi, group_start), Item(group_where, {"text": "\n".join(group)}, key=group_key)
+                group = []
+            if not group:
+                group_key, group_start, group_where = key, position, where
+            group.append(record["text"].strip())
+        if group:
+            yield (fi, group_start), Item(group_where, {"text": "\n".join(group)}, key=group_key)
