@@ -400,7 +400,7 @@ class TrainConfig:
 # its order, the model, the memory shape, the gradient), so the resume would not be exact.
 RESUME_MAY_CHANGE = ("steps", "optim.", "save_every", "keep_last", "log_every", "max_bad_steps", "output_dir",
                      "init_from", "uio.attention", "uio.decoder_recompute", "algorithm.graph_mode", "algorithm.encode_batch_size",
-                     "data.cache_dir")
+                     "data.cache_dir", "data.num_proc")
 
 
 def _flatten(value: Any, where: str = "") -> dict[str, Any]:
