@@ -12,8 +12,12 @@ one GPU), written as JSON.
    shape with a 16K-token document, with and without decoder recompute.
 4. ``prefill``: ``benchmarks/prefill.py`` at the Llama-2-7B shape in bf16, UIO against full
    attention and StreamingLLM, 4K..128K tokens.
+5. ``zero3``: ``benchmarks/zero3_step.py`` under the deepspeed launcher on every GPU (NCCL): the
+   trainer's ZeRO-3 path (the base loaded on the host and partitioned by ``zero.Init``, buffers
+   moved, passes in lockstep) against ZeRO-2 on the same documents: losses, step times and
+   peak memory, on a small Llama with its own tokenizer.
 
-    python benchmarks/gpu_check.py [--out benchmarks/results/gpu] [--parts flash steps plan prefill]
+    python benchmarks/gpu_check.py [--out benchmarks/results/gpu] [--parts flash steps plan prefill zero3]
     python benchmarks/gpu_check.py --smoke --out /tmp/check   # every part at toy sizes on the CPU
 
 Each part records its figures or the error that stopped it, and the next part runs anyway.
@@ -203,7 +207,41 @@ def part_prefill(args, device, root) -> dict:
             "rows": rows}
 
 
-PARTS = {"flash": part_flash, "steps": part_steps, "plan": part_plan, "prefill": part_prefill}
+def part_zero3(args, device, root) -> dict:
+    from uio_ds.formats import synthetic_text
+    from uio_ds.model.tiny import build_tiny_model
+
+    shape = {} if args.smoke else {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+                                   "num_attention_heads": 8, "num_key_value_heads": 4}
+    model = build_tiny_model("llama", os.path.join(root, "zero3_llama"), **shape)
+    corpus = os.path.join(root, "zero3_docs.jsonl")
+    with open(corpus, "w") as f:
+        for i in range(64):
+            f.write(json.dumps({"text": synthetic_text(20 + 7 * (i % 9), seed=i)}) + "\n")
+    name, ranks = "gpu_check_zero3", (2 if args.smoke else torch.cuda.device_count())
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")  # this environment's launcher
+    cmd = [launcher if os.path.isfile(launcher) else "deepspeed", "--num_gpus", str(ranks), "--master_port", str(29517), os.path.join(HERE, "zero3_step.py"),
+           "--config", "tiny", "--tokens", "512" if args.smoke else "2048", "--rounds", "2" if args.smoke else "4",
+           "--name", name, "--out-dir", os.path.join(root, "zero3_runs"), "--set", f"model_path={model}",
+           f'data.sources=[{{"path": "{corpus}"}}]', f"data.cache_dir={os.path.join(root, 'zero3_cache')}",
+           "uio.dtype=bfloat16"]
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE), **({"DS_ACCELERATOR": "cpu"} if args.smoke else {}))
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.prefill_timeout, env=env, cwd=HERE)
+    if done.returncode:
+        raise RuntimeError(f"zero3_step.py exited {done.returncode}: {(done.stdout + done.stderr)[-3000:]}")
+    src = os.path.join(RESULTS_DIR, f"{name}.json")
+    dst = os.path.join(args.out, f"zero3_{'toy' if args.smoke else 'gpu'}.json")
+    shutil.move(src, dst)
+    with open(dst) as f:
+        result = json.load(f)
+    losses = [(r["zero2_loss"], r["zero3_loss"]) for r in result["rows"]]
+    return {"status": "ok", "ranks": ranks, "file": os.path.basename(dst), "seconds": round(time.perf_counter() - start, 1),
+            "median": result["median"], "losses_zero2_zero3": losses,
+            "max_loss_diff": max(abs(a - b) for a, b in losses)}
+
+
+PARTS = {"flash": part_flash, "steps": part_steps, "plan": part_plan, "prefill": part_prefill, "zero3": part_zero3}
 
 
 def main(argv=None) -> int:

@@ -61,10 +61,14 @@ def main() -> None:
         row = {"round": round_, "tokens": None}
         for arm, trainer in trainers.items():
             engine.barrier()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             out = trainer.engine.train_step(documents)
             engine.barrier()
             row[f"{arm}_s"] = round(time.perf_counter() - start, 3)
+            if torch.cuda.is_available():  # the other arms' weights and states are resident too
+                row[f"{arm}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
             row[f"{arm}_loss"] = round(out.loss, 6)
             row["tokens"] = out.tokens
             if arm == "zero3":
