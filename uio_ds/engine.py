@@ -137,12 +137,19 @@ def all_reduce_max(value: int) -> int:
     return int(t.item())
 
 
-def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size: int | None = None
-                      ) -> tuple[dict, str]:
+def persistence_problem(threshold, largest: int) -> str:
+    return (f"DeepSpeed zero_optimization.stage3_param_persistence_threshold={threshold} is below the largest "
+            f"trainable parameter ({largest} elements): the trainable parts must stay whole on every rank; set it "
+            f"to \"auto\" or at least {largest}")
+
+
+def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size: int | None = None,
+                      largest_trainable: int | None = None) -> tuple[dict, str]:
     """Fill the ``"auto"`` values of a DeepSpeed config from the training config, check that the two
     agree, and choose where retained encoder graphs live. Returns (DeepSpeed config, graph mode).
     ``hidden_size`` (the base model's) sizes ZeRO's communication buckets when they are "auto"
-    (hidden_size squared, as Hugging Face's DeepSpeed integration does).
+    (hidden_size squared, as Hugging Face's DeepSpeed integration does); ``largest_trainable``
+    (elements of the largest trainable tensor) checks an explicit ZeRO-3 persistence threshold.
 
     Every problem is collected and raised at once, before any model is loaded."""
     ds = copy.deepcopy(raw)
@@ -220,6 +227,12 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
             problems.append(f"DeepSpeed zero_optimization.stage3_prefetch_bucket_size={prefetch}: prefetching "
                             "follows the module order DeepSpeed recorded, which padding passes change from step "
                             "to step; set it to 0 (or \"auto\")")
+        threshold = zero.get("stage3_param_persistence_threshold", "auto")
+        if threshold != "auto" and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)):
+            problems.append(f"DeepSpeed zero_optimization.stage3_param_persistence_threshold={threshold!r}: must be "
+                            "a number of elements or \"auto\"")
+        elif threshold != "auto" and largest_trainable is not None and threshold < largest_trainable:
+            problems.append(persistence_problem(threshold, largest_trainable))
         if zero.get("offload_param", {}).get("device") not in (None, "none", "cpu"):
             problems.append("DeepSpeed zero_optimization.offload_param.device: only \"cpu\" is supported")
     for key in ("reduce_bucket_size", "allgather_bucket_size"):
@@ -308,10 +321,8 @@ class UIOEngine:
             if threshold == "auto":
                 ds_config = copy.deepcopy(ds_config)
                 ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = largest
-            elif threshold < largest:
-                raise ConfigError("DeepSpeed config", [
-                    f"zero_optimization.stage3_param_persistence_threshold={threshold} is below the largest "
-                    f"trainable parameter ({largest} elements): set it to \"auto\" or at least {largest}"])
+            elif threshold < largest:  # the trainer checks this before loading; here for direct use
+                raise ConfigError("DeepSpeed config", [persistence_problem(threshold, largest)])
             self.lockstep = Lockstep(all_reduce_min)
             if not any(hasattr(p, "ds_id") for p in model.parameters()):
                 # Partitioned here, from wherever the model was loaded (the host): DeepSpeed's engine

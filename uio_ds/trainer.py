@@ -102,8 +102,15 @@ class Trainer:
         """(root, tag) of the checkpoint this run resumes, resolved once; None for a fresh start."""
         base_config = self._check_model(config, resuming=self.resume_from is not None)
         self.max_positions = base_config.max_position_embeddings
+        zero = ds_config.get("zero_optimization", {})
+        largest = None
+        if zero.get("stage") == 3 and zero.get("stage3_param_persistence_threshold", "auto") != "auto":
+            from uio_ds.model.memory_model import largest_trainable_numel
+
+            largest = largest_trainable_numel(base_config, config.uio)
         self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size,
-                                                                   hidden_size=base_config.hidden_size)
+                                                                   hidden_size=base_config.hidden_size,
+                                                                   largest_trainable=largest)
         self.resume = resume
         self.config_changes: list[str] = []
         """Differences from the config of the checkpoint resumed (set by the entry point's check)."""

@@ -156,6 +156,8 @@ DEEPSPEED_CASES = [
     ("zero4", {"zero_optimization": {"stage": 4}}, None, ["zero_optimization.stage=4"]),
     ("zero3_prefetch", {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1000}}, None,
      ["stage3_prefetch_bucket_size=1000", "set it to 0"]),
+    ("zero3_persistence", {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 10}}, None,
+     ["stage3_param_persistence_threshold=10 is below the largest trainable parameter", "\"auto\""]),
     ("accumulation", {"gradient_accumulation_steps": 4}, None, ["gradient_accumulation_steps=4"]),
     ("scheduler", {"scheduler": {"type": "WarmupLR"}}, None, ["scheduler section"]),
     ("sgd", {"optimizer": {"type": "SGD", "params": {}}}, None, ["optimizer.type='SGD'"]),

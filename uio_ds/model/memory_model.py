@@ -867,6 +867,16 @@ _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
+def largest_trainable_numel(base_config, config: UIOConfig) -> int:
+    """Elements of the largest trainable tensor of the memory model over a base of ``base_config``,
+    from a model built on the meta device (shapes only, no weights read)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(base_config)
+        return max(p.numel() for p in UIOMemoryModel(base, config).trainable_parameters())
+
+
 def check_model_dir(base_path: str, config: UIOConfig):
     """Everything about a base model directory that its files tell without loading weights:
     config.json readable, a supported architecture that fits ``config``, weight files and
