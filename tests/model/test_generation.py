@@ -50,6 +50,26 @@ def test_chunked_prefill_equals_one_batch(tiny_dirs):
     torch.testing.assert_close(chunked.memory.keys, together.memory.keys, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("cuts", [(5, 30, 31, 70), (16, 48), (3,), (20, 21, 22, 23)])
+def test_extend_in_pieces_equals_one_prefill(tiny_dirs, cuts):
+    """A session's later turns (``extend``) leave the stream exactly as one prefill of the whole
+    conversation would: same logits, same memories, same residual."""
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.2)
+    ids = random_ids(1, 77, seed=5)
+    with torch.no_grad():
+        whole = MemoryStream(model)
+        want = whole.prefill(ids)
+        pieces = MemoryStream(model)
+        bounds = [0, *cuts, ids.shape[1]]
+        got = pieces.prefill(ids[:, : bounds[1]])
+        for start, stop in zip(bounds[1:-1], bounds[2:]):
+            got = pieces.extend(ids[:, start:stop])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert pieces.memory_tokens == whole.memory_tokens and torch.equal(pieces.residual, whole.residual)
+    torch.testing.assert_close(pieces.memory.keys, whole.memory.keys, rtol=1e-5, atol=1e-6)
+
+
 def test_raw_kv_is_dropped_after_compression(tiny_dirs):
     model = load(tiny_dirs["llama"])
     stream = MemoryStream(model)

@@ -61,13 +61,29 @@ class MemoryStream:
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Read the prompt (B, P); return the next-token logits (B, vocab)."""
-        residual_start = split_segments(input_ids.shape[1], self.model.segment_length)[-1][0]
         self.residual = input_ids[:, :0]
+        self.cache = self.model.build_cache(None)
+        return self.extend(input_ids)
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read ``tokens`` (B, k >= 1) after the current state, as if they had been part of the
+        prompt; return the logits after the last one. The residual is first filled up to a segment
+        boundary through the decoder; whole segments after it are compressed in parallel and the
+        last 1..l tokens go through the decoder (a session's next turn costs its own length)."""
+        if tokens.shape[1] == 0:
+            raise ValueError("extend needs at least one token")
+        l = self.model.segment_length
+        logits = None
+        if self.residual.shape[1] > 0:
+            take = min(l - self.residual.shape[1], tokens.shape[1])
+            logits = self.feed(tokens[:, :take])
+            tokens = tokens[:, take:]
+        if tokens.shape[1] == 0:
+            return logits
+        residual_start = split_segments(tokens.shape[1], l)[-1][0]
         if residual_start > 0:
-            self._append_memory(self._compress(input_ids[:, :residual_start]))
-        else:
-            self.cache = self.model.build_cache(None)
-        return self.feed(input_ids[:, residual_start:])
+            self._append_memory(self._compress(tokens[:, :residual_start]))
+        return self.feed(tokens[:, residual_start:])
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
