@@ -9,6 +9,8 @@ Commands:
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
   make-recall-data  write recall documents (a pass key stated early, asked for at the end)
   generate   read a long prompt from a file or stdin and stream a continuation
+  serve      an OpenAI-compatible HTTP server (completions, chat, streaming, sessions)
+  chat       chat in the terminal, the conversation kept as memory (/load FILE adds a document)
   prepare-model   convert a pretrained checkpoint (smollm2, a .gguf file, an HF directory) once, verified
   prepare-corpus  group jsonl records (the King James books by default) into documents + held-out split
   make-sample-data  write small look-alike files of the paper's training mixture (data/mixture)
@@ -23,7 +25,8 @@ import sys
 import time
 
 # Commands with their own parser, in their own module (each also runs as python -m MODULE)
-DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain"}
+DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain",
+             "serve": "uio_ds.serve.api", "chat": "uio_ds.serve.chat"}
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,234 @@
+"""The OpenAI-compatible server on the tiny model, driven by the real ``openai`` client: the
+answers equal the model's own greedy generation, streamed or not; sessions reuse memory; bad
+requests get a 4xx and the server goes on."""
+
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import torch
+from helpers import free_port, load, perturb_trainable
+from transformers import AutoTokenizer
+
+from uio_ds.model.generation import generate
+from uio_ds.serve.api import create_app
+from uio_ds.serve.engine import SamplingParams, ServingEngine, SessionBusy, SessionStore, _TextStream
+
+
+@contextlib.contextmanager
+def serving(engine: ServingEngine):
+    """The app over ``engine`` on a loopback port, in a thread; yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+def post(port: int, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
+    """(status, JSON reply) of a POST to the server, without a client library's checks."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    engine = ServingEngine(model, tokenizer, model_name="tiny-uio", max_batch=4)
+    with serving(engine) as port:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        yield client, engine, model, tokenizer, port
+
+
+def greedy(model, tokenizer, ids: list[int], max_new: int) -> tuple[str, list[int]]:
+    """The model's own greedy continuation, cut at EOS (what the server must return)."""
+    out = generate(model, torch.tensor([ids]), max_new, stop_token_ids=[tokenizer.eos_token_id])
+    new = out.sequences[0, len(ids):].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id) + 1]
+    return tokenizer.decode(new, skip_special_tokens=True), new
+
+
+PROMPT = "Once upon a time the old miller walked to the river and"
+
+
+def test_models_and_completion_equal_greedy_generation(served):
+    client, engine, model, tokenizer, _ = served
+    assert [m.id for m in client.models.list().data] == ["tiny-uio"]
+    ids = tokenizer(PROMPT)["input_ids"]
+    want, tokens = greedy(model, tokenizer, ids, 24)
+    got = client.completions.create(model="tiny-uio", prompt=PROMPT, max_tokens=24, temperature=0)
+    assert got.choices[0].text == want
+    assert got.choices[0].finish_reason == ("stop" if tokens[-1] == tokenizer.eos_token_id else "length")
+    assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (len(ids), len(tokens))
+    # streamed: the deltas add up to the same text, then a usage chunk
+    chunks = list(client.completions.create(model="tiny-uio", prompt=PROMPT, max_tokens=24, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == got.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == len(tokens) and len(chunks) > 3
+
+
+def test_chat_completion_applies_the_chat_template(served):
+    client, engine, model, tokenizer, _ = served
+    messages = [{"role": "user", "content": "Tell me about the miller."}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    want, _ = greedy(model, tokenizer, list(ids), 20)
+    got = client.chat.completions.create(model="tiny-uio", messages=messages, max_tokens=20, temperature=0)
+    assert got.choices[0].message.role == "assistant" and got.choices[0].message.content == want
+    assert got.usage.prompt_tokens == len(ids)
+    stream = list(client.chat.completions.create(model="tiny-uio", messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True))
+    assert stream[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == want
+
+
+def test_stop_sequence_cuts_the_text(served):
+    client, engine, model, tokenizer, _ = served
+    full = client.completions.create(model="tiny-uio", prompt=PROMPT, max_tokens=30, temperature=0).choices[0].text
+    stop = full[len(full) // 2: len(full) // 2 + 3]
+    assert stop.strip(), full
+    for stream in (False, True):
+        out = client.completions.create(model="tiny-uio", prompt=PROMPT, max_tokens=30, temperature=0, stop=[stop],
+                                        stream=stream)
+        text = "".join(c.choices[0].text for c in out if c.choices) if stream else out.choices[0].text
+        assert text == full[: full.index(stop)], (stream, stop)
+
+
+def test_session_reads_only_the_new_tokens(served):
+    """A follow-up in a session reads its new tokens only, and answers as a fresh read of the whole."""
+    client, engine, model, tokenizer, port = served
+    document = tokenizer(" ".join(["The pass key is 7731, remember it."] * 12))["input_ids"]
+    first = client.completions.create(model="tiny-uio", prompt=document, max_tokens=8, temperature=0,
+                                      extra_body={"session": "s1"})
+    text, answer = greedy(model, tokenizer, document, 8)  # the tokens the server generated
+    assert first.choices[0].text == text
+    follow = document + answer + tokenizer(" What was the key?", add_special_tokens=False)["input_ids"]
+    status, again = post(port, "/v1/completions", {"model": "tiny-uio", "prompt": follow, "max_tokens": 8,
+                                                   "temperature": 0, "session": "s1"})
+    assert status == 200
+    # everything but the last generated token was read into memory during the first request
+    assert again["uio"] == {"session": "s1", "reused_prompt_tokens": len(document) + len(answer) - 1,
+                            "memory_tokens": again["uio"]["memory_tokens"]}
+    assert again["uio"]["memory_tokens"] > 0
+    fresh = client.completions.create(model="tiny-uio", prompt=follow, max_tokens=8, temperature=0)
+    assert again["choices"][0]["text"] == fresh.choices[0].text
+    # a prompt that does not continue the session is read from the start, and replaces it
+    status, other = post(port, "/v1/completions", {"prompt": "A new story.", "max_tokens": 2, "session": "s1"})
+    assert status == 200 and other["uio"]["reused_prompt_tokens"] == 0
+
+
+def test_concurrent_requests_are_batched_and_equal_alone(served):
+    client, engine, model, tokenizer, _ = served
+    prompts = [f"The {w} walked to the river and" for w in ("miller", "baker", "smith", "tailor")]
+    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
+    alone = [client.completions.create(model="tiny-uio", prompt=p, max_tokens=10, temperature=0).choices[0].text
+             for p in prompts]
+    results = [None] * len(prompts)
+
+    def ask(i):
+        results[i] = client.completions.create(model="tiny-uio", prompt=prompts[i], max_tokens=10,
+                                               temperature=0).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == alone and len(lengths) >= 1
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"max_tokens": 0}, ["max_tokens=0"]),
+    ({"temperature": 5}, ["temperature=5"]),
+    ({"n": 2}, ["only n=1"]),
+    ({"model": "gpt-4"}, ["serves 'tiny-uio'"]),
+    ({"prompt": ""}, ["prompt"]),
+    ({"logprobs": 3}, ["logprobs", "not supported"]),
+    ({"stop": 7}, ["stop=7"]),
+    ({"session": ""}, ["session="]),
+])
+def test_bad_requests_get_400_and_the_server_goes_on(served, body, words):
+    client, engine, model, tokenizer, port = served
+    request = {"model": "tiny-uio", "prompt": "Hello", "max_tokens": 4, **body}
+    status, reply = post(port, "/v1/completions", request)
+    assert status == 400, reply
+    message = reply["error"]["message"]
+    assert all(w in message for w in words), message
+    known = {k: v for k, v in request.items() if k != "session"}
+    with pytest.raises(openai.BadRequestError):  # the client raises the 400 as its own error
+        client.completions.create(**known, extra_body={k: v for k, v in request.items() if k == "session"})
+    assert client.completions.create(model="tiny-uio", prompt="Hello", max_tokens=2).choices[0].text is not None
+
+
+def test_malformed_bodies_get_400(served):
+    *_, port = served
+    assert post(port, "/v1/chat/completions", raw=b"{not json")[0] == 400
+    assert post(port, "/v1/chat/completions", [1, 2])[0] == 400
+    status, reply = post(port, "/v1/chat/completions", {"model": "tiny-uio", "messages": [{"role": "user", "content": 3}]})
+    assert status == 400 and "messages" in reply["error"]["message"]
+
+
+def test_text_past_the_position_range_is_refused(short_context_dir):
+    """A 64-position model: a prompt + max_tokens that would pass its positions is a 400 before any work."""
+    model = load(short_context_dir)
+    tokenizer = AutoTokenizer.from_pretrained(short_context_dir)
+    with serving(ServingEngine(model, tokenizer, model_name="short")) as port:
+        status, reply = post(port, "/v1/completions", {"prompt": "word " * 400, "max_tokens": 8})
+        assert status == 400 and "max_position_embeddings=64" in reply["error"]["message"]
+        assert post(port, "/v1/completions", {"prompt": "word", "max_tokens": 4})[0] == 200
+
+
+def test_session_store_caps_expires_and_refuses_a_busy_session():
+    store = SessionStore(max_sessions=2, ttl_s=0.2)
+    for key in ("a", "b", "c"):
+        assert store.take(key) is None
+        store.put(key, type("S", (), {"last_used": 0.0})())
+    assert len(store) == 2 and store.take("a") is None  # "a", the least recently used, was dropped
+    with pytest.raises(SessionBusy):
+        store.take("a")  # its request is still running
+    store.put("a", None)
+    time.sleep(0.3)
+    assert store.take("b") is None and len(store) == 0  # expired
+
+
+def test_text_stream_holds_back_partial_characters_and_stop_prefixes(tiny_dirs):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    text = "The miller said: é!END and more"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stream = _TextStream(tokenizer, ["END"])
+    pieces = [stream.push(t) for t in ids]
+    assert "".join(pieces) == "The miller said: é!" and stream.stopped
+    assert all("\ufffd" not in p for p in pieces)
+    plain = _TextStream(tokenizer, ["ENDX"])
+    out = "".join(plain.push(t) for t in ids) + plain.flush()
+    assert out == text and not plain.stopped
+
+
+def test_engine_rejects_bad_sampling_before_queueing(served):
+    _, engine, *_ = served
+    with pytest.raises(ValueError, match="top_p=0"):
+        engine.submit([5, 6], SamplingParams(top_p=0), lambda e: None)

@@ -1,0 +1,261 @@
+"""``uio-ds serve``: an OpenAI-compatible HTTP server over a trained memory model.
+
+    uio-ds serve --model models/smollm2 --uio release/smollm2-uio --port 8000
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
+``"stream": true`` as server-sent events, ``stop``, ``max_tokens``, ``temperature``, ``top_p``,
+``seed``, usage counts; ``stream_options.include_usage`` adds a last chunk with usage), and
+``GET /health``. Chat messages go through the tokenizer's chat template.
+
+A request may carry ``"session": "ID"`` (with the openai client: ``extra_body={"session": ID}``):
+the conversation's memory is kept between requests, and when the next request's prompt starts
+with the conversation so far only the new tokens are read. The response's ``uio`` field says how
+many prompt tokens were reused and how many memory tokens the decoder reads.
+
+A request that cannot be served (bad parameters, a text past the model's position range, a
+second request for a busy session) gets a 4xx with an OpenAI-style error body; the server goes on.
+"""
+
+# (no "from __future__ import annotations": FastAPI reads the handlers' annotations as objects)
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+
+from uio_ds.serve.engine import Event, RequestError, SamplingParams, ServingEngine, SessionBusy
+
+
+def _error(status: int, message: str, param: str | None = None):
+    from fastapi.responses import JSONResponse
+
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
+                                                               "code": None}})
+
+
+def _params(body: dict) -> SamplingParams:
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list):
+        raise RequestError(f"stop={stop!r}: must be a string or a list of strings")
+    if body.get("n", 1) != 1:
+        raise RequestError(f"n={body.get('n')!r}: only n=1 is served")
+    unsupported = [k for k in ("logprobs", "top_logprobs", "echo", "tools", "functions", "logit_bias", "suffix")
+                   if body.get(k)] + (["best_of"] if body.get("best_of", 1) != 1 else [])
+    if unsupported:
+        raise RequestError(f"{', '.join(unsupported)}: not supported by this server")
+    temperature = body.get("temperature", 1.0)
+    params = SamplingParams(
+        max_tokens=next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
+                        body.get("_default_max_tokens", 256)),
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if body.get("top_p") is None else body["top_p"],
+        stop=stop, seed=body.get("seed"))
+    if params.seed is not None and not isinstance(params.seed, int):
+        raise RequestError(f"seed={params.seed!r}: must be an integer")
+    return params
+
+
+def _session(body: dict) -> str | None:
+    session = body.get("session")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 256):
+        raise RequestError(f"session={session!r}: must be a string of 1-256 characters")
+    return session
+
+
+def create_app(engine: ServingEngine):
+    """The FastAPI application over ``engine``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = FastAPI(title="uio_ds", description="OpenAI-compatible server for UIO memory models")
+    created = int(time.time())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):  # noqa: ANN001
+        return _error(400, f"invalid request: {exc.errors()}")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "sessions": len(engine.sessions)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": created,
+                                            "owned_by": "uio_ds"}]}
+
+    async def _body(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as err:
+            raise RequestError(f"the request body is not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        if body.get("model") not in (None, engine.model_name):
+            raise RequestError(f"model={body.get('model')!r}: this server serves {engine.model_name!r} (GET /v1/models)")
+        return body
+
+    async def _run(prompt_ids: list[int], body: dict, chat: bool):
+        params, session = _params(body), _session(body)
+        engine.check(prompt_ids, params)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        engine.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        now = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+
+        def chunk(text: str | None, finish: str | None, first: bool = False, usage: dict | None = None) -> dict:
+            if chat:
+                delta = {} if text is None else {"content": text}
+                if first:
+                    delta = {"role": "assistant", "content": ""}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            out = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": now, "model": engine.model_name,
+                   "choices": [choice] if usage is None else []}
+            if usage is not None:
+                out["usage"] = usage
+            return out
+
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            async def sse():
+                if chat:
+                    yield f"data: {json.dumps(chunk(None, None, first=True))}\n\n"
+                while True:
+                    event = await events.get()
+                    if event.error:
+                        yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error'}})}\n\n"
+                        break
+                    if event.text:
+                        yield f"data: {json.dumps(chunk(event.text, None))}\n\n"
+                    if event.finish_reason:
+                        yield f"data: {json.dumps(chunk(None if chat else '', event.finish_reason))}\n\n"
+                        if include_usage:
+                            yield f"data: {json.dumps(chunk(None, None, usage=event.usage.to_dict()))}\n\n"
+                        break
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        parts = []
+        while True:
+            event = await events.get()
+            if event.error:
+                return _error(500, event.error)
+            parts.append(event.text)
+            if event.finish_reason:
+                break
+        text = "".join(parts)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason,
+                   "logprobs": None} if chat else
+                  {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None})
+        return JSONResponse({"id": rid, "object": kind, "created": now, "model": engine.model_name, "choices": [choice],
+                             "usage": event.usage.to_dict(),
+                             "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
+                                     "memory_tokens": event.usage.memory_tokens}})
+
+    async def _guarded(handler, request: Request):
+        try:
+            return await handler(await _body(request))
+        except SessionBusy as err:
+            return _error(409, str(err), "session")
+        except RequestError as err:
+            return _error(400, str(err))
+
+    async def _completion(body: dict):
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            ids = prompt  # already token ids
+        elif isinstance(prompt, str) and prompt:
+            ids = engine.tokenizer(prompt)["input_ids"]
+        else:
+            raise RequestError("prompt: give one non-empty string (or a list of token ids)")
+        body.setdefault("_default_max_tokens", 16)  # OpenAI's default for completions
+        return await _run(ids, body, chat=False)
+
+    async def _chat(body: dict):
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise RequestError("messages: give a non-empty list of {\"role\", \"content\"} objects with string content")
+        if not getattr(engine.tokenizer, "chat_template", None):
+            raise RequestError("the model's tokenizer has no chat template: use /v1/completions")
+        ids = list(engine.tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True,
+            tokenize=True, return_dict=True)["input_ids"])
+        return await _run(ids, body, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _guarded(_completion, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _guarded(_chat, request)
+
+    return app
+
+
+def load_engine(args) -> ServingEngine:
+    """The model, tokenizer and engine of the ``serve`` / ``chat`` arguments."""
+    from transformers import AutoTokenizer
+
+    from uio_ds.config import UIOConfig
+    from uio_ds.model.memory_model import UIOMemoryModel
+
+    config = None if args.uio else UIOConfig(segment_length=args.segment_length or 1024,
+                                              compression_ratio=args.compression_ratio or 8)
+    model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    name = args.name or (args.uio or args.model).rstrip("/").split("/")[-1]
+    return ServingEngine(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
+                         session_ttl_s=args.session_ttl)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base model directory")
+    p.add_argument("--uio", default=None, help="trained UIO parts (default: untrained parts, for trying it out)")
+    p.add_argument("--segment-length", type=int, default=None, help="without --uio: segment length l")
+    p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: compression ratio")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
+    p.add_argument("--name", default=None, help="model name in the API (default: the parts' folder name)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests of equal prompt length decoded as one batch")
+    p.add_argument("--max-sessions", type=int, default=32, help="conversations kept in memory (least recent dropped)")
+    p.add_argument("--session-ttl", type=float, default=1800.0, help="seconds a conversation is kept after its last use")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="uio-ds serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    args = p.parse_args(argv)
+    try:
+        import uvicorn
+    except ImportError:
+        print("error: serving needs fastapi and uvicorn: pip install 'uio_ds[serve]'", file=sys.stderr)
+        return 2
+    try:
+        engine = load_engine(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"serving {engine.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,357 @@
+"""The serving engine: one worker thread that owns the model and runs every request.
+
+Requests wait in a queue. The worker admits what has arrived, prefills each new group, then
+gives every active group one decoding step, round after round, so a long generation does not
+hold back a new request's first token for more than one round. Requests without a session that
+arrive together with prompts of equal length are prefilled and decoded as one batch
+(``MemoryStream`` reads equal-length rows together), up to ``max_batch`` rows.
+
+A request may name a session. The session keeps the conversation's ``MemoryStream`` (memories,
+residual tokens, decoder cache) and its tokens between requests; when the next request's
+prompt starts with those tokens, only the new ones are read (``MemoryStream.extend``), so a
+follow-up question costs its own length, not the document's. Sessions are capped in number
+(least recently used dropped first) and expire after ``session_ttl_s`` without use.
+
+Text is streamed as it is decoded: a token that ends inside a multi-byte character, or text
+that may be the start of a stop sequence, is held back until it is settled.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from uio_ds.model.generation import MemoryStream, sample_next
+from uio_ds.model.memory_model import PositionRangeError
+
+
+class RequestError(ValueError):
+    """A request that cannot be served as asked (the HTTP layer answers 400 with the message)."""
+
+
+class SessionBusy(RequestError):
+    """A second request for a session whose previous request is still running (409)."""
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0
+    """0 decodes greedily."""
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            out.append(f"max_tokens={self.max_tokens!r}: must be an integer >= 1")
+        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
+            out.append(f"temperature={self.temperature!r}: must be between 0 and 2")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            out.append(f"top_p={self.top_p!r}: must be in (0, 1]")
+        if len(self.stop) > 4 or not all(isinstance(s, str) and s for s in self.stop):
+            out.append(f"stop={self.stop!r}: at most 4 non-empty strings")
+        return out
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    reused_tokens: int = 0
+    """Prompt tokens already in the session's memory, not read again."""
+    memory_tokens: int = 0
+    """Memory tokens (compressed K/V entries) the decoder reads at the end of the request."""
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclass
+class Event:
+    """What a request's consumer receives: text deltas, then one final event."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop" or "length" on the final event
+    usage: Usage | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Session:
+    stream: MemoryStream
+    ids: list[int]
+    fed: int  # tokens of ids the stream has read (all but the last generated one)
+    last_used: float
+
+
+class SessionStore:
+    """Conversations' streams by id: at most ``max_sessions`` (least recently used dropped), each
+    expiring ``ttl_s`` seconds after its last request."""
+
+    def __init__(self, max_sessions: int = 32, ttl_s: float = 1800.0):
+        self.max_sessions, self.ttl_s = max_sessions, ttl_s
+        self._items: OrderedDict[str, _Session] = OrderedDict()
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, s in self._items.items() if now - s.last_used > self.ttl_s]:
+            del self._items[key]
+
+    def take(self, key: str) -> _Session | None:
+        """The session (removed from the store while its request runs), or None for a new one."""
+        with self._lock:
+            if key in self._busy:
+                raise SessionBusy(f"session {key!r} is still answering a request: wait for it to finish")
+            self._expire(time.monotonic())
+            self._busy.add(key)
+            return self._items.pop(key, None)
+
+    def put(self, key: str, session: _Session | None) -> None:
+        with self._lock:
+            self._busy.discard(key)
+            if session is None:
+                return
+            session.last_used = time.monotonic()
+            self._items[key] = session
+            self._items.move_to_end(key)
+            self._expire(session.last_used)
+            while len(self._items) > self.max_sessions:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+class _TextStream:
+    """Incremental detokenisation with stop sequences: ``push(token)`` returns settled text."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.ids: list[int] = []
+        self.sent = 0  # characters of the decoded text already emitted
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""  # a character cut in the middle: wait for its next bytes
+        for s in self.stop:
+            at = text.find(s, max(0, self.sent - len(s)))
+            if at >= 0:
+                self.stopped = True
+                out, self.sent = text[self.sent:at], at
+                return out
+        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        end = max(self.sent, len(text) - hold)
+        out, self.sent = text[self.sent:end], end
+        return out
+
+    def flush(self) -> str:
+        """Held-back text at the end of generation (a stop sequence's prefix that never completed)."""
+        if self.stopped:
+            return ""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        out, self.sent = text[self.sent:], len(text)
+        return out
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]
+    session: str | None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    generated: list[int] = field(default_factory=list)
+    text: _TextStream | None = None
+    generator: torch.Generator | None = None
+    finished: str | None = None
+    reused: int = 0
+
+
+class _Group:
+    """Requests decoded together in one ``MemoryStream`` (one row each)."""
+
+    def __init__(self, requests: list[_Request], stream: MemoryStream, logits: torch.Tensor):
+        self.requests, self.stream, self.logits = requests, stream, logits
+
+
+class ServingEngine:
+    """Owns the model on one worker thread; ``submit`` queues a request from any thread."""
+
+    def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
+                 session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None):
+        self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
+        self.max_batch = max_batch
+        self.sessions = SessionStore(max_sessions, session_ttl_s)
+        stops = set(stop_token_ids or [])
+        if tokenizer.eos_token_id is not None:
+            stops.add(tokenizer.eos_token_id)
+        generation = getattr(model.base, "generation_config", None)
+        eos = getattr(generation, "eos_token_id", None)
+        stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.stop_token_ids = sorted(stops)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._groups: list[_Group] = []
+        self._thread = threading.Thread(target=self._run, name="uio-serving", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ requests
+
+    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise ``RequestError`` for a request that cannot be served, before it is queued."""
+        problems = params.problems()
+        if not prompt_ids:
+            problems.append("the prompt is empty")
+        if problems:
+            raise RequestError("; ".join(problems))
+        try:
+            self.model.check_length(len(prompt_ids) + params.max_tokens)
+        except PositionRangeError as err:
+            raise RequestError(f"prompt of {len(prompt_ids)} tokens + max_tokens={params.max_tokens}: {err}") from None
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None],
+               session: str | None = None) -> str:
+        """Queue a request; ``emit`` is called from the worker thread with each ``Event``."""
+        self.check(prompt_ids, params)
+        request = _Request(list(prompt_ids), params, emit, session)
+        self._queue.put(request)
+        return request.id
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, session: str | None = None,
+                 on_text: Callable[[str], None] | None = None) -> Event:
+        """Blocking convenience: run one request, calling ``on_text`` with each delta; returns the
+        final event with the whole text."""
+        done, parts = threading.Event(), []
+        final: list[Event] = []
+
+        def emit(event: Event) -> None:
+            if event.text:
+                parts.append(event.text)
+                if on_text:
+                    on_text(event.text)
+            if event.finish_reason or event.error:
+                final.append(event)
+                done.set()
+
+        self.submit(prompt_ids, params, emit, session)
+        done.wait()
+        event = final[0]
+        if event.error:
+            raise RuntimeError(event.error)
+        return Event("".join(parts), event.finish_reason, event.usage)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        while True:
+            arrived = []
+            try:
+                arrived.append(self._queue.get(block=not self._groups))
+                while True:
+                    arrived.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            if None in arrived:
+                return
+            with torch.no_grad():
+                self._admit(arrived)
+                for group in list(self._groups):
+                    self._step(group)
+
+    def _admit(self, arrived: list[_Request]) -> None:
+        by_length: dict[int, list[_Request]] = {}
+        for r in arrived:
+            if r.session is None:
+                by_length.setdefault(len(r.prompt_ids), []).append(r)
+            else:
+                self._start([r])
+        for same in by_length.values():
+            for i in range(0, len(same), self.max_batch):
+                self._start(same[i:i + self.max_batch])
+
+    def _start(self, requests: list[_Request]) -> None:
+        for r in requests:
+            r.text = _TextStream(self.tokenizer, r.params.stop)
+            if r.params.seed is not None:
+                r.generator = torch.Generator().manual_seed(r.params.seed)
+        device = self.model.device
+        try:
+            session = None
+            if requests[0].session is not None:
+                session = self.sessions.take(requests[0].session)
+            r = requests[0]
+            if session is not None and len(r.prompt_ids) > session.fed and r.prompt_ids[:session.fed] == session.ids[:session.fed]:
+                stream = session.stream  # the conversation so far is in memory: read the new tokens only
+                logits = stream.extend(torch.tensor([r.prompt_ids[session.fed:]], device=device))
+                r.reused = session.fed
+            else:
+                stream = MemoryStream(self.model)
+                logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
+        except SessionBusy as err:
+            requests[0].emit(Event(error=str(err)))
+            return
+        except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
+            for q in requests:
+                q.emit(Event(error=f"{type(err).__name__}: {err}"))
+                if q.session is not None:
+                    self.sessions.put(q.session, None)
+            return
+        self._groups.append(_Group(requests, stream, logits))
+
+    def _step(self, group: _Group) -> None:
+        tokens = []
+        for i, r in enumerate(group.requests):
+            if r.finished:
+                tokens.append(r.generated[-1])  # a finished row idles on its last token
+                continue
+            p = r.params
+            token = int(sample_next(group.logits[i:i + 1], p.temperature > 0, max(p.temperature, 1e-5), 0, p.top_p,
+                                    r.generator)[0])
+            r.generated.append(token)
+            tokens.append(token)
+            text = r.text.push(token) if token not in self.stop_token_ids else ""
+            if token in self.stop_token_ids or r.text.stopped:
+                r.finished = "stop"
+            elif len(r.generated) >= p.max_tokens:
+                r.finished = "length"
+                text += r.text.flush()
+            if text:
+                r.emit(Event(text))
+            if r.finished:
+                self._finish(r, group)
+        if all(r.finished for r in group.requests):
+            self._groups.remove(group)
+            return
+        try:
+            group.logits = group.stream.feed(torch.tensor(tokens, device=self.model.device).unsqueeze(1))
+        except Exception as err:  # noqa: BLE001
+            for r in group.requests:
+                if not r.finished:
+                    r.finished = "error"
+                    r.emit(Event(error=f"{type(err).__name__}: {err}"))
+            self._groups.remove(group)
+
+    def _finish(self, r: _Request, group: _Group) -> None:
+        usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens)
+        if r.session is not None:
+            ids = r.prompt_ids + r.generated
+            self.sessions.put(r.session, _Session(group.stream, ids, len(ids) - 1, time.monotonic()))
+        r.emit(Event(finish_reason=r.finished, usage=usage))
