@@ -125,14 +125,14 @@ def test_session_reads_only_the_new_tokens(served):
     first = client.completions.create(model="tiny-uio", prompt=document, max_tokens=8, temperature=0,
                                       extra_body={"session": "s1"})
     text, answer = greedy(model, tokenizer, document, 8)  # the tokens the server generated
-    assert first.choices[0].text == text
+    assert first.choices[0].text == text and first.model_extra["uio"]["completion_token_ids"] == answer
     follow = document + answer + tokenizer(" What was the key?", add_special_tokens=False)["input_ids"]
     status, again = post(port, "/v1/completions", {"model": "tiny-uio", "prompt": follow, "max_tokens": 8,
                                                    "temperature": 0, "session": "s1"})
     assert status == 200
     # everything but the last generated token was read into memory during the first request
-    assert again["uio"] == {"session": "s1", "reused_prompt_tokens": len(document) + len(answer) - 1,
-                            "memory_tokens": again["uio"]["memory_tokens"]}
+    assert again["uio"]["session"] == "s1"
+    assert again["uio"]["reused_prompt_tokens"] == len(document) + len(answer) - 1
     assert again["uio"]["memory_tokens"] > 0
     fresh = client.completions.create(model="tiny-uio", prompt=follow, max_tokens=8, temperature=0)
     assert again["choices"][0]["text"] == fresh.choices[0].text

@@ -10,7 +10,10 @@ Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/complet
 A request may carry ``"session": "ID"`` (with the openai client: ``extra_body={"session": ID}``):
 the conversation's memory is kept between requests, and when the next request's prompt starts
 with the conversation so far only the new tokens are read. The response's ``uio`` field says how
-many prompt tokens were reused and how many memory tokens the decoder reads.
+many prompt tokens were reused, how many memory tokens the decoder reads, and the generated
+token ids (a client that continues with ``prompt + completion_token_ids + ...`` as token ids
+is sure to match the session; a chat re-rendered from text matches when the answer's text
+tokenises back to the same tokens, as it usually does).
 
 A request that cannot be served (bad parameters, a text past the model's position range, a
 second request for a busy session) gets a 4xx with an OpenAI-style error body; the server goes on.
@@ -159,7 +162,8 @@ def create_app(engine: ServingEngine):
         return JSONResponse({"id": rid, "object": kind, "created": now, "model": engine.model_name, "choices": [choice],
                              "usage": event.usage.to_dict(),
                              "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
-                                     "memory_tokens": event.usage.memory_tokens}})
+                                     "memory_tokens": event.usage.memory_tokens,
+                                     "completion_token_ids": event.token_ids}})
 
     async def _guarded(handler, request: Request):
         try:
@@ -214,7 +218,7 @@ def load_engine(args) -> ServingEngine:
     from uio_ds.model.memory_model import UIOMemoryModel
 
     config = None if args.uio else UIOConfig(segment_length=args.segment_length or 1024,
-                                              compression_ratio=args.compression_ratio or 8)
+                                              compression_ratio=args.compression_ratio or 8, dtype=args.dtype)
     model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     name = args.name or (args.uio or args.model).rstrip("/").split("/")[-1]
@@ -227,6 +231,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uio", default=None, help="trained UIO parts (default: untrained parts, for trying it out)")
     p.add_argument("--segment-length", type=int, default=None, help="without --uio: segment length l")
     p.add_argument("--compression-ratio", type=int, default=None, help="without --uio: compression ratio")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="without --uio: parameter dtype")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--name", default=None, help="model name in the API (default: the parts' folder name)")
     p.add_argument("--max-batch", type=int, default=8, help="requests of equal prompt length decoded as one batch")

@@ -84,6 +84,7 @@ class Event:
     finish_reason: str | None = None  # "stop" or "length" on the final event
     usage: Usage | None = None
     error: str | None = None
+    token_ids: list[int] | None = None  # on the final event: every generated token, stop token included
 
 
 @dataclass
@@ -252,7 +253,7 @@ class ServingEngine:
         event = final[0]
         if event.error:
             raise RuntimeError(event.error)
-        return Event("".join(parts), event.finish_reason, event.usage)
+        return Event("".join(parts), event.finish_reason, event.usage, token_ids=event.token_ids)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -354,4 +355,4 @@ class ServingEngine:
         if r.session is not None:
             ids = r.prompt_ids + r.generated
             self.sessions.put(r.session, _Session(group.stream, ids, len(ids) - 1, time.monotonic()))
-        r.emit(Event(finish_reason=r.finished, usage=usage))
+        r.emit(Event(finish_reason=r.finished, usage=usage, token_ids=list(r.generated)))
