@@ -294,7 +294,7 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=_defaul
     files = source_files(source)
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, cache_key(source, files, tokenizer, cache_dir))
-    lock, waited = f"{path}.lock", None
+    lock = f"{path}.lock"
     while True:
         if os.path.isfile(os.path.join(path, STATS_FILE)):
             with open(os.path.join(path, STATS_FILE)) as f:
@@ -307,8 +307,7 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=_defaul
             finally:
                 os.remove(lock)
             continue
-        waited = waited or time.time()
-        time.sleep(poll_s)
+        time.sleep(poll_s)  # another process is building it
 
 
 def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_proc: int, log) -> None:
@@ -335,8 +334,8 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
         raise ValueError(f"data source {source.path!r} has no usable document: {counts.skipped}; first: "
                          f"{counts.examples}")
     tokenise = Tokenise(tokenizer, source)
-    tokens = records.map(tokenise, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 and len(records) > 1 else None,
-                         remove_columns=records.column_names, features=_token_features(),
+    parallel = num_proc if num_proc > 1 and len(records) > 1 else None
+    tokens = records.map(tokenise, batched=True, batch_size=256, num_proc=parallel, remove_columns=records.column_names, features=_token_features(),
                          desc=f"tokenising {name}")
     unrendered = counts.documents - len(tokens)
     if unrendered:
