@@ -13,7 +13,7 @@ LAYERS = [
                     "uio_ds.stopping"]),
     ("model", ["uio_ds.model"]),
     ("methods", ["uio_ds.algo", "uio_ds.baselines", "uio_ds.data"]),
-    ("runs", ["uio_ds.engine", "uio_ds.eval", "uio_ds.memory_plan", "uio_ds.pretrain"]),
+    ("runs", ["uio_ds.engine", "uio_ds.eval", "uio_ds.memory_plan", "uio_ds.pretrain", "uio_ds.serve"]),
     ("trainer", ["uio_ds.trainer"]),
     ("entry points", ["uio_ds.train", "uio_ds.plan", "uio_ds.cli"]),
     ("python -m uio_ds", ["uio_ds.__main__"]),
