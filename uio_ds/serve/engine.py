@@ -183,6 +183,15 @@ class _Request:
     reused: int = 0
 
 
+def _send(request: "_Request", event: Event) -> None:
+    """Hand ``event`` to the request's consumer; a consumer that has gone away (a closed event
+    loop, a dropped connection) must not stop the worker, and its request stops early."""
+    try:
+        request.emit(event)
+    except Exception:  # noqa: BLE001
+        request.finished = request.finished or "gone"
+
+
 class _Group:
     """Requests decoded together in one ``MemoryStream`` (one row each)."""
 
@@ -307,11 +316,11 @@ class ServingEngine:
                 stream = MemoryStream(self.model)
                 logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
         except SessionBusy as err:
-            requests[0].emit(Event(error=str(err)))
+            _send(requests[0], Event(error=str(err)))
             return
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             for q in requests:
-                q.emit(Event(error=f"{type(err).__name__}: {err}"))
+                _send(q, Event(error=f"{type(err).__name__}: {err}"))
                 if q.session is not None:
                     self.sessions.put(q.session, None)
             return
@@ -335,7 +344,7 @@ class ServingEngine:
                 r.finished = "length"
                 text += r.text.flush()
             if text:
-                r.emit(Event(text))
+                _send(r, Event(text))
             if r.finished:
                 self._finish(r, group)
         if all(r.finished for r in group.requests):
@@ -347,7 +356,9 @@ class ServingEngine:
             for r in group.requests:
                 if not r.finished:
                     r.finished = "error"
-                    r.emit(Event(error=f"{type(err).__name__}: {err}"))
+                    _send(r, Event(error=f"{type(err).__name__}: {err}"))
+                    if r.session is not None:
+                        self.sessions.put(r.session, None)
             self._groups.remove(group)
 
     def _finish(self, r: _Request, group: _Group) -> None:
@@ -355,4 +366,4 @@ class ServingEngine:
         if r.session is not None:
             ids = r.prompt_ids + r.generated
             self.sessions.put(r.session, _Session(group.stream, ids, len(ids) - 1, time.monotonic()))
-        r.emit(Event(finish_reason=r.finished, usage=usage, token_ids=list(r.generated)))
+        _send(r, Event(finish_reason=r.finished, usage=usage, token_ids=list(r.generated)))
