@@ -324,6 +324,7 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
         gen_kwargs={"files": files, "digests": digests,
                     "source_json": json.dumps({k: getattr(source, k) for k in SourceConfig.__dataclass_fields__})},
         split="train")
+    phases = {"read": time.time() - started}
     counts = Counts()
     bad_rows = records.select_columns(["_bad", "_where"])
     for batch in bad_rows.iter(batch_size=65536):
@@ -337,6 +338,7 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
     parallel = num_proc if num_proc > 1 and len(records) > 1 else None
     tokens = records.map(tokenise, batched=True, batch_size=256, num_proc=parallel, remove_columns=records.column_names, features=_token_features(),
                          desc=f"tokenising {name}")
+    phases["tokenise"] = time.time() - started - sum(phases.values())
     unrendered = counts.documents - len(tokens)
     if unrendered:
         counts.skipped[UNRENDERED] = unrendered
@@ -350,9 +352,10 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
         tokens.save_to_disk(os.path.join(staging, "out"))
     finally:
         enable_progress_bars()
+    phases["save"] = time.time() - started - sum(phases.values())
     info = counts.to_dict()
     info.update(tokens=int(np.asarray(tokens.data.column("length")).sum()), seconds=round(time.time() - started, 1),
-                num_proc=num_proc, files=len(files))
+                num_proc=num_proc, files=len(files), phases={k: round(v, 1) for k, v in phases.items()})
     with open(os.path.join(staging, "out", STATS_FILE), "w") as f:
         json.dump(info, f)
     del records, tokens, bad_rows
