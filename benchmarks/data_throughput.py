@@ -13,6 +13,8 @@ and, in this process, on a sample of the same documents:
 
 * **tokenizer**: the tokenizer's own batch call (``tokenizer(list_of_texts)``, one process,
   ``TOKENIZERS_PARALLELISM=false``): the throughput the pipeline is held to, per process used;
+  and the same call in ``--num-proc`` processes at once, summed (what the cores give the
+  tokenizer together: the ceiling when they do not scale linearly);
 
 then the time to the first training step of ``uio_ds.train`` (one process, SmolLM2, the largest
 corpus) with the cache built (warm) and, on the smallest corpus, without it (cold).
@@ -144,6 +146,29 @@ def tokenizer_rate(model: str, folder: str, sample_docs: int = 2000) -> float:
     return best
 
 
+CEILING = """
+import json, sys, time
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+texts = [json.loads(line)["text"] for line in open(sys.argv[2])][: int(sys.argv[3])]
+tok(texts[:50])
+t = time.perf_counter()
+n = sum(len(ids) for b in range(0, len(texts), 256) for ids in tok(texts[b:b + 256])["input_ids"])
+print("RATE", n / (time.perf_counter() - t))
+"""
+
+
+def concurrent_tokenizer_rate(model: str, folder: str, processes: int, sample_docs: int = 2000) -> float:
+    """Tokens/s of ``processes`` copies of the tokenizer's batch call running at once, summed: what
+    this machine's cores give the tokenizer together (the ceiling for that many processes)."""
+    first = os.path.join(folder, sorted(os.listdir(folder))[0])
+    procs = [subprocess.Popen([sys.executable, "-c", CEILING, model, first, str(sample_docs)], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+             for _ in range(processes)]
+    return sum(float(next(line for line in p.communicate()[0].splitlines() if line.startswith("RATE"))[5:])
+               for p in procs)
+
+
 def first_step(model: str, corpus: str, cache: str, out: str) -> dict:
     """Seconds from start until ``uio_ds.train`` (one process) is set up (data, model, engine) and
     until its first training step has ended."""
@@ -173,6 +198,7 @@ def main() -> None:
         else:
             corpora[gb] = {"bytes": sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))}
         per_process = tokenizer_rate(args.model, folder)
+        together = concurrent_tokenizer_rate(args.model, folder, args.num_proc)
         cache = os.path.join(args.work, f"cache_{gb:g}gb")
         subprocess.run(["rm", "-rf", cache], check=True)
         out, peak, _, _ = run_watched([sys.executable, "-c", TOKENISE, args.model, os.path.join(folder, "*.jsonl"), cache,
@@ -183,6 +209,8 @@ def main() -> None:
                      "tokens": info["tokens"], "seconds": round(info["wall"], 1), "num_proc": args.num_proc,
                      "pipeline_tokens_per_s": round(rate), "tokenizer_tokens_per_s_per_process": round(per_process),
                      "ratio_per_process": round(rate / args.num_proc / per_process, 3),
+                     "tokenizer_tokens_per_s_concurrent": round(together),
+                     "ratio_to_concurrent": round(rate / together, 3), "phases_s": info.get("phases"),
                      "peak_rss_gib": round(peak["rss"], 2), "peak_private_gib": round(peak["private"], 2)})
         print_table(rows[-1:], list(rows[-1]))
     smallest, largest = min(args.gb), max(args.gb)
@@ -194,7 +222,8 @@ def main() -> None:
                          os.path.join(args.work, "run_cold"))
     first = {"warm_cache_corpus_gib": largest, "warm": warm, "cold_cache_corpus_gib": smallest, "cold": cold}
     print_table(rows, ["corpus_gib", "tokens", "seconds", "pipeline_tokens_per_s", "tokenizer_tokens_per_s_per_process",
-                       "ratio_per_process", "peak_rss_gib", "peak_private_gib"])
+                       "ratio_per_process", "tokenizer_tokens_per_s_concurrent", "ratio_to_concurrent", "peak_rss_gib",
+                       "peak_private_gib"])
     print(f"time to the first training step: {first}")
     path = write_results(args.name, {"rows": rows, "first_step": first, "corpora": {str(k): v for k, v in corpora.items()},
                                      "model": args.model, "num_proc": args.num_proc})
@@ -202,6 +231,7 @@ def main() -> None:
     if not args.keep:
         subprocess.run(["rm", "-rf", args.work], check=True)
     summary_line({"ratio_per_process": [r["ratio_per_process"] for r in rows],
+                  "ratio_to_concurrent": [r["ratio_to_concurrent"] for r in rows],
                   "peak_private_gib": [r["peak_private_gib"] for r in rows], **first})
 
 
