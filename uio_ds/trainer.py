@@ -167,7 +167,11 @@ class Trainer:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         # the first rank to take a source's lock tokenises it into the cache; the others wait on the
         # file system, not in a collective that a large corpus would outlast
+        started = time.perf_counter()
         self.stream, self.data_info = build_stream(cfg.data, tokenizer, self.world_size, self.rank, log=self.log)
+        self.log(f"data ready in {time.perf_counter() - started:.1f} s: "
+                 + ("streaming" if cfg.data.streaming else f"{sum(self.data_info['pieces']):,} pieces")
+                 + f" from {len(cfg.data.sources)} source(s)")
         longest = self.stream.longest
         if not cfg.data.autoencode_tokens and longest <= cfg.uio.segment_length:
             raise ValueError(f"every training document is at most {longest} tokens, within one segment "
