@@ -191,6 +191,25 @@ def test_cache_follows_content_and_is_built_in_parallel_once(tok, tmp_path):
     assert list(two["input_ids"])[300:] == [tok(r["text"])["input_ids"] for r in records[:40]]  # b.jsonl, in order
 
 
+def test_one_large_file_is_read_in_parallel_parts(tok, tmp_path, monkeypatch):
+    """A JSON-lines file is cut at line starts for the processes: the documents, their order and
+    the bad records' line numbers are those of reading it whole."""
+    import uio_ds.data.pipeline as pipeline
+
+    records = [{"text": synthetic_text(2 + i % 7, seed=i)} for i in range(120)]
+    path = write_jsonl(tmp_path / "one.jsonl", records[:50], [b"{broken\n"] + [
+        (json.dumps(r) + "\n").encode() for r in records[50:]] + [b'{"text": 5}\n'])
+    whole, info_whole = tokenize_source(SourceConfig(path=path), tok, str(tmp_path / "c1"), num_proc=1, **QUIET)
+    monkeypatch.setattr(pipeline, "SHARD_MIN_BYTES", 1000)
+    assert len(pipeline.plan_shards(SourceConfig(path=path), [path], 3)) == 3
+    parts, info_parts = tokenize_source(SourceConfig(path=path), tok, str(tmp_path / "c2"), num_proc=3, **QUIET)
+    assert info_parts["shards"] == 3 and info_parts["num_proc"] == 3
+    assert list(parts["input_ids"]) == list(whole["input_ids"]) == [tok(r["text"])["input_ids"] for r in records]
+    assert info_parts["examples"] == info_whole["examples"] == [f"{path}:51: not valid JSON",
+                                                                f"{path}:122: field 'text' is int, not a string"]
+    assert info_parts["records"] == info_whole["records"] == 122
+
+
 def test_waiting_rank_takes_over_a_dead_builders_lock(tok, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
     source, cache = SourceConfig(path=path), tmp_path / "cache"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from uio_ds.data.sources import Counts, Item, iter_source, record_columns, source_files
+from uio_ds.data.sources import Counts, Item, file_format, is_json_lines, iter_source, source_files
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.train_config import DataConfig, SourceConfig
 
@@ -146,33 +146,88 @@ class Tokenise:
         return out
 
 
-def _record_features(source: SourceConfig):
-    from datasets import Features, List, Value
-
-    columns = {"_bad": Value("string"), "_where": Value("string")}
-    for name in record_columns(source):
-        columns[name] = (List({"role": Value("string"), "content": Value("string")}) if name == "messages"
-                         else Value("string"))
-    return Features(columns)
-
-
 def _token_features():
     from datasets import Features, List, Value
 
     return Features({"input_ids": List(Value("int32")), "length": Value("int32"), "score_spans": List(Value("int32"))})
 
 
-def _generate_records(files: list[str], digests: list[str], source_json: str):
-    """Rows for ``datasets.Dataset.from_generator``: every item of ``files``, bad ones marked.
-    ``digests`` only makes the generator's fingerprint follow the files' content."""
+SHARD_MIN_BYTES = 32 << 20  # a JSON-lines file is split for parallel reading in parts of at least this
+
+
+def plan_shards(source: SourceConfig, files: list[str], num_proc: int) -> list[dict]:
+    """Work units for the processes that read and tokenise a source: whole files, and large
+    uncompressed JSON-lines files cut at line starts into parts, so that ``num_proc`` processes
+    have work even when the source is one file (not when records are grouped: a group may not be
+    cut)."""
+    sizes = [os.path.getsize(f) if not os.path.isdir(f) else 0 for f in files]
+    target = max(SHARD_MIN_BYTES, sum(sizes) // max(num_proc, 1) + 1)
+    shards = []
+    for path, size in zip(files, sizes):
+        parts = -(-size // target)
+        if parts < 2 or source.group_by or file_format(path)[1] is not None or not is_json_lines(path):
+            shards.append({"path": path, "lo": -1, "hi": -1})
+            continue
+        bounds = [0]
+        with open(path, "rb") as f:
+            for k in range(1, parts):
+                f.seek(max(k * size // parts - 1, bounds[-1]))
+                f.readline()  # to the start of the next line
+                bounds.append(f.tell())
+        bounds.append(size)
+        shards += [{"path": path, "lo": lo, "hi": hi} for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    return shards
+
+
+def _generate_tokens(shards: list[dict], digests: list[str], source_json: str, tokenizer, report_dir: str,
+                     batch_size: int = 256):
+    """Rows for ``datasets.Dataset.from_generator``: the tokenised documents of ``shards``, read,
+    checked and tokenised in one pass; each shard's record counts go to a file in ``report_dir``
+    (this runs in worker processes). ``digests`` only makes the generator's fingerprint follow the
+    files' content."""
     source = SourceConfig(**json.loads(source_json))
-    empty = record_columns(source)
-    for path in files:
-        for _, item in iter_source(source, [path]):
-            if item.bad:
-                yield {"_bad": item.bad, "_where": item.where, **empty}
-            else:
-                yield {"_bad": "", "_where": "", **item.record}
+    tokenise = Tokenise(tokenizer, source)
+    for shard in shards:
+        counts, batch = Counts(), []
+        byte_range = None if shard["lo"] < 0 else (shard["lo"], shard["hi"])
+
+        def flush():
+            columns = {"_bad": [""] * len(batch), **{k: [r[k] for r in batch] for k in batch[0]}}
+            out = tokenise(columns)
+            unrendered = len(batch) - len(out["input_ids"])
+            if unrendered:
+                counts.skipped[UNRENDERED] = counts.skipped.get(UNRENDERED, 0) + unrendered
+                counts.documents -= unrendered
+            batch.clear()
+            for ids, length, spans in zip(out["input_ids"], out["length"], out["score_spans"]):
+                yield {"input_ids": ids, "length": length, "score_spans": spans}
+
+        for _, item in iter_source(source, [shard["path"]], byte_range=byte_range):
+            counts.add(item)
+            if item.record is not None:
+                batch.append(item.record)
+                if len(batch) == batch_size:
+                    yield from flush()
+        if batch:
+            yield from flush()
+        name = f"{shard['path']}|{shard['lo']}"
+        with open(os.path.join(report_dir, hashlib.sha1(name.encode()).hexdigest() + ".json"), "w") as f:
+            json.dump({"shard": name, **counts.to_dict()}, f)
+
+
+def _merge_reports(shards: list[dict], report_dir: str) -> Counts:
+    """The record counts of all shards, in shard order (the first bad records named first)."""
+    total = Counts()
+    for shard in shards:
+        name = f"{shard['path']}|{shard['lo']}"
+        with open(os.path.join(report_dir, hashlib.sha1(name.encode()).hexdigest() + ".json")) as f:
+            part = json.load(f)
+        total.records += part["records"]
+        total.documents += part["documents"]
+        for reason, n in part["skipped"].items():
+            total.skipped[reason] = total.skipped.get(reason, 0) + n
+        total.examples += part["examples"][: max(0, 5 - len(total.examples))]
+    return total
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -317,33 +372,28 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
     started = time.time()
     staging = f"{path}.tmp-{os.uname().nodename}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    work = os.path.join(staging, "work")
-    digests = content_digests(files, os.path.dirname(path))
-    records = Dataset.from_generator(
-        _generate_records, features=_record_features(source), cache_dir=work, num_proc=min(num_proc, len(files)),
-        gen_kwargs={"files": files, "digests": digests,
-                    "source_json": json.dumps({k: getattr(source, k) for k in SourceConfig.__dataclass_fields__})},
-        split="train")
-    phases = {"read": time.time() - started}
-    counts = Counts()
-    bad_rows = records.select_columns(["_bad", "_where"])
-    for batch in bad_rows.iter(batch_size=65536):
-        for bad, where in zip(batch["_bad"], batch["_where"]):
-            counts.add(Item(where, bad=bad or None))
-    if not counts.documents:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"data source {source.path!r} has no usable document: {counts.skipped}; first: "
-                         f"{counts.examples}")
-    tokenise = Tokenise(tokenizer, source)
-    parallel = num_proc if num_proc > 1 and len(records) > 1 else None
-    tokens = records.map(tokenise, batched=True, batch_size=256, num_proc=parallel, remove_columns=records.column_names, features=_token_features(),
-                         desc=f"tokenising {name}")
-    phases["tokenise"] = time.time() - started - sum(phases.values())
-    unrendered = counts.documents - len(tokens)
-    if unrendered:
-        counts.skipped[UNRENDERED] = unrendered
-        counts.documents -= unrendered
-    if not len(tokens):
+    work, reports = os.path.join(staging, "work"), os.path.join(staging, "reports")
+    os.makedirs(reports)
+    shards = plan_shards(source, files, num_proc)
+    digests = dict(zip(files, content_digests(files, os.path.dirname(path))))
+    processes = min(num_proc, len(shards))
+    try:
+        tokens = Dataset.from_generator(
+            _generate_tokens, features=_token_features(), cache_dir=work, num_proc=processes if processes > 1 else None,
+            gen_kwargs={"shards": shards, "digests": [digests[s["path"]] for s in shards],
+                        "source_json": json.dumps({k: getattr(source, k) for k in SourceConfig.__dataclass_fields__}),
+                        "tokenizer": tokenizer, "report_dir": reports},
+            split="train")
+    except Exception:
+        # datasets refuses a split without rows: say why there are none, if the reports know
+        if len(os.listdir(reports)) == len(shards) and not _merge_reports(shards, reports).documents:
+            tokens = None
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    phases = {"read_and_tokenise": time.time() - started}
+    counts = _merge_reports(shards, reports)
+    if tokens is None or not len(tokens):
         shutil.rmtree(staging, ignore_errors=True)
         raise ValueError(f"data source {source.path!r} has no usable document: {counts.skipped}; first: "
                          f"{counts.examples}")
@@ -355,10 +405,11 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
     phases["save"] = time.time() - started - sum(phases.values())
     info = counts.to_dict()
     info.update(tokens=int(np.asarray(tokens.data.column("length")).sum()), seconds=round(time.time() - started, 1),
-                num_proc=num_proc, files=len(files), phases={k: round(v, 1) for k, v in phases.items()})
+                num_proc=processes, shards=len(shards), files=len(files),
+                phases={k: round(v, 1) for k, v in phases.items()})
     with open(os.path.join(staging, "out", STATS_FILE), "w") as f:
         json.dump(info, f)
-    del records, tokens, bad_rows
+    del tokens
     try:
         os.replace(os.path.join(staging, "out"), path)
     except OSError:  # another builder (a node without this lock file) finished first: keep its copy
@@ -366,7 +417,7 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
             raise
     shutil.rmtree(staging, ignore_errors=True)
     log(f"data source {name}: tokenised {info['documents']} documents, {info['tokens']:,} tokens, in "
-        f"{info['seconds']} s with {num_proc} process(es) -> {path}")
+        f"{info['seconds']} s with {processes} process(es) -> {path}")
 
 
 # ----------------------------------------------------------------------------- documents

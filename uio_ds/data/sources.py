@@ -163,28 +163,67 @@ def _json_is_array(path: str) -> bool:
     return head.startswith(b"[")
 
 
-def raw_items(path: str, start: int, split: str = "train") -> Iterator[tuple[str, object]]:
+def _decode_line(raw: bytes):
+    if not raw.strip():
+        return None  # a blank line
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return Undecodable("undecodable bytes (not UTF-8)")
+    except json.JSONDecodeError:
+        return Undecodable("not valid JSON")
+
+
+def lines_before(path: str, offset: int) -> int:
+    """Newlines in the first ``offset`` bytes of an uncompressed file."""
+    count, left = 0, offset
+    with open(path, "rb") as f:
+        while left > 0:
+            block = f.read(min(left, 1 << 24))
+            if not block:
+                break
+            count += block.count(b"\n")
+            left -= len(block)
+    return count
+
+
+def is_json_lines(path: str) -> bool:
+    """A .jsonl file, or a .json file that is not one JSON array."""
+    if os.path.isdir(path):
+        return False
+    ext = file_format(path)[0]
+    return ext == ".jsonl" or (ext == ".json" and not _json_is_array(path))
+
+
+def raw_items(path: str, start: int, split: str = "train",
+              byte_range: tuple[int, int] | None = None) -> Iterator[tuple[str, object]]:
     """(place, value) of every item of one file from item ``start`` on: a decoded JSON value, a row
     dict, a whole text, or a ``Undecodable`` for an item that cannot be decoded. Items are lines (JSON
-    lines; blank lines count but yield nothing), array elements, rows or the one text."""
+    lines; blank lines count but yield nothing), array elements, rows or the one text.
+    ``byte_range`` (uncompressed JSON lines only; both ends at line starts) reads just the lines
+    that start in it, named by their line numbers in the whole file."""
     if os.path.isdir(path):
         yield from _dataset_rows(path, start, split)
         return
     ext = file_format(path)[0]
+    if byte_range is not None:
+        lo, hi = byte_range
+        number = lines_before(path, lo)
+        with open(path, "rb") as f:
+            f.seek(lo)
+            while f.tell() < hi:
+                raw = f.readline()
+                if not raw:
+                    break
+                number += 1
+                yield f"{path}:{number}", _decode_line(raw)
+        return
     if ext in LINE_SUFFIXES and not (ext == ".json" and _json_is_array(path)):
         with open_binary(path) as f:
             for number, raw in enumerate(f, start=1):
                 if number <= start:
                     continue  # skipped without decoding: a resumed stream seeks by lines
-                if not raw.strip():
-                    yield f"{path}:{number}", None
-                    continue
-                try:
-                    yield f"{path}:{number}", json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    yield f"{path}:{number}", Undecodable("undecodable bytes (not UTF-8)")
-                except json.JSONDecodeError:
-                    yield f"{path}:{number}", Undecodable("not valid JSON")
+                yield f"{path}:{number}", _decode_line(raw)
     elif ext == ".json":
         with open_binary(path) as f:
             try:
@@ -292,22 +331,14 @@ def make_record(value, source: SourceConfig) -> tuple[dict | None, str | None]:
     return {"messages": messages}, None
 
 
-def record_columns(source: SourceConfig) -> dict:
-    """An empty record of the source's kind (the columns of its Arrow table)."""
-    kind = source.resolved_kind
-    if kind == "text":
-        return {"text": ""}
-    if kind == "chat" or (kind == "instruction" and source.chat_template):
-        return {"messages": []}
-    return {"prompt": "", "completion": ""}
-
-
 def iter_source(source: SourceConfig, files: list[str], start: tuple[int, int] = (0, 0),
-                file_indices: list[int] | None = None) -> Iterator[tuple[tuple[int, int], Item]]:
+                file_indices: list[int] | None = None,
+                byte_range: tuple[int, int] | None = None) -> Iterator[tuple[tuple[int, int], Item]]:
     """((file index, item index at which this document starts), item) for the source's documents in
     file order, from position ``start``. Text records with ``group_by`` are joined while consecutive
     records of a file share the key; bad items are yielded too (``Item.bad``), so the caller counts
-    them. ``file_indices`` restricts reading to those files (a rank's share of a stream)."""
+    them. ``file_indices`` restricts reading to those files (a rank's share of a stream);
+    ``byte_range`` to part of a single uncompressed JSON-lines file (see ``raw_items``)."""
     indices = file_indices if file_indices is not None else list(range(len(files)))
     grouping = bool(source.group_by) and source.resolved_kind == "text"
     for fi in indices:
@@ -317,7 +348,7 @@ def iter_source(source: SourceConfig, files: list[str], start: tuple[int, int] =
         group: list[str] = []
         group_key, group_start, group_where = None, first, ""
         item_index = first
-        for where, value in raw_items(files[fi], first, source.split):
+        for where, value in raw_items(files[fi], first, source.split, byte_range):
             position = item_index
             item_index += 1
             if value is None:  # blank line

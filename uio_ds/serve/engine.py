@@ -1,6 +1,7 @@
 """The serving engine: one worker thread that owns the model and runs every request.
 
-Requests wait in a queue. The worker admits what has arrived, prefills each new group, then
+Requests wait in a queue. The worker admits what has arrived (waiting ``batch_wait_s`` after the
+first arrival for others sent at the same moment), prefills each new group, then
 gives every active group one decoding step, round after round, so a long generation does not
 hold back a new request's first token for more than one round. Requests without a session that
 arrive together with prompts of equal length are prefilled and decoded as one batch
@@ -203,9 +204,9 @@ class ServingEngine:
     """Owns the model on one worker thread; ``submit`` queues a request from any thread."""
 
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
-                 session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None):
+                 session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05):
         self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
-        self.max_batch = max_batch
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.sessions = SessionStore(max_sessions, session_ttl_s)
         stops = set(stop_token_ids or [])
         if tokenizer.eos_token_id is not None:
@@ -275,10 +276,18 @@ class ServingEngine:
             arrived = []
             try:
                 arrived.append(self._queue.get(block=not self._groups))
-                while True:
-                    arrived.append(self._queue.get_nowait())
+                # clients that send at the same moment arrive a few milliseconds apart: wait a
+                # moment for them, so that they are prefilled (and decoded) as one batch
+                deadline = time.monotonic() + self.batch_wait_s
+                while (wait := deadline - time.monotonic()) > 0:
+                    arrived.append(self._queue.get(timeout=wait))
             except queue.Empty:
                 pass
+            while True:
+                try:
+                    arrived.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             if None in arrived:
                 return
             with torch.no_grad():
