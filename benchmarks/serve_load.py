@@ -154,7 +154,8 @@ def main() -> None:
     docs = stretches(tokenizer, args.corpus, max(args.clients) * args.requests, args.doc_tokens)
     window = -(-(args.doc_tokens + args.max_tokens + 64) // 8) * 8  # a multiple of the ratio, past the request
     arms = {"uio": ["--uio", args.uio, "--name", "uio"],
-            "full": ["--segment-length", str(window), "--compression-ratio", "8", "--name", "full"]}
+            # one <mem> token per (never filled) segment, so the encoder's positions fit too
+            "full": ["--segment-length", str(window), "--compression-ratio", str(window), "--name", "full"]}
     rows, follow = [], []
     for arm, extra in arms.items():
         proc, url = start_server(args, extra)
