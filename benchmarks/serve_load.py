@@ -135,6 +135,44 @@ def follow_ups(url: str, model: str, tokenizer, corpus: str, lengths: list[int],
     return rows
 
 
+def plot(result: dict, path: str) -> str | None:
+    """Requests/s and median time to first token by clients (both methods), and the follow-up's
+    time to first token against the document's length."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install 'uio_ds[plot]')")
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for method, style in (("uio", "o-"), ("full", "s--")):
+        rows = [r for r in result["rows"] if r["method"] == method]
+        label = "UIO memory" if method == "uio" else "full attention"
+        axes[0].plot([r["clients"] for r in rows], [r["requests_per_s"] for r in rows], style, label=label)
+        axes[1].plot([r["clients"] for r in rows], [r["ttft_median_s"] for r in rows], style, label=label)
+    for ax, title in ((axes[0], "requests/s"), (axes[1], "median time to first token (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(title)
+        ax.legend()
+    follow = result.get("follow_up") or []
+    if follow:
+        x = [r["doc_tokens"] for r in follow]
+        axes[2].plot(x, [r["first_ttft_s"] for r in follow], "o-", label="first question (reads the document)")
+        axes[2].plot(x, [r["follow_up_ttft_s"] for r in follow], "s-", label="follow-up in the session")
+        axes[2].set_xlabel("document tokens")
+        axes[2].set_title("time to first token (s), UIO")
+        axes[2].legend()
+    s = result["settings"]
+    fig.suptitle(f"uio-ds serve, SmolLM2-135M, {s['doc_tokens']}-token documents, {s['max_tokens']} new tokens "
+                 f"({result['machine'].get('cpu', 'CPU')})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/smollm2")
@@ -175,7 +213,9 @@ def main() -> None:
         print_table(follow, ["doc_tokens", "first_ttft_s", "follow_up_ttft_s", "ratio"])
     settings = {k: getattr(args, k) for k in ("model", "uio", "clients", "requests", "doc_tokens", "max_tokens")}
     path = write_results(args.name, {"settings": settings, "rows": rows, "follow_up": follow})
-    print(f"wrote {path}")
+    with open(path) as f:
+        png = plot(json.load(f), path[: -len(".json")] + ".png")
+    print(f"wrote {path}" + (f" and {png}" if png else ""))
     by = {(r["method"], r["clients"]): r for r in rows}
     summary_line({"uio_over_full_requests_per_s": {c: round(by[("uio", c)]["requests_per_s"] /
                                                             by[("full", c)]["requests_per_s"], 3) for c in args.clients},
