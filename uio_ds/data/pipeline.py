@@ -48,7 +48,6 @@ CACHE_VERSION = 2  # bump when the cached columns or their meaning change
 STATS_FILE = "uio_stats.json"
 LOCK_STALE_S = 60.0  # a lock whose heartbeat is older than this belongs to a dead builder
 SMALL_SOURCE_BYTES = 8 << 20  # below this a process pool costs more than it saves
-UNRENDERED = "the chat template refuses the turns or does not render them as prefixes of the whole"
 
 
 def _default_log(message: str) -> None:
@@ -120,7 +119,7 @@ class Tokenise:
 
     def __call__(self, batch: dict) -> dict:
         out = {"input_ids": [], "length": [], "score_spans": []}
-        keep = [i for i, bad in enumerate(batch["_bad"]) if not bad]
+        keep = list(range(len(next(iter(batch.values()), []))))
         if not keep:
             return out
         if self.kind == "text":
@@ -192,12 +191,8 @@ def _generate_tokens(shards: list[dict], digests: list[str], source_json: str, t
         byte_range = None if shard["lo"] < 0 else (shard["lo"], shard["hi"])
 
         def flush():
-            columns = {"_bad": [""] * len(batch), **{k: [r[k] for r in batch] for k in batch[0]}}
-            out = tokenise(columns)
-            unrendered = len(batch) - len(out["input_ids"])
-            if unrendered:
-                counts.skipped[UNRENDERED] = counts.skipped.get(UNRENDERED, 0) + unrendered
-                counts.documents -= unrendered
+            out = tokenise({k: [r[k] for r in batch] for k in batch[0]})
+            counts.unrendered(len(batch) - len(out["input_ids"]))
             batch.clear()
             for ids, length, spans in zip(out["input_ids"], out["length"], out["score_spans"]):
                 yield {"input_ids": ids, "length": length, "score_spans": spans}
@@ -210,23 +205,20 @@ def _generate_tokens(shards: list[dict], digests: list[str], source_json: str, t
                     yield from flush()
         if batch:
             yield from flush()
-        name = f"{shard['path']}|{shard['lo']}"
-        with open(os.path.join(report_dir, hashlib.sha1(name.encode()).hexdigest() + ".json"), "w") as f:
-            json.dump({"shard": name, **counts.to_dict()}, f)
+        with open(_report_path(report_dir, shard), "w") as f:
+            json.dump(counts.to_dict(), f)
+
+
+def _report_path(report_dir: str, shard: dict) -> str:
+    return os.path.join(report_dir, hashlib.sha1(f"{shard['path']}|{shard['lo']}".encode()).hexdigest() + ".json")
 
 
 def _merge_reports(shards: list[dict], report_dir: str) -> Counts:
     """The record counts of all shards, in shard order (the first bad records named first)."""
     total = Counts()
     for shard in shards:
-        name = f"{shard['path']}|{shard['lo']}"
-        with open(os.path.join(report_dir, hashlib.sha1(name.encode()).hexdigest() + ".json")) as f:
-            part = json.load(f)
-        total.records += part["records"]
-        total.documents += part["documents"]
-        for reason, n in part["skipped"].items():
-            total.skipped[reason] = total.skipped.get(reason, 0) + n
-        total.examples += part["examples"][: max(0, 5 - len(total.examples))]
+        with open(_report_path(report_dir, shard)) as f:
+            total.merge(json.load(f))
     return total
 
 
@@ -278,12 +270,14 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha1((vocab + json.dumps(extra)).encode()).hexdigest()
 
 
-def cache_key(source: SourceConfig, files: list[str], tokenizer, cache_dir: str) -> str:
-    """The cache directory name of a source: its files' content, the options that change its
-    tokens, the tokenizer."""
+def cache_key(source: SourceConfig, files: list[str], tokenizer, cache_dir: str,
+              digests: list[str] | None = None) -> str:
+    """The cache directory name of a source: its files' content (``digests``, else read through
+    ``content_digests``), the options that change its tokens, the tokenizer."""
+    digests = digests if digests is not None else content_digests(files, cache_dir)
     options = {k: getattr(source, k) for k in ("text_field", "split", "kind", "completion_field", "messages_field",
                                                "chat_template", "prompt_template", "eos", "group_by")}
-    key = json.dumps([CACHE_VERSION, content_digests(files, cache_dir), options, tokenizer_digest(tokenizer)],
+    key = json.dumps([CACHE_VERSION, digests, options, tokenizer_digest(tokenizer)],
                      sort_keys=True)
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
@@ -347,8 +341,10 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=_defaul
     from datasets import load_from_disk
 
     files = source_files(source)
+    Tokenise(tokenizer, source)  # a tokenizer that cannot render the source fails here, before any work
     os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, cache_key(source, files, tokenizer, cache_dir))
+    digests = content_digests(files, cache_dir)
+    path = os.path.join(cache_dir, cache_key(source, files, tokenizer, cache_dir, digests))
     lock = f"{path}.lock"
     while True:
         if os.path.isfile(os.path.join(path, STATS_FILE)):
@@ -358,14 +354,15 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=_defaul
             try:
                 if not os.path.isfile(os.path.join(path, STATS_FILE)):  # finished between the check and the lock
                     with _Heartbeat(lock):
-                        _build(source, files, tokenizer, path, num_proc or default_num_proc(files), log)
+                        _build(source, files, digests, tokenizer, path, num_proc or default_num_proc(files), log)
             finally:
                 os.remove(lock)
             continue
         time.sleep(poll_s)  # another process is building it
 
 
-def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_proc: int, log) -> None:
+def _build(source: SourceConfig, files: list[str], digests: list[str], tokenizer, path: str, num_proc: int,
+           log) -> None:
     from datasets import Dataset, disable_progress_bars, enable_progress_bars
 
     name = source.name or source.path
@@ -375,7 +372,7 @@ def _build(source: SourceConfig, files: list[str], tokenizer, path: str, num_pro
     work, reports = os.path.join(staging, "work"), os.path.join(staging, "reports")
     os.makedirs(reports)
     shards = plan_shards(source, files, num_proc)
-    digests = dict(zip(files, content_digests(files, os.path.dirname(path))))
+    digests = dict(zip(files, digests))
     processes = min(num_proc, len(shards))
     try:
         tokens = Dataset.from_generator(
@@ -607,11 +604,9 @@ class _SourceReader:
         return False
 
     def _cut(self, item: Item) -> list[tuple[list[int], list[int]]]:
-        columns = {"_bad": [""], **{k: [item.record[k]] for k in item.record}}
-        tokens = self.tokenise(columns)
+        tokens = self.tokenise({k: [v] for k, v in item.record.items()})
         if not tokens["input_ids"]:
-            self.counts.skipped[UNRENDERED] = self.counts.skipped.get(UNRENDERED, 0) + 1
-            self.counts.documents -= 1
+            self.counts.unrendered(1)
             return []
         ids, spans = tokens["input_ids"][0], tokens["score_spans"][0]
         pieces, _ = document_pieces([len(ids)], **self.limits)

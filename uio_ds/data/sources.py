@@ -47,6 +47,9 @@ class Item:
     key: tuple | None = None  # group key (kind text with group_by)
 
 
+UNRENDERED = "the chat template refuses the turns or does not render them as prefixes of the whole"
+
+
 @dataclass
 class Counts:
     """Items read (documents and bad records), the bad ones by reason, with the places of the first few."""
@@ -67,6 +70,20 @@ class Counts:
             self.examples.append(f"{item.where}: {item.bad}")
             return True
         return False
+
+    def unrendered(self, n: int) -> None:
+        """``n`` documents counted as good turned out not to render (a chat template that refuses them)."""
+        if n:
+            self.skipped[UNRENDERED] = self.skipped.get(UNRENDERED, 0) + n
+            self.documents -= n
+
+    def merge(self, other: dict, max_examples: int = 5) -> None:
+        """Add another part's counts (``to_dict()``), after this one's."""
+        self.records += other["records"]
+        self.documents += other["documents"]
+        for reason, n in other["skipped"].items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+        self.examples += other["examples"][: max(0, max_examples - len(self.examples))]
 
     @property
     def num_skipped(self) -> int:

@@ -39,7 +39,7 @@ def _error(status: int, message: str, param: str | None = None):
                                                                "code": None}})
 
 
-def _params(body: dict) -> SamplingParams:
+def _params(body: dict, default_max_tokens: int) -> SamplingParams:
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list):
@@ -53,7 +53,7 @@ def _params(body: dict) -> SamplingParams:
     temperature = body.get("temperature", 1.0)
     params = SamplingParams(
         max_tokens=next((body[k] for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None),
-                        body.get("_default_max_tokens", 256)),
+                        default_max_tokens),
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if body.get("top_p") is None else body["top_p"],
         stop=stop, seed=body.get("seed"))
@@ -103,8 +103,8 @@ def create_app(engine: ServingEngine):
         return body
 
     async def _run(prompt_ids: list[int], body: dict, chat: bool):
-        params, session = _params(body), _session(body)
-        engine.check(prompt_ids, params)
+        # OpenAI's defaults: 16 new tokens for a completion; a chat's answer is left long
+        params, session = _params(body, 256 if chat else 16), _session(body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         engine.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
@@ -183,7 +183,6 @@ def create_app(engine: ServingEngine):
             ids = engine.tokenizer(prompt)["input_ids"]
         else:
             raise RequestError("prompt: give one non-empty string (or a list of token ids)")
-        body.setdefault("_default_max_tokens", 16)  # OpenAI's default for completions
         return await _run(ids, body, chat=False)
 
     async def _chat(body: dict):
