@@ -36,6 +36,7 @@ from common import RESULTS_DIR, print_table, summary_line, write_results
 from uio_ds.baselines import HOMER, StreamingLLM
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
+from uio_ds.model.base import load_causal_lm
 from uio_ds.model.generation import MemoryStream
 from uio_ds.model.memory_model import UIOMemoryModel
 
@@ -63,7 +64,7 @@ def build_base(args, max_positions: int):
 
     dtype = DTYPES[args.dtype]
     if args.model:
-        return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device()).eval(), args.model
+        return load_causal_lm(args.model, dtype=dtype).to(device()).eval(), args.model
     config = LlamaConfig(max_position_embeddings=max_positions, rope_theta=10000.0, **SHAPES[args.shape])
     torch.manual_seed(0)
     with torch.device(device()):

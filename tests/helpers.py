@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -37,6 +38,27 @@ def load(path: str, **overrides) -> UIOMemoryModel:
 def random_ids(batch: int, length: int, seed: int = 0, vocab: int = 500) -> torch.Tensor:
     # Ids start at 3 to stay clear of the special tokens (<s>, </s>, <pad>).
     return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_function(got: torch.Tensor, want: torch.Tensor, config, layers: int | None = None) -> None:
+    """``got`` and ``want`` compute the same function of the same inputs, in another order of summation.
+
+    Two such computations differ by rounding only: another kernel shape (a mask instead of a
+    shorter sequence, a batch of two instead of one), another CPU's SIMD width (AVX2 against
+    AVX-512) or another blocking of the same matmul each reorder the sums. A sum of n terms in
+    another order differs by about sqrt(n) units of the last place of its scale (rounding errors
+    of either sign add as a random walk; n u is the rarely reached worst case), and each of the
+    model's layers adds its own such error to the residual stream, which carries it on. So the
+    tolerance is ``layers * sqrt(width) * eps(dtype) * max|want|``, with ``width`` the longest
+    reduction of a layer (hidden or MLP size) from the model's ``config``. On SmolLM2 (30 layers,
+    MLP 1,536) that is 1.4e-4 of the scale, about 100 times the differences seen on AMD EPYC and
+    Intel Xeon CPUs (5.8e-6 and 1.1e-5 on memories of scale 7.8), and far below what a real
+    difference gives (a <mem> position one off changes memories by more than 1).
+    """
+    layers = config.num_hidden_layers if layers is None else layers
+    width = max(config.hidden_size, getattr(config, "intermediate_size", 0) or 0)
+    atol = layers * math.sqrt(width) * torch.finfo(want.dtype).eps * float(want.detach().abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=atol)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -22,9 +22,10 @@ import torch
 
 def main(argv=None) -> int:
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from uio_ds.data.pipeline import read_texts
+    from uio_ds.model.base import load_causal_lm
     from uio_ds.train_config import SourceConfig
 
     p = argparse.ArgumentParser(prog="uio-ds pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = load_causal_lm(args.model, dtype=torch.float32)
     model.train()
     streams = []
     for path in args.data:

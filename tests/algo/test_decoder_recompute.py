@@ -40,6 +40,8 @@ def test_recompute_gives_the_same_gradients(tiny_dirs, arch, decoder_lora):
         for g, r in zip(got.grads, ref.grads):
             assert (g is None) == (r is None)
             if r is not None:
+                # the recomputed decoder runs the same kernels on the same shapes as the kept one, on
+                # any CPU; only the order in which gradient contributions reach a leaf may differ
                 torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-9, msg=f"{name}/{mode}")
     # the layers are back to their own forward and the model has no adapter left on
     assert all("forward" not in vars(layer) for layer in model.layers)

@@ -89,6 +89,8 @@ def test_two_ranks_run_the_same_passes_and_keep_their_gradients(tiny_dirs, algor
         alone = build_strategy(algorithm, window).run(models[rank], rank_documents(rank))
         assert results[rank].loss_sum == pytest.approx(alone.loss_sum, rel=1e-6)
         for got, want in zip(results[rank].grads, alone.grads):
+            # the same kernels on the same segment shapes in both runs (the padding passes add zero
+            # gradient): only the order of the per-segment sums differs, a few fp32 ulps
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 

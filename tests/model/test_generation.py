@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import load, perturb_trainable, random_ids
+from helpers import assert_same_function, load, perturb_trainable, random_ids
 
 from uio_ds.model.generation import MemoryStream, generate, sample_next
 from uio_ds.model.memory_model import MemoryKV, PositionRangeError, split_segments
@@ -35,7 +35,7 @@ def test_streaming_equals_rebuild_from_scratch(tiny_dirs, arch, prompt_length):
     with torch.no_grad():
         got = stream.prefill(prompt)
         for t in range(prompt_length, seq.shape[1]):
-            torch.testing.assert_close(got, reference_next_logits(model, seq[:, :t]), rtol=1e-5, atol=1e-5)
+            assert_same_function(got, reference_next_logits(model, seq[:, :t]), model.base.config)
             got = stream.feed(seq[:, t : t + 1])
 
 
@@ -46,8 +46,8 @@ def test_chunked_prefill_equals_one_batch(tiny_dirs):
     with torch.no_grad():
         together = MemoryStream(model, encode_batch_size=None)
         chunked = MemoryStream(model, encode_batch_size=3)  # 14 segment rows in chunks of 3
-        torch.testing.assert_close(chunked.prefill(prompt), together.prefill(prompt), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(chunked.memory.keys, together.memory.keys, rtol=1e-5, atol=1e-6)
+        assert_same_function(chunked.prefill(prompt), together.prefill(prompt), model.base.config)
+    assert_same_function(chunked.memory.keys, together.memory.keys, model.base.config)
 
 
 @pytest.mark.parametrize("cuts", [(5, 30, 31, 70), (16, 48), (3,), (20, 21, 22, 23)])
@@ -65,9 +65,9 @@ def test_extend_in_pieces_equals_one_prefill(tiny_dirs, cuts):
         got = pieces.prefill(ids[:, : bounds[1]])
         for start, stop in zip(bounds[1:-1], bounds[2:]):
             got = pieces.extend(ids[:, start:stop])
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_same_function(got, want, model.base.config)
     assert pieces.memory_tokens == whole.memory_tokens and torch.equal(pieces.residual, whole.residual)
-    torch.testing.assert_close(pieces.memory.keys, whole.memory.keys, rtol=1e-5, atol=1e-6)
+    assert_same_function(pieces.memory.keys, whole.memory.keys, model.base.config)
 
 
 def test_raw_kv_is_dropped_after_compression(tiny_dirs):

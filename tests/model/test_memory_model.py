@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import load, perturb_trainable, random_ids, small_config
+from helpers import assert_same_function, load, perturb_trainable, random_ids, small_config
 from transformers import AutoModelForCausalLM
 
 from uio_ds.model.memory_model import (
@@ -55,7 +55,7 @@ def test_zero_lora_encoder_equals_base(tiny_dirs, arch):
             [layer.input_layernorm(hidden[i])[:, 16:] for i, layer in enumerate(base.model.layers)], dim=1
         )
     assert memory.shape == (3, model.num_layers, model.num_mem_tokens, base.config.hidden_size)
-    torch.testing.assert_close(memory, reference, rtol=0, atol=1e-6)
+    assert_same_function(memory, reference, model.base.config)
     # and the comparison can fail: a non-zero encoder LoRA changes the memory
     perturb_trainable(model)
     with torch.no_grad():
@@ -83,7 +83,7 @@ def test_memory_prefix_equals_full_attention(tiny_dirs, arch, attention):
     with torch.no_grad():
         got = model.decode(segment, prefix_kv(base, prefix)).logits
         want = base(torch.cat([prefix, segment], dim=1)).logits[:, 24:]
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert_same_function(got, want, model.base.config)
 
 
 def test_first_query_sees_the_last_memory_slot(tiny_dirs):
@@ -109,8 +109,8 @@ def test_sdpa_and_eager_agree_with_memory(tiny_dirs, arch):
     with torch.no_grad():
         a, b = sdpa(ids), eager(ids)
     assert a.num_tokens == b.num_tokens == 2 * 39
-    torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.stack(a.segment_loss_sums), torch.stack(b.segment_loss_sums), rtol=1e-5, atol=1e-4)
+    assert_same_function(a.loss, b.loss, sdpa.base.config)
+    assert_same_function(torch.stack(a.segment_loss_sums), torch.stack(b.segment_loss_sums), sdpa.base.config)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -123,8 +123,8 @@ def test_parallel_compression_equals_one_by_one(tiny_dirs, arch):
         apart = MemoryKV.cat(
             [model.memory_kv(model.encode(segments[i : i + 1])) for i in range(5)]
         )  # one row each: the token axis now holds segment after segment
-    torch.testing.assert_close(together.per_text(1).keys, apart.keys, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(together.per_text(1).values, apart.values, rtol=1e-5, atol=1e-6)
+    assert_same_function(together.per_text(1).keys, apart.keys, model.base.config)
+    assert_same_function(together.per_text(1).values, apart.values, model.base.config)
     # compress: the same memories, one row per text, whatever the chunk of segments per call
     texts = segments[:4].reshape(2, 2 * 16)
     with torch.no_grad():
@@ -132,11 +132,11 @@ def test_parallel_compression_equals_one_by_one(tiny_dirs, arch):
         auto, single = model.compress(texts), model.compress(texts, batch_size=1)
         first = model.compress(texts[:1])
     for other in (chunked, auto, single):
-        torch.testing.assert_close(whole.keys, other.keys, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(whole.values, other.values, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(whole.values[:, :1], first.values, rtol=1e-5, atol=1e-6)
+        assert_same_function(whole.keys, other.keys, model.base.config)
+        assert_same_function(whole.values, other.values, model.base.config)
+    assert_same_function(whole.values[:, :1], first.values, model.base.config)
     two = 2 * model.num_mem_tokens  # text 0 is segments 0 and 1
-    torch.testing.assert_close(whole.keys[:, :1], apart.keys[..., :two, :], rtol=1e-5, atol=1e-6)
+    assert_same_function(whole.keys[:, :1], apart.keys[..., :two, :], model.base.config)
     with pytest.raises(ValueError, match="whole segments"):
         model.compress(segments[:1, :10])
     with pytest.raises(ValueError, match="batch_size=0: must be an integer >= 1, 'auto' or None"):
@@ -245,7 +245,7 @@ def test_saved_encoder_adapter_loads_in_peft(tiny_dirs, tmp_path):
         layer = peft_model.base_model.model.model.layers[1]
         want = layer.input_layernorm(hidden[1])[:, 16:]
         got = model.encode(ids)[:, 1]
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert_same_function(got, want, model.base.config)
 
 
 def test_unknown_architecture_is_refused(tmp_path):

@@ -158,18 +158,45 @@ def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
         assert needle in text, needle
 
 
-def test_fp16_is_refused_where_deepspeed_cannot_run_it(tiny_dirs):
-    from uio_ds.engine import resolve_ds_config
+def _fp16_train_config(model_dir: str):
     from uio_ds.train_config import TrainConfig, apply_overrides
 
-    cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
+    cfg = case_train_config(model_dir, CASES["zero2"])
     cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), ["uio.dtype=float16"]))
     with open(os.path.join(REPO, "ds_configs", "zero2.json")) as f:
-        raw = json.load(f)
-    if torch.cuda.is_available():
-        pytest.skip("fp16 runs on this machine's GPU")
-    with pytest.raises(ConfigError, match="fp16 is not supported"):
-        resolve_ds_config(raw, cfg, 2)
+        return cfg, json.load(f)
+
+
+@pytest.mark.parametrize("supported", [True, False], ids=["fp16-supported", "fp16-unsupported"])
+def test_fp16_is_refused_exactly_where_the_accelerator_says_it_cannot_run(tiny_dirs, monkeypatch, supported):
+    """Both answers of DeepSpeed's accelerator, on any machine: refused when it says no, enabled when yes."""
+    from deepspeed.accelerator import get_accelerator
+
+    from uio_ds.engine import resolve_ds_config
+
+    cfg, raw = _fp16_train_config(tiny_dirs["llama"])
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: supported)
+    if supported:
+        assert resolve_ds_config(raw, cfg, 2)[0]["fp16"]["enabled"] is True
+    else:
+        with pytest.raises(ConfigError, match="fp16 is not supported"):
+            resolve_ds_config(raw, cfg, 2)
+
+
+def test_fp16_on_this_machine_follows_its_accelerator(tiny_dirs):
+    """What this machine's hardware says, read rather than assumed: DeepSpeed's CPU accelerator runs
+    fp16 where oneDNN has fp16 kernels for the CPU (AVX512-FP16 / AMX-FP16, e.g. recent Intel Xeons),
+    and not on CPUs without them (the AMD EPYCs seen here); a CUDA GPU runs it."""
+    from deepspeed.accelerator import get_accelerator
+
+    from uio_ds.engine import resolve_ds_config
+
+    cfg, raw = _fp16_train_config(tiny_dirs["llama"])
+    if get_accelerator().is_fp16_supported():
+        assert resolve_ds_config(raw, cfg, 2)[0]["fp16"]["enabled"] is True
+    else:
+        with pytest.raises(ConfigError, match=f"fp16 is not supported by DeepSpeed's {get_accelerator().device_name()}"):
+            resolve_ds_config(raw, cfg, 2)
 
 
 def test_surrogate_gradient_equals_buffers_under_a_loss_scale(tiny_dirs):

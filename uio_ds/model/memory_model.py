@@ -32,6 +32,7 @@ from torch import nn
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.attention import resolve_attention
+from uio_ds.model.base import load_causal_lm
 from uio_ds.model.kv import MemoryKV, forward_after_cache, prefix_cache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -235,7 +236,7 @@ class UIOMemoryModel(nn.Module):
         weights are loaded straight onto it (``device_map``: no full copy in host memory first)
         and the UIO parts are made there; ``"auto"`` is :func:`default_device`.
         """
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig
 
         if not os.path.isdir(base_path):
             raise FileNotFoundError(
@@ -253,7 +254,7 @@ class UIOMemoryModel(nn.Module):
             _check_fingerprint(meta, base_config, trained_path, base_path)
         dtype = TORCH_DTYPES[config.dtype]
         placement = {} if device is None else {"device_map": {"": resolve_device(device)}}
-        base = AutoModelForCausalLM.from_pretrained(
+        base = load_causal_lm(
             base_path, dtype=dtype, attn_implementation=resolve_attention(config.attention, dtype), **placement
         )
         model = cls(base, config)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from uio_ds.model.base import load_causal_lm
+
 PREPARED_FILE = "uio_prepared.json"
 VERIFY_QUESTION = "What is the capital of France?"
 VERIFY_TOKENS = 1024
@@ -95,7 +97,7 @@ def _load_source(resolved: dict):
     if resolved["kind"] == "gguf" and importlib.util.find_spec("gguf") is None:
         raise RuntimeError("reading a .gguf checkpoint needs the gguf package: pip install 'uio_ds[gguf]'")
     kwargs = {"gguf_file": resolved["gguf_file"]} if resolved["gguf_file"] else {}
-    model = AutoModelForCausalLM.from_pretrained(resolved["directory"], dtype=torch.float32, **kwargs)
+    model = load_causal_lm(resolved["directory"], dtype=torch.float32, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(resolved["directory"], **kwargs)
     if resolved["kind"] == "gguf":
         # save_pretrained refuses a GGUF-loaded model: rebuild the same architecture from a
@@ -136,12 +138,12 @@ def answer(model, tokenizer, question: str = VERIFY_QUESTION, max_new_tokens: in
 
 def verify(path: str, expected_answer: str | None = None) -> dict:
     """Load ``path`` the way users will and check it works: an answer and a perplexity."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from uio_ds.formats import synthetic_text
 
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = load_causal_lm(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     load_seconds = time.perf_counter() - start
     reply = answer(model, tokenizer)
