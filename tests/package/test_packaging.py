@@ -91,3 +91,48 @@ def test_lint_configuration_holds():
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ruff"), "check", REPO],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+MAKEFILE_EXTRAS = {"dev", "plot", "gguf", "longbench", "serve"}  # what `make install` installs: .[dev] and what it names
+
+
+def _project_requirements():
+    """The requirements of pyproject.toml that `make install` installs, read from its metadata."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    found = [Requirement(r) for r in project["dependencies"]]
+    for extra in MAKEFILE_EXTRAS:
+        found += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    return [r for r in found if r.name != "uio_ds" and (r.marker is None or r.marker.evaluate())]
+
+
+def test_the_lock_pins_every_requirement_within_its_range():
+    """requirements/lock.txt (made by `make lock`) pins each requirement of pyproject.toml, torch
+    excepted, to one version its range allows: a requirement added or narrowed without a new lock
+    fails here, and `make install`'s `pip check` covers what they pull in."""
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    sys.path.insert(0, os.path.join(REPO, "requirements"))
+    try:
+        from compare_lock import read_lock
+    finally:
+        sys.path.pop(0)
+    pins = read_lock(os.path.join(REPO, "requirements", "lock.txt"))
+    assert "torch" not in pins and not any(name.startswith("uio") for name in pins)
+    problems = []
+    requirements = _project_requirements()
+    assert len(requirements) > 20
+    for requirement in requirements:
+        name = canonicalize_name(requirement.name)
+        if name == "torch":
+            continue
+        if name not in pins:
+            problems.append(f"{name} is not in the lock")
+        elif Version(pins[name]) not in requirement.specifier:
+            problems.append(f"{name}=={pins[name]} is outside {requirement.specifier}")
+    assert not problems, "run `make lock`: " + "; ".join(problems)
