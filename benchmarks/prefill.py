@@ -38,6 +38,7 @@ from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.model.base import load_causal_lm
 from uio_ds.model.generation import MemoryStream
+from uio_ds.model.kv import forward_after_cache, prefix_cache
 from uio_ds.model.memory_model import UIOMemoryModel
 
 MIB = 2**20
@@ -93,9 +94,8 @@ class Runner:
             self.state = MemoryStream(self.uio, encode_batch_size=self.args.encode_batch)
             return self.state.prefill(ids)
         if self.method == "full":
-            out = self.base(ids, use_cache=True, logits_to_keep=1)
-            self.state = out.past_key_values
-            return out.logits[:, -1]
+            self.state = prefix_cache(self.base, None)  # an empty cache the pass fills
+            return forward_after_cache(self.base, ids, self.state, logits_to_keep=1)[:, -1]
         if self.method == "streaming":
             self.state = StreamingLLM(self.base, sink_tokens=4, window_tokens=1020)
             return self.state.prefill(ids)
@@ -111,9 +111,7 @@ class Runner:
             if self.method == "uio":
                 self.state.feed(token)
             elif self.method == "full":
-                offset = self.state.get_seq_length()
-                self.base(token, past_key_values=self.state, use_cache=True, logits_to_keep=1,
-                          position_ids=torch.tensor([[offset]], device=device()))
+                forward_after_cache(self.base, token, self.state, logits_to_keep=1)
             else:
                 self.state.step(token)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -113,13 +114,25 @@ def prefix_cache(base, memory: MemoryKV | None, read_only: bool = False):
     return cache_from_rotated(base, rotate_keys(base, memory.keys), memory.values, read_only)
 
 
+def cache_argument(base) -> str:
+    """The name under which ``base``'s forward takes a KV cache: ``cache`` from transformers 5.25
+    on, ``past_key_values`` before (5.25 still takes the old name, with a warning that it goes in
+    5.40)."""
+    return _cache_argument(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(cls) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
 def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
     """The base causal LM over ``input_ids`` at the positions that follow ``cache``; returns logits.
     ``cache`` is extended in place."""
     offset = cache.get_seq_length() if cache is not None else 0
     positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-    out = base(input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=cache is not None,
-               logits_to_keep=logits_to_keep)
+    out = base(input_ids=input_ids, position_ids=positions, use_cache=cache is not None,
+               logits_to_keep=logits_to_keep, **{cache_argument(base): cache})
     return out.logits
 
 

@@ -81,12 +81,29 @@ def resolve_source(source: str) -> dict:
 
 
 def _source_identity(resolved: dict) -> dict:
+    """What the prepared directory was made from: the file's name, size and SHA-256 (the GGUF file,
+    or an HF directory's config.json), so the same file installed elsewhere (another virtual
+    environment's copy of the package) counts as the same source. ``path`` is for the logs."""
+    import hashlib
+
     if resolved["kind"] == "gguf":
         path = os.path.join(resolved["directory"], resolved["gguf_file"])
     else:
         path = os.path.join(resolved["directory"], "config.json")
-    stat = os.stat(path)
-    return {"path": path, "bytes": stat.st_size, "mtime": int(stat.st_mtime)}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return {"path": path, "file": os.path.basename(path), "bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def _same_source(recorded: dict | None, identity: dict) -> bool:
+    if not recorded:
+        return False
+    if "sha256" not in recorded:  # a directory prepared before content digests: path, size and mtime
+        stat = os.stat(identity["path"])
+        return recorded == {"path": identity["path"], "bytes": stat.st_size, "mtime": int(stat.st_mtime)}
+    return all(recorded.get(k) == identity[k] for k in ("file", "bytes", "sha256"))
 
 
 def _load_source(resolved: dict):
@@ -171,7 +188,7 @@ def prepare_model(source: str, out_dir: str, force: bool = False, log=print) -> 
     if not force and os.path.isfile(marker):
         with open(marker) as f:
             report = json.load(f)
-        if report.get("source") == identity:
+        if _same_source(report.get("source"), identity):
             log(f"{out_dir} is already prepared from {identity['path']} (use --force to redo)")
             return report
         raise FileExistsError(
