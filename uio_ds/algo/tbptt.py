@@ -34,6 +34,7 @@ from typing import Protocol, Sequence
 import torch
 
 from uio_ds.algo.lockstep import ENCODE, FLUSH, Lockstep, decode_kind
+from uio_ds.algo.objective import LM, Objective
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.memory_model import segment_targets, split_segments
 from uio_ds.offload import offload_saved_tensors
@@ -157,10 +158,11 @@ class Strategy:
 
     name = "strategy"
 
-    def __init__(self, window: int | None = None):
+    def __init__(self, window: int | None = None, objective: Objective | None = None):
         if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 1):
             raise ValueError(f"window S={window!r}: must be an integer >= 1")
         self.window = window
+        self.objective = objective or LM
         self._lockstep: Lockstep | None = None  # set for the duration of run_batches (ZeRO-3)
 
     def __repr__(self) -> str:
@@ -196,6 +198,9 @@ class Strategy:
         params = model.trainable_parameters()
         if lockstep is not None:
             self._check_lockstep()
+            if self.objective.uses_teacher:
+                raise ValueError("distillation (objective.distill > 0) does not run under ZeRO-3 yet: its teacher "
+                                 "passes are not announced to the lockstep; use ZeRO-1/2 or objective.distill=0")
             padded_before = lockstep.padding_passes
         self._lockstep = lockstep
         result = None
@@ -245,7 +250,9 @@ class Full(Strategy):
     name = "full"
 
     def _run_document(self, model, doc, labels, scale, params):
-        out = model(doc, labels=labels)
+        objective = self.objective
+        out = model(doc, labels=labels, teacher=objective.teacher(model), lm_weight=objective.lm,
+                    distill_weight=objective.distill)
         grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(
@@ -261,8 +268,8 @@ class TBPTT(Strategy):
 
     name = "tbptt"
 
-    def __init__(self, window: int):
-        super().__init__(window)
+    def __init__(self, window: int, objective: Objective | None = None):
+        super().__init__(window, objective)
 
     def _run_document(self, model, doc, labels, scale, params):
         l, S = model.segment_length, self.window
@@ -275,9 +282,11 @@ class TBPTT(Strategy):
         buffers: list = [None] * len(params)
         stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
                  "segments": len(bounds)}
+        teacher = self.objective.teacher(model)
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             targets = segment_targets(labels, a, b)
+            taught = Objective.read(teacher, segs[t])  # the teacher reads every segment, scored or not
             if not _has_targets(targets):
                 sums.append(0.0)
                 counts.append(0)
@@ -292,8 +301,9 @@ class TBPTT(Strategy):
             else:
                 fresh = []
             memory = values[:first] + fresh
-            out = model.decode(segs[t], _kv(model, memory, batch), targets)
+            out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
             self._add(buffers, _grad(out.loss_sum * scale, params))
+            _count_terms(stats, out)
             sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)
         return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
@@ -352,9 +362,9 @@ class _LeafWindowStrategy(Strategy):
     its encoder once, when it leaves the window or at the end."""
 
     def __init__(self, window: int | None, graph_mode: str = "keep", encode_batch_size: int | None = 8,
-                 offload_device: str = "cpu"):
+                 offload_device: str = "cpu", objective: Objective | None = None):
         """``offload_device``: where graph_mode 'offload' puts saved tensors (host memory)."""
-        super().__init__(window)
+        super().__init__(window, objective)
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode={graph_mode!r}: choose one of {list(GRAPH_MODES)}")
         if encode_batch_size is not None and encode_batch_size < 1:
@@ -431,6 +441,7 @@ class _LeafWindowStrategy(Strategy):
             self._add(buffers, grads)
             stats["encoder_backward_passes"] += 1
 
+        teacher = self.objective.teacher(model)
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             if t > 0:
@@ -447,6 +458,7 @@ class _LeafWindowStrategy(Strategy):
                     leaves[s] = values[s].detach().requires_grad_(True)
                 stats["max_live_graphs"] = max(stats["max_live_graphs"], len(graphs))
             targets = segment_targets(labels, a, b)
+            taught = Objective.read(teacher, segs[t])  # the teacher reads every segment, scored or not
             if not _has_targets(targets):
                 sums.append(0.0)
                 counts.append(0)
@@ -457,7 +469,8 @@ class _LeafWindowStrategy(Strategy):
             self._enter(model, decode_kind(read > 0, any(s in leaves for s in range(t - read, t))))
             # 'offload' and 'recompute_offload' move the decoder's saved activations to the host
             with _graph_context(self.graph_mode, self.offload_device):
-                out = model.decode(segs[t], _kv(model, memory, batch), targets)
+                out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
+            _count_terms(stats, out)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -492,10 +505,10 @@ class Unbiased(_LeafWindowStrategy):
     name = "unbiased"
 
     def __init__(self, window: int, seed: int = 0, compensate: bool = True, graph_mode: str = "keep",
-                 encode_batch_size: int | None = 8, offload_device: str = "cpu"):
+                 encode_batch_size: int | None = 8, offload_device: str = "cpu", objective: Objective | None = None):
         if window is None:
             raise ValueError("unbiased needs a reservoir size S >= 1")
-        super().__init__(window, graph_mode, encode_batch_size, offload_device)
+        super().__init__(window, graph_mode, encode_batch_size, offload_device, objective)
         self.compensate = compensate
         self.rng = random.Random(seed)
 
@@ -512,11 +525,11 @@ class Unbiased(_LeafWindowStrategy):
 def build_strategy(name: str, window: int | None = None, **kwargs) -> Strategy:
     """``full``, ``tbptt``, ``incremental`` or ``unbiased`` with window S."""
     if name == "full":
-        return Full()
+        return Full(objective=kwargs.get("objective"))
     if name == "tbptt":
         if window is None:
             raise ValueError("tbptt needs a window S >= 1")
-        return TBPTT(window)
+        return TBPTT(window, objective=kwargs.get("objective"))
     if name == "incremental":
         return Incremental(window, **kwargs)
     if name == "unbiased":
@@ -558,6 +571,13 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
     if not loss.requires_grad:
         return (None,) * len(inputs)
     return torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def _count_terms(stats: dict, out) -> None:
+    """With distillation, the two terms of the loss apart (``loss_sum`` is their weighted sum)."""
+    if out.distill_sum is not None:
+        stats["lm_loss_sum"] = stats.get("lm_loss_sum", 0.0) + out.lm_loss_sum.item()
+        stats["distill_sum"] = stats.get("distill_sum", 0.0) + out.distill_sum.item()
 
 
 def _has_targets(targets: torch.Tensor) -> bool:

@@ -58,12 +58,19 @@ class PositionRangeError(ValueError):
 
 @dataclass
 class DecoderOutput:
-    """What ``decode`` returns: logits, and the summed loss over ``num_tokens`` targets."""
+    """What ``decode`` returns: logits, and the summed loss over ``num_tokens`` targets.
+
+    ``loss_sum`` is the training objective: the next-token loss, or with a teacher
+    ``lm_weight * lm_loss_sum + distill_weight * distill_sum``."""
 
     logits: torch.Tensor
     loss_sum: torch.Tensor | None = None
     num_tokens: int = 0
     memory_tokens: int = 0
+    lm_loss_sum: torch.Tensor | None = None
+    """Summed next-token cross-entropy over the targets (equal to ``loss_sum`` without a teacher)."""
+    distill_sum: torch.Tensor | None = None
+    """Summed KL(teacher || decoder) over the targets' positions (with a teacher)."""
 
     @property
     def loss(self) -> torch.Tensor | None:
@@ -697,11 +704,19 @@ class UIOMemoryModel(nn.Module):
         input_ids: torch.Tensor,
         memory: MemoryKV | None = None,
         targets: torch.Tensor | None = None,
+        teacher_logprobs: torch.Tensor | None = None,
+        lm_weight: float = 1.0,
+        distill_weight: float = 1.0,
     ) -> DecoderOutput:
         """Decoder pass of one segment (B, n) after the memories in ``memory`` (B rows, M tokens).
 
         ``targets`` are aligned with the inputs: ``targets[b, i]`` is the token position i
         should predict (``IGNORE_INDEX`` to skip). The loss is summed; see ``DecoderOutput.loss``.
+
+        The loss is ``lm_weight`` x the next-token loss; with ``teacher_logprobs`` (B, n, vocab),
+        from ``teacher_logits`` of the base reading the whole text, ``distill_weight`` x KL(teacher
+        || decoder) is added, both summed over the positions ``targets`` scores (distillation from
+        the base reading everything: the loss sits where the far context changes the prediction).
         """
         if memory is not None and memory.batch_size != input_ids.shape[0]:
             raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
@@ -713,22 +728,37 @@ class UIOMemoryModel(nn.Module):
         if targets is not None:
             if targets.shape != input_ids.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} differs from input shape {tuple(input_ids.shape)}")
-            out.loss_sum = F.cross_entropy(
-                logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1),
-                targets.flatten(),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            out.lm_loss_sum = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                              reduction="sum")
             out.num_tokens = int((targets != IGNORE_INDEX).sum().item())
+            out.loss_sum = out.lm_loss_sum if lm_weight == 1.0 else lm_weight * out.lm_loss_sum
+            if teacher_logprobs is not None:
+                if teacher_logprobs.shape[:2] != input_ids.shape:
+                    raise ValueError(f"teacher_logprobs of shape {tuple(teacher_logprobs.shape)} do not cover the "
+                                     f"segment's {tuple(input_ids.shape)} positions")
+                out.distill_sum = distillation_sum(wide, teacher_logprobs, targets != IGNORE_INDEX)
+                out.loss_sum = out.loss_sum + distill_weight * out.distill_sum
         return out
+
+    @torch.no_grad()
+    def teacher_logits(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
+        """The frozen base (no adapter) over ``input_ids`` after ``cache``, the raw K/V of what
+        it has read before (``build_cache(None)`` at the start of a text, extended in place):
+        full attention, the distillation teacher."""
+        with self.adapter(None):
+            return forward_after_cache(self.base, input_ids, cache)
 
     # ------------------------------------------------------------------ whole documents
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> DocumentOutput:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, teacher=None,
+                lm_weight: float = 1.0, distill_weight: float = 1.0) -> DocumentOutput:
         """Full-BPTT loss of documents (B, T): all segments compressed in parallel, each
         segment decoded after the memories of every earlier segment, gradients through all.
         ``labels`` (default: ``input_ids``) are the tokens to predict, ``IGNORE_INDEX`` where a
-        token is read but not scored (Hugging Face's convention; the shift is done here)."""
+        token is read but not scored (Hugging Face's convention; the shift is done here).
+        ``teacher`` (a fresh ``FullAttentionTeacher``): the loss is distilled from it, weighted
+        as in ``decode``."""
         labels = input_ids if labels is None else labels
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} differs from input_ids shape {tuple(input_ids.shape)}")
@@ -742,7 +772,9 @@ class UIOMemoryModel(nn.Module):
         sums, counts = [], []
         for t, (start, stop) in enumerate(bounds):
             previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
-            out = self.decode(input_ids[:, start:stop], previous, segment_targets(labels, start, stop))
+            taught = teacher.next_segment(input_ids[:, start:stop]) if teacher is not None else None
+            out = self.decode(input_ids[:, start:stop], previous, segment_targets(labels, start, stop), taught,
+                              lm_weight, distill_weight)
             sums.append(out.loss_sum)
             counts.append(out.num_tokens)
         return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts)
@@ -811,6 +843,15 @@ class UIOMemoryModel(nn.Module):
         with torch.no_grad():
             self.mem_embeddings.copy_(mem)
         self._set_adapter(None, force=True)
+
+
+def distillation_sum(logits: torch.Tensor, teacher_logprobs: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Summed KL(teacher || student) = sum_v p_T(v) (log p_T(v) - log p_S(v)) over the ``scored``
+    positions; ``logits`` (B, n, V) are the student's, ``teacher_logprobs`` (B, n, V) log p_T."""
+    student = F.log_softmax(logits, dim=-1)
+    teacher = teacher_logprobs.to(student.dtype)
+    per_position = (teacher.exp() * (teacher - student)).sum(-1)
+    return per_position[scored].sum()
 
 
 def peak_positions(config: UIOConfig, total_tokens: int) -> int:
