@@ -220,6 +220,9 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
         if cfg.algorithm.name not in ("incremental", "unbiased"):
             problems.append(f"DeepSpeed ZeRO-3 with algorithm.name={cfg.algorithm.name!r}: ZeRO-3 runs the "
                             "incremental strategies only; use \"incremental\" or \"unbiased\", or ZeRO-2")
+        if cfg.objective.distill > 0:
+            problems.append(f"DeepSpeed ZeRO-3 with objective.distill={cfg.objective.distill}: the teacher's passes "
+                            "do not run in lockstep yet; use ZeRO-1/2, or objective.distill=0")
         prefetch = zero.get("stage3_prefetch_bucket_size", "auto")
         if prefetch == "auto":
             zero["stage3_prefetch_bucket_size"] = 0

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from uio_ds.algo.objective import Objective
 from uio_ds.algo.tbptt import build_strategy
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
@@ -76,7 +77,8 @@ SHAPES: dict[str, dict] = {
                      tie_word_embeddings=False),
 }
 
-STEP_PARTS = ("encoder graphs", "memories", "memory K/V", "decoder activations", "gradients and backward temporaries")
+STEP_PARTS = ("encoder graphs", "memories", "memory K/V", "decoder activations", "teacher",
+              "gradients and backward temporaries")
 from uio_ds.model.memory_model import TORCH_DTYPES as _DTYPES  # noqa: E402
 
 
@@ -106,6 +108,10 @@ class PlanSettings:
     reduce_bucket_size: int = 200_000_000
     overlap_comm: bool = False
     contiguous_gradients: bool = True
+    distill: float = 0.0
+    """objective.distill: with a weight > 0 the step also runs the teacher (the frozen base reading
+    the document with full attention, no gradient): its KV cache grows to the document's length
+    (within the position range), one segment's log-probabilities at a time."""
     position_overflow: str = "auto"
     """'auto': 'drop_oldest' when the document passes the model's position range, else 'error'."""
     uio: UIOConfig | None = None
@@ -254,7 +260,8 @@ def _attributed(model, tracker: TensorMemoryTracker):
         return inner
 
     originals = {"encode": ("encoder graphs", "memories"), "memory_kv": ("memory K/V", None),
-                 "build_cache": ("memory K/V", None), "decode": ("decoder activations", None)}
+                 "build_cache": ("memory K/V", None), "decode": ("decoder activations", None),
+                 "teacher_logprobs": ("teacher", None)}
     for name, (label, output_label) in originals.items():
         setattr(model, name, wrap(getattr(model, name), label, output_label))
     try:
@@ -285,7 +292,8 @@ def step_strategy(settings: PlanSettings, offload_device: str = "cpu"):
         kwargs.update(graph_mode=settings.graph_mode, offload_device=offload_device)
     if settings.algorithm == "unbiased":
         kwargs["seed"] = 0
-    return build_strategy(settings.algorithm, settings.window, **kwargs)
+    objective = Objective(distill=settings.distill) if settings.distill else None
+    return build_strategy(settings.algorithm, settings.window, objective=objective, **kwargs)
 
 
 def step_document(model, settings: PlanSettings) -> torch.Tensor:

@@ -36,7 +36,7 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_
         ranks=ranks, activation_offload=graph_mode in ("offload", "recompute_offload"),
         recompute=graph_mode in ("recompute", "recompute_offload"),
         optimizer_offload=zero.get("offload_optimizer", {}).get("device") == "cpu", **zero_settings(zero),
-        position_overflow=config.uio.position_overflow, uio=config.uio)
+        position_overflow=config.uio.position_overflow, uio=config.uio, distill=config.objective.distill)
     return [dataclasses.replace(base, document_tokens=n) for n in tokens]
 
 

@@ -264,6 +264,31 @@ class AlgorithmConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What each decoder step is trained to do (uio_ds.algo.Objective): the next-token loss,
+    distillation from the frozen base reading the whole document, or a weighted sum."""
+
+    lm: float = 1.0
+    """Weight of the next-token cross-entropy of the scored tokens."""
+
+    distill: float = 0.0
+    """Weight of KL(base with full attention || memory decoder) at the scored tokens. The teacher is
+    the frozen base reading the whole document (one more forward pass per segment, no gradient),
+    as far as its position range goes; the loss then sits where the far context changes the
+    prediction."""
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("lm", "distill"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                out.append(f"objective.{name}={value!r}: must be a number >= 0")
+        if not out and self.lm == 0 and self.distill == 0:
+            out.append("objective.lm and objective.distill are both 0, so nothing is trained: give one a weight > 0")
+        return out
+
+
+@dataclass
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay."""
 
@@ -321,6 +346,7 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     steps: int = 100
@@ -351,7 +377,7 @@ class TrainConfig:
         problems = []
         if not self.model_path:
             problems.append("model_path is empty: give a local model directory (e.g. models/smollm2)")
-        problems += self.data.problems() + self.algorithm.problems() + self.optim.problems()
+        problems += self.data.problems() + self.algorithm.problems() + self.objective.problems() + self.optim.problems()
         for name in ("steps", "log_every"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -414,15 +440,28 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str
     (both ``TrainConfig.to_dict()``), as ``key: old -> new``: (those a resume may apply, those
     that change the run's trajectory)."""
     before, after = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(new)))
+    defaults = _flatten(json.loads(json.dumps(_field_defaults(TrainConfig))))
     allowed, trajectory = [], []
     for key in sorted(set(before) | set(after)):
         old, value = before.get(key, "(unset)"), after.get(key, "(unset)")
-        if old == value:
-            continue
+        if old == value or (old == "(unset)" and key in defaults and value == defaults[key]):
+            continue  # an option added since the checkpoint was written, at its default: the same run
         change = f"{key}: {json.dumps(old)} -> {json.dumps(value)}"
         may = any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
         (allowed if may else trajectory).append(change)
     return allowed, trajectory
+
+
+def _field_defaults(cls) -> dict[str, Any]:
+    """The defaults of a config dataclass's fields, nested sections as dicts (no validation runs)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            out[f.name] = _field_defaults(type(value)) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def _non_finite(value: Any, where: str = "") -> list[tuple[str, float]]:

@@ -16,6 +16,7 @@ import time
 import torch
 
 from uio_ds import checkpoint as ckpt
+from uio_ds.algo.objective import Objective
 from uio_ds.algo.tbptt import build_strategy
 from uio_ds.model.attention import resolve_attention
 from uio_ds.stopping import StopRequest
@@ -200,7 +201,8 @@ class Trainer:
             kwargs = {"graph_mode": graph_mode, "encode_batch_size": algo.encode_batch_size}
         if algo.name == "unbiased":
             kwargs.update(seed=algo.seed + self.rank, compensate=algo.compensate)
-        self.strategy = build_strategy(algo.name, algo.window, **kwargs)
+        objective = Objective(lm=cfg.objective.lm, distill=cfg.objective.distill)
+        self.strategy = build_strategy(algo.name, algo.window, objective=objective, **kwargs)
         self.engine = engine.UIOEngine(
             model, ds_config, self.strategy, lr_lambda=lambda step: cfg.optim.lr_multiplier(step, cfg.steps)
         )
@@ -323,7 +325,12 @@ class Trainer:
     def _log_step(self, out, seconds: float) -> None:
         w, s = self.writer, self.step
         w.add_scalar("train/loss", out.loss, s)
-        w.add_scalar("train/perplexity", float(torch.tensor(out.loss).exp()), s)
+        # with distillation the loss is the weighted objective; perplexity is the next-token loss's
+        lm_loss = out.stats["lm_loss_sum"] / out.tokens if "lm_loss_sum" in out.stats and out.tokens else out.loss
+        w.add_scalar("train/perplexity", float(torch.tensor(lm_loss).exp()), s)
+        if "distill_sum" in out.stats and out.tokens:
+            w.add_scalar("train/lm_loss", lm_loss, s)
+            w.add_scalar("train/distill_kl", out.stats["distill_sum"] / out.tokens, s)
         w.add_scalar("train/lr", out.lr, s)
         if out.grad_norm is not None:
             w.add_scalar("train/grad_norm", out.grad_norm, s)
@@ -347,6 +354,9 @@ class Trainer:
             record = {"step": s, "loss": _finite_or_none(out.loss), "lr": out.lr,
                       "grad_norm": _finite_or_none(out.grad_norm), "tokens": out.tokens,
                       "seconds": round(seconds, 4), "skipped": out.skipped, "non_finite": out.non_finite}
+            if "distill_sum" in out.stats and out.tokens:
+                record["lm_loss"] = _finite_or_none(lm_loss)
+                record["distill_kl"] = _finite_or_none(out.stats["distill_sum"] / out.tokens)
             with open(os.path.join(self.config.output_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
 

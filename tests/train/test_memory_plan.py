@@ -23,7 +23,9 @@ def _settings(**over) -> PlanSettings:
     {"algorithm": "tbptt"},
     {"algorithm": "full", "window": None},
     {"dtype": "bfloat16", "micro_batch": 2},
-], ids=["unbiased-keep", "unbiased-recompute", "unbiased-recompute-offload", "tbptt", "full", "bf16-batch2"])
+    {"distill": 1.0},                                    # the teacher's passes and cache as well
+], ids=["unbiased-keep", "unbiased-recompute", "unbiased-recompute-offload", "tbptt", "full", "bf16-batch2",
+        "distill"])
 def test_predicted_peak_matches_measured_within_10_percent(tiny_dirs, over):
     for arch in ("llama", "qwen2"):
         s = _settings(**over)
@@ -40,6 +42,13 @@ def test_breakdown_names_the_parts_and_sums_to_the_peak(tiny_dirs):
     assert sum(p.step.values()) == p.step_peak
     # full BPTT at its peak holds every encoder graph and a decoder graph
     assert p.step["encoder graphs"] > 0 and p.step["decoder activations"] > 0
+
+
+def test_distillation_holds_the_teachers_cache(tiny_dirs):
+    lm = plan(tiny_dirs["llama"], _settings(document_tokens=320))
+    distilled = plan(tiny_dirs["llama"], _settings(document_tokens=320, distill=1.0))
+    assert distilled.step.get("teacher", 0) > 0 and "teacher" not in lm.step
+    assert distilled.step_peak > lm.step_peak
 
 
 def test_activation_offload_keeps_saved_tensors_off_the_device(tiny_dirs):

@@ -276,3 +276,20 @@ def test_resume_applies_rate_changes_and_refuses_trajectory_changes(run_config, 
     assert "--allow-config-change" in refused.stderr and ckpt.latest_tag(os.path.join(out, "checkpoints")) == "step00000006"
     proc = launch(config, out, "steps=7", "data.documents_per_step=1", "--resume", "auto", "--allow-config-change")
     assert "data.documents_per_step: 2 -> 1" in proc.stdout and sorted(losses(out)) == list(range(1, 8))
+
+
+def test_distillation_trains_on_two_ranks_and_logs_both_terms(run_config, tmp_path):
+    """objective.distill through the launcher: every step's loss is the weighted sum of the
+    next-token loss and the KL to the base reading everything, both logged; ZeRO-3 is refused."""
+    config, _ = run_config
+    out = str(tmp_path / "distill")
+    launch(config, out, "steps=2", "objective.lm=0.5", "objective.distill=2.0")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert r["distill_kl"] > 0 and r["lm_loss"] > 0
+        assert r["loss"] == pytest.approx(0.5 * r["lm_loss"] + 2.0 * r["distill_kl"], rel=1e-4)
+    refused = launch_failing(config, str(tmp_path / "z3"), "objective.distill=1", "--deepspeed",
+                             os.path.join(REPO, "ds_configs", "zero3.json"))
+    assert refused.returncode == 2 and "objective.distill=1" in refused.stderr and "Traceback" not in refused.stderr

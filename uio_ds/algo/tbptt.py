@@ -283,6 +283,7 @@ class TBPTT(Strategy):
         stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
                  "segments": len(bounds)}
         teacher = self.objective.teacher(model)
+        _count_terms(stats, None, self.objective)
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             targets = segment_targets(labels, a, b)
@@ -303,7 +304,7 @@ class TBPTT(Strategy):
             memory = values[:first] + fresh
             out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
             self._add(buffers, _grad(out.loss_sum * scale, params))
-            _count_terms(stats, out)
+            _count_terms(stats, out, self.objective)
             sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)
         return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
@@ -442,6 +443,7 @@ class _LeafWindowStrategy(Strategy):
             stats["encoder_backward_passes"] += 1
 
         teacher = self.objective.teacher(model)
+        _count_terms(stats, None, self.objective)
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             if t > 0:
@@ -470,7 +472,7 @@ class _LeafWindowStrategy(Strategy):
             # 'offload' and 'recompute_offload' move the decoder's saved activations to the host
             with _graph_context(self.graph_mode, self.offload_device):
                 out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
-            _count_terms(stats, out)
+            _count_terms(stats, out, self.objective)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -573,11 +575,15 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
-def _count_terms(stats: dict, out) -> None:
-    """With distillation, the two terms of the loss apart (``loss_sum`` is their weighted sum)."""
-    if out.distill_sum is not None:
-        stats["lm_loss_sum"] = stats.get("lm_loss_sum", 0.0) + out.lm_loss_sum.item()
-        stats["distill_sum"] = stats.get("distill_sum", 0.0) + out.distill_sum.item()
+def _count_terms(stats: dict, out, objective: Objective) -> None:
+    """With distillation, the two terms of the loss apart (``loss_sum`` is their weighted sum): the
+    next-token loss of every decoder step, the KL of those the teacher reached. The keys are there
+    from a document's start, so every rank reduces the same statistics."""
+    if not objective.uses_teacher:
+        return
+    stats["lm_loss_sum"] = stats.get("lm_loss_sum", 0.0) + (out.lm_loss_sum.item() if out is not None else 0.0)
+    stats["distill_sum"] = stats.get("distill_sum", 0.0) + (
+        out.distill_sum.item() if out is not None and out.distill_sum is not None else 0.0)
 
 
 def _has_targets(targets: torch.Tensor) -> bool:

@@ -714,7 +714,7 @@ class UIOMemoryModel(nn.Module):
         should predict (``IGNORE_INDEX`` to skip). The loss is summed; see ``DecoderOutput.loss``.
 
         The loss is ``lm_weight`` x the next-token loss; with ``teacher_logprobs`` (B, n, vocab),
-        from ``teacher_logits`` of the base reading the whole text, ``distill_weight`` x KL(teacher
+        from ``teacher_logprobs`` of the base reading the whole text, ``distill_weight`` x KL(teacher
         || decoder) is added, both summed over the positions ``targets`` scores (distillation from
         the base reading everything: the loss sits where the far context changes the prediction).
         """
@@ -742,12 +742,13 @@ class UIOMemoryModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def teacher_logits(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
-        """The frozen base (no adapter) over ``input_ids`` after ``cache``, the raw K/V of what
-        it has read before (``build_cache(None)`` at the start of a text, extended in place):
-        full attention, the distillation teacher."""
+    def teacher_logprobs(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
+        """Log-probabilities (float32) of the frozen base (no adapter) over ``input_ids`` after
+        ``cache``, the raw K/V of what it has read before (``build_cache(None)`` at the start of a
+        text, extended in place): full attention, the distillation teacher."""
         with self.adapter(None):
-            return forward_after_cache(self.base, input_ids, cache)
+            logits = forward_after_cache(self.base, input_ids, cache)
+        return F.log_softmax(logits.float(), dim=-1)
 
     # ------------------------------------------------------------------ whole documents
 
@@ -851,7 +852,7 @@ def distillation_sum(logits: torch.Tensor, teacher_logprobs: torch.Tensor, score
     student = F.log_softmax(logits, dim=-1)
     teacher = teacher_logprobs.to(student.dtype)
     per_position = (teacher.exp() * (teacher - student)).sum(-1)
-    return per_position[scored].sum()
+    return torch.where(scored, per_position, 0.0).sum()  # no boolean indexing: the planner runs this on fake tensors
 
 
 def peak_positions(config: UIOConfig, total_tokens: int) -> int:

@@ -14,7 +14,6 @@ alone.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 class FullAttentionTeacher:
@@ -26,17 +25,16 @@ class FullAttentionTeacher:
     ``None`` once the texts pass the base model's position range.
     """
 
-    def __init__(self, model, dtype: torch.dtype = torch.float32):
+    def __init__(self, model):
         self.model = model
         self.cache = model.build_cache(None)
         self.read = 0
-        self.dtype = dtype
 
     def next_segment(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         n = input_ids.shape[1]
         if self.read + n > self.model.max_positions:
             self.read += n
             return None
-        logits = self.model.teacher_logits(input_ids, self.cache)
+        logprobs = self.model.teacher_logprobs(input_ids, self.cache)
         self.read += n
-        return F.log_softmax(logits.to(self.dtype), dim=-1)
+        return logprobs
