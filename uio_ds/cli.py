@@ -8,6 +8,7 @@ Commands:
   demo       build a tiny model, compress a long generated text, stream a continuation
   make-tiny  write a tiny Llama / Mistral / Qwen2 checkpoint + tokenizer to a directory
   make-recall-data  write recall documents (a pass key stated early, asked for at the end)
+  make-fact-data  write fact-retrieval documents: many wordings, key kinds and haystacks, several facts each
   generate   read a long prompt from a file or stdin and stream a continuation
   serve      an OpenAI-compatible HTTP server (completions, chat, streaming, sessions)
   chat       chat in the terminal, the conversation kept as memory (/load FILE adds a document)
@@ -105,6 +106,26 @@ def _parser() -> argparse.ArgumentParser:
                              "(a haystack); repeat: a digit run repeated after story text; "
                              "copy: a digit run repeated at once (induction practice); "
                              "story: plain generated text (a haystack without keys)")
+
+    facts = sub.add_parser("make-fact-data", help="write fact-retrieval documents (prompt-completion jsonl) in "
+                                                  "varied wordings, key kinds and haystacks")
+    facts.add_argument("--out", required=True)
+    facts.add_argument("--tokenizer", required=True, help="model directory whose tokenizer measures --tokens")
+    facts.add_argument("--tokens", type=int, nargs="+", required=True, help="document lengths, drawn uniformly")
+    facts.add_argument("--documents", type=int, default=1000)
+    facts.add_argument("--haystacks", nargs="+", default=["books", "story", "code"],
+                       help="books (needs --corpus), story, code, licenses (default: licenses held out)")
+    facts.add_argument("--templates", nargs="+", default=["train"],
+                       help="a split (train, held_out, all) or template names (uio_ds.formats.FACT_TEMPLATES)")
+    facts.add_argument("--key-kinds", nargs="+", default=None, help="digits, number, words, name, uuid (default: all)")
+    facts.add_argument("--facts", type=int, nargs=2, default=(1, 3), metavar=("MIN", "MAX"), help="facts per document")
+    facts.add_argument("--questions", type=int, nargs=2, default=(1, 2), metavar=("MIN", "MAX"),
+                       help="facts asked about per document")
+    facts.add_argument("--depth", type=float, nargs=2, default=(0.0, 1.0), metavar=("MIN", "MAX"),
+                       help="relative depth of each fact, drawn uniformly")
+    facts.add_argument("--corpus", default=None, help="text source of the books haystack (e.g. data/kjv)")
+    facts.add_argument("--split", default="train", help="split of --corpus")
+    facts.add_argument("--seed", type=int, default=0)
 
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
     demo.add_argument("--out", default="outputs/demo", help="where the tiny model and UIO parts are written")
@@ -252,6 +273,22 @@ def cmd_make_recall_data(args) -> int:
     return 0
 
 
+def cmd_make_fact_data(args) -> int:
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.facts import write_fact_jsonl
+    from uio_ds.formats import FACT_KEY_KINDS
+
+    if not 0.0 <= args.depth[0] <= args.depth[1] <= 1.0:
+        raise SystemExit(f"error: --depth {args.depth[0]} {args.depth[1]}: give 0 <= MIN <= MAX <= 1")
+    templates = args.templates[0] if len(args.templates) == 1 and args.templates[0] in ("train", "held_out", "all") \
+        else args.templates
+    write_fact_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer), args.tokens,
+                     args.haystacks, templates, args.key_kinds or FACT_KEY_KINDS, tuple(args.facts),
+                     tuple(args.questions), tuple(args.depth), args.corpus, args.split, args.seed)
+    return 0
+
+
 def cmd_demo(args) -> int:
     import torch
     from transformers import AutoTokenizer
@@ -364,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "make-tiny": cmd_make_tiny,
         "make-recall-data": cmd_make_recall_data,
+        "make-fact-data": cmd_make_fact_data,
         "demo": cmd_demo,
         "generate": cmd_generate,
         "prepare-model": cmd_prepare_model,

@@ -95,3 +95,74 @@ def synthetic_text(num_sentences: int, seed: int = 0, sentences_per_paragraph: i
     if current:
         paragraphs.append(" ".join(current))
     return "\n\n".join(paragraphs)
+
+
+# ---------------------------------------------------------------------------------- facts
+#
+# Fact retrieval in many wordings: a fact sentence placed in a long text, a question at the end
+# whose last words start the answer (a cloze, so base and instruction models answer alike). The
+# data generators train on the "train" templates; evaluations report the "held_out" ones apart,
+# so a memory is judged on wording it never saw.
+
+FACT_TEMPLATES = {
+    # name: (split, fact sentence, question ending where the answer starts)
+    "pass_key": ("train", "The pass key is {key}. Remember it.", "What is the pass key? The pass key is"),
+    "locker_code": ("train", "{name} keeps the {thing} in the {place}, and its code is {key}.",
+                    "What is the code of {name}'s {thing}? The code is"),
+    "place_password": ("train", "Note for later: the password of the {place} is {key}.",
+                       "What is the password of the {place}? It is"),
+    "written_down": ("train", "In the {place}, {name} wrote down {key} on a card.",
+                     "What did {name} write down on the card in the {place}? {name} wrote down"),
+    "label": ("train", "The {adjective} {thing} is labelled {key}.",
+              "How is the {adjective} {thing} labelled? It is labelled"),
+    "meeting_room": ("train", "Do not forget: the meeting will be held in room {key}.",
+                     "In which room will the meeting be held? In room"),
+    "shipment": ("train", "A message arrived: the shipment code is {key}.",
+                 "What was the shipment code in the message? The shipment code is"),
+    "riddle": ("train", "The answer to the riddle of the {place} is {key}.",
+               "What is the answer to the riddle of the {place}? The answer is"),
+    "secret_number": ("held_out", "Remember this: the secret number is {key}.",
+                      "What was the secret number mentioned above? The secret number was"),
+    "combination": ("held_out", "Important: {name}'s locker combination is {key}.",
+                    "What is {name}'s locker combination? It is"),
+    "access_token": ("held_out", "{name} said: \"My access token is {key}.\"",
+                     "What access token did {name} mention? {name}'s access token is"),
+    "ledger_entry": ("held_out", "The last entry in the {adjective} ledger reads {key}.",
+                     "What does the last entry in the {adjective} ledger read? It reads"),
+}
+
+FACT_KEY_KINDS = ("digits", "number", "words", "name", "uuid")
+
+
+def fact_key(kind: str, rng: random.Random) -> str:
+    """A key of ``kind``: five digits, a seven-digit number, two words, a full name, or a
+    UUID-like hex string (8-4 characters)."""
+    if kind == "digits":
+        return "".join(rng.choice("0123456789") for _ in range(5))
+    if kind == "number":
+        return str(rng.randint(1_000_000, 9_999_999))
+    if kind == "words":
+        return f"{rng.choice(ADJECTIVES)} {rng.choice(OBJECTS)}"
+    if kind == "name":
+        return f"{rng.choice(NAMES)} {rng.choice(NAMES)}son"
+    if kind == "uuid":
+        return "".join(rng.choice("0123456789abcdef") for _ in range(8)) + "-" + "".join(
+            rng.choice("0123456789abcdef") for _ in range(4))
+    raise ValueError(f"unknown fact key kind {kind!r}: choose one of {list(FACT_KEY_KINDS)}")
+
+
+def fact_templates(split: str) -> list[str]:
+    """Names of the templates of ``split`` ("train", "held_out" or "all")."""
+    if split not in ("train", "held_out", "all"):
+        raise ValueError(f"fact template split {split!r}: choose train, held_out or all")
+    return [name for name, (s, _, _) in FACT_TEMPLATES.items() if split in ("all", s)]
+
+
+def render_fact(template: str, key: str, rng: random.Random) -> tuple[str, str]:
+    """(fact sentence, question) of ``template`` with ``key`` and randomly drawn slot words."""
+    if template not in FACT_TEMPLATES:
+        raise ValueError(f"unknown fact template {template!r}: choose one of {sorted(FACT_TEMPLATES)}")
+    _, fact, question = FACT_TEMPLATES[template]
+    slots = {"name": rng.choice(NAMES), "thing": rng.choice(OBJECTS), "place": rng.choice(PLACES),
+             "adjective": rng.choice(ADJECTIVES)}
+    return fact.format(key=key, **slots), question.format(**slots)

@@ -89,3 +89,18 @@ def test_make_recall_data_states_the_key_and_answers_it(tmp_path, kind):
         from uio_ds.data.synthetic import PASSKEY_FILLER
 
         assert all(3 <= d["text"].count(PASSKEY_FILLER) <= 6 for d in docs)
+
+
+def test_make_fact_data_writes_varied_records(tiny_dirs, tmp_path, capsys):
+    import json
+
+    out = str(tmp_path / "facts.jsonl")
+    assert main(["make-fact-data", "--out", out, "--tokenizer", tiny_dirs["llama"], "--tokens", "300",
+                 "--documents", "12", "--haystacks", "story", "code", "--templates", "held_out"]) == 0
+    with open(out) as f:
+        records = [json.loads(line) for line in f]
+    assert len(records) == 12 and "wrote 12 fact documents" in capsys.readouterr().out
+    assert all(r["prompt"].endswith(r["questions"][0]) for r in records)
+    assert main(["make-fact-data", "--out", out, "--tokenizer", tiny_dirs["llama"], "--tokens", "300",
+                 "--haystacks", "books"]) == 2
+    assert "haystack 'books' reads a text source" in capsys.readouterr().err
