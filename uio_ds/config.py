@@ -128,6 +128,14 @@ class UIOConfig:
     """Read only the most recent N segment memories (None: every memory that fits the position
     range). A runtime option: trained parts may be evaluated with another window."""
 
+    recent_tokens: int = 0
+    """A raw recent window: the decoder of a segment also reads the raw K/V of the last
+    ``recent_tokens`` tokens before it (a multiple of ``segment_length``: the last k segments as the
+    decoder itself read them, kept as the Compressive Transformer keeps recent memory raw), and
+    memories only of the segments before those. The decoder then starts from what a sliding
+    window sees, and memory has to add only what the window lost. 0: memories alone (the paper).
+    A runtime option; the gradient does not flow through the raw window (its K/V are detached)."""
+
     decoder_recompute: bool = False
     """Activation recompute in the decoder pass under autograd: each decoder layer keeps only its
     input and is run again at backward time (the memory-for-time trade of gradient
@@ -173,6 +181,12 @@ class UIOConfig:
         w = self.memory_window
         if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
             problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 1")
+        k = self.recent_tokens
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            problems.append(f"recent_tokens={k!r}: must be an integer >= 0 (0: no raw window)")
+        elif isinstance(l, int) and l >= 2 and k % l:
+            problems.append(f"recent_tokens={k} is not a multiple of segment_length={l}: the raw window holds whole "
+                            f"segments; use {k // l * l} or {(k // l + 1) * l}")
         for name in ("train_transfer", "decoder_recompute"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r}: must be true or false")

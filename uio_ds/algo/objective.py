@@ -44,9 +44,11 @@ class Objective:
         """The teacher's log-probabilities for the next segment (it must read every segment in order)."""
         return teacher.next_segment(segment) if teacher is not None else None
 
-    def decode(self, model, segment: torch.Tensor, memory, targets: torch.Tensor, taught: torch.Tensor | None):
-        """``model.decode`` with this objective's loss; ``taught`` from ``read`` (None: lm term only)."""
-        return model.decode(segment, memory, targets, taught, self.lm, self.distill)
+    def decode(self, model, segment: torch.Tensor, memory, targets: torch.Tensor, taught: torch.Tensor | None,
+               recent=None):
+        """``model.decode`` with this objective's loss; ``taught`` from ``read`` (None: lm term only);
+        ``recent``: the model's raw recent window, if it has one."""
+        return model.decode(segment, memory, targets, taught, self.lm, self.distill, recent)
 
 
 LM = Objective()

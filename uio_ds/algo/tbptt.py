@@ -201,6 +201,9 @@ class Strategy:
             if self.objective.uses_teacher:
                 raise ValueError("distillation (objective.distill > 0) does not run under ZeRO-3 yet: its teacher "
                                  "passes are not announced to the lockstep; use ZeRO-1/2 or objective.distill=0")
+            if getattr(getattr(model, "config", None), "recent_tokens", 0):
+                raise ValueError("a raw recent window (uio.recent_tokens > 0) does not run under ZeRO-3 yet: the "
+                                 "passes that fill it are not announced to the lockstep; use ZeRO-1/2")
             padded_before = lockstep.padding_passes
         self._lockstep = lockstep
         result = None
@@ -253,7 +256,7 @@ class Full(Strategy):
         objective = self.objective
         out = model(doc, labels=labels, teacher=objective.teacher(model), lm_weight=objective.lm,
                     distill_weight=objective.distill)
-        grads = torch.autograd.grad(out.loss_sum * scale, params, allow_unused=True)
+        grads = _grad(out.loss_sum * scale, params)  # all None when no memory was read
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(
             list(g.detach() if g is not None else None for g in grads), out.loss_sum.item(), out.num_tokens,
@@ -284,11 +287,16 @@ class TBPTT(Strategy):
                  "segments": len(bounds)}
         teacher = self.objective.teacher(model)
         _count_terms(stats, None, self.objective)
+        recent = model.recent_kv()
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             targets = segment_targets(labels, a, b)
             taught = Objective.read(teacher, segs[t])  # the teacher reads every segment, scored or not
             if not _has_targets(targets):
+                if recent is not None:  # the raw window needs this segment as the decoder reads it
+                    with torch.no_grad():
+                        fresh = _encode_all(model, segs[len(values):t], batch) if t > len(values) else []
+                        model.decode(segs[t], _kv(model, values[:t] + fresh, batch), recent=recent)
                 sums.append(0.0)
                 counts.append(0)
                 continue
@@ -302,7 +310,7 @@ class TBPTT(Strategy):
             else:
                 fresh = []
             memory = values[:first] + fresh
-            out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
+            out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught, recent)
             self._add(buffers, _grad(out.loss_sum * scale, params))
             _count_terms(stats, out, self.objective)
             sums.append(out.loss_sum.item())
@@ -444,6 +452,7 @@ class _LeafWindowStrategy(Strategy):
 
         teacher = self.objective.teacher(model)
         _count_terms(stats, None, self.objective)
+        recent = model.recent_kv()
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
             if t > 0:
@@ -462,6 +471,9 @@ class _LeafWindowStrategy(Strategy):
             targets = segment_targets(labels, a, b)
             taught = Objective.read(teacher, segs[t])  # the teacher reads every segment, scored or not
             if not _has_targets(targets):
+                if recent is not None:  # the raw window needs this segment as the decoder reads it
+                    with torch.no_grad():
+                        model.decode(segs[t], _kv(model, values[:t], batch), recent=recent)
                 sums.append(0.0)
                 counts.append(0)
                 continue
@@ -471,7 +483,7 @@ class _LeafWindowStrategy(Strategy):
             self._enter(model, decode_kind(read > 0, any(s in leaves for s in range(t - read, t))))
             # 'offload' and 'recompute_offload' move the decoder's saved activations to the host
             with _graph_context(self.graph_mode, self.offload_device):
-                out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught)
+                out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught, recent)
             _count_terms(stats, out, self.objective)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
@@ -558,9 +570,11 @@ def _encode_all(model, segments: list[torch.Tensor], batch: int, chunk: int | No
 
 
 def _kv(model, memory: list[torch.Tensor], batch: int):
-    """Transfer head over the memories of earlier segments, side by side along the tokens."""
-    # memories the decoder would drop for lack of positions take no transfer-head pass
-    memory = memory[len(memory) - model.readable_memories(len(memory)):]
+    """Transfer head over the memories that the decoder of segment ``len(memory)`` reads (those of
+    the earlier segments, less the ones its raw window covers or the position range drops), side
+    by side along the tokens."""
+    first, stop = model.read_memories(len(memory))
+    memory = memory[first:stop]
     if not memory:
         return None
     # rows ordered (document, segment), which per_text turns into one row per document

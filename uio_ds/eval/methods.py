@@ -73,12 +73,16 @@ class UIOMethod(Method):
         if self.use_memory and len(bounds) > 1:
             memory = model.compress(ids[:, : bounds[-1][0]], self.encode_batch_size)
         losses = []
+        recent = model.recent_kv() if self.use_memory else None
+        m = model.num_mem_tokens
         for t, (a, b) in enumerate(bounds):
-            if t < first_segment:
-                continue
-            prefix = memory.token_slice(0, t * model.num_mem_tokens) if memory is not None and t > 0 else None
-            logits = model.decode(ids[:, a:b], prefix).logits
-            losses += _token_losses(logits, segment_targets(ids, a, b))
+            if t < first_segment and recent is None:
+                continue  # a segment before the scored ones matters only through its memory, or its raw K/V
+            first, stop = model.read_memories(t)
+            prefix = memory.token_slice(first * m, stop * m) if memory is not None and stop > first else None
+            logits = model.decode(ids[:, a:b], prefix, recent=recent).logits
+            if t >= first_segment:
+                losses += _token_losses(logits, segment_targets(ids, a, b))
         return losses
 
     def last_losses(self, ids, n):

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from uio_ds.model.kv import cache_from_rotated, rotate_keys
+from uio_ds.model.kv import cache_from_rotated, capture_kv, rotate_keys
 from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
 
 
@@ -33,6 +33,9 @@ class MemoryStream:
         self.cache = None
         self._rotated: torch.Tensor | None = None  # memory keys with RoPE at their fixed positions
         self.num_compressions = 0
+        # with a raw recent window: its K/V, and the K/V of the residual's tokens as the decoder read them
+        self.recent = model.recent_kv()
+        self._pending: list[MemoryKV] = []
 
     @property
     def memory_tokens(self) -> int:
@@ -49,8 +52,21 @@ class MemoryStream:
         memory = kv if self.memory is None else MemoryKV.cat([self.memory, kv])
         # Under 'drop_oldest' the memories outside the window are released, not just hidden;
         # under 'error' the whole text was checked before any work (UIOMemoryModel.check_length).
-        self.memory = model.fit_positions(memory, 1)
         self.residual = self.residual[:, :0]
+        if self.recent is not None:
+            # The segment just compressed joins the raw window as the decoder read it. The decoder
+            # reads the memories of the segments before the window (as many as the memory window and
+            # the positions allow), then the window: training's read_memories, one segment at a time.
+            self.recent.add(MemoryKV.cat(self._pending))
+            self._pending = []
+            covered = min(model.recent_segments, self.num_compressions) * model.num_mem_tokens
+            split = memory.num_tokens - covered
+            older = model.fit_positions(memory.token_slice(0, split) if split else None, 1, self.recent.num_tokens)
+            newest = memory.token_slice(split, memory.num_tokens) if covered else None
+            self.memory = MemoryKV.cat([p for p in (older, newest) if p is not None])
+            self.cache = model.build_cache(MemoryKV.cat([p for p in (older, self.recent.kv) if p is not None]))
+            return
+        self.memory = model.fit_positions(memory, 1)
         if model.config.position_overflow == "error" and model.config.memory_window is None:
             # Memories keep their positions for good: rotate only the new one, at its fixed place.
             new = rotate_keys(model.base, kv.keys, start=old_tokens)
@@ -63,6 +79,7 @@ class MemoryStream:
         """Read the prompt (B, P); return the next-token logits (B, vocab)."""
         self.residual = input_ids[:, :0]
         self.cache = self.model.build_cache(None)
+        self.recent, self._pending = self.model.recent_kv(), []
         return self.extend(input_ids)
 
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -74,6 +91,13 @@ class MemoryStream:
             raise ValueError("extend needs at least one token")
         l = self.model.segment_length
         logits = None
+        if self.recent is not None:
+            # every segment must pass through the decoder, in order, to give the raw window its K/V
+            while tokens.shape[1] > 0:
+                take = min(l - self.residual.shape[1], tokens.shape[1])
+                logits = self.feed(tokens[:, :take])
+                tokens = tokens[:, take:]
+            return logits
         if self.residual.shape[1] > 0:
             take = min(l - self.residual.shape[1], tokens.shape[1])
             logits = self.feed(tokens[:, :take])
@@ -87,7 +111,12 @@ class MemoryStream:
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
-        logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+        if self.recent is None:
+            logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+        else:
+            with capture_kv(self.model.base) as found:
+                logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+            self._pending.append(found[0])
         self.residual = torch.cat([self.residual, tokens], dim=1)
         if self.residual.shape[1] == self.model.segment_length:
             self._append_memory(self._compress(self.residual))

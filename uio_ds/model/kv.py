@@ -65,6 +65,26 @@ class MemoryKV:
         return MemoryKV(regroup(self.keys), regroup(self.values))
 
 
+class RecentKV:
+    """The raw recent window of a decoder: the un-rotated K/V of the last ``tokens`` tokens the
+    decoder itself read (detached), which the next decoder pass reads between the memories and
+    its own tokens."""
+
+    def __init__(self, tokens: int):
+        self.tokens = tokens
+        self.kv: MemoryKV | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.kv.num_tokens if self.kv is not None else 0
+
+    def add(self, kv: MemoryKV) -> None:
+        """Append a pass's K/V (its tokens in order) and keep the last ``tokens`` of them."""
+        kv = MemoryKV(kv.keys.detach(), kv.values.detach())
+        kv = kv if self.kv is None else MemoryKV.cat([self.kv, kv])
+        self.kv = kv.token_slice(max(0, kv.num_tokens - self.tokens), kv.num_tokens)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

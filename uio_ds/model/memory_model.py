@@ -33,7 +33,7 @@ from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.attention import resolve_attention
 from uio_ds.model.base import load_causal_lm
-from uio_ds.model.kv import MemoryKV, forward_after_cache, prefix_cache
+from uio_ds.model.kv import MemoryKV, RecentKV, capture_kv, forward_after_cache, prefix_cache
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 ADAPTERS = ("encoder", "transfer", "decoder")
@@ -42,7 +42,7 @@ MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 # Reading a prompt, the encoder's working memory is kept within 1/ENCODE_BUDGET_SHARE of the KV
 # cache full attention would hold for the same tokens (UIOMemoryModel.encode_batch_for).
 ENCODE_BUDGET_SHARE = 8
-RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "decoder_recompute")
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "recent_tokens", "decoder_recompute")
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
@@ -366,6 +366,21 @@ class UIOMemoryModel(nn.Module):
         return self.config.segment_length
 
     @property
+    def recent_segments(self) -> int:
+        """k: segments the decoder reads raw before its own (``recent_tokens / segment_length``)."""
+        return self.config.recent_tokens // self.segment_length
+
+    def recent_kv(self) -> RecentKV | None:
+        """A fresh raw recent window for one batch of texts, or None without one."""
+        return RecentKV(self.config.recent_tokens) if self.config.recent_tokens else None
+
+    def read_memories(self, t: int) -> tuple[int, int]:
+        """(first, stop): the memories that segment t's decoder reads, ``first..stop-1``: those of
+        the segments before its raw window, of which the most recent ``readable_memories``."""
+        stop = max(0, t - self.recent_segments)
+        return stop - self.readable_memories(stop), stop
+
+    @property
     def max_positions(self) -> int:
         return self.base.config.max_position_embeddings
 
@@ -594,12 +609,13 @@ class UIOMemoryModel(nn.Module):
 
     # ------------------------------------------------------------------ decoder
 
-    def fit_positions(self, memory: MemoryKV | None, query_length: int) -> MemoryKV | None:
-        """Apply ``position_overflow`` when [memory ; query] exceeds the base model's positions.
+    def fit_positions(self, memory: MemoryKV | None, query_length: int, raw_tokens: int = 0) -> MemoryKV | None:
+        """Apply ``position_overflow`` when [memory ; raw window ; query] exceeds the base model's
+        positions (``raw_tokens``: what the raw recent window holds now).
 
-        'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l) / m)
-        memories, a fixed window that leaves room for a full segment, so training and
-        streaming generation see the same memories whatever the query length.
+        'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l - recent) / m)
+        memories, a fixed window that leaves room for a full segment and a full raw window, so
+        training and streaming generation see the same memories whatever the query length.
         """
         if query_length > self.segment_length:
             raise ValueError(
@@ -610,14 +626,15 @@ class UIOMemoryModel(nn.Module):
             memory = memory.token_slice(memory.num_tokens - window * self.num_mem_tokens, memory.num_tokens)
         num_memory = memory.num_tokens if memory is not None else 0
         if self.config.position_overflow == "drop_oldest":
-            keep = (self.max_positions - self.segment_length) // self.num_mem_tokens * self.num_mem_tokens
+            keep = self._droppable_room() // self.num_mem_tokens * self.num_mem_tokens
             if num_memory <= keep:
                 return memory
             return memory.token_slice(num_memory - keep, num_memory) if keep > 0 else None
-        used = num_memory + query_length
+        used = num_memory + raw_tokens + query_length
         if used > self.max_positions:
+            raw = f" + {raw_tokens} raw recent tokens" if raw_tokens else ""
             raise PositionRangeError(
-                f"{num_memory} memory tokens + {query_length} segment tokens need {used} positions, "
+                f"{num_memory} memory tokens{raw} + {query_length} segment tokens need {used} positions, "
                 f"but the base model has max_position_embeddings={self.max_positions} "
                 f"(about {self.max_tokens_supported()} tokens of text at segment_length={self.segment_length}, "
                 f"compression_ratio={self.config.compression_ratio}); use a larger compression_ratio, a "
@@ -633,7 +650,11 @@ class UIOMemoryModel(nn.Module):
             num_memories = min(num_memories, self.config.memory_window)
         if self.config.position_overflow != "drop_oldest":
             return num_memories
-        return min(num_memories, (self.max_positions - self.segment_length) // self.num_mem_tokens)
+        return min(num_memories, self._droppable_room() // self.num_mem_tokens)
+
+    def _droppable_room(self) -> int:
+        """Positions left for memories under 'drop_oldest': a full segment and a full raw window first."""
+        return max(0, self.max_positions - self.segment_length - self.config.recent_tokens)
 
     def max_tokens_supported(self) -> int | None:
         """Longest text whose every decoder call fits in the position range (policy 'error');
@@ -707,6 +728,7 @@ class UIOMemoryModel(nn.Module):
         teacher_logprobs: torch.Tensor | None = None,
         lm_weight: float = 1.0,
         distill_weight: float = 1.0,
+        recent: RecentKV | None = None,
     ) -> DecoderOutput:
         """Decoder pass of one segment (B, n) after the memories in ``memory`` (B rows, M tokens).
 
@@ -717,13 +739,24 @@ class UIOMemoryModel(nn.Module):
         from ``teacher_logprobs`` of the base reading the whole text, ``distill_weight`` x KL(teacher
         || decoder) is added, both summed over the positions ``targets`` scores (distillation from
         the base reading everything: the loss sits where the far context changes the prediction).
+
+        ``recent`` (from ``recent_kv``, with ``recent_tokens`` > 0): the raw window, read after the
+        memories, and extended by this pass's own K/V for the next segment's pass.
         """
         if memory is not None and memory.batch_size != input_ids.shape[0]:
             raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
-        memory = self.fit_positions(memory, input_ids.shape[1])
+        raw = recent.kv if recent is not None else None
+        memory = self.fit_positions(memory, input_ids.shape[1], raw.num_tokens if raw is not None else 0)
+        parts = [p for p in (memory, raw) if p is not None]
+        prefix = MemoryKV.cat(parts) if parts else None
         # the pass's cache is dropped after it: read-only, so a recomputed layer sees the same K/V
-        cache = self.build_cache(memory, read_only=self.config.decoder_recompute) if memory is not None else None
-        logits = self.decoder_forward(input_ids, cache)
+        cache = self.build_cache(prefix, read_only=self.config.decoder_recompute) if prefix is not None else None
+        if recent is None:
+            logits = self.decoder_forward(input_ids, cache)
+        else:
+            with capture_kv(self.base) as found:
+                logits = self.decoder_forward(input_ids, cache)
+            recent.add(found[0])
         out = DecoderOutput(logits=logits, memory_tokens=memory.num_tokens if memory is not None else 0)
         if targets is not None:
             if targets.shape != input_ids.shape:
@@ -771,11 +804,14 @@ class UIOMemoryModel(nn.Module):
             # The last segment's memory would serve no loss: never build it.
             memory = self.compress(input_ids[:, : bounds[-1][0]], batch_size=None)
         sums, counts = [], []
+        recent = self.recent_kv()
+        m = self.num_mem_tokens
         for t, (start, stop) in enumerate(bounds):
-            previous = memory.token_slice(0, t * self.num_mem_tokens) if t > 0 else None
+            first, last = self.read_memories(t)
+            previous = memory.token_slice(first * m, last * m) if last > first else None
             taught = teacher.next_segment(input_ids[:, start:stop]) if teacher is not None else None
             out = self.decode(input_ids[:, start:stop], previous, segment_targets(labels, start, stop), taught,
-                              lm_weight, distill_weight)
+                              lm_weight, distill_weight, recent)
             sums.append(out.loss_sum)
             counts.append(out.num_tokens)
         return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts)
@@ -858,18 +894,30 @@ def distillation_sum(logits: torch.Tensor, teacher_logprobs: torch.Tensor, score
 def peak_positions(config: UIOConfig, total_tokens: int) -> int:
     """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
     l, m, w = config.segment_length, config.num_mem_tokens, config.memory_window
+    k = config.recent_tokens // l
     c = (total_tokens - 1) // l
-    read = (lambda n: min(n, w)) if w is not None else (lambda n: n)  # noqa: E731
-    last = read(c) * m + (total_tokens - c * l)
-    return max(last, read(c - 1) * m + l) if c >= 1 else last
+
+    def used(t: int, n: int) -> int:  # segment t of n tokens: its memories, its raw window, itself
+        memories = max(0, t - k)
+        return (min(memories, w) if w is not None else memories) * m + min(k, t) * l + n
+
+    last = used(c, total_tokens - c * l)
+    return max(last, used(c - 1, l)) if c >= 1 else last
 
 
 def max_tokens_supported(config: UIOConfig, limit: int) -> int | None:
     """Longest text whose every decoder call fits in ``limit`` positions (policy 'error'); None
     when a ``memory_window`` keeps every decoder call in range whatever the length."""
     l, m = config.segment_length, config.num_mem_tokens
-    if config.memory_window is not None and config.memory_window * m + l <= limit:
+    if config.memory_window is not None and config.memory_window * m + config.recent_tokens + l <= limit:
         return None
+    if config.recent_tokens:
+        # the largest text whose peak fits: peak_positions grows with the length
+        low, high = 0, (limit // m + 2) * l
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if peak_positions(config, mid) <= limit else (low, mid - 1)
+        return low
     # A full segment still fits after c memories while c*m + l <= limit; after one more
     # memory, a final residual can use whatever positions are left.
     c = (limit - l) // m
