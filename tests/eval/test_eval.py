@@ -166,6 +166,17 @@ def test_eval_command_writes_json_and_plots(tiny_dirs, tmp_path):
     report = json.loads((tmp_path / "t.json").read_text())
     assert set(report["perplexity"]) == {"uio", "no_memory", "streaming", "full"}
     assert (tmp_path / "t_perplexity.png").exists() and (tmp_path / "t_passkey.png").exists()
+    # what each method reads, stated: l = 32, 4 memory slots per segment, StreamingLLM's default window
+    kv = report["kv_entries"]
+    assert kv["uio"] == {"64": 36, "256": 7 * 4 + 32} and kv["no_memory"] == {"64": 32, "256": 32}
+    assert kv["full"] == {"64": 64, "256": 256} and kv["streaming"]["256"] == 32 + 7
+    # with a raw window of one segment, uio reads that segment raw and memories only before it
+    code = main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+                 "--recent-tokens", "32", "--data", str(docs), "--tasks", "perplexity", "--methods", "uio",
+                 "--lengths", "256", "--out", str(tmp_path), "--name", "r"])
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["config"]["recent_tokens"] == 32 and report["kv_entries"]["uio"] == {"256": 6 * 4 + 32 + 32}
 
 
 def test_last_losses_equal_the_tail_of_all_losses(model):

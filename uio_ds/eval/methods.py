@@ -56,6 +56,11 @@ class Method:
         """Loss of the last ``n`` tokens of a (1, T) text (an answer after its prompt)."""
         return self.token_losses(ids)[-n:]
 
+    def kv_entries(self, n: int) -> int | None:
+        """The most K/V entries one query reads (its own among them) while the method reads an
+        ``n``-token text: the budget that comparisons hold equal. None where it is not fixed."""
+        return None
+
 
 class UIOMethod(Method):
     def __init__(self, model: UIOMemoryModel, use_memory: bool = True, encode_batch_size: int | str | None = "auto"):
@@ -85,6 +90,11 @@ class UIOMethod(Method):
                 losses += _token_losses(logits, segment_targets(ids, a, b))
         return losses
 
+    def kv_entries(self, n):
+        if not self.use_memory:
+            return min(n, self.model.segment_length)
+        return self.model.peak_positions(n)  # memories read, the raw window, the segment
+
     def last_losses(self, ids, n):
         # only the segments that score the last n tokens are decoded: token j is scored at
         # position j - 1, so the first of them is scored in segment (T - n - 1) // l
@@ -109,6 +119,10 @@ class StreamingMethod(Method):
     def __init__(self, base, sink_tokens: int = 4, window_tokens: int = 1020, chunk_tokens: int | None = None):
         self.streaming = StreamingLLM(base, sink_tokens, window_tokens, chunk_tokens)
 
+    def kv_entries(self, n):
+        s = self.streaming
+        return min(n, s.sink_tokens + s.window_tokens + s.chunk_tokens)  # the cache, then a chunk read at once
+
     def token_losses(self, ids):
         return self.streaming.score(ids.to(self.streaming.base.device))[2]
 
@@ -130,6 +144,9 @@ class FullAttention(Method):
     def __init__(self, base):
         self.base = base
         self.max_tokens = base.config.max_position_embeddings
+
+    def kv_entries(self, n):
+        return n
 
     @torch.no_grad()
     def token_losses(self, ids):

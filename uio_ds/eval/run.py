@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where the model runs: auto (the CUDA device when there is one, else the CPU), cpu, cuda:N")
     p.add_argument("--memory-window", type=int, default=None,
                    help="uio reads only the most recent N memories (default: every memory that fits)")
+    p.add_argument("--recent-tokens", type=int, default=None,
+                   help="uio's raw recent window in tokens, a multiple of l (default: the parts' own setting)")
     p.add_argument("--streaming-window", type=int, default=None,
                    help="KV entries StreamingLLM reads, its 4 sinks included (default: l, the decoder's window); "
                         "e.g. (n/l)*l/ratio + l to match what uio reads at n tokens")
@@ -162,11 +164,13 @@ def main(argv=None) -> int:
     else:
         config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
                                                ("compression_ratio", args.compression_ratio)) if v})
-    if args.dtype or args.memory_window:
+    if args.dtype or args.memory_window or args.recent_tokens is not None:
         import dataclasses
 
         config = dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype),
-                                                                 ("memory_window", args.memory_window)) if v})
+                                                                 ("memory_window", args.memory_window),
+                                                                 ("recent_tokens", args.recent_tokens))
+                                                if v is not None})
     model = UIOMemoryModel.from_pretrained(args.model, config, device=device)
     if args.uio:
         model.load_trained(args.uio)
@@ -176,6 +180,11 @@ def main(argv=None) -> int:
     report: dict = {"model": args.model, "uio": args.uio, "config": config.to_dict(), "machine": machine(),
                     "device": str(device),
                     "streaming_window": args.streaming_window or model.segment_length, "timings_s": {}}
+    # what each method reads at each length: comparisons are fair at equal decoder K/V entries
+    report["kv_entries"] = {m.name: {n: m.kv_entries(n) for n in args.lengths} for m in methods}
+    print("decoder K/V entries per query, at most, by length: " + "; ".join(
+        f"{name} " + ", ".join(f"{n}: {v}" for n, v in per.items() if v is not None)
+        for name, per in report["kv_entries"].items()))
     names, docs = ([], [])
     if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
         names, docs = _documents(args, tokenizer)
