@@ -204,3 +204,27 @@ def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dir
 
     with pytest.raises(SystemExit, match="--streaming-window 3"):
         main(["--model", tiny_dirs["llama"], "--methods", "streaming", "--streaming-window", "3"])
+
+
+def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path):
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.facts import write_fact_jsonl
+    from uio_ds.eval.run import main
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    path = tmp_path / "facts.jsonl"
+    write_fact_jsonl(str(path), 8, tokenizer, [240], ["story"], templates="all", facts=(1, 2), log=lambda _: None)
+    code = main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+                 "--tasks", "facts", "--facts", str(path), "--methods", "uio", "full", "--out", str(tmp_path),
+                 "--name", "f"])
+    assert code == 0
+    report = json.loads((tmp_path / "f.json").read_text())["facts"]
+    cells = report["methods"]["uio"]["cells"]
+    assert cells["all"]["n"] == 8 and 0 <= cells["all"]["accuracy"] <= 1 and cells["all"]["answer_loss"] > 0
+    assert sum(c["n"] for name, c in cells.items() if name.startswith("wording:")) == 8
+    assert sum(c["n"] for name, c in cells.items() if name.startswith("depth:")) == 8
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: a fact record needs prompt, answers and facts"):
+        main(["--model", tiny_dirs["llama"], "--tasks", "facts", "--facts", str(bad), "--methods", "full"])

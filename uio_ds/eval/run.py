@@ -9,7 +9,7 @@ import time
 
 import torch
 
-TASKS = ("perplexity", "passkey", "autoencode", "longbench")
+TASKS = ("perplexity", "passkey", "autoencode", "longbench", "facts")
 METHODS = ("uio", "no_memory", "streaming", "full", "homer")
 
 
@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--passkey-trials", type=int, default=3)
     p.add_argument("--ae-segments", type=int, default=16, help="segments to reconstruct (autoencode)")
     p.add_argument("--longbench", default=None, help="LongBench jsonl file (THUDM/LongBench records, any datasets)")
+    p.add_argument("--facts", default=None,
+                   help="fact records (uio-ds make-fact-data; e.g. held-out wording over a held-out haystack)")
+    p.add_argument("--facts-max", type=int, default=None, help="evaluate the first N fact records only")
     p.add_argument("--longbench-chat", action="store_true",
                    help="wrap LongBench prompts in the tokenizer's chat template (as LongBench does for chat models)")
     p.add_argument("--longbench-max-new-tokens", type=int, default=None,
@@ -153,6 +156,13 @@ def main(argv=None) -> int:
                          "recent window, so pass more than 4")
     if "longbench" in args.tasks and not args.longbench:
         raise SystemExit("error: the longbench task needs --longbench FILE")
+    if "facts" in args.tasks and not args.facts:
+        raise SystemExit("error: the facts task needs --facts FILE (write one with uio-ds make-fact-data)")
+    fact_records = None
+    if "facts" in args.tasks:  # a bad record stops the run before the model is loaded
+        from uio_ds.eval.facts import load_fact_records
+
+        fact_records = load_fact_records(args.facts)[: args.facts_max]
     longbench_records = None
     if "longbench" in args.tasks:  # a bad record stops the run before the model is loaded
         from uio_ds.eval.longbench import load_records
@@ -210,6 +220,10 @@ def main(argv=None) -> int:
             segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
             segments = segments[: args.ae_segments]
             report[task] = evaluate_autoencoding(model, tokenizer, torch.stack(segments))
+        elif task == "facts":
+            from uio_ds.eval.facts import evaluate_facts
+
+            report[task] = evaluate_facts(methods, tokenizer, fact_records)
         elif task == "longbench":
             from uio_ds.eval.longbench import evaluate_longbench
 
@@ -245,6 +259,14 @@ def print_report(report: dict) -> None:
             means = [None if None in row else sum(row) / len(row) for row in r["accuracy"]]
             print(f"{name:11s} " + "  ".join(f"{fmt(m):>6}" for m in means) + f"   mean {fmt(r['mean'])}"
                   + f"   answer loss {fmt(r['mean_answer_loss'])} nats/token")
+    if "facts" in report:
+        facts = report["facts"]["methods"]
+        names = sorted({c for r in facts.values() for c in r["cells"]})
+        print(f"\nfacts: accuracy (answer loss) over {report['facts']['records']} records")
+        for cell in names:
+            print(f"  {cell:40s} " + "  ".join(
+                f"{m} {fmt(r['cells'][cell]['accuracy'])} ({fmt(r['cells'][cell]['answer_loss'])}) n={r['cells'][cell]['n']}"
+                for m, r in facts.items() if cell in r["cells"]))
     if "autoencode" in report:
         ae = report["autoencode"]
         base = ae["no_memory"]

@@ -1,0 +1,95 @@
+"""Fact retrieval in wording, keys and text a memory may never have seen in training.
+
+Records are those of ``uio-ds make-fact-data`` (``uio_ds.data.facts``): a prompt holding one or
+more facts and ending with a question about one of them; ``answers[0]`` is its key. Each method
+answers greedily; an answer is right when its first line holds the key. The answer's loss (nats
+per token of " key") is reported next to accuracy, a graded signal where accuracy is still 0.
+Results are broken down by template (its ``train`` or ``held_out`` split named), key kind,
+haystack, the asked fact's depth (thirds of the prompt) and length, so held-out wording and text
+are reported apart from what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Sequence
+
+from tqdm import tqdm
+
+from uio_ds.eval.methods import Method
+from uio_ds.formats import FACT_TEMPLATES
+
+DEPTH_BUCKETS = ("0-1/3", "1/3-2/3", "2/3-1")
+
+
+def load_fact_records(path: str) -> list[dict]:
+    """Records of a fact jsonl, checked before any generation (file and line named)."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [k for k in ("prompt", "answers", "facts") if k not in record]
+            if missing or not record.get("answers"):
+                raise ValueError(f"{path}:{number}: a fact record needs prompt, answers and facts (missing "
+                                 f"{missing or ['answers']}): write them with uio-ds make-fact-data")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path} holds no fact record")
+    return records
+
+
+def _asked(record: dict) -> dict:
+    """The fact the prompt's question asks about (the first answer's)."""
+    key = record["answers"][0]
+    return next(f for f in record["facts"] if f["key"] == key)
+
+
+def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict], answer_tokens: int = 16,
+                   max_tokens: int | None = None) -> dict:
+    """Accuracy and answer loss per method, overall and per cell (see the module's docstring)."""
+    report = {}
+    for method in methods:
+        cells: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        skipped = 0
+        for record in tqdm(records, desc=f"facts {method.name}", leave=False):
+            prompt = tokenizer(record["prompt"], return_tensors="pt")["input_ids"]
+            if method.max_tokens is not None and prompt.shape[1] + answer_tokens > method.max_tokens:
+                skipped += 1
+                continue
+            key = record["answers"][0]
+            text = tokenizer.decode(method.greedy(prompt, answer_tokens), skip_special_tokens=True)
+            right = float(key in text.strip().split("\n")[0])
+            answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
+            losses = method.last_losses(_cat(prompt, answer), answer.shape[1])
+            loss = sum(losses) / len(losses)
+            fact = _asked(record)
+            split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
+            depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
+            for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
+                         f"key_kind:{fact['key_kind']}", f"haystack:{record.get('haystack', '?')}",
+                         f"depth:{depth}", f"length:{_length_bucket(prompt.shape[1])}"):
+                cells[cell]["right"].append(right)
+                cells[cell]["loss"].append(loss)
+        report[method.name] = {
+            "skipped_too_long": skipped,
+            "cells": {name: {"n": len(v["right"]), "accuracy": sum(v["right"]) / len(v["right"]),
+                             "answer_loss": sum(v["loss"]) / len(v["loss"])} for name, v in sorted(cells.items())}}
+    return {"records": len(records), "answer_tokens": answer_tokens, "methods": report}
+
+
+def _cat(prompt, answer):
+    import torch
+
+    return torch.cat([prompt, answer], dim=1)
+
+
+def _length_bucket(tokens: int) -> str:
+    """Prompt lengths rounded to a power of two (1K, 2K, 4K, ...)."""
+    size = 1 << max(0, (tokens - 1).bit_length() - 1)
+    return f"{size // 1024}K" if size >= 1024 else str(size)
