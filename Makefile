@@ -22,7 +22,7 @@ TINY_MODEL := models/tiny-llama
 ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe test test-latest test-oldest clean
+.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe levers-recipe test test-latest test-oldest clean
 
 # torch first (TORCH_SPEC), then every locked version, checked to be what is installed.
 $(STAMP): pyproject.toml $(LOCK)
@@ -118,6 +118,11 @@ real-recipe: prepare
 # ratios at one budget, then the best trained further (hours on 2 cores); stages done are skipped.
 memory-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_memory.sh
+
+# Which levers make a memory generalise: seven arms at equal steps on SmolLM2 (hours on 2 cores);
+# stages done are skipped. ARMS="lm distill" runs a subset.
+levers-recipe: prepare
+	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_levers.sh
 
 test: prepare
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests

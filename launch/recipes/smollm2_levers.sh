@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Which levers make a memory that generalises (`make levers-recipe`), on SmolLM2-135M and 2 CPU ranks.
+# Every arm starts from the same untrained parts (seed 0) and trains the same number of steps of
+# launch/configs/smollm2_levers.json (l=256, ratio 8, LoRA rank 8, bf16, unbiased incremental TBPTT
+# S=2, one document of up to 2,048 tokens a step); the arms differ in one lever each:
+#   lm              next-token loss on the training books (the paper's objective; the reference arm)
+#   distill         KL to the frozen base reading the whole document, instead of the next-token loss
+#   ae_then_lm      auto-encoding for the first third of the steps, then the next-token loss
+#   distill_facts   next-token loss + distillation, 30% of documents varied fact data
+#   recent          distillation with a raw recent window of one segment (uio.recent_tokens=256)
+#   facts_narrow    next-token loss, 30% of documents one-template pass-key data over the books
+#   facts_varied    next-token loss, 30% of documents varied fact data (8 wordings, 5 key kinds, 3 haystacks)
+# Each arm is evaluated on the held-out books (perplexity of segments 2..T at 4K and 8K tokens),
+# on fact retrieval in held-out wording over a held-out haystack (licence texts) at 2K tokens,
+# and on reconstruction of held-out segments; the baselines (the decoder without memory,
+# StreamingLLM at the K/V budget the memory reads at 8K, full attention) are evaluated once.
+# Stages are skipped when their output exists, so an interrupted recipe continues where it
+# stopped; stage times go to $OUT/times.tsv. ARMS="lm distill" runs a subset.
+set -euo pipefail
+OUT=${OUT:-runs/levers}
+RECIPE=levers-recipe
+STEPS=${STEPS:-100}
+ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent facts_narrow facts_varied}
+FACT_RECORDS=${FACT_RECORDS:-150}
+FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
+AE_SEGMENTS=${AE_SEGMENTS:-32}
+EVAL_LENGTHS=${EVAL_LENGTHS:-4096 8192}
+EVAL_DOCS=${EVAL_DOCS:-11}  # the held-out books
+CONFIG=launch/configs/smollm2_levers.json
+source "$(dirname "$0")/common.sh"
+DATA=$OUT/data
+mkdir -p "$DATA"
+
+facts() {  # facts FILE make-fact-data options...
+    local file=$1; shift
+    $PY -m uio_ds make-fact-data --out "$file" --tokenizer models/smollm2 "$@"
+}
+stage "data: varied facts for training" "$DATA/facts_varied.jsonl" \
+    facts "$DATA/facts_varied.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books story code --templates train --facts 1 3 --questions 1 2
+stage "data: narrow facts for training" "$DATA/facts_narrow.jsonl" \
+    facts "$DATA/facts_narrow.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books --templates pass_key --key-kinds digits --facts 1 1 --questions 1 1
+stage "data: held-out facts for evaluation" "$DATA/facts_held_out.jsonl" \
+    facts "$DATA/facts_held_out.jsonl" --tokens 2048 --documents "$FACT_RECORDS" --haystacks licenses \
+    --templates held_out --facts 1 1 --questions 1 1 --seed 1
+
+books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": 0.7}'
+mix() { echo "data.sources=[$books, {\"path\": \"$DATA/$1.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false, \"name\": \"$1\", \"weight\": 0.3}]"; }
+train() { ds_train "$CONFIG" "$OUT/$1" steps="$2" "${@:3}"; }
+
+arm() {  # arm NAME: train it (its lever as overrides)
+    local name=$1 run=$OUT/$1
+    case $name in
+        lm) train lm "$STEPS" ;;
+        distill) train distill "$STEPS" objective.lm=0 objective.distill=1 ;;
+        ae_then_lm)
+            local first=$(( STEPS / 3 ))
+            stage "ae_then_lm: auto-encoding ($first steps)" "$OUT/ae_warm/final/uio_config.json" \
+                train ae_warm "$first" data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
+            train ae_then_lm $(( STEPS - first )) init_from="$OUT/ae_warm/final" ;;
+        distill_facts) train distill_facts "$STEPS" objective.distill=1 "$(mix facts_varied)" ;;
+        recent) train recent "$STEPS" objective.lm=0 objective.distill=1 uio.recent_tokens=256 ;;
+        facts_narrow) train facts_narrow "$STEPS" "$(mix facts_narrow)" ;;
+        facts_varied) train facts_varied "$STEPS" "$(mix facts_varied)" ;;
+        *) echo "unknown arm $name"; exit 2 ;;
+    esac
+}
+
+# StreamingLLM reads what the memory reads at 8K tokens: 31 memories of 32 slots + a segment
+# (+ one raw segment for the recent arm, which is compared at its own budget in the summary)
+STREAM_WINDOW=$(( 31 * 32 + 256 ))
+evaluate() {  # evaluate PARTS NAME METHODS...
+    local parts=$1 name=$2; shift 2
+    local uio=(--uio "$parts") tasks=(perplexity facts autoencode)
+    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8); tasks=(perplexity facts); fi
+    # shellcheck disable=SC2086  # the lengths are a list
+    $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks "${tasks[@]}" \
+        --lengths $EVAL_LENGTHS --max-doc-tokens 8192 --max-documents "$EVAL_DOCS" \
+        --facts "$DATA/facts_held_out.jsonl" --ae-segments "$AE_SEGMENTS" --streaming-window "$STREAM_WINDOW" \
+        --methods "$@" --out "$RESULTS" --name "$name"
+}
+stage "baselines: no memory, StreamingLLM at the memory's budget, full attention" \
+    "$RESULTS/smollm2_levers_baselines.json" evaluate none smollm2_levers_baselines no_memory streaming full
+
+for name in $ARMS; do
+    stage "arm $name ($STEPS steps)" "$OUT/$name/final/uio_config.json" arm "$name"
+    stage "arm $name: evaluation" "$RESULTS/smollm2_levers_$name.json" \
+        evaluate "$OUT/$name/final" "smollm2_levers_$name" uio
+done
+stamp "done: $RESULTS/smollm2_levers_*.json"
