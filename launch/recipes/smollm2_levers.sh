@@ -67,9 +67,10 @@ arm() {  # arm NAME: train it (its lever as overrides)
     esac
 }
 
-# StreamingLLM reads what the memory reads at 8K tokens: 31 memories of 32 slots + a segment
-# (+ one raw segment for the recent arm, which is compared at its own budget in the summary)
-STREAM_WINDOW=$(( 31 * 32 + 256 ))
+# StreamingLLM reads at most what the memory reads at 8K tokens, 31 memories of 32 slots + a segment
+# (1,248 K/V entries; the recent arm reads one raw segment more and is compared at its own budget
+# in the summary): its sinks and window W plus the chunk it reads at once, (W - 4) / 4 tokens.
+STREAM_WINDOW=$(( (4 * (31 * 32 + 256) + 4) / 5 ))
 evaluate() {  # evaluate PARTS NAME METHODS...
     local parts=$1 name=$2; shift 2
     local uio=(--uio "$parts") tasks=(perplexity facts autoencode)
