@@ -141,3 +141,37 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
     assert "auto-encoding of held-out book segments" in out and "pass key (memory + decoder LoRA" in out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make memory-recipe" in capsys.readouterr().err
+
+
+def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.facts import write_fact_jsonl
+
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
+    facts = tmp_path / "facts.jsonl"
+    write_fact_jsonl(str(facts), 3, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [240], ["story"],
+                     templates="held_out", log=lambda _: None)
+    tasks = ["--tasks", "perplexity", "facts", "--facts", str(facts), "--lengths", "64", "128"]
+    assert evaluate(common + tasks + ["--methods", "no_memory", "streaming", "full",
+                                      "--name", "smollm2_levers_baselines"]) == 0
+    assert evaluate(common + tasks + ["--methods", "uio", "--name", "smollm2_levers_distill"]) == 0
+    _write_metrics(runs / "distill", [3.0, 2.0, 1.5, 1.0], seconds=2.0, tokens=100)
+
+    mod = _summary_module("levers_summary")
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_levers.json").read_text())
+    arm = json.loads((results / "smollm2_levers_distill.json").read_text())
+    base = json.loads((results / "smollm2_levers_baselines.json").read_text())
+    got = s["arms"]["distill"]
+    assert list(s["arms"]) == ["distill"] and got["training"]["seconds_per_step"] == 2.0
+    for n in ("64", "128"):
+        want = arm["perplexity"]["uio"]["by_length"][n]["later_perplexity"]
+        none = base["perplexity"]["no_memory"]["by_length"][n]["later_perplexity"]
+        full = base["perplexity"]["full"]["by_length"][n]["later_perplexity"]
+        assert got["perplexity"][n] == want
+        assert got["gap_closed"][n] == pytest.approx((none - want) / (none - full))
+    assert got["facts"]["n"] == 3 and got["kv_entries"] == arm["kv_entries"]["uio"]
+    assert (results / "smollm2_levers.png").exists() and "distill: distillation" in capsys.readouterr().out
+    assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
+    assert "make levers-recipe" in capsys.readouterr().err
