@@ -15,7 +15,9 @@
 # and on reconstruction of held-out segments; the baselines (the decoder without memory,
 # StreamingLLM at the K/V budget the memory reads at 8K, full attention) are evaluated once.
 # Stages are skipped when their output exists, so an interrupted recipe continues where it
-# stopped; stage times go to $OUT/times.tsv. ARMS="lm distill" runs a subset.
+# stopped; stage times go to $OUT/times.tsv. ARMS="lm distill" runs a subset. An arm whose parts are
+# committed under $MILESTONES/NAME (release/milestones/levers) is not trained again: another machine
+# continues with the arms not yet run.
 set -euo pipefail
 OUT=${OUT:-runs/levers}
 RECIPE=levers-recipe
@@ -27,6 +29,7 @@ AE_SEGMENTS=${AE_SEGMENTS:-32}
 EVAL_LENGTHS=${EVAL_LENGTHS:-4096 8192}
 EVAL_DOCS=${EVAL_DOCS:-11}  # the held-out books
 CONFIG=launch/configs/smollm2_levers.json
+MILESTONES=${MILESTONES:-release/milestones/levers}
 source "$(dirname "$0")/common.sh"
 DATA=$OUT/data
 mkdir -p "$DATA"
@@ -85,8 +88,10 @@ stage "baselines: no memory, StreamingLLM at the memory's budget, full attention
     "$RESULTS/smollm2_levers_baselines.json" evaluate none smollm2_levers_baselines no_memory streaming full
 
 for name in $ARMS; do
-    stage "arm $name ($STEPS steps)" "$OUT/$name/final/uio_config.json" arm "$name"
+    parts=$OUT/$name/final
+    [[ -e $MILESTONES/$name/uio_config.json ]] && parts=$MILESTONES/$name
+    stage "arm $name ($STEPS steps)" "$parts/uio_config.json" arm "$name"
     stage "arm $name: evaluation" "$RESULTS/smollm2_levers_$name.json" \
-        evaluate "$OUT/$name/final" "smollm2_levers_$name" uio
+        evaluate "$parts" "smollm2_levers_$name" uio
 done
 stamp "done: $RESULTS/smollm2_levers_*.json"
