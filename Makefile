@@ -26,7 +26,7 @@ RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count()
 
 # torch first (TORCH_SPEC), then every locked version, checked to be what is installed.
 $(STAMP): pyproject.toml $(LOCK)
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # from nothing: no leftovers of an older lock or an interrupted install
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -r $(LOCK) -e ".[dev]"
