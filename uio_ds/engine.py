@@ -38,6 +38,7 @@ import deepspeed.comm as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 from uio_ds.algo.lockstep import Lockstep  # noqa: E402
+from uio_ds.algo.objective import group_by_objective  # noqa: E402
 from uio_ds.algo.tbptt import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.config import ConfigError  # noqa: E402
 from uio_ds.train_config import TrainConfig  # noqa: E402
@@ -223,6 +224,12 @@ def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size:
         if cfg.objective.distill > 0:
             problems.append(f"DeepSpeed ZeRO-3 with objective.distill={cfg.objective.distill}: the teacher's passes "
                             "do not run in lockstep yet; use ZeRO-1/2, or objective.distill=0")
+        if any(s.objective is not None for s in cfg.data.sources):
+            problems.append("DeepSpeed ZeRO-3 with a source's own objective: ranks would run their objectives' "
+                            "groups in different numbers, out of lockstep; use ZeRO-1/2, or the run's objective only")
+        if cfg.uio.recent_tokens:
+            problems.append(f"DeepSpeed ZeRO-3 with uio.recent_tokens={cfg.uio.recent_tokens}: the passes that fill "
+                            "the raw window do not run in lockstep yet; use ZeRO-1/2, or uio.recent_tokens=0")
         prefetch = zero.get("stage3_prefetch_bucket_size", "auto")
         if prefetch == "auto":
             zero["stage3_prefetch_bucket_size"] = 0
@@ -375,12 +382,18 @@ class UIOEngine:
     def train_step(self, documents: list) -> StepOutput:
         """One optimizer step over this rank's ``documents``: 1-D or (B, T) token tensors, or
         dicts with ``input_ids`` and ``labels`` (``uio_ds.algo.as_batches``)."""
-        batches = [(ids.to(device()), labels.to(device())) for ids, labels in as_batches(documents)]
-        local_tokens = batch_targets(batches)
+        # documents whose source sets its own objective run as their own group, with that objective
+        groups = [(objective, [(ids.to(device()), labels.to(device())) for ids, labels in as_batches(docs)])
+                  for objective, docs in group_by_objective(documents, self.strategy.objective)]
+        local_tokens = sum(batch_targets(batches) for _, batches in groups)
         global_tokens = int(all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
-        result = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens,
-                                           lockstep=self.lockstep)
+        result = None
+        for objective, batches in groups:
+            with self.strategy.using(objective):
+                part = self.strategy.run_batches(self.model, batches, self.world_size * loss_scale / global_tokens,
+                                                 lockstep=self.lockstep)
+            result = part if result is None else result.merge(part)
         params = self.model.trainable_parameters()
         # A parameter this rank gave no gradient still takes part in the reduction, with zeros.
         buffers = [torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]

@@ -114,6 +114,11 @@ class SourceConfig:
     """Keep only the first ``max_tokens`` of a longer text document instead of cutting it into pieces
     (the official UIO-LLMs mixture truncates its books to 131,072 tokens)."""
 
+    objective: dict[str, float] | None = None
+    """This source's objective weights, e.g. {"lm": 1.0, "distill": 0.0} for answer-only fact data
+    next to books trained by distillation (a weight not given is the default: lm 1, distill 0);
+    null: the run's ``objective``."""
+
     @property
     def resolved_kind(self) -> str:
         if self.kind is not None:
@@ -154,6 +159,14 @@ class SourceConfig:
                        "are kept whole or skipped)")
         if not isinstance(self.weight, (int, float)) or self.weight <= 0:
             out.append(f"{where}.weight={self.weight!r}: must be a positive number")
+        if self.objective is not None:
+            known = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+            if not isinstance(self.objective, dict) or set(self.objective) - known:
+                out.append(f"{where}.objective={self.objective!r}: give weights by name, e.g. "
+                           '{"lm": 1.0, "distill": 0.0}')
+            else:
+                out += [p.replace("objective.", f"{where}.objective.")
+                        for p in ObjectiveConfig(**self.objective).problems()]
         return out
 
 

@@ -202,6 +202,9 @@ class Trainer:
         if algo.name == "unbiased":
             kwargs.update(seed=algo.seed + self.rank, compensate=algo.compensate)
         objective = Objective(lm=cfg.objective.lm, distill=cfg.objective.distill)
+        # a run that distils anywhere (its objective or a source's) logs the two terms apart
+        self.distilling = objective.uses_teacher or any((s.objective or {}).get("distill", 0) > 0
+                                                        for s in cfg.data.sources)
         self.strategy = build_strategy(algo.name, algo.window, objective=objective, **kwargs)
         self.engine = engine.UIOEngine(
             model, ds_config, self.strategy, lr_lambda=lambda step: cfg.optim.lr_multiplier(step, cfg.steps)
@@ -325,10 +328,10 @@ class Trainer:
     def _log_step(self, out, seconds: float) -> None:
         w, s = self.writer, self.step
         w.add_scalar("train/loss", out.loss, s)
-        # with distillation the loss is the weighted objective; perplexity is the next-token loss's
+        # the loss is the objective (with distillation a weighted sum); perplexity is the next-token loss's
         lm_loss = out.stats["lm_loss_sum"] / out.tokens if "lm_loss_sum" in out.stats and out.tokens else out.loss
         w.add_scalar("train/perplexity", float(torch.tensor(lm_loss).exp()), s)
-        if "distill_sum" in out.stats and out.tokens:
+        if self.distilling and out.tokens:
             w.add_scalar("train/lm_loss", lm_loss, s)
             w.add_scalar("train/distill_kl", out.stats["distill_sum"] / out.tokens, s)
         w.add_scalar("train/lr", out.lr, s)
@@ -354,7 +357,7 @@ class Trainer:
             record = {"step": s, "loss": _finite_or_none(out.loss), "lr": out.lr,
                       "grad_norm": _finite_or_none(out.grad_norm), "tokens": out.tokens,
                       "seconds": round(seconds, 4), "skipped": out.skipped, "non_finite": out.non_finite}
-            if "distill_sum" in out.stats and out.tokens:
+            if self.distilling and out.tokens:
                 record["lm_loss"] = _finite_or_none(lm_loss)
                 record["distill_kl"] = _finite_or_none(out.stats["distill_sum"] / out.tokens)
             with open(os.path.join(self.config.output_dir, "metrics.jsonl"), "a") as f:

@@ -110,3 +110,34 @@ def test_distillation_changes_the_gradient_and_objectives_are_checked(tiny_dirs)
         Objective(lm=0.0, distill=0.0)
     with pytest.raises(ValueError, match=r"objective.distill=-1"):
         Objective(distill=-1)
+
+
+def test_documents_of_sources_with_their_own_objective_run_with_it(tiny_dirs):
+    """A step mixing sources: each group with its own objective, the sum equal to the groups run apart."""
+    from uio_ds.algo.objective import group_by_objective
+
+    model = load(tiny_dirs["mistral"])
+    perturb_trainable(model, seed=3, scale=0.2)
+    books, facts = random_ids(1, 48, seed=6)[0], random_ids(1, 40, seed=7)[0]
+    answer = facts.clone()
+    answer[:30] = IGNORE_INDEX
+    documents = [books, {"input_ids": facts, "labels": answer, "objective": {"lm": 1.0, "distill": 0.0}}]
+    default = Objective(lm=0.0, distill=1.0)
+    groups = group_by_objective(documents, default)
+    assert [g[0] for g in groups] == [default, Objective()] and [len(g[1]) for g in groups] == [1, 1]
+    strategy = Incremental(None, objective=default)
+    total = 47 + 9
+    parts = []
+    for objective, docs in groups:
+        with strategy.using(objective):
+            parts.append(strategy.run(model, docs, loss_scale=1.0 / total))
+    assert strategy.objective is default
+    merged = parts[0].merge(parts[1])
+    lm_only = Incremental(None).run(model, [documents[1]], loss_scale=1.0 / total)
+    distilled = Incremental(None, objective=default).run(model, [books], loss_scale=1.0 / total)
+    assert merged.stats["distill_sum"] == pytest.approx(distilled.stats["distill_sum"])
+    assert merged.stats["lm_loss_sum"] == pytest.approx(distilled.stats["lm_loss_sum"] + lm_only.loss_sum)
+    assert lm_only.stats["distill_sum"] == 0.0  # the keys are there whatever the objective
+    for g, a, b in zip(merged.grads, lm_only.grads, distilled.grads):
+        if g is not None:
+            assert_same_function(g, a + b, model.base.config)

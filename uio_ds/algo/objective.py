@@ -52,3 +52,15 @@ class Objective:
 
 
 LM = Objective()
+
+
+def group_by_objective(documents: list, default: Objective) -> list[tuple[Objective, list]]:
+    """Documents grouped by the objective they are trained with: a dict document's own
+    ``objective`` (weights by name, set by its data source), else ``default``; groups in order of
+    first appearance, documents in their order within a group."""
+    groups: dict[Objective, list] = {}
+    for doc in documents:
+        weights = doc.get("objective") if isinstance(doc, dict) else None
+        objective = Objective(**weights) if weights is not None else default
+        groups.setdefault(objective, []).append(doc)
+    return list(groups.items())

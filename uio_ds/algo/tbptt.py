@@ -168,6 +168,15 @@ class Strategy:
     def __repr__(self) -> str:
         return f"{self.name}({self.window})" if self.window is not None else self.name
 
+    @contextlib.contextmanager
+    def using(self, objective: Objective):
+        """Run with ``objective`` inside the block (a source with objective weights of its own)."""
+        saved, self.objective = self.objective, objective
+        try:
+            yield self
+        finally:
+            self.objective = saved
+
     # -- public entry points ------------------------------------------------------------
 
     def run(self, model: MemoryModel, documents, loss_scale: float | None = None,
@@ -262,7 +271,8 @@ class Full(Strategy):
             list(g.detach() if g is not None else None for g in grads), out.loss_sum.item(), out.num_tokens,
             [s.item() for s in out.segment_loss_sums], list(out.segment_num_tokens),
             {"encoder_graph_forwards": segments - 1, "encoder_backward_passes": segments - 1,
-             "max_live_graphs": segments - 1, "segments": segments},
+             "max_live_graphs": segments - 1, "segments": segments, "lm_loss_sum": out.lm_loss_sum,
+             "distill_sum": out.distill_sum},
         )
 
 
@@ -286,7 +296,7 @@ class TBPTT(Strategy):
         stats = {"encoder_graph_forwards": 0, "encoder_backward_passes": 0, "max_live_graphs": 0,
                  "segments": len(bounds)}
         teacher = self.objective.teacher(model)
-        _count_terms(stats, None, self.objective)
+        _count_terms(stats, None)
         recent = model.recent_kv()
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
@@ -312,7 +322,7 @@ class TBPTT(Strategy):
             memory = values[:first] + fresh
             out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught, recent)
             self._add(buffers, _grad(out.loss_sum * scale, params))
-            _count_terms(stats, out, self.objective)
+            _count_terms(stats, out)
             sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)
         return TBPTTResult(buffers, sum(sums), sum(counts), sums, counts, stats)
@@ -451,7 +461,7 @@ class _LeafWindowStrategy(Strategy):
             stats["encoder_backward_passes"] += 1
 
         teacher = self.objective.teacher(model)
-        _count_terms(stats, None, self.objective)
+        _count_terms(stats, None)
         recent = model.recent_kv()
         sums, counts = [], []
         for t, (a, b) in enumerate(bounds):
@@ -484,7 +494,7 @@ class _LeafWindowStrategy(Strategy):
             # 'offload' and 'recompute_offload' move the decoder's saved activations to the host
             with _graph_context(self.graph_mode, self.offload_device):
                 out = self.objective.decode(model, segs[t], _kv(model, memory, batch), targets, taught, recent)
-            _count_terms(stats, out, self.objective)
+            _count_terms(stats, out)
             inputs = list(params) + [leaves[s] for s in window]
             grads = _grad(out.loss_sum * scale, inputs)
             self._add(buffers, grads[: len(params)])
@@ -589,12 +599,11 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple:
     return torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
-def _count_terms(stats: dict, out, objective: Objective) -> None:
-    """With distillation, the two terms of the loss apart (``loss_sum`` is their weighted sum): the
-    next-token loss of every decoder step, the KL of those the teacher reached. The keys are there
-    from a document's start, so every rank reduces the same statistics."""
-    if not objective.uses_teacher:
-        return
+def _count_terms(stats: dict, out) -> None:
+    """The two terms of the loss apart (``loss_sum`` is the objective, their weighted sum): the
+    next-token loss of every decoder step, and the KL of those a teacher reached. The keys are
+    there from a document's start whatever the objective, so every rank reduces the same
+    statistics, however its documents' objectives differ."""
     stats["lm_loss_sum"] = stats.get("lm_loss_sum", 0.0) + (out.lm_loss_sum.item() if out is not None else 0.0)
     stats["distill_sum"] = stats.get("distill_sum", 0.0) + (
         out.distill_sum.item() if out is not None and out.distill_sum is not None else 0.0)

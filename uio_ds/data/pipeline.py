@@ -465,11 +465,18 @@ def autoencode_document(segment: torch.Tensor) -> dict:
     return scored_document(torch.cat([segment, segment]), [l + 1, 2 * l])
 
 
-def _document(ids: list[int], spans: list[int], autoencode: bool):
+def _document(ids: list[int], spans: list[int], autoencode: bool, objective: dict | None = None):
+    """A training document: a token tensor, or a dict with ``labels`` where only spans are scored,
+    and ``objective`` (the source's weights) when the source sets its own."""
     tensor = torch.tensor(ids, dtype=torch.long)
     if autoencode:
-        return autoencode_document(tensor)
-    return scored_document(tensor, spans) if spans else tensor
+        doc = autoencode_document(tensor)
+    else:
+        doc = scored_document(tensor, spans) if spans else tensor
+    if objective is not None:
+        doc = dict(doc) if isinstance(doc, dict) else {"input_ids": doc}
+        doc["objective"] = dict(objective)
+    return doc
 
 
 def _limits(config: DataConfig, source: SourceConfig) -> dict:
@@ -543,7 +550,8 @@ class DocumentStream:
         for source, piece in drawn[self.rank * k : (self.rank + 1) * k]:
             doc, start, stop = (int(v) for v in self.pieces[source][piece])
             row = self.datasets[source][doc]
-            out.append(_document(row["input_ids"][start:stop], row["score_spans"], bool(self.config.autoencode_tokens)))
+            out.append(_document(row["input_ids"][start:stop], row["score_spans"], bool(self.config.autoencode_tokens),
+                                 self.config.sources[source].objective))
         return out
 
     def state_dict(self) -> dict:
@@ -678,7 +686,7 @@ class StreamingDocumentStream:
         for _ in range(self.config.documents_per_step):
             source = self._mix.choices(range(len(self.weights)), weights=self.weights)[0]
             ids, spans = self.readers[source].next_piece()
-            out.append(_document(ids, spans, False))
+            out.append(_document(ids, spans, False, self.readers[source].source.objective))
             self.draws += 1
         return out
 

@@ -88,6 +88,10 @@ class DocumentOutput:
     num_tokens: int
     segment_loss_sums: list[torch.Tensor]
     segment_num_tokens: list[int]
+    lm_loss_sum: float = 0.0
+    """The next-token loss alone (``loss_sum`` is the objective)."""
+    distill_sum: float = 0.0
+    """The summed KL to the teacher (0 without one)."""
 
     @property
     def loss(self) -> torch.Tensor:
@@ -803,7 +807,7 @@ class UIOMemoryModel(nn.Module):
         if len(bounds) > 1:
             # The last segment's memory would serve no loss: never build it.
             memory = self.compress(input_ids[:, : bounds[-1][0]], batch_size=None)
-        sums, counts = [], []
+        sums, counts, lm_sum, distill_sum = [], [], 0.0, 0.0
         recent = self.recent_kv()
         m = self.num_mem_tokens
         for t, (start, stop) in enumerate(bounds):
@@ -814,7 +818,9 @@ class UIOMemoryModel(nn.Module):
                               lm_weight, distill_weight, recent)
             sums.append(out.loss_sum)
             counts.append(out.num_tokens)
-        return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts)
+            lm_sum += out.lm_loss_sum.item()
+            distill_sum += out.distill_sum.item() if out.distill_sum is not None else 0.0
+        return DocumentOutput(torch.stack(sums).sum(), sum(counts), sums, counts, lm_sum, distill_sum)
 
     # ------------------------------------------------------------------ save / load
 
