@@ -49,7 +49,7 @@ lock:
 
 # The newest releases the ranges allow, in a separate environment, against the fast suite (no
 # launcher runs): run it whenever dependencies or the code change. It first prints how the
-# versions it got differ from the lock.
+# versions it got differ from the lock. The eager upgrade takes torch's newest allowed release too.
 LATEST := .venv-latest
 test-latest: prepare
 	rm -rf $(LATEST)
