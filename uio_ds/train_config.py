@@ -290,9 +290,14 @@ class ObjectiveConfig:
     as far as its position range goes; the loss then sits where the far context changes the
     prediction."""
 
+    regularize: float = 0.0
+    """Weight of KL(base || decoder LoRA) on each segment read without memory: keeps a decoder LoRA
+    (``uio.decoder_lora``) close to the base where memory plays no part, so it keeps modelling
+    language. One more pass of each kind per segment."""
+
     def problems(self) -> list[str]:
         out = []
-        for name in ("lm", "distill"):
+        for name in ("lm", "distill", "regularize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 out.append(f"objective.{name}={value!r}: must be a number >= 0")
@@ -401,6 +406,9 @@ class TrainConfig:
             problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 1")
         if not isinstance(self.max_bad_steps, int) or self.max_bad_steps < 1:
             problems.append(f"max_bad_steps={self.max_bad_steps!r}: must be an integer >= 1")
+        if self.objective.regularize and self.uio.decoder_lora is None:
+            problems.append(f"objective.regularize={self.objective.regularize} keeps a decoder LoRA close to the base, "
+                            "but uio.decoder_lora is not set: set one or drop the weight")
         if self.data.autoencode_tokens is not None and self.data.autoencode_tokens != self.uio.segment_length:
             problems.append(f"data.autoencode_tokens={self.data.autoencode_tokens} must equal uio.segment_length="
                             f"{self.uio.segment_length}: the copy must start exactly at the second segment")

@@ -201,7 +201,7 @@ class Trainer:
             kwargs = {"graph_mode": graph_mode, "encode_batch_size": algo.encode_batch_size}
         if algo.name == "unbiased":
             kwargs.update(seed=algo.seed + self.rank, compensate=algo.compensate)
-        objective = Objective(lm=cfg.objective.lm, distill=cfg.objective.distill)
+        objective = Objective(lm=cfg.objective.lm, distill=cfg.objective.distill, regularize=cfg.objective.regularize)
         # a run that distils anywhere (its objective or a source's) logs the two terms apart
         self.distilling = objective.uses_teacher or any((s.objective or {}).get("distill", 0) > 0
                                                         for s in cfg.data.sources)

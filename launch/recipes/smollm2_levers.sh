@@ -10,6 +10,8 @@
 #   recent          distillation with a raw recent window of one segment (uio.recent_tokens=256)
 #   facts_narrow    next-token loss, 30% of documents one-template pass-key data over the books
 #   facts_varied    next-token loss, 30% of documents varied fact data (8 wordings, 5 key kinds, 3 haystacks)
+#   decoder_lora    next-token loss with a decoder LoRA (rank 8, q/v) kept near the base by
+#                   objective.regularize=1 (KL to the base on each segment read without memory)
 # Each arm is evaluated on the held-out books (perplexity of segments 2..T at 4K and 8K tokens),
 # on fact retrieval in held-out wording over a held-out haystack (licence texts) at 2K tokens,
 # and on reconstruction of held-out segments; the baselines (the decoder without memory,
@@ -22,7 +24,7 @@ set -euo pipefail
 OUT=${OUT:-runs/levers}
 RECIPE=levers-recipe
 STEPS=${STEPS:-100}
-ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent facts_narrow facts_varied}
+ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent facts_narrow facts_varied decoder_lora}
 FACT_RECORDS=${FACT_RECORDS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
@@ -66,6 +68,8 @@ arm() {  # arm NAME: train it (its lever as overrides)
         recent) train recent "$STEPS" objective.lm=0 objective.distill=1 uio.recent_tokens=256 ;;
         facts_narrow) train facts_narrow "$STEPS" "$(mix facts_narrow)" ;;
         facts_varied) train facts_varied "$STEPS" "$(mix facts_varied)" ;;
+        decoder_lora) train decoder_lora "$STEPS" objective.regularize=1 \
+            'uio.decoder_lora={"rank": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}' ;;
         *) echo "unknown arm $name"; exit 2 ;;
     esac
 }

@@ -141,3 +141,48 @@ def test_documents_of_sources_with_their_own_objective_run_with_it(tiny_dirs):
     for g, a, b in zip(merged.grads, lm_only.grads, distilled.grads):
         if g is not None:
             assert_same_function(g, a + b, model.base.config)
+
+
+def test_a_regularised_decoder_lora_is_pulled_toward_the_base(tiny_dirs):
+    """objective.regularize: KL(base || decoder LoRA) on each segment read without memory; zero while
+    the LoRA is (B = 0), and every strategy's gradient equals a plain autograd reference."""
+    from uio_ds.config import LoRAConfig
+
+    model = load(tiny_dirs["llama"], decoder_lora=LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj")))
+    doc = random_ids(1, 16 * 3 + 4, seed=8)
+    objective = Objective(regularize=2.0)
+    with torch.no_grad():
+        fresh = model.decode(doc[:, :16], None, segment_targets(doc, 0, 16), regularize_weight=1.0)
+    assert fresh.regularize_sum == 0  # a LoRA with B = 0 is the base
+    perturb_trainable(model, seed=9, scale=0.2)
+    params = model.trainable_parameters()
+    bounds = split_segments(doc.shape[1], model.segment_length)
+    memory = model.compress(doc[:, : bounds[-1][0]], batch_size=None)
+    total = 0.0
+    for t, (a, b) in enumerate(bounds):
+        kv = memory.token_slice(0, t * model.num_mem_tokens) if t else None
+        targets = segment_targets(doc, a, b)
+        scored = targets != IGNORE_INDEX
+        with torch.no_grad(), model.adapter(None):
+            base = F.log_softmax(model.base(doc[:, a:b]).logits.float(), dim=-1)
+        alone = F.log_softmax(model.decode(doc[:, a:b]).logits.float(), dim=-1)
+        ce = F.cross_entropy(model.decode(doc[:, a:b], kv).logits.float()[scored], targets[scored], reduction="sum")
+        total = total + ce + 2.0 * F.kl_div(alone[scored], base[scored], log_target=True, reduction="sum")
+    want = torch.autograd.grad(total, params, allow_unused=True)
+    tokens = doc.shape[1] - 1
+    for strategy in (Full(objective=objective), Incremental(None, objective=objective), Unbiased(3, objective=objective)):
+        got = strategy.run(model, doc)
+        assert got.loss_sum == pytest.approx(total.item(), rel=1e-5), strategy
+        for g, w in zip(got.grads, want):
+            assert (g is None) == (w is None)
+            if w is not None:
+                assert_same_function(g * tokens, w, model.base.config)
+
+
+def test_regularising_needs_a_decoder_lora():
+    from uio_ds.config import ConfigError
+    from uio_ds.train_config import TrainConfig
+
+    with pytest.raises(ConfigError, match="objective.regularize=1.0 keeps a decoder LoRA close to the base"):
+        TrainConfig.from_dict({"model_path": "m", "data": {"sources": [{"path": "d.jsonl"}]},
+                               "objective": {"regularize": 1.0}})

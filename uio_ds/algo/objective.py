@@ -22,9 +22,11 @@ class Objective:
     """Weight of the next-token cross-entropy."""
     distill: float = 0.0
     """Weight of KL(base reading everything || memory decoder)."""
+    regularize: float = 0.0
+    """Weight of KL(base || decoder LoRA) on each segment read without memory (a decoder LoRA only)."""
 
     def __post_init__(self):
-        for name in ("lm", "distill"):
+        for name in ("lm", "distill", "regularize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"objective.{name}={value!r}: must be a number >= 0")
@@ -48,7 +50,7 @@ class Objective:
                recent=None):
         """``model.decode`` with this objective's loss; ``taught`` from ``read`` (None: lm term only);
         ``recent``: the model's raw recent window, if it has one."""
-        return model.decode(segment, memory, targets, taught, self.lm, self.distill, recent)
+        return model.decode(segment, memory, targets, taught, self.lm, self.distill, recent, self.regularize)
 
 
 LM = Objective()

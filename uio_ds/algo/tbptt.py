@@ -264,7 +264,7 @@ class Full(Strategy):
     def _run_document(self, model, doc, labels, scale, params):
         objective = self.objective
         out = model(doc, labels=labels, teacher=objective.teacher(model), lm_weight=objective.lm,
-                    distill_weight=objective.distill)
+                    distill_weight=objective.distill, regularize_weight=objective.regularize)
         grads = _grad(out.loss_sum * scale, params)  # all None when no memory was read
         segments = len(split_segments(doc.shape[1], model.segment_length))
         return TBPTTResult(

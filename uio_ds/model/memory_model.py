@@ -71,6 +71,8 @@ class DecoderOutput:
     """Summed next-token cross-entropy over the targets (equal to ``loss_sum`` without a teacher)."""
     distill_sum: torch.Tensor | None = None
     """Summed KL(teacher || decoder) over the targets' positions (with a teacher)."""
+    regularize_sum: torch.Tensor | None = None
+    """Summed KL(base || decoder LoRA) without memory over the targets' positions (when regularised)."""
 
     @property
     def loss(self) -> torch.Tensor | None:
@@ -733,6 +735,7 @@ class UIOMemoryModel(nn.Module):
         lm_weight: float = 1.0,
         distill_weight: float = 1.0,
         recent: RecentKV | None = None,
+        regularize_weight: float = 0.0,
     ) -> DecoderOutput:
         """Decoder pass of one segment (B, n) after the memories in ``memory`` (B rows, M tokens).
 
@@ -746,6 +749,10 @@ class UIOMemoryModel(nn.Module):
 
         ``recent`` (from ``recent_kv``, with ``recent_tokens`` > 0): the raw window, read after the
         memories, and extended by this pass's own K/V for the next segment's pass.
+
+        ``regularize_weight`` > 0 with a decoder LoRA adds that weight x KL(base || decoder) on the
+        segment read without memory (``regularize_sum``): the LoRA is kept close to the base where
+        memory plays no part, so it cannot unlearn language while it learns to read memory.
         """
         if memory is not None and memory.batch_size != input_ids.shape[0]:
             raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
@@ -776,7 +783,16 @@ class UIOMemoryModel(nn.Module):
                                      f"segment's {tuple(input_ids.shape)} positions")
                 out.distill_sum = distillation_sum(wide, teacher_logprobs, targets != IGNORE_INDEX)
                 out.loss_sum = out.loss_sum + distill_weight * out.distill_sum
+            if regularize_weight and self.decoder_adapter is not None:
+                out.regularize_sum = self._regularization_sum(input_ids, targets != IGNORE_INDEX)
+                out.loss_sum = out.loss_sum + regularize_weight * out.regularize_sum
         return out
+
+    def _regularization_sum(self, input_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """KL(base || decoder with its LoRA), both reading ``input_ids`` alone, summed at ``scored``."""
+        base = self.teacher_logprobs(input_ids, self.build_cache(None))
+        logits = self.decoder_forward(input_ids, None)
+        return distillation_sum(logits.to(torch.promote_types(logits.dtype, torch.float32)), base, scored)
 
     @torch.no_grad()
     def teacher_logprobs(self, input_ids: torch.Tensor, cache) -> torch.Tensor:
@@ -790,7 +806,7 @@ class UIOMemoryModel(nn.Module):
     # ------------------------------------------------------------------ whole documents
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, teacher=None,
-                lm_weight: float = 1.0, distill_weight: float = 1.0) -> DocumentOutput:
+                lm_weight: float = 1.0, distill_weight: float = 1.0, regularize_weight: float = 0.0) -> DocumentOutput:
         """Full-BPTT loss of documents (B, T): all segments compressed in parallel, each
         segment decoded after the memories of every earlier segment, gradients through all.
         ``labels`` (default: ``input_ids``) are the tokens to predict, ``IGNORE_INDEX`` where a
@@ -815,7 +831,7 @@ class UIOMemoryModel(nn.Module):
             previous = memory.token_slice(first * m, last * m) if last > first else None
             taught = teacher.next_segment(input_ids[:, start:stop]) if teacher is not None else None
             out = self.decode(input_ids[:, start:stop], previous, segment_targets(labels, start, stop), taught,
-                              lm_weight, distill_weight, recent)
+                              lm_weight, distill_weight, recent, regularize_weight)
             sums.append(out.loss_sum)
             counts.append(out.num_tokens)
             lm_sum += out.lm_loss_sum.item()
