@@ -64,8 +64,8 @@ def init_distributed() -> tuple[int, int]:
     a launcher the process is a group of one."""
     _single_process_env()
     if not dist.is_initialized():
+        _skip_shared_memory_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-        _unlink_shm_buffer()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     elif "OMP_NUM_THREADS" not in os.environ:
@@ -75,24 +75,22 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _unlink_shm_buffer() -> None:
-    """Remove this rank's name of DeepSpeed's CPU all-reduce buffer from /dev/shm.
+def _skip_shared_memory_op() -> None:
+    """Keep DeepSpeed from building its shared-memory all-reduce on CPU.
 
-    On CPU, DeepSpeed maps a 66 MiB shared-memory buffer per rank when all ranks share a host
-    (``deepspeed_allreduce_buffer_<uid>_<master addr>_<port>_<rank>``) and never unlinks it, so
-    every run leaves 66 MiB per rank of RAM behind in /dev/shm, and a later run on the same port
-    can find a stale buffer. Once every rank has opened every other rank's buffer (after the
-    barrier) the names are no longer needed: the mappings stay valid until the process exits and
-    the memory is returned then, even when a rank is killed."""
-    if torch.cuda.is_available() or not os.path.isdir("/dev/shm"):
+    On CPU, every ``deepspeed.init_distributed`` JIT-compiles ``deepspeed_shm_comm`` (about a
+    minute) into the user-wide ``~/.cache/torch_extensions``, under a lock file that torch only
+    removes when the build returns. A rank killed while it holds that lock (an interrupt during
+    start-up) leaves the file behind, and every later run on the machine then waits for it forever,
+    printing nothing. The op serves only ``inference_all_reduce`` (tensor-parallel inference);
+    training reduces through the process group (gloo), so it is not needed here. Marking it
+    incompatible is DeepSpeed's own switch: ``build_shm_op`` then returns None (no build, no lock,
+    and no 66 MiB buffer per rank left in /dev/shm)."""
+    if torch.cuda.is_available():
         return
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
-            f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
-    dist.barrier()
-    try:
-        os.remove(os.path.join("/dev/shm", name))
-    except FileNotFoundError:  # not created (ranks on several hosts use no shared buffer)
-        pass
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def device() -> torch.device:

@@ -18,17 +18,18 @@ pytestmark = pytest.mark.slow
 
 
 def launch(config: str, out: str, *extra: str, background: bool = False, module: bool = False,
-           deepspeed: str = "zero2"):
+           deepspeed: str = "zero2", env: dict | None = None):
     """The deepspeed launcher on 2 CPU ranks, with launch/train.py and a file of ds_configs/ or
     (``module``) ``--module uio_ds.train`` and the bundled DeepSpeed config by name."""
     script = ["--module", "uio_ds.train", "--deepspeed", deepspeed] if module else [
         os.path.join(REPO, "launch", "train.py"), "--deepspeed", os.path.join(REPO, "ds_configs", f"{deepspeed}.json")]
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), *script, "--config", config,
            "--set", f"output_dir={out}", *extra]
+    env = dict(launcher_env(), **(env or {}))
     if background:
-        return subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
-    proc = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -42,7 +43,13 @@ def losses(out: str) -> dict[int, float]:
 def test_training_run_writes_checkpoints_events_and_export(run_config, tmp_path):
     config, _ = run_config
     out = str(tmp_path / "run")
-    proc = launch(config, out, module=True)
+    # a lock file left in torch's extension cache by a build that was killed makes every later JIT
+    # build of that op wait forever; training builds no op, so such a leftover cannot stall a run
+    extensions = tmp_path / "torch_extensions"
+    (extensions / "deepspeed_shm_comm").mkdir(parents=True)
+    (extensions / "deepspeed_shm_comm" / "lock").touch()
+    proc = launch(config, out, module=True, env={"TORCH_EXTENSIONS_DIR": str(extensions)})
+    assert os.listdir(extensions / "deepspeed_shm_comm") == ["lock"]
     assert "trained UIO parts exported" in proc.stdout + proc.stderr
     # the bad record is summarised on the console, where it is
     assert "skipped 1 bad record(s) (1 not valid JSON); first: " in proc.stdout and "docs.jsonl:25" in proc.stdout
