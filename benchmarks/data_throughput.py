@@ -123,7 +123,7 @@ TOKENISE = """
 import json, sys, time
 from transformers import AutoTokenizer
 from uio_ds.data.pipeline import tokenize_source
-from uio_ds.train_config import SourceConfig
+from uio_ds.config import SourceConfig
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 t = time.perf_counter()
 ds, info = tokenize_source(SourceConfig(path=sys.argv[2]), tok, sys.argv[3], num_proc=int(sys.argv[4]))

@@ -46,9 +46,9 @@ VARIANTS = {
 def documents(tokenizer, count: int, seed: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, labels) of ``count`` recall documents of ``length`` tokens, tokenised and labelled as the
     training pipeline does (``completion_field``): the labels keep the answer only."""
+    from uio_ds.config import SourceConfig
     from uio_ds.data.pipeline import scored_document, tokenize_source
     from uio_ds.data.synthetic import write_recall_completion_jsonl
-    from uio_ds.train_config import SourceConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "recall.jsonl")

@@ -34,7 +34,7 @@ import time
 import torch
 from common import print_table, summary_line, write_results
 
-from uio_ds.train_config import TrainConfig, find_config
+from uio_ds.config import TrainConfig, find_config
 
 
 @contextlib.contextmanager

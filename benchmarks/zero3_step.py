@@ -28,7 +28,7 @@ import time
 import torch
 from common import print_table, summary_line, write_results
 
-from uio_ds.train_config import TrainConfig, find_config
+from uio_ds.config import TrainConfig, find_config
 
 ARMS = {"zero2": ("zero2", []), "zero2_recompute": ("zero2", ["algorithm.graph_mode=recompute"]),
         "zero3": ("zero3", [])}

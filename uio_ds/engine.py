@@ -40,8 +40,10 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 from uio_ds.algo.lockstep import Lockstep  # noqa: E402
 from uio_ds.algo.objective import group_by_objective  # noqa: E402
 from uio_ds.algo.tbptt import Strategy, as_batches, batch_targets  # noqa: E402
-from uio_ds.config import ConfigError  # noqa: E402
-from uio_ds.train_config import TrainConfig  # noqa: E402
+from uio_ds.config import (
+    ConfigError,  # noqa: E402
+    TrainConfig,  # noqa: E402
+)
 
 SUPPORTED_ZERO_STAGES = (0, 1, 2, 3)
 

@@ -39,9 +39,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from uio_ds.algo.objective import Objective
 from uio_ds.algo.tbptt import build_strategy
-from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.config import ALGORITHMS, LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
-from uio_ds.train_config import ALGORITHMS
 
 GIB = 2**30
 

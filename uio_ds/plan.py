@@ -41,8 +41,8 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_
 
 
 def main(argv=None) -> int:
+    from uio_ds.config import TrainConfig, find_config
     from uio_ds.memory_plan import GIB, SHAPES, STEP_PARTS, base_config, plan
-    from uio_ds.train_config import TrainConfig, find_config
 
     p = argparse.ArgumentParser(prog="uio-ds plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -24,9 +24,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
+    from uio_ds.config import SourceConfig
     from uio_ds.data.pipeline import read_texts
     from uio_ds.model.base import load_causal_lm
-    from uio_ds.train_config import SourceConfig
 
     p = argparse.ArgumentParser(prog="uio-ds pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model directory to start from")

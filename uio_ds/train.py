@@ -22,8 +22,7 @@ import textwrap
 
 def config_help() -> str:
     """Every training-config key with its default and meaning, from the dataclasses."""
-    from uio_ds.config import option_reference
-    from uio_ds.train_config import TrainConfig
+    from uio_ds.config import TrainConfig, option_reference
 
     lines = ["training config keys (JSON file, or --set KEY=VALUE; default in brackets):"]
     for key, default, doc in option_reference(TrainConfig):
@@ -61,9 +60,9 @@ def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
     from uio_ds.checkpoint import check_world_size, saved_config
+    from uio_ds.config import TrainConfig, find_config
     from uio_ds.data.pipeline import source_files
     from uio_ds.run_dir import RunLock, existing_run
-    from uio_ds.train_config import TrainConfig, config_changes, find_config
     from uio_ds.trainer import Trainer
 
     config = TrainConfig.from_file(args.config, args.set)
@@ -91,7 +90,7 @@ def validate(args):
             check_world_size(*target, trainer.world_size)
             saved = saved_config(*target)
             if saved is not None:
-                allowed, trajectory = config_changes(saved, config.to_dict())
+                allowed, trajectory = config.changes_since(saved)
                 if trajectory and not args.allow_config_change:
                     raise ValueError(
                         f"the config changes what checkpoint {os.path.join(*target)} was training, so the resume "
@@ -104,7 +103,7 @@ def validate(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list_configs:
-        from uio_ds.train_config import BUNDLED_CONFIGS, bundled_configs
+        from uio_ds.config import BUNDLED_CONFIGS, bundled_configs
 
         for kind in ("train", "deepspeed"):
             print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")

@@ -18,9 +18,9 @@ import torch
 from uio_ds import checkpoint as ckpt
 from uio_ds.algo.objective import Objective
 from uio_ds.algo.tbptt import build_strategy
+from uio_ds.config import TrainConfig
 from uio_ds.model.attention import resolve_attention
 from uio_ds.stopping import StopRequest
-from uio_ds.train_config import TrainConfig
 
 STATE_FILE = "trainer_state_rank{rank}.pt"
 

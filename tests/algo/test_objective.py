@@ -180,8 +180,7 @@ def test_a_regularised_decoder_lora_is_pulled_toward_the_base(tiny_dirs):
 
 
 def test_regularising_needs_a_decoder_lora():
-    from uio_ds.config import ConfigError
-    from uio_ds.train_config import TrainConfig
+    from uio_ds.config import ConfigError, TrainConfig
 
     with pytest.raises(ConfigError, match="objective.regularize=1.0 keeps a decoder LoRA close to the base"):
         TrainConfig.from_dict({"model_path": "m", "data": {"sources": [{"path": "d.jsonl"}]},

@@ -12,10 +12,10 @@ import time
 import pytest
 from transformers import AutoTokenizer
 
+from uio_ds.config import ALPACA_PROMPT, DataConfig, SourceConfig
 from uio_ds.data.pipeline import LOCK_STALE_S, build_stream, cache_key, tokenize_source
 from uio_ds.data.sources import source_files
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
-from uio_ds.train_config import ALPACA_PROMPT, DataConfig, SourceConfig
 
 QUIET = {"log": lambda *_: None}
 
@@ -123,7 +123,7 @@ def test_chat_records_score_the_assistant_turns(tok, tmp_path):
     scored = doc["input_ids"][doc["labels"] != IGNORE_INDEX]
     assert tok.decode(scored) == "Four.</s>\nSix.</s>\n"  # each answer with its end of turn, nothing else
     with pytest.raises(ValueError, match="chat_template: true"):
-        from uio_ds.train_config import TrainConfig
+        from uio_ds.config import TrainConfig
         TrainConfig.from_dict({"model_path": "m", "data": {"sources": [{"path": path, "kind": "chat"}]}})
 
 
@@ -276,8 +276,8 @@ def test_streaming_and_cached_checkpoints_do_not_mix(tok, tmp_path):
 def test_paper_mixture_config_reads_the_sample_files(tok, tmp_path):
     """launch/configs/paper_mixture.json over the look-alike files of ``uio-ds make-sample-data``:
     every source gives documents of its kind, drawn by the paper's weights."""
+    from uio_ds.config import TrainConfig, find_config
     from uio_ds.data.samples import write_mixture_samples
-    from uio_ds.train_config import TrainConfig, find_config
 
     written = write_mixture_samples(str(tmp_path / "data" / "mixture"))
     config = TrainConfig.from_file(find_config("paper_mixture", "train"))

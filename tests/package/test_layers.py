@@ -8,7 +8,7 @@ from helpers import REPO
 
 # Lowest first. A group is a module or a subpackage; groups of one layer do not import each other.
 LAYERS = [
-    ("foundation", ["uio_ds", "uio_ds.config", "uio_ds.train_config", "uio_ds.formats", "uio_ds.machine",
+    ("foundation", ["uio_ds", "uio_ds.config", "uio_ds.formats", "uio_ds.machine",
                     "uio_ds.offload", "uio_ds.memory_tracker", "uio_ds.checkpoint", "uio_ds.run_dir",
                     "uio_ds.stopping"]),
     ("model", ["uio_ds.model"]),

@@ -76,8 +76,7 @@ def test_wheel_runs_every_entry_point(installed_wheel):
 
 
 def test_every_config_key_has_a_meaning():
-    from uio_ds.config import option_reference
-    from uio_ds.train_config import TrainConfig
+    from uio_ds.config import TrainConfig, option_reference
 
     rows = option_reference(TrainConfig)
     assert len(rows) > 40

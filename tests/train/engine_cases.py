@@ -2,9 +2,8 @@
 
 import torch
 
-from uio_ds.config import LoRAConfig, UIOConfig
+from uio_ds.config import LoRAConfig, TrainConfig, UIOConfig
 from uio_ds.model.memory_model import UIOMemoryModel
-from uio_ds.train_config import TrainConfig
 
 WORLD = 2
 CASES = {

@@ -11,7 +11,7 @@ from engine_cases import CASES, case_documents, case_model, case_train_config
 
 from uio_ds import engine
 from uio_ds.algo import build_strategy
-from uio_ds.train_config import find_config
+from uio_ds.config import find_config
 
 
 def main() -> None:

@@ -159,7 +159,7 @@ def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
 
 
 def _fp16_train_config(model_dir: str):
-    from uio_ds.train_config import TrainConfig, apply_overrides
+    from uio_ds.config import TrainConfig, apply_overrides
 
     cfg = case_train_config(model_dir, CASES["zero2"])
     cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), ["uio.dtype=float16"]))

@@ -260,7 +260,7 @@ def test_resume_applies_rate_changes_and_refuses_trajectory_changes(run_config, 
     """A resumed run takes a new learning rate and length for real (the schedule is rebuilt from
     the restored step); a change of the data, the model or the algorithm is refused unless
     --allow-config-change."""
-    from uio_ds.train_config import TrainConfig
+    from uio_ds.config import TrainConfig
 
     config, _ = run_config
     out = str(tmp_path / "run")

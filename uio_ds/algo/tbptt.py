@@ -35,10 +35,10 @@ import torch
 
 from uio_ds.algo.lockstep import ENCODE, FLUSH, Lockstep, decode_kind
 from uio_ds.algo.objective import LM, Objective
+from uio_ds.config import ALGORITHMS, GRAPH_MODES
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.memory_model import segment_targets, split_segments
 from uio_ds.offload import offload_saved_tensors
-from uio_ds.train_config import ALGORITHMS, GRAPH_MODES
 
 
 class MemoryModel(Protocol):

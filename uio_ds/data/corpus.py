@@ -19,8 +19,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from uio_ds.config import SourceConfig
 from uio_ds.data.sources import Counts, Item, Undecodable, make_record, raw_items
-from uio_ds.train_config import SourceConfig
 
 CORPUS_FILE = "corpus.json"
 

@@ -37,8 +37,8 @@ def haystack_texts(kind: str, corpus: str | None = None, corpus_split: str = "tr
     if kind == "books":
         if not corpus:
             raise ValueError("haystack 'books' reads a text source: give corpus (e.g. data/kjv, or a jsonl of texts)")
+        from uio_ds.config import SourceConfig
         from uio_ds.data.pipeline import read_texts
-        from uio_ds.train_config import SourceConfig
 
         texts, _ = read_texts(SourceConfig(path=corpus, split=corpus_split))
     elif kind == "story":

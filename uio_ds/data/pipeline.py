@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from uio_ds.config import DataConfig, SourceConfig
 from uio_ds.data.sources import Counts, Item, file_format, is_json_lines, iter_source, source_files
 from uio_ds.formats import IGNORE_INDEX
-from uio_ds.train_config import DataConfig, SourceConfig
 
 __all__ = ["source_files", "read_texts", "tokenize_source", "build_stream", "DocumentStream",
            "StreamingDocumentStream", "document_pieces", "scored_document", "autoencode_document"]

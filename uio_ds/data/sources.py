@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from uio_ds.train_config import SourceConfig
+from uio_ds.config import SourceConfig
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".bz2": "bz2", ".xz": "xz"}
 LINE_SUFFIXES = (".jsonl", ".json")

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from uio_ds.config.base import ConfigError
+
 CONFIG_NAME = "uio_config.json"
 
 ATTENTION_BACKENDS = ("auto", "flash_attention_2", "sdpa", "eager")
@@ -22,15 +24,6 @@ POSITION_OVERFLOW_POLICIES = ("error", "drop_oldest")
 MEMORY_LAYOUTS = ("appended", "stepwise")
 TRANSFER_TARGETS = ("k_proj", "v_proj")
 ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message lists every bad option and its fix."""
-
-    def __init__(self, owner: str, problems: list[str]):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid {owner} ({len(problems)} problem(s)):\n{lines}")
 
 
 @dataclass
@@ -255,54 +248,3 @@ def _tuple_targets(d: dict[str, Any]) -> dict[str, Any]:
         d["target_modules"] = tuple(d["target_modules"])
     return d
 
-
-def _field_docs(cls) -> dict[str, str]:
-    """The docstring under each field of dataclass ``cls`` (the string literal after its line)."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, after in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-                    and isinstance(after.value.value, str)):
-                docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
-def option_reference(cls, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
-    """Every option of dataclass ``cls`` as (dotted key, default as JSON, meaning), nested
-    sections flattened (``uio.encoder_lora.rank``; list items as ``data.sources[].path``).
-    ``defaults``: an instance whose values are shown instead of the class defaults."""
-    import typing
-
-    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
-    rows: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):
-        key, hint, doc = prefix + f.name, hints[f.name], docs.get(f.name, "")
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        elif f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        nested = hint if dataclasses.is_dataclass(hint) else next(
-            (a for a in args if dataclasses.is_dataclass(a)), None)
-        if nested is not None and typing.get_origin(hint) is list:  # a list of sections
-            rows.append((key, "[]", doc))
-            rows += option_reference(nested, key + "[].")
-        elif nested is not None:
-            if default is None:  # an optional section: say so, then list what it takes
-                rows.append((key, "null", doc))
-            rows += option_reference(nested, key + ".", default)
-        else:
-            rows.append((key, json.dumps(default), doc))
-    return rows
