@@ -37,9 +37,9 @@ import deepspeed  # noqa: E402
 import deepspeed.comm as dist  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
+from uio_ds.algo import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.algo.lockstep import Lockstep  # noqa: E402
 from uio_ds.algo.objective import group_by_objective  # noqa: E402
-from uio_ds.algo.tbptt import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.config import (
     ConfigError,  # noqa: E402
     TrainConfig,  # noqa: E402

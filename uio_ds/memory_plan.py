@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from uio_ds.algo import strategy_from_config
 from uio_ds.algo.objective import Objective
-from uio_ds.algo.tbptt import build_strategy
-from uio_ds.config import ALGORITHMS, LoRAConfig, UIOConfig
+from uio_ds.config import ALGORITHMS, AlgorithmConfig, LoRAConfig, UIOConfig
 from uio_ds.memory_tracker import TensorMemoryTracker
 
 GIB = 2**30
@@ -286,13 +286,9 @@ def run_step(model, settings: PlanSettings, offload_to_meta: bool) -> tuple[int,
 
 def step_strategy(settings: PlanSettings, offload_device: str = "cpu"):
     """The gradient strategy of the planned step (the same one a measurement on a GPU runs)."""
-    kwargs = {}
-    if settings.algorithm in ("incremental", "unbiased"):
-        kwargs.update(graph_mode=settings.graph_mode, offload_device=offload_device)
-    if settings.algorithm == "unbiased":
-        kwargs["seed"] = 0
+    algorithm = AlgorithmConfig(name=settings.algorithm, window=settings.window, graph_mode=settings.graph_mode)
     objective = Objective(distill=settings.distill) if settings.distill else None
-    return build_strategy(settings.algorithm, settings.window, objective=objective, **kwargs)
+    return strategy_from_config(algorithm, objective, offload_device=offload_device)
 
 
 def step_document(model, settings: PlanSettings) -> torch.Tensor:

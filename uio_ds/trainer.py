@@ -16,8 +16,8 @@ import time
 import torch
 
 from uio_ds import checkpoint as ckpt
+from uio_ds.algo import strategy_from_config
 from uio_ds.algo.objective import Objective
-from uio_ds.algo.tbptt import build_strategy
 from uio_ds.config import TrainConfig
 from uio_ds.model.attention import resolve_attention
 from uio_ds.stopping import StopRequest
@@ -195,17 +195,11 @@ class Trainer:
             except ValueError as err:
                 raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
         self.model = model
-        algo = cfg.algorithm
-        kwargs = {}
-        if algo.name in ("incremental", "unbiased"):
-            kwargs = {"graph_mode": graph_mode, "encode_batch_size": algo.encode_batch_size}
-        if algo.name == "unbiased":
-            kwargs.update(seed=algo.seed + self.rank, compensate=algo.compensate)
         objective = Objective(lm=cfg.objective.lm, distill=cfg.objective.distill, regularize=cfg.objective.regularize)
         # a run that distils anywhere (its objective or a source's) logs the two terms apart
         self.distilling = objective.uses_teacher or any((s.objective or {}).get("distill", 0) > 0
                                                         for s in cfg.data.sources)
-        self.strategy = build_strategy(algo.name, algo.window, objective=objective, **kwargs)
+        self.strategy = strategy_from_config(cfg.algorithm, objective, graph_mode=graph_mode, rank=self.rank)
         self.engine = engine.UIOEngine(
             model, ds_config, self.strategy, lr_lambda=lambda step: cfg.optim.lr_multiplier(step, cfg.steps)
         )

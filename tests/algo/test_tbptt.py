@@ -8,7 +8,7 @@ import torch
 from helpers import load, perturb_trainable, random_ids
 
 from uio_ds.algo import TBPTT, Full, Incremental, Unbiased, build_strategy
-from uio_ds.algo.tbptt import _Reservoir
+from uio_ds.algo.incremental import _Reservoir
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +71,11 @@ def test_graph_modes_agree(model, mode):
 
 
 def test_recompute_offload_moves_only_the_decoder_activations(model, monkeypatch):
-    import uio_ds.algo.tbptt as tbptt
+    import uio_ds.algo.passes as passes
 
     entered = []
-    real = tbptt.offload_saved_tensors
-    monkeypatch.setattr(tbptt, "offload_saved_tensors", lambda device: entered.append(device) or real(device))
+    real = passes.offload_saved_tensors
+    monkeypatch.setattr(passes, "offload_saved_tensors", lambda device: entered.append(device) or real(device))
     doc = random_ids(1, 16 * 4, seed=4)
     res = Incremental(2, graph_mode="recompute_offload").run(model, doc)
     assert len(entered) == 4 and res.stats["max_live_graphs"] == 0  # once per decoder step; no graph kept

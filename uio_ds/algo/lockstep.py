@@ -28,6 +28,8 @@ from typing import Callable
 
 import torch
 
+from uio_ds.algo.passes import grad_of, read_kv
+
 ENCODE, FLUSH = 0, 1
 DONE = 1 << 20
 
@@ -59,8 +61,6 @@ class Lockstep:
             self._pad(model, chosen)
 
     def _pad(self, model, kind: int) -> None:
-        from uio_ds.algo.tbptt import _grad, _kv
-
         self.padding_passes += 1
         params = model.trainable_parameters()
         ids = torch.full((1, model.segment_length), 3, dtype=torch.long, device=model.device)
@@ -77,5 +77,5 @@ class Lockstep:
                 value = torch.zeros(1, model.num_layers, model.num_mem_tokens, model.base.config.hidden_size,
                                     dtype=model.mem_embeddings.dtype, device=model.device)
                 memory = [value.requires_grad_(leaves)]
-            out = model.decode(ids, _kv(model, memory, 1), ids)
-            _grad(out.loss_sum * 0.0, list(params) + [m for m in memory if m.requires_grad])
+            out = model.decode(ids, read_kv(model, memory, 1), ids)
+            grad_of(out.loss_sum * 0.0, list(params) + [m for m in memory if m.requires_grad])
