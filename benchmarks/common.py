@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from uio_ds.machine import machine
+from uio_ds.utils.machine import machine
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -41,10 +41,10 @@ import torch
 from common import RESULTS_DIR, flat, perturb_trainable
 
 from uio_ds.config import LoRAConfig, UIOConfig
-from uio_ds.machine import machine
-from uio_ds.memory_plan import SHAPES, PlanSettings, base_config, plan, step_document, step_strategy, uio_config
 from uio_ds.model.attention import flash_attn_available
 from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.plan.memory import SHAPES, PlanSettings, base_config, plan, step_document, step_strategy, uio_config
+from uio_ds.utils.machine import machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -166,7 +166,7 @@ def part_plan(args, device, root) -> dict:
         if device.type == "cuda":
             measured = torch.cuda.max_memory_allocated() - before
         else:  # the smoke run: the planner's own CPU measurement of the step
-            from uio_ds.memory_plan import measure
+            from uio_ds.plan.memory import measure
 
             measured = measure(source, settings).step_peak
         rows.append({"decoder_recompute": recompute, "planned_step_bytes": planned.step_peak,

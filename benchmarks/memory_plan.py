@@ -2,7 +2,7 @@
 
 For a named shape (llama2-7b, llama3-8b, mistral-7b, qwen2-7b) or a local model directory,
 and the training settings below, runs uio_ds's own training step on fake tensors
-(``uio_ds.memory_plan``) at each document length, with activation offload on and off, and
+(``uio_ds.plan.memory``) at each document length, with activation offload on and off, and
 prints the breakdown: frozen weights, trainable weights, master weights, Adam moments,
 gradients, reduce bucket (persistent, from DeepSpeed's ZeRO partitioning) and, at the step's
 high-water mark, encoder graphs, memories, memory K/V, decoder activations, gradients and
@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 from common import RESULTS_DIR, print_table, summary_line, write_results
 
-from uio_ds.memory_plan import GIB, STEP_PARTS, PlanSettings, measure, plan, zero_settings
+from uio_ds.plan.memory import GIB, STEP_PARTS, PlanSettings, measure, plan, zero_settings
 
 CARDS_GB = (24, 40, 80)
 

@@ -35,11 +35,11 @@ from common import RESULTS_DIR, print_table, summary_line, write_results
 
 from uio_ds.baselines import HOMER, StreamingLLM
 from uio_ds.config import LoRAConfig, UIOConfig
-from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.model.base import load_causal_lm
 from uio_ds.model.generation import MemoryStream
 from uio_ds.model.kv import forward_after_cache, prefix_cache
 from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 MIB = 2**20
 SHAPES = {

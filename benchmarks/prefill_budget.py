@@ -20,8 +20,8 @@ import torch
 from common import print_table, summary_line, write_results
 from prefill import DTYPES, build_base, device, sync, uio_model
 
-from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.model.generation import MemoryStream
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 MIB = 2**20
 

@@ -146,7 +146,7 @@ def plot(report: dict, out: str, name: str = "recall_signal") -> str:
 def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
-    from uio_ds.machine import machine
+    from uio_ds.utils.machine import machine
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", default="runs/tiny_recipe/base", help="the tiny recipe's pre-trained base")

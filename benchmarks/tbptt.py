@@ -32,9 +32,9 @@ from transformers import AutoTokenizer
 from uio_ds.algo import TBPTT, Full, Incremental, Unbiased
 from uio_ds.config import LoRAConfig, UIOConfig
 from uio_ds.formats import synthetic_text
-from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.tiny import build_tiny_model
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 MIB = 2**20
 METHODS = {

@@ -23,9 +23,9 @@ from common import RESULTS_DIR, perturb_trainable, print_table, summary_line, wr
 
 from uio_ds.algo import Full, Unbiased
 from uio_ds.config import LoRAConfig, UIOConfig
-from uio_ds.memory_tracker import TensorMemoryTracker
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.tiny import build_tiny_model
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 MIB = 2**20
 METHODS = {

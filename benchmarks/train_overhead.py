@@ -124,7 +124,7 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import json
 
-    from uio_ds.trainer import Trainer
+    from uio_ds.train.trainer import Trainer
 
     out_dir = tempfile.mkdtemp(prefix="train_overhead_")
     config = TrainConfig.from_file(args.config, [*args.set, f"output_dir={out_dir}", f"data.max_tokens={args.tokens}",

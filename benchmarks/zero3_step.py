@@ -45,8 +45,8 @@ def main() -> None:
     p.add_argument("--local_rank", type=int, default=-1)
     args = p.parse_args()
 
-    from uio_ds import engine
-    from uio_ds.trainer import Trainer
+    from uio_ds.train import dist as process_group
+    from uio_ds.train.trainer import Trainer
 
     trainers = {}
     for arm, (ds_name, extra) in ARMS.items():
@@ -60,12 +60,12 @@ def main() -> None:
         documents = trainers["zero2"].stream.next_documents()  # every arm steps on these
         row = {"round": round_, "tokens": None}
         for arm, trainer in trainers.items():
-            engine.barrier()
+            process_group.barrier()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             out = trainer.engine.train_step(documents)
-            engine.barrier()
+            process_group.barrier()
             row[f"{arm}_s"] = round(time.perf_counter() - start, 3)
             if torch.cuda.is_available():  # the other arms' weights and states are resident too
                 row[f"{arm}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
@@ -95,7 +95,7 @@ def main() -> None:
                     "uio": trainers["zero3"].config.uio.to_dict()}
         path = write_results(args.name, {"settings": settings, "rows": rows, "median": median})
         summary_line({"results": path, **median})
-    engine.shutdown()
+    process_group.shutdown()
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def test_each_decoder_layer_runs_again_at_backward(tiny_dirs, monkeypatch):
 
 
 def test_recompute_lowers_the_step_peak_and_the_plan_sees_it(tiny_dirs):
-    from uio_ds.memory_plan import PlanSettings, measure, plan
+    from uio_ds.plan.memory import PlanSettings, measure, plan
 
     peaks = {}
     for recompute in (False, True):

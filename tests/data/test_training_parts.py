@@ -7,10 +7,10 @@ import pytest
 from helpers import REPO
 from transformers import AutoTokenizer
 
-from uio_ds import checkpoint as ckpt
 from uio_ds.config import ConfigError, DataConfig, SourceConfig, TrainConfig, apply_overrides
 from uio_ds.data.pipeline import build_stream, document_pieces, source_files
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
+from uio_ds.train import checkpoint as ckpt
 
 
 def minimal(**overrides) -> dict:

@@ -20,8 +20,8 @@ from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct, reconstru
 from uio_ds.eval.methods import build_methods
 from uio_ds.eval.passkey import evaluate_passkey
 from uio_ds.eval.perplexity import evaluate_perplexity
-from uio_ds.memory_plan import ScalarStandIns
 from uio_ds.model import UIOMemoryModel, generate, resolve_device
+from uio_ds.plan.memory import ScalarStandIns
 
 ARCHS = ("llama", "mistral", "qwen2")
 

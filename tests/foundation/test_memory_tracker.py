@@ -1,7 +1,7 @@
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from uio_ds.memory_tracker import TensorMemoryTracker
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 MIB = 2**20
 

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from uio_ds import checkpoint as ckpt
-from uio_ds.run_dir import RunLock, clear_run, existing_run
+from uio_ds.train import checkpoint as ckpt
+from uio_ds.train.checkpoint import RunLock, clear_run, existing_run
 
 
 def _lock_file(folder, pid: int) -> None:

@@ -198,7 +198,7 @@ def test_prefill_memory_stays_below_full_attention_at_every_length(tiny_dirs):
     """The encoder batch comes from a budget (1/8 of full attention's KV cache for the prompt):
     UIO's prefill then holds about its memory K/V, 1/ratio of full attention's cache (ratio 4
     here), where compressing every segment at once holds nearly as much as full attention."""
-    from uio_ds.memory_tracker import TensorMemoryTracker
+    from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
     model = load(tiny_dirs["llama"])
     for n in (256, 1024, 4096):

@@ -17,16 +17,16 @@ from transformers import AutoTokenizer
 
 from uio_ds.model.generation import generate
 from uio_ds.serve.api import create_app
-from uio_ds.serve.engine import SamplingParams, ServingEngine, SessionBusy, SessionStore, _TextStream
+from uio_ds.serve.scheduler import SamplingParams, Scheduler, SessionBusy, SessionStore, _TextStream
 
 
 @contextlib.contextmanager
-def serving(engine: ServingEngine):
-    """The app over ``engine`` on a loopback port, in a thread; yields the port."""
+def serving(scheduler: Scheduler):
+    """The app over ``scheduler`` on a loopback port, in a thread; yields the port."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -37,7 +37,7 @@ def serving(engine: ServingEngine):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        engine.close()
+        scheduler.close()
 
 
 def post(port: int, path: str, body=None, raw: bytes | None = None) -> tuple[int, dict]:
@@ -57,10 +57,10 @@ def served(tiny_dirs):
     model = load(tiny_dirs["llama"])
     perturb_trainable(model, scale=0.3)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
-    engine = ServingEngine(model, tokenizer, model_name="tiny-uio", max_batch=4)
-    with serving(engine) as port:
+    scheduler = Scheduler(model, tokenizer, model_name="tiny-uio", max_batch=4)
+    with serving(scheduler) as port:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
-        yield client, engine, model, tokenizer, port
+        yield client, scheduler, model, tokenizer, port
 
 
 def greedy(model, tokenizer, ids: list[int], max_new: int) -> tuple[str, list[int]]:
@@ -76,7 +76,7 @@ PROMPT = "Once upon a time the old miller walked to the river and"
 
 
 def test_models_and_completion_equal_greedy_generation(served):
-    client, engine, model, tokenizer, _ = served
+    client, scheduler, model, tokenizer, _ = served
     assert [m.id for m in client.models.list().data] == ["tiny-uio"]
     ids = tokenizer(PROMPT)["input_ids"]
     want, tokens = greedy(model, tokenizer, ids, 24)
@@ -93,7 +93,7 @@ def test_models_and_completion_equal_greedy_generation(served):
 
 
 def test_chat_completion_applies_the_chat_template(served):
-    client, engine, model, tokenizer, _ = served
+    client, scheduler, model, tokenizer, _ = served
     messages = [{"role": "user", "content": "Tell me about the miller."}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
     want, _ = greedy(model, tokenizer, list(ids), 20)
@@ -107,7 +107,7 @@ def test_chat_completion_applies_the_chat_template(served):
 
 
 def test_stop_sequence_cuts_the_text(served):
-    client, engine, model, tokenizer, _ = served
+    client, scheduler, model, tokenizer, _ = served
     full = client.completions.create(model="tiny-uio", prompt=PROMPT, max_tokens=30, temperature=0).choices[0].text
     stop = full[len(full) // 2: len(full) // 2 + 3]
     assert stop.strip(), full
@@ -120,7 +120,7 @@ def test_stop_sequence_cuts_the_text(served):
 
 def test_session_reads_only_the_new_tokens(served):
     """A follow-up in a session reads its new tokens only, and answers as a fresh read of the whole."""
-    client, engine, model, tokenizer, port = served
+    client, scheduler, model, tokenizer, port = served
     document = tokenizer(" ".join(["The pass key is 7731, remember it."] * 12))["input_ids"]
     first = client.completions.create(model="tiny-uio", prompt=document, max_tokens=8, temperature=0,
                                       extra_body={"session": "s1"})
@@ -142,7 +142,7 @@ def test_session_reads_only_the_new_tokens(served):
 
 
 def test_concurrent_requests_are_batched_and_equal_alone(served):
-    client, engine, model, tokenizer, _ = served
+    client, scheduler, model, tokenizer, _ = served
     prompts = [f"The {w} walked to the river and" for w in ("miller", "baker", "smith", "tailor")]
     lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
     alone = [client.completions.create(model="tiny-uio", prompt=p, max_tokens=10, temperature=0).choices[0].text
@@ -172,7 +172,7 @@ def test_concurrent_requests_are_batched_and_equal_alone(served):
     ({"session": ""}, ["session="]),
 ])
 def test_bad_requests_get_400_and_the_server_goes_on(served, body, words):
-    client, engine, model, tokenizer, port = served
+    client, scheduler, model, tokenizer, port = served
     request = {"model": "tiny-uio", "prompt": "Hello", "max_tokens": 4, **body}
     status, reply = post(port, "/v1/completions", request)
     assert status == 400, reply
@@ -196,7 +196,7 @@ def test_text_past_the_position_range_is_refused(short_context_dir):
     """A 64-position model: a prompt + max_tokens that would pass its positions is a 400 before any work."""
     model = load(short_context_dir)
     tokenizer = AutoTokenizer.from_pretrained(short_context_dir)
-    with serving(ServingEngine(model, tokenizer, model_name="short")) as port:
+    with serving(Scheduler(model, tokenizer, model_name="short")) as port:
         status, reply = post(port, "/v1/completions", {"prompt": "word " * 400, "max_tokens": 8})
         assert status == 400 and "max_position_embeddings=64" in reply["error"]["message"]
         assert post(port, "/v1/completions", {"prompt": "word", "max_tokens": 4})[0] == 200
@@ -229,6 +229,6 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes(tiny_dirs):
 
 
 def test_engine_rejects_bad_sampling_before_queueing(served):
-    _, engine, *_ = served
+    _, scheduler, *_ = served
     with pytest.raises(ValueError, match="top_p=0"):
-        engine.submit([5, 6], SamplingParams(top_p=0), lambda e: None)
+        scheduler.submit([5, 6], SamplingParams(top_p=0), lambda e: None)

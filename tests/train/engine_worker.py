@@ -9,9 +9,11 @@ import os
 import torch
 from engine_cases import CASES, case_documents, case_model, case_train_config
 
-from uio_ds import engine
 from uio_ds.algo import build_strategy
 from uio_ds.config import find_config
+from uio_ds.train import dist as process_group
+from uio_ds.train import engine
+from uio_ds.train.ds_config import resolve_ds_config
 
 
 def main() -> None:
@@ -24,7 +26,7 @@ def main() -> None:
     for name, case in CASES.items():
         cfg = case_train_config(args.model, case)
         with open(find_config(case["ds"], "deepspeed")) as f:
-            ds_config, graph_mode = engine.resolve_ds_config(json.load(f), cfg, world)
+            ds_config, graph_mode = resolve_ds_config(json.load(f), cfg, world)
         model = case_model(args.model, case)
         options = {} if case["algorithm"] == "full" else {"graph_mode": graph_mode}
         strategy = build_strategy(case["algorithm"], case["window"], **options)
@@ -44,7 +46,7 @@ def main() -> None:
         if rank == 0:
             torch.save({"history": history, "graph_mode": graph_mode, "zero3_layout": layout},
                        os.path.join(args.out, f"{name}.pt"))
-        engine.barrier()
+        process_group.barrier()
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import subprocess
 import pytest
 from helpers import REPO, free_port, launcher_env
 
-from uio_ds import checkpoint as ckpt
 from uio_ds import train as train_entry
 from uio_ds.cli import main as cli_main
 from uio_ds.eval.run import main as eval_main
-from uio_ds.trainer import Trainer
+from uio_ds.train import checkpoint as ckpt
+from uio_ds.train.trainer import Trainer
 
 
 def _snapshot(folder: str) -> dict[str, str]:

@@ -100,7 +100,7 @@ def test_zero3_pads_the_rank_with_fewer_passes(deepspeed_runs):
 def test_memory_planner_knows_what_zero3_keeps_whole(deepspeed_runs, tiny_dirs):
     """The planner's ZeRO-3 layout is DeepSpeed's: the frozen tensors it keeps whole are those
     DeepSpeed made persistent, and a rank's partition of the rest is 1/2 of it (2 ranks)."""
-    from uio_ds.memory_plan import zero3_layout
+    from uio_ds.plan.memory import zero3_layout
 
     model = case_model(tiny_dirs["llama"], CASES["zero3"])
     whole, gathered = zero3_layout(model)
@@ -112,7 +112,7 @@ def test_memory_planner_knows_what_zero3_keeps_whole(deepspeed_runs, tiny_dirs):
 
 
 def test_every_shipped_deepspeed_config_resolves(tiny_dirs):
-    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train.ds_config import resolve_ds_config
 
     cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
     configs = sorted(f for f in os.listdir(os.path.join(REPO, "ds_configs")) if f.endswith(".json"))
@@ -132,7 +132,7 @@ def test_every_shipped_deepspeed_config_resolves(tiny_dirs):
 def test_auto_bucket_sizes_follow_the_hidden_size(tiny_dirs):
     """zero_optimization's "auto" buckets resolve to hidden_size squared (as Hugging Face's
     DeepSpeed configs are written); without the model's hidden size they are refused."""
-    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train.ds_config import resolve_ds_config
 
     cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
     with open(os.path.join(REPO, "ds_configs", "zero2.json")) as f:
@@ -145,7 +145,7 @@ def test_auto_bucket_sizes_follow_the_hidden_size(tiny_dirs):
 
 
 def test_bad_deepspeed_configs_are_refused_with_every_problem(tiny_dirs):
-    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train.ds_config import resolve_ds_config
 
     cfg = case_train_config(tiny_dirs["llama"], CASES["zero2"])
     raw = {"gradient_accumulation_steps": 4, "zero_optimization": {"stage": 4}, "bf16": {"enabled": True},
@@ -172,7 +172,7 @@ def test_fp16_is_refused_exactly_where_the_accelerator_says_it_cannot_run(tiny_d
     """Both answers of DeepSpeed's accelerator, on any machine: refused when it says no, enabled when yes."""
     from deepspeed.accelerator import get_accelerator
 
-    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train.ds_config import resolve_ds_config
 
     cfg, raw = _fp16_train_config(tiny_dirs["llama"])
     monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: supported)
@@ -189,7 +189,7 @@ def test_fp16_on_this_machine_follows_its_accelerator(tiny_dirs):
     and not on CPUs without them (the AMD EPYCs seen here); a CUDA GPU runs it."""
     from deepspeed.accelerator import get_accelerator
 
-    from uio_ds.engine import resolve_ds_config
+    from uio_ds.train.ds_config import resolve_ds_config
 
     cfg, raw = _fp16_train_config(tiny_dirs["llama"])
     if get_accelerator().is_fp16_supported():
@@ -202,7 +202,7 @@ def test_fp16_on_this_machine_follows_its_accelerator(tiny_dirs):
 def test_surrogate_gradient_equals_buffers_under_a_loss_scale(tiny_dirs):
     """engine.backward multiplies by the fp16 loss scale; buffers that already carry it must come
     out unchanged (the scale divides out exactly, being a power of two)."""
-    from uio_ds.engine import SurrogateObjective
+    from uio_ds.train.engine import SurrogateObjective
 
     model = case_model(tiny_dirs["llama"], CASES["zero2"])
     params = model.trainable_parameters()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from uio_ds.memory_plan import PlanSettings, build_model, measure, persistent_bytes, plan
+from uio_ds.plan.memory import PlanSettings, build_model, measure, persistent_bytes, plan
 
 
 def _settings(**over) -> PlanSettings:
@@ -113,7 +113,7 @@ def test_bad_settings_are_named():
 def test_offload_moves_activations_but_not_weights_or_broadcast_views():
     import torch
 
-    from uio_ds.offload import pack_saved, unpack_saved
+    from uio_ds.utils.offload import pack_saved, unpack_saved
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         w = torch.nn.Parameter(torch.randn(64, 64), requires_grad=False)

@@ -9,9 +9,9 @@ import pytest
 from transformers import AutoConfig
 
 from uio_ds.config import TrainConfig, find_config
-from uio_ds.engine import resolve_ds_config
-from uio_ds.memory_plan import SHAPES
 from uio_ds.model.memory_model import base_model_problems, length_problem
+from uio_ds.plan.memory import SHAPES
+from uio_ds.train.ds_config import resolve_ds_config
 
 PAPER_CONFIGS = {  # config name -> (model shape, segment length, ratio, document tokens)
     "llama2_7b_chat_ratio32": ("llama2-7b", 1024, 32, 100000),

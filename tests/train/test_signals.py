@@ -12,7 +12,7 @@ import psutil
 import pytest
 from helpers import REPO, free_port, launcher_env
 
-from uio_ds import checkpoint as ckpt
+from uio_ds.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 

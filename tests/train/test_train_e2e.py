@@ -11,7 +11,7 @@ import time
 import pytest
 from helpers import REPO, free_port, launcher_env
 
-from uio_ds import checkpoint as ckpt
+from uio_ds.train import checkpoint as ckpt
 
 # every test here starts the deepspeed launcher with two ranks (tens of seconds each)
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import contextlib
 import torch
 
 from uio_ds.formats import IGNORE_INDEX
-from uio_ds.offload import offload_saved_tensors
+from uio_ds.utils.offload import offload_saved_tensors
 
 
 def as_batches(documents) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -595,7 +595,7 @@ class UIOMemoryModel(nn.Module):
         key = (str(self.device), self.mem_embeddings.dtype)
         cached = getattr(self, "_encode_bytes", {})
         if key not in cached:
-            from uio_ds.memory_tracker import TensorMemoryTracker
+            from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
             ids = torch.full((1, self.segment_length), 3, dtype=torch.long, device=self.device)
             with torch.no_grad():

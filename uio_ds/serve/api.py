@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 
-from uio_ds.serve.engine import Event, RequestError, SamplingParams, ServingEngine, SessionBusy
+from uio_ds.serve.scheduler import Event, RequestError, SamplingParams, Scheduler, SessionBusy
 
 
 def _error(status: int, message: str, param: str | None = None):
@@ -69,8 +69,8 @@ def _session(body: dict) -> str | None:
     return session
 
 
-def create_app(engine: ServingEngine):
-    """The FastAPI application over ``engine``."""
+def create_app(scheduler: Scheduler):
+    """The FastAPI application over ``scheduler``."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -84,11 +84,11 @@ def create_app(engine: ServingEngine):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "sessions": len(engine.sessions)}
+        return {"status": "ok", "sessions": len(scheduler.sessions)}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": created,
+        return {"object": "list", "data": [{"id": scheduler.model_name, "object": "model", "created": created,
                                             "owned_by": "uio_ds"}]}
 
     async def _body(request: Request) -> dict:
@@ -98,8 +98,8 @@ def create_app(engine: ServingEngine):
             raise RequestError(f"the request body is not JSON: {err}") from None
         if not isinstance(body, dict):
             raise RequestError("the request body must be a JSON object")
-        if body.get("model") not in (None, engine.model_name):
-            raise RequestError(f"model={body.get('model')!r}: this server serves {engine.model_name!r} (GET /v1/models)")
+        if body.get("model") not in (None, scheduler.model_name):
+            raise RequestError(f"model={body.get('model')!r}: this server serves {scheduler.model_name!r} (GET /v1/models)")
         return body
 
     async def _run(prompt_ids: list[int], body: dict, chat: bool):
@@ -107,7 +107,7 @@ def create_app(engine: ServingEngine):
         params, session = _params(body, 256 if chat else 16), _session(body)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
-        engine.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
+        scheduler.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         now = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
@@ -120,7 +120,7 @@ def create_app(engine: ServingEngine):
                 choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
             else:
                 choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            out = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": now, "model": engine.model_name,
+            out = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": now, "model": scheduler.model_name,
                    "choices": [choice] if usage is None else []}
             if usage is not None:
                 out["usage"] = usage
@@ -159,7 +159,7 @@ def create_app(engine: ServingEngine):
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason,
                    "logprobs": None} if chat else
                   {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None})
-        return JSONResponse({"id": rid, "object": kind, "created": now, "model": engine.model_name, "choices": [choice],
+        return JSONResponse({"id": rid, "object": kind, "created": now, "model": scheduler.model_name, "choices": [choice],
                              "usage": event.usage.to_dict(),
                              "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
                                      "memory_tokens": event.usage.memory_tokens,
@@ -180,7 +180,7 @@ def create_app(engine: ServingEngine):
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             ids = prompt  # already token ids
         elif isinstance(prompt, str) and prompt:
-            ids = engine.tokenizer(prompt)["input_ids"]
+            ids = scheduler.tokenizer(prompt)["input_ids"]
         else:
             raise RequestError("prompt: give one non-empty string (or a list of token ids)")
         return await _run(ids, body, chat=False)
@@ -191,9 +191,9 @@ def create_app(engine: ServingEngine):
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages):
             raise RequestError("messages: give a non-empty list of {\"role\", \"content\"} objects with string content")
-        if not getattr(engine.tokenizer, "chat_template", None):
+        if not getattr(scheduler.tokenizer, "chat_template", None):
             raise RequestError("the model's tokenizer has no chat template: use /v1/completions")
-        ids = list(engine.tokenizer.apply_chat_template(
+        ids = list(scheduler.tokenizer.apply_chat_template(
             [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True,
             tokenize=True, return_dict=True)["input_ids"])
         return await _run(ids, body, chat=True)
@@ -209,8 +209,8 @@ def create_app(engine: ServingEngine):
     return app
 
 
-def load_engine(args) -> ServingEngine:
-    """The model, tokenizer and engine of the ``serve`` / ``chat`` arguments."""
+def load_scheduler(args) -> Scheduler:
+    """The model, tokenizer and scheduler of the ``serve`` / ``chat`` arguments."""
     from transformers import AutoTokenizer
 
     from uio_ds.config import UIOConfig
@@ -221,7 +221,7 @@ def load_engine(args) -> ServingEngine:
     model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     name = args.name or (args.uio or args.model).rstrip("/").split("/")[-1]
-    return ServingEngine(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
+    return Scheduler(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
                          session_ttl_s=args.session_ttl)
 
 
@@ -250,13 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: serving needs fastapi and uvicorn: pip install 'uio_ds[serve]'", file=sys.stderr)
         return 2
     try:
-        engine = load_engine(args)
+        scheduler = load_scheduler(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"serving {engine.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
-    engine.close()
+    print(f"serving {scheduler.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(scheduler), host=args.host, port=args.port, log_level="warning")
+    scheduler.close()
     return 0
 
 

@@ -3,7 +3,7 @@
     uio-ds chat --model models/smollm2 --uio release/smollm2-uio
 
 Each line you type is a user turn; the conversation goes through the tokenizer's chat template
-and lives in one session of the serving engine, so earlier turns (and loaded documents) are read
+and lives in one session of the scheduler, so earlier turns (and loaded documents) are read
 once and kept as memory. Commands:
 
   /load FILE   put a text file into the conversation (read into memory with the next question)
@@ -19,14 +19,14 @@ import os
 import sys
 import uuid
 
-from uio_ds.serve.engine import SamplingParams
+from uio_ds.serve.scheduler import SamplingParams
 
 
 class ChatSession:
-    """A conversation over a ``ServingEngine`` session: messages in, streamed answers out."""
+    """A conversation over a ``Scheduler`` session: messages in, streamed answers out."""
 
-    def __init__(self, engine, params: SamplingParams, system: str | None = None):
-        self.engine, self.params, self.system = engine, params, system
+    def __init__(self, scheduler, params: SamplingParams, system: str | None = None):
+        self.scheduler, self.params, self.system = scheduler, params, system
         self.reset()
 
     def reset(self) -> None:
@@ -39,7 +39,7 @@ class ChatSession:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         self.pending_document = (self.pending_document + "\n\n" if self.pending_document else "") + text
-        return len(self.engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.scheduler.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def ask(self, question: str, on_text) -> str:
         content = question
@@ -47,10 +47,10 @@ class ChatSession:
             content = f"{self.pending_document}\n\n{question}"
             self.pending_document = None
         self.messages.append({"role": "user", "content": content})
-        ids = list(self.engine.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True,
+        ids = list(self.scheduler.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True,
                                                             return_dict=True)["input_ids"])
         try:
-            event = self.engine.generate(ids, self.params, session=self.session, on_text=on_text)
+            event = self.scheduler.generate(ids, self.params, session=self.session, on_text=on_text)
         except Exception:
             self.messages.pop()
             raise
@@ -62,14 +62,14 @@ class ChatSession:
         u = self.last_usage
         if u is None:
             return "memory: empty (nothing asked yet)"
-        m = self.engine.model.num_mem_tokens
+        m = self.scheduler.model.num_mem_tokens
         return (f"memory: {u.memory_tokens} memory tokens ({u.memory_tokens // m} segments of "
-                f"{self.engine.model.segment_length} tokens compressed); last turn read {u.prompt_tokens - u.reused_tokens}"
+                f"{self.scheduler.model.segment_length} tokens compressed); last turn read {u.prompt_tokens - u.reused_tokens}"
                 f" new prompt tokens of {u.prompt_tokens}, generated {u.completion_tokens}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from uio_ds.serve.api import add_model_args, load_engine
+    from uio_ds.serve.api import add_model_args, load_scheduler
 
     p = argparse.ArgumentParser(prog="uio-ds chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
@@ -83,18 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         p.error("; ".join(problems))
     try:
-        engine = load_engine(args)
+        scheduler = load_scheduler(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not getattr(engine.tokenizer, "chat_template", None):
+    if not getattr(scheduler.tokenizer, "chat_template", None):
         print("error: the model's tokenizer has no chat template; use `uio-ds generate` for plain text", file=sys.stderr)
-        engine.close()
+        scheduler.close()
         return 2
-    chat = ChatSession(engine, params, args.system)
+    chat = ChatSession(scheduler, params, args.system)
     interactive = sys.stdin.isatty()
-    print(f"chatting with {engine.model_name} (segments of {engine.model.segment_length} tokens, ratio "
-          f"{engine.model.config.compression_ratio}); /load FILE, /memory, /reset, /quit", flush=True)
+    print(f"chatting with {scheduler.model_name} (segments of {scheduler.model.segment_length} tokens, ratio "
+          f"{scheduler.model.config.compression_ratio}); /load FILE, /memory, /reset, /quit", flush=True)
     try:
         while True:
             if interactive:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(flush=True)
                 print(f"[{chat.memory_line()}]", flush=True)
     finally:
-        engine.close()
+        scheduler.close()
     return 0
 
 

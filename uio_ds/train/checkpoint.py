@@ -1,10 +1,22 @@
-"""Checkpoint directory protocol: complete markers, an atomic ``latest`` pointer, keep-last-N.
+"""Checkpoints and the run's output directory.
+
+Checkpoint directory protocol: complete markers, an atomic ``latest`` pointer, keep-last-N.
 
 A checkpoint ``<root>/step00000042/`` is written by every rank (DeepSpeed's sharded files).
 Only after all ranks have finished does rank 0 write ``COMPLETE`` inside it and then
 replace ``<root>/latest`` atomically (write a temporary file, ``os.replace``). A save that
 is interrupted at any point therefore leaves ``latest`` naming the previous complete
 checkpoint; incomplete directories are ignored on resume and deleted by the next prune.
+``Checkpoints`` saves and restores a run's state (the engine's shards, every rank's trainer
+state, the config) in that protocol.
+
+A training run owns its output directory:
+
+* ``existing_run(output_dir)`` says what an earlier run left there (checkpoints, exported parts,
+  metrics), so that a fresh run refuses to write over it unless asked to resume or overwrite;
+* ``RunLock`` is a lock file holding the owner's host and pid: a second run on the same
+  directory is refused with who holds it, and a lock left by a process that no longer runs
+  (on this host) is reported and taken over.
 """
 
 from __future__ import annotations
@@ -14,7 +26,12 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
+
+import torch
+
+from uio_ds.train.stopping import TrainingStopped
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -97,8 +114,6 @@ def unreadable(root: str, tag: str) -> str | None:
     stats = [os.stat(os.path.join(folder, f)) for f in files]
     key = (os.path.abspath(folder), tuple((f, s.st_size, s.st_mtime_ns) for f, s in zip(files, stats)))
     if key not in _READ_CHECKS:
-        import torch
-
         _READ_CHECKS[key] = None
         for name in files:
             try:
@@ -180,3 +195,155 @@ def write_failure(err: BaseException, root: str, what: str) -> str:
     last = latest_tag(root)
     return (f"could not write {what}: {cause}. An incomplete checkpoint is ignored on resume; {'the last complete checkpoint is ' + os.path.join(root, last) if last else 'no checkpoint is complete'}"
             "; free space (or fix the cause) and continue with --resume auto")
+
+
+LOCK_FILE = ".lock"
+# What a run writes into its output directory (``overwrite`` removes exactly these)
+RUN_OUTPUTS = ("checkpoints", "final", "tensorboard", "metrics.jsonl", "run_config.json")
+
+
+def existing_run(output_dir: str) -> str | None:
+    """A short description of the run outputs already in ``output_dir``, or None if there are none."""
+    found = []
+    tags = complete_tags(os.path.join(output_dir, "checkpoints"))
+    if tags:
+        found.append(f"checkpoints up to step {tag_step(tags[-1])}")
+    if os.path.isdir(os.path.join(output_dir, "final")):
+        found.append("exported parts (final/)")
+    if os.path.isfile(os.path.join(output_dir, "metrics.jsonl")):
+        found.append("metrics.jsonl")
+    return ", ".join(found) or None
+
+
+def clear_run(output_dir: str) -> list[str]:
+    """Remove an earlier run's outputs from ``output_dir`` (nothing else); returns what was removed."""
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """``output_dir/.lock`` with {host, pid, started}; ``acquire`` raises RuntimeError when another
+    live process holds it."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, LOCK_FILE)
+        self.held = False
+        self.note: str | None = None  # set when a stale lock was taken over
+
+    def holder(self) -> dict | None:
+        """The lock's owner, or None when the directory is free (no lock, or a stale one)."""
+        try:
+            with open(self.path) as f:
+                owner = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"host": "?", "pid": -1, "started": 0, "unreadable": True}
+        if owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1))):
+            return None
+        return owner
+
+    def describe(self, owner: dict) -> str:
+        if owner.get("unreadable"):
+            return f"{self.path} exists but cannot be read; delete it if no run uses this directory"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started", 0)))
+        return (f"{os.path.dirname(self.path)} is in use by pid {owner.get('pid')} on {owner.get('host')} "
+                f"(since {started}): wait for it, or choose another output_dir; if that run is gone, delete "
+                f"{self.path}")
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.holder()
+                if owner is not None:
+                    raise RuntimeError(self.describe(owner)) from None
+                with open(self.path) as f:
+                    stale = f.read().strip()
+                os.remove(self.path)  # stale: its process is gone
+                self.note = f"removed a stale lock of a process that no longer runs ({stale})"
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+        raise RuntimeError(f"could not take the lock {self.path}: another run took it at the same moment")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+
+STATE_FILE = "trainer_state_rank{rank}.pt"
+"""Each rank's trainer state in a checkpoint (step, data position, random generators)."""
+
+
+class CheckpointWriteError(TrainingStopped):
+    """This rank could not write its part of a checkpoint or the exported parts (a full disk, an
+    I/O error); the message names what was written and what is left."""
+
+    local = True
+    """Raised on one rank only: the others learn of it when the launcher stops them."""
+
+
+class Checkpoints:
+    """A run's checkpoints under ``root``: each rank saves its engine shards and trainer state, rank 0
+    the config and then the COMPLETE marker; a restore reads them back in the same order."""
+
+    def __init__(self, root: str, rank: int, world_size: int, keep_last: int):
+        self.root, self.rank, self.world_size, self.keep_last = root, rank, world_size, keep_last
+
+    def save(self, step: int, state: dict, engine, config: dict) -> tuple[str, list[str]]:
+        """Write the checkpoint of ``step``; returns (its tag, the older checkpoints pruned on rank 0).
+        Every rank must call it (the engine's save ends with a barrier)."""
+        tag = step_tag(step)
+        path = os.path.join(self.root, tag)
+        try:
+            os.makedirs(path, exist_ok=True)
+            torch.save(state, os.path.join(path, STATE_FILE.format(rank=self.rank)))
+            engine.save(self.root, tag, {"step": step})  # ends with a barrier
+            if self.rank == 0:
+                with open(os.path.join(path, CONFIG), "w") as f:
+                    json.dump(config, f, indent=2)
+                mark_complete(self.root, tag, {"step": step, "world_size": self.world_size})
+        except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+            raise CheckpointWriteError(write_failure(err, self.root, f"checkpoint {path}")) from None
+        removed = prune(self.root, self.keep_last) if self.rank == 0 else []
+        return tag, removed
+
+    def restore(self, root: str, tag: str, engine) -> dict:
+        """Load the engine's shards of checkpoint ``root/tag`` and return this rank's trainer state."""
+        check_world_size(root, tag, self.world_size)
+        engine.load(root, tag)
+        return torch.load(os.path.join(root, tag, STATE_FILE.format(rank=self.rank)), weights_only=False)
+
+    def last_good(self) -> str:
+        """Where the last complete checkpoint is, as a sentence's end."""
+        tag = latest_tag(self.root)
+        return f"the last checkpoint is {os.path.join(self.root, tag)}" if tag else "no checkpoint was saved"

@@ -40,40 +40,21 @@ from deepspeed.accelerator import get_accelerator  # noqa: E402
 from uio_ds.algo import Strategy, as_batches, batch_targets  # noqa: E402
 from uio_ds.algo.lockstep import Lockstep  # noqa: E402
 from uio_ds.algo.objective import group_by_objective  # noqa: E402
-from uio_ds.config import (
-    ConfigError,  # noqa: E402
-    TrainConfig,  # noqa: E402
-)
-
-SUPPORTED_ZERO_STAGES = (0, 1, 2, 3)
-
-
-def _single_process_env() -> None:
-    """Started without a launcher (``uio-ds train``): a process group of one, on a free local port."""
-    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
-        return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+from uio_ds.config import ConfigError  # noqa: E402
+from uio_ds.train import dist as process_group  # noqa: E402
+from uio_ds.train.ds_config import persistence_problem  # noqa: E402
 
 
 def init_distributed() -> tuple[int, int]:
     """Join the process group (gloo on CPU, NCCL on GPUs); returns (rank, world_size). Without
     a launcher the process is a group of one."""
-    _single_process_env()
+    process_group.single_process_env()
     if not dist.is_initialized():
         _skip_shared_memory_op()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    elif "OMP_NUM_THREADS" not in os.environ:
-        # CPU ranks share the machine's cores; more threads than cores slows every rank down.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    process_group.set_cpu_threads(dist.get_world_size())
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -95,186 +76,12 @@ def _skip_shared_memory_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    dist.barrier()
-
-
-def shutdown() -> None:
-    """Wait for every rank, then leave the process group: a rank that exits while another still
-    talks to it can be killed in gloo's teardown ("terminate called without an active exception")."""
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Sum of ``values`` over ranks (float64 on the communication device)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
-def all_reduce_max_float(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def all_reduce_min(value: int) -> int:
-    t = torch.tensor([value], dtype=torch.int64, device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
-
-
-def all_reduce_max(value: int) -> int:
-    t = torch.tensor([value], dtype=torch.int64, device=device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def persistence_problem(threshold, largest: int) -> str:
-    return (f"DeepSpeed zero_optimization.stage3_param_persistence_threshold={threshold} is below the largest "
-            f"trainable parameter ({largest} elements): the trainable parts must stay whole on every rank; set it "
-            f"to \"auto\" or at least {largest}")
-
-
-def resolve_ds_config(raw: dict, cfg: TrainConfig, world_size: int, hidden_size: int | None = None,
-                      largest_trainable: int | None = None) -> tuple[dict, str]:
-    """Fill the ``"auto"`` values of a DeepSpeed config from the training config, check that the two
-    agree, and choose where retained encoder graphs live. Returns (DeepSpeed config, graph mode).
-    ``hidden_size`` (the base model's) sizes ZeRO's communication buckets when they are "auto"
-    (hidden_size squared, as Hugging Face's DeepSpeed integration does); ``largest_trainable``
-    (elements of the largest trainable tensor) checks an explicit ZeRO-3 persistence threshold.
-
-    Every problem is collected and raised at once, before any model is loaded."""
-    ds = copy.deepcopy(raw)
-    problems: list[str] = []
-    on_gpu = torch.cuda.is_available()
-
-    def fill(section: dict, key: str, value, where: str, explicit_must_match: bool = True):
-        current = section.get(key, "auto")
-        if current == "auto":
-            section[key] = value
-        elif explicit_must_match and current != value:
-            problems.append(f"DeepSpeed {where}={current!r} disagrees with the training config ({value!r}): "
-                            f"set it to \"auto\" or make the two equal")
-
-    docs = cfg.data.documents_per_step
-    fill(ds, "train_micro_batch_size_per_gpu", docs, "train_micro_batch_size_per_gpu")
-    gas = ds.get("gradient_accumulation_steps", "auto")
-    if gas not in ("auto", 1):
-        problems.append(f"DeepSpeed gradient_accumulation_steps={gas!r}: must be 1 (or \"auto\"); gradients of "
-                        "data.documents_per_step documents are accumulated inside one step, set that instead")
-    ds["gradient_accumulation_steps"] = 1
-    fill(ds, "train_batch_size", docs * world_size, "train_batch_size")
-    if "gradient_clipping" not in raw:
-        problems.append("DeepSpeed config has no gradient_clipping: state it (\"auto\" takes optim.grad_clip); "
-                        "DeepSpeed's default silently clips at 1.0")
-    else:
-        fill(ds, "gradient_clipping", float(cfg.optim.grad_clip), "gradient_clipping")
-
-    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
-    if opt.get("type") not in ("AdamW", "Adam"):
-        problems.append(f"DeepSpeed optimizer.type={opt.get('type')!r}: uio_ds configures AdamW (or Adam)")
-    params = opt.setdefault("params", {})
-    fill(params, "lr", cfg.optim.lr, "optimizer.params.lr")
-    fill(params, "betas", list(cfg.optim.betas), "optimizer.params.betas")
-    fill(params, "eps", cfg.optim.eps, "optimizer.params.eps")
-    fill(params, "weight_decay", cfg.optim.weight_decay, "optimizer.params.weight_decay")
-    # DeepSpeed's fused Adam needs CUDA; on CPU ranks torch's AdamW does the same update.
-    fill(params, "torch_adam", not on_gpu, "optimizer.params.torch_adam", explicit_must_match=False)
-    if params["torch_adam"] is False and not on_gpu:
-        problems.append("DeepSpeed optimizer.params.torch_adam=false needs CUDA (fused Adam): use \"auto\" on CPU")
-
-    if "scheduler" in ds:
-        problems.append("DeepSpeed config has a scheduler section: uio_ds schedules the learning rate itself "
-                        "(optim.warmup_steps, optim.min_lr_ratio); remove the section")
-
-    dtype = cfg.uio.dtype
-    for key, wanted in (("bf16", dtype == "bfloat16"), ("fp16", dtype == "float16")):
-        section = ds.setdefault(key, {})
-        enabled = section.get("enabled", "auto")
-        if enabled == "auto":
-            section["enabled"] = wanted
-        elif bool(enabled) != wanted:
-            problems.append(f"DeepSpeed {key}.enabled={enabled} but uio.dtype={dtype!r}: set {key}.enabled to "
-                            f"\"auto\" or change uio.dtype")
-
-    if ds["fp16"]["enabled"] and not get_accelerator().is_fp16_supported():
-        problems.append(f"fp16 is not supported by DeepSpeed's {get_accelerator().device_name()} accelerator: "
-                        "use uio.dtype=\"bfloat16\" (or float32) here; fp16 with loss scaling needs a GPU")
-
-    zero = ds.setdefault("zero_optimization", {"stage": 2})
-    stage = zero.get("stage", 0)
-    if stage not in SUPPORTED_ZERO_STAGES:
-        problems.append(f"DeepSpeed zero_optimization.stage={stage}: uio_ds supports stages "
-                        f"{list(SUPPORTED_ZERO_STAGES)}")
-    if stage == 3:
-        # ZeRO-3 gathers each module's weights from every rank when the module runs, so the ranks'
-        # passes run in lockstep (uio_ds.algo.lockstep), which needs self-contained passes.
-        if cfg.algorithm.name not in ("incremental", "unbiased"):
-            problems.append(f"DeepSpeed ZeRO-3 with algorithm.name={cfg.algorithm.name!r}: ZeRO-3 runs the "
-                            "incremental strategies only; use \"incremental\" or \"unbiased\", or ZeRO-2")
-        if cfg.objective.distill > 0:
-            problems.append(f"DeepSpeed ZeRO-3 with objective.distill={cfg.objective.distill}: the teacher's passes "
-                            "do not run in lockstep yet; use ZeRO-1/2, or objective.distill=0")
-        if any(s.objective is not None for s in cfg.data.sources):
-            problems.append("DeepSpeed ZeRO-3 with a source's own objective: ranks would run their objectives' "
-                            "groups in different numbers, out of lockstep; use ZeRO-1/2, or the run's objective only")
-        if cfg.uio.recent_tokens:
-            problems.append(f"DeepSpeed ZeRO-3 with uio.recent_tokens={cfg.uio.recent_tokens}: the passes that fill "
-                            "the raw window do not run in lockstep yet; use ZeRO-1/2, or uio.recent_tokens=0")
-        prefetch = zero.get("stage3_prefetch_bucket_size", "auto")
-        if prefetch == "auto":
-            zero["stage3_prefetch_bucket_size"] = 0
-        elif prefetch != 0:
-            problems.append(f"DeepSpeed zero_optimization.stage3_prefetch_bucket_size={prefetch}: prefetching "
-                            "follows the module order DeepSpeed recorded, which padding passes change from step "
-                            "to step; set it to 0 (or \"auto\")")
-        threshold = zero.get("stage3_param_persistence_threshold", "auto")
-        if threshold != "auto" and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)):
-            problems.append(f"DeepSpeed zero_optimization.stage3_param_persistence_threshold={threshold!r}: must be "
-                            "a number of elements or \"auto\"")
-        elif threshold != "auto" and largest_trainable is not None and threshold < largest_trainable:
-            problems.append(persistence_problem(threshold, largest_trainable))
-        if zero.get("offload_param", {}).get("device") not in (None, "none", "cpu"):
-            problems.append("DeepSpeed zero_optimization.offload_param.device: only \"cpu\" is supported")
-    for key in ("reduce_bucket_size", "allgather_bucket_size"):
-        if zero.get(key) == "auto":
-            if hidden_size:
-                zero[key] = hidden_size * hidden_size
-            else:
-                problems.append(f"DeepSpeed zero_optimization.{key}=\"auto\" needs the base model's hidden size "
-                                "(resolved by the trainer and the planner); give a number here")
-    if zero.get("offload_optimizer", {}).get("device") not in (None, "none", "cpu"):
-        problems.append("DeepSpeed zero_optimization.offload_optimizer.device: only \"cpu\" is supported")
-
-    cpu_activations = bool(ds.get("activation_checkpointing", {}).get("cpu_checkpointing", False))
-    graph_mode = cfg.algorithm.graph_mode
-    if stage == 3:
-        # encoder graphs rebuilt at backward (every pass self-contained); CPU activation
-        # checkpointing moves the decoder's saved activations to the host
-        wanted = "recompute_offload" if cpu_activations else "recompute"
-        if graph_mode not in ("auto", wanted):
-            problems.append(f"DeepSpeed ZeRO-3{' with activation_checkpointing.cpu_checkpointing' * cpu_activations} "
-                            f"and algorithm.graph_mode={graph_mode!r}: ZeRO-3 rebuilds encoder graphs at backward; "
-                            f"use \"auto\" or \"{wanted}\"")
-        graph_mode = wanted
-    elif graph_mode == "auto":
-        graph_mode = "offload" if cpu_activations else "keep"
-    elif cpu_activations and graph_mode not in ("offload", "recompute_offload"):
-        problems.append(f"DeepSpeed activation_checkpointing.cpu_checkpointing=true but algorithm.graph_mode="
-                        f"{graph_mode!r}: use graph_mode \"auto\" or \"offload\"")
-    ds.pop("activation_checkpointing", None)  # honoured by graph_mode; no DeepSpeed checkpointing API is used
-    if problems:
-        raise ConfigError("DeepSpeed config", problems)
-    return ds, graph_mode
+def fp16_refusal() -> str | None:
+    """Why DeepSpeed cannot run fp16 on this machine's accelerator, or None when it can."""
+    accelerator = get_accelerator()
+    if accelerator.is_fp16_supported():
+        return None
+    return f"fp16 is not supported by DeepSpeed's {accelerator.device_name()} accelerator"
 
 
 class SurrogateObjective(nn.Module):
@@ -333,14 +140,14 @@ class UIOEngine:
                 ds_config["zero_optimization"]["stage3_param_persistence_threshold"] = largest
             elif threshold < largest:  # the trainer checks this before loading; here for direct use
                 raise ConfigError("DeepSpeed config", [persistence_problem(threshold, largest)])
-            self.lockstep = Lockstep(all_reduce_min)
+            self.lockstep = Lockstep(process_group.all_reduce_min)
             if not any(hasattr(p, "ds_id") for p in model.parameters()):
                 # Partitioned here, from wherever the model was loaded (the host): DeepSpeed's engine
                 # would otherwise move the whole model onto the device before partitioning it.
                 deepspeed.zero.Init(module=self.objective, config_dict_or_path=ds_config)
                 for module in self.objective.modules():  # the buffers (rotary frequencies) follow
                     for name, buffer in module.named_buffers(recurse=False):
-                        module._buffers[name] = buffer.to(device())
+                        module._buffers[name] = buffer.to(process_group.device())
         schedule = lr_lambda or (lambda step: 1.0)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=self.objective,
@@ -383,10 +190,10 @@ class UIOEngine:
         """One optimizer step over this rank's ``documents``: 1-D or (B, T) token tensors, or
         dicts with ``input_ids`` and ``labels`` (``uio_ds.algo.as_batches``)."""
         # documents whose source sets its own objective run as their own group, with that objective
-        groups = [(objective, [(ids.to(device()), labels.to(device())) for ids, labels in as_batches(docs)])
+        groups = [(objective, [(ids.to(process_group.device()), labels.to(process_group.device())) for ids, labels in as_batches(docs)])
                   for objective, docs in group_by_objective(documents, self.strategy.objective)]
         local_tokens = sum(batch_targets(batches) for _, batches in groups)
-        global_tokens = int(all_reduce_sum([local_tokens])[0])
+        global_tokens = int(process_group.all_reduce_sum([local_tokens])[0])
         loss_scale = self._loss_scale()
         result = None
         for objective, batches in groups:
@@ -402,7 +209,7 @@ class UIOEngine:
         # scheduler step). Under fp16 an overflowing gradient is DeepSpeed's loss scaler's to handle.
         finite = math.isfinite(result.loss_sum) and (
             self.fp16 or bool(torch.stack([torch.isfinite(g).all() for g in buffers]).all()))  # one host sync
-        non_finite = bool(all_reduce_max(int(not finite)))
+        non_finite = bool(process_group.all_reduce_max(int(not finite)))
         norm = None
         if not non_finite:
             surrogate = self.engine(buffers, loss_scale)
@@ -412,14 +219,14 @@ class UIOEngine:
         skipped = non_finite or bool(getattr(self.optimizer, "overflow", False))
 
         # Reduced statistics for logging: global token-weighted loss and per-segment-position loss.
-        positions = all_reduce_max(len(result.segment_loss_sums))
+        positions = process_group.all_reduce_max(len(result.segment_loss_sums))
         pad = positions - len(result.segment_loss_sums)
-        sums = all_reduce_sum(
+        sums = process_group.all_reduce_sum(
             [result.loss_sum] + list(result.segment_loss_sums) + [0.0] * pad
             + list(map(float, result.segment_num_tokens)) + [0.0] * pad
         )
         stats = {k: v for k, v in result.stats.items() if not k.startswith("max_")}
-        reduced = all_reduce_sum(list(stats.values())) if stats else []
+        reduced = process_group.all_reduce_sum(list(stats.values())) if stats else []
         return StepOutput(
             loss=sums[0] / global_tokens,
             tokens=global_tokens,

@@ -59,11 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
-    from uio_ds.checkpoint import check_world_size, saved_config
     from uio_ds.config import TrainConfig, find_config
     from uio_ds.data.pipeline import source_files
-    from uio_ds.run_dir import RunLock, existing_run
-    from uio_ds.trainer import Trainer
+    from uio_ds.train.checkpoint import RunLock, check_world_size, existing_run, saved_config
+    from uio_ds.train.trainer import Trainer
 
     config = TrainConfig.from_file(args.config, args.set)
     ds_path = find_config(args.deepspeed, "deepspeed")
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
         for kind in ("train", "deepspeed"):
             print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")
         return 0
-    from uio_ds.trainer import TrainingStopped
+    from uio_ds.train.stopping import TrainingStopped
 
     rank = int(os.environ.get("RANK", "0"))
     try:
@@ -137,6 +136,3 @@ def main(argv=None) -> int:
         trainer.release()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

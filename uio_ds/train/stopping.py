@@ -94,3 +94,20 @@ class StopRequest:
     @staticmethod
     def exit_status(code: int) -> int:
         return 1 if code == LAUNCHER_GONE else 128 + code
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped itself (non-finite steps, nothing trained, non-finite parts): nothing exported."""
+
+    status = 1
+    """The process's exit status."""
+    local = False
+    """True when only this rank stopped (the others did not agree to)."""
+
+
+class TrainingInterrupted(TrainingStopped):
+    """A signal or the launcher's exit stopped the run at a step boundary, after a checkpoint."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status

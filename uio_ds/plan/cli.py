@@ -4,7 +4,7 @@
     uio-ds plan --config my_run.json --model llama2-7b --tokens 100000
 
 Runs the config's own training step (its memory model, strategy and window, dtype, documents
-per step) on fake tensors (``uio_ds.memory_plan``) at each document length, adds what lives
+per step) on fake tensors (``uio_ds.plan.memory``) at each document length, adds what lives
 across steps under the DeepSpeed config's ZeRO stage on ``--ranks`` ranks, and says whether the
 peak fits 24, 40 and 80 GB cards. The CUDA context, kernel workspaces and fragmentation are not
 counted: leave a few GB.
@@ -24,8 +24,8 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_
     """The memory plan's settings for a training config and its DeepSpeed config, per document length."""
     import dataclasses
 
-    from uio_ds.engine import resolve_ds_config
-    from uio_ds.memory_plan import PlanSettings, zero_settings
+    from uio_ds.plan.memory import PlanSettings, zero_settings
+    from uio_ds.train.ds_config import resolve_ds_config
 
     ds, graph_mode = resolve_ds_config(ds_config, config, ranks, hidden_size=hidden_size)
     zero = ds.get("zero_optimization", {})
@@ -42,7 +42,7 @@ def settings_for(config, ds_config: dict, ranks: int, tokens: list[int], hidden_
 
 def main(argv=None) -> int:
     from uio_ds.config import TrainConfig, find_config
-    from uio_ds.memory_plan import GIB, SHAPES, STEP_PARTS, base_config, plan
+    from uio_ds.plan.memory import GIB, SHAPES, STEP_PARTS, base_config, plan
 
     p = argparse.ArgumentParser(prog="uio-ds plan", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,6 +96,3 @@ def main(argv=None) -> int:
         print(f"wrote {args.out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

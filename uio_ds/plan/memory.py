@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from uio_ds.algo import strategy_from_config
 from uio_ds.algo.objective import Objective
 from uio_ds.config import ALGORITHMS, AlgorithmConfig, LoRAConfig, UIOConfig
-from uio_ds.memory_tracker import TensorMemoryTracker
+from uio_ds.utils.memory_tracker import TensorMemoryTracker
 
 GIB = 2**30
 

@@ -1,84 +1,29 @@
-"""The training run: set-up, the step loop, logging, checkpoints, export.
+"""The training run: it builds the parts (data, model, strategy, engine) and runs the step loop.
 
 ``Trainer.train()`` is a short list of calls; ``train_step()`` is one optimizer step and
-can be driven alone. All DeepSpeed work goes through ``uio_ds.engine``; this module never
-imports deepspeed. Rank 0 alone writes TensorBoard events, the progress bar and exports.
+can be driven alone. All DeepSpeed work goes through ``uio_ds.train.engine``; this module never
+imports deepspeed. Checkpoints are ``uio_ds.train.checkpoint``'s, the step records
+``uio_ds.train.metrics``'s. Rank 0 alone writes TensorBoard events, the progress bar and exports.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
 
 import torch
 
-from uio_ds import checkpoint as ckpt
 from uio_ds.algo import strategy_from_config
 from uio_ds.algo.objective import Objective
 from uio_ds.config import TrainConfig
 from uio_ds.model.attention import resolve_attention
-from uio_ds.stopping import StopRequest
-
-STATE_FILE = "trainer_state_rank{rank}.pt"
-
-
-class TrainingStopped(RuntimeError):
-    """The run stopped itself (non-finite steps, nothing trained, non-finite parts): nothing exported."""
-
-    status = 1
-    """The process's exit status."""
-    local = False
-    """True when only this rank stopped (the others did not agree to)."""
-
-
-class CheckpointWriteError(TrainingStopped):
-    """This rank could not write its part of a checkpoint (a full disk, an I/O error)."""
-
-    local = True
-    """Raised on one rank only: the others learn of it when the launcher stops them."""
-
-
-class TrainingInterrupted(TrainingStopped):
-    """A signal or the launcher's exit stopped the run at a step boundary, after a checkpoint."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-def _finite_or_none(value):
-    """A number for strict JSON: NaN and infinities become null."""
-    return value if value is None or math.isfinite(value) else None
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-class _NullWriter:
-    """Stands in for TensorBoard on ranks other than 0."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        return None
-
-    def add_text(self, *args, **kwargs) -> None:
-        return None
-
-    def flush(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+from uio_ds.train import checkpoint as ckpt
+from uio_ds.train import dist as process_group
+from uio_ds.train.ds_config import resolve_ds_config
+from uio_ds.train.metrics import StepMetrics
+from uio_ds.train.stopping import StopRequest, TrainingInterrupted, TrainingStopped
 
 
 class Trainer:
@@ -89,12 +34,11 @@ class Trainer:
         """Checks the DeepSpeed config against ``config`` (raising every problem at once) without
         touching the model or the data; ``world_size`` defaults to the launcher's WORLD_SIZE.
         ``overwrite``: remove an earlier run's outputs from ``output_dir`` before starting."""
-        from uio_ds import engine
-        from uio_ds.run_dir import RunLock
+        from uio_ds.train import engine
 
         self.config = config
         self.overwrite = overwrite
-        self.lock = RunLock(config.output_dir)
+        self.lock = ckpt.RunLock(config.output_dir)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
         self.checkpoint_dir = os.path.join(config.output_dir, "checkpoints")
         self.skipped_checkpoints: list[str] = []
@@ -109,9 +53,10 @@ class Trainer:
             from uio_ds.model.memory_model import largest_trainable_numel
 
             largest = largest_trainable_numel(base_config, config.uio)
-        self.ds_config, self.graph_mode = engine.resolve_ds_config(ds_config, config, self.world_size,
-                                                                   hidden_size=base_config.hidden_size,
-                                                                   largest_trainable=largest)
+        self.ds_config, self.graph_mode = resolve_ds_config(ds_config, config, self.world_size,
+                                                            hidden_size=base_config.hidden_size,
+                                                            largest_trainable=largest,
+                                                            fp16_refusal=engine.fp16_refusal())
         self.resume = resume
         self.config_changes: list[str] = []
         """Differences from the config of the checkpoint resumed (set by the entry point's check)."""
@@ -148,9 +93,9 @@ class Trainer:
     def setup(self) -> "Trainer":
         from transformers import AutoTokenizer
 
-        from uio_ds import engine
         from uio_ds.data.pipeline import build_stream
         from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel, length_problem
+        from uio_ds.train import engine
 
         cfg = self.config
         self.rank, world_size = engine.init_distributed()
@@ -187,7 +132,7 @@ class Trainer:
         # straight onto this rank's device: no rank holds a second copy of the weights on the host;
         # under ZeRO-3 on the host, where the engine partitions it, so that no device holds it whole
         zero3 = ds_config["zero_optimization"].get("stage") == 3
-        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=None if zero3 else engine.device())
+        model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=None if zero3 else process_group.device())
         if cfg.init_from:
             # the saved config must equal 'uio' but for runtime options and a decoder LoRA added now
             try:
@@ -205,15 +150,12 @@ class Trainer:
         )
 
         if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
             os.makedirs(cfg.output_dir, exist_ok=True)
             with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
                 json.dump({"train": cfg.to_dict(), "deepspeed": ds_config, "world_size": self.world_size,
                            "graph_mode": graph_mode, "data": self.data_info}, f, indent=2, default=str)
-            self.writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"))
-        else:
-            self.writer = _NullWriter()
+        self.metrics = StepMetrics(cfg.output_dir, self.rank, self.distilling)
+        self.checkpoints = ckpt.Checkpoints(self.checkpoint_dir, self.rank, self.world_size, cfg.keep_last)
         summary = model.trainable_summary()
         self.log(f"{self.world_size} rank(s), ZeRO stage {ds_config['zero_optimization'].get('stage', 0)}, "
                  f"{self.strategy}, graph_mode={graph_mode}, attention {attention} (asked: {cfg.uio.attention}); trainable {summary['trainable']:,} of "
@@ -225,9 +167,6 @@ class Trainer:
     def _own_output_dir(self) -> None:
         """Rank 0 takes the output directory's lock (and clears an earlier run under ``overwrite``);
         every rank stops if it could not."""
-        from uio_ds import engine
-        from uio_ds.run_dir import clear_run
-
         problem = None
         if self.rank == 0:
             try:
@@ -238,11 +177,11 @@ class Trainer:
                 if self.lock.note:
                     self.log(f"{self.config.output_dir}: {self.lock.note}")
                 if self.overwrite:
-                    removed = clear_run(self.config.output_dir)
+                    removed = ckpt.clear_run(self.config.output_dir)
                     if removed:
                         self.log(f"--overwrite: removed the earlier run's {', '.join(removed)} from "
                                  f"{self.config.output_dir}")
-        if engine.all_reduce_max(int(problem is not None)):
+        if process_group.all_reduce_max(int(problem is not None)):
             raise RuntimeError(problem or "rank 0 could not take the output directory's lock")
 
     # ------------------------------------------------------------------ state
@@ -269,25 +208,10 @@ class Trainer:
         random.setstate(state["python_rng"])
 
     def save_checkpoint(self) -> str:
-        from uio_ds import engine
-
-        tag = ckpt.step_tag(self.step)
-        try:
-            os.makedirs(os.path.join(self.checkpoint_dir, tag), exist_ok=True)
-            torch.save(self.state_dict(), os.path.join(self.checkpoint_dir, tag, STATE_FILE.format(rank=self.rank)))
-            self.engine.save(self.checkpoint_dir, tag, {"step": self.step})  # ends with a barrier
-            if self.rank == 0:
-                with open(os.path.join(self.checkpoint_dir, tag, ckpt.CONFIG), "w") as f:
-                    json.dump(self.config.to_dict(), f, indent=2)
-                ckpt.mark_complete(self.checkpoint_dir, tag, {"step": self.step, "world_size": self.world_size})
-        except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
-            raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir,
-                                                          f"checkpoint {os.path.join(self.checkpoint_dir, tag)}")) from None
-        if self.rank == 0:
-            removed = ckpt.prune(self.checkpoint_dir, self.config.keep_last)
-            self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
-                     + (f" (removed {', '.join(removed)})" if removed else ""))
-        engine.barrier()
+        tag, removed = self.checkpoints.save(self.step, self.state_dict(), self.engine, self.config.to_dict())
+        self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
+                 + (f" (removed {', '.join(removed)})" if removed else ""))
+        process_group.barrier()
         return tag
 
     def _resume(self) -> None:
@@ -298,11 +222,9 @@ class Trainer:
             self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0")
             return
         root, tag = target
-        ckpt.check_world_size(root, tag, self.world_size)
-        self.engine.load(root, tag)
+        state = self.checkpoints.restore(root, tag, self.engine)
         # the optimizer's settings and the schedule come from this config, not from the checkpoint
         self.engine.apply_optimizer_settings(self.config.optim)
-        state = torch.load(os.path.join(root, tag, STATE_FILE.format(rank=self.rank)), weights_only=False)
         self.load_state_dict(state)
         self.log(f"resumed from {os.path.join(root, tag)} at step {self.step}")
         if self.config_changes:
@@ -319,51 +241,11 @@ class Trainer:
         self._last_documents = documents
         return out
 
-    def _log_step(self, out, seconds: float) -> None:
-        w, s = self.writer, self.step
-        w.add_scalar("train/loss", out.loss, s)
-        # the loss is the objective (with distillation a weighted sum); perplexity is the next-token loss's
-        lm_loss = out.stats["lm_loss_sum"] / out.tokens if "lm_loss_sum" in out.stats and out.tokens else out.loss
-        w.add_scalar("train/perplexity", float(torch.tensor(lm_loss).exp()), s)
-        if self.distilling and out.tokens:
-            w.add_scalar("train/lm_loss", lm_loss, s)
-            w.add_scalar("train/distill_kl", out.stats["distill_sum"] / out.tokens, s)
-        w.add_scalar("train/lr", out.lr, s)
-        if out.grad_norm is not None:
-            w.add_scalar("train/grad_norm", out.grad_norm, s)
-        w.add_scalar("speed/tokens_per_s", out.tokens / seconds, s)
-        w.add_scalar("speed/segments_per_s", out.stats.get("segments", 0) / seconds, s)
-        for i, (loss_sum, n) in enumerate(zip(out.segment_loss_sums, out.segment_tokens)):
-            if n > 0:
-                w.add_scalar(f"segment_loss/position_{i:03d}", loss_sum / n, s)
-        for key in ("evictions", "encoder_backward_passes", "encoder_graph_forwards", "encoder_recomputes"):
-            if key in out.stats:
-                w.add_scalar(f"algorithm/{key}", out.stats[key], s)
-        w.add_scalar("memory/rss_mb", _rss_mb(), s)
-        if torch.cuda.is_available():
-            w.add_scalar("memory/cuda_allocated_mb", torch.cuda.memory_allocated() / 2**20, s)
-            w.add_scalar("memory/cuda_peak_mb", torch.cuda.max_memory_allocated() / 2**20, s)
-        if out.skipped:
-            w.add_scalar("train/skipped_step", 1, s)
-        if out.non_finite:
-            w.add_scalar("train/non_finite_step", 1, s)
-        if self.rank == 0:
-            record = {"step": s, "loss": _finite_or_none(out.loss), "lr": out.lr,
-                      "grad_norm": _finite_or_none(out.grad_norm), "tokens": out.tokens,
-                      "seconds": round(seconds, 4), "skipped": out.skipped, "non_finite": out.non_finite}
-            if self.distilling and out.tokens:
-                record["lm_loss"] = _finite_or_none(lm_loss)
-                record["distill_kl"] = _finite_or_none(out.stats["distill_sum"] / out.tokens)
-            with open(os.path.join(self.config.output_dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     def train(self) -> list[float]:
         """Run to ``config.steps``; returns the loss of every step run here. SIGTERM, SIGINT or the
         launcher's exit stop every rank at the next step boundary, after a checkpoint
         (``TrainingInterrupted``)."""
         from tqdm import tqdm
-
-        from uio_ds import engine
 
         cfg = self.config
         losses = []
@@ -381,13 +263,13 @@ class Trainer:
                 if out.non_finite:
                     self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad} in a row)")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self._log_step(out, seconds)
+                    self.metrics.log(self.step, out, seconds)
                 bar.update(1)
                 bar.set_postfix(loss=f"{out.loss:.3f}", lr=f"{out.lr:.2e}", tok_s=f"{out.tokens / seconds:.0f}")
                 if bad >= cfg.max_bad_steps:
                     raise TrainingStopped(
                         f"{bad} steps in a row (up to step {self.step}) had a non-finite loss or gradient: stopped "
-                        f"without exporting; {self._last_good()}. Lower optim.lr, or check the data and the base "
+                        f"without exporting; {self.checkpoints.last_good()}. Lower optim.lr, or check the data and the base "
                         "model's weights")
                 if zero >= cfg.max_bad_steps and self.step - first == zero:
                     raise TrainingStopped(
@@ -398,7 +280,7 @@ class Trainer:
                 if saved:
                     self.save_checkpoint()
                 # every rank learns whether any rank was asked to stop (one small all-reduce a step)
-                code = engine.all_reduce_max(self.stop.code) if self.step < cfg.steps else 0
+                code = process_group.all_reduce_max(self.stop.code) if self.step < cfg.steps else 0
                 if code:
                     bar.close()
                     tag = ckpt.latest_tag(self.checkpoint_dir) if saved else self.save_checkpoint()
@@ -409,32 +291,26 @@ class Trainer:
         finally:
             self.stop.uninstall()
         bar.close()
-        self.writer.flush()
+        self.metrics.flush()
         broken = [n for n, p in self.model.named_trainable_parameters() if not bool(torch.isfinite(p).all())]
         if broken:
             raise TrainingStopped(f"trained parts hold NaN or infinite values ({', '.join(broken[:3])}"
-                                  f"{', ...' if len(broken) > 3 else ''}): not exported; {self._last_good()}")
+                                  f"{', ...' if len(broken) > 3 else ''}): not exported; {self.checkpoints.last_good()}")
         if self.rank == 0:
             final = os.path.join(cfg.output_dir, "final")
             try:
                 self.model.save_trained(final)
             except (OSError, RuntimeError) as err:
-                raise CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir, f"the trained parts to {final}")) from None
+                raise ckpt.CheckpointWriteError(ckpt.write_failure(err, self.checkpoint_dir, f"the trained parts to {final}")) from None
             self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses
-
-    def _last_good(self) -> str:
-        tag = ckpt.latest_tag(self.checkpoint_dir)
-        return f"the last checkpoint is {os.path.join(self.checkpoint_dir, tag)}" if tag else "no checkpoint was saved"
 
     def release(self) -> None:
         """Let go of the output directory (also after a failure)."""
         self.lock.release()
 
     def close(self) -> None:
-        from uio_ds import engine
-
-        self.writer.close()
+        self.metrics.close()
         self.release()
-        engine.shutdown()
+        process_group.shutdown()

@@ -1,4 +1,4 @@
-"""The serving engine: one worker thread that owns the model and runs every request.
+"""The scheduler: one worker thread that owns the model and runs every request.
 
 Requests wait in a queue. The worker admits what has arrived (waiting ``batch_wait_s`` after the
 first arrival for others sent at the same moment), prefills each new group, then
@@ -200,7 +200,7 @@ class _Group:
         self.requests, self.stream, self.logits = requests, stream, logits
 
 
-class ServingEngine:
+class Scheduler:
     """Owns the model on one worker thread; ``submit`` queues a request from any thread."""
 
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
