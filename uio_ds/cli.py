@@ -53,7 +53,7 @@ def _generation_arg_problem(args: argparse.Namespace) -> str | None:
         return f"--top-p {args.top_p}: must be in (0, 1] (1 keeps every token)"
     if (args.top_k or args.top_p < 1 or args.temperature != 1.0) and not args.sample:
         return "--temperature/--top-k/--top-p shape sampling: add --sample (decoding is greedy without it)"
-    from uio_ds.model.memory_model import resolve_device
+    from uio_ds.utils.devices import resolve_device
 
     try:
         args.device = resolve_device(args.device)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from uio_ds.algo import TBPTT, Full, Incremental, Objective, Unbiased
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.kv import capture_kv
-from uio_ds.model.memory_model import segment_targets, split_segments
+from uio_ds.model.positions import segment_targets, split_segments
 from uio_ds.model.teacher import FullAttentionTeacher
 
 

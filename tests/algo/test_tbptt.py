@@ -122,7 +122,7 @@ def test_labels_score_only_the_marked_tokens(model):
     """Labels (Hugging Face convention): IGNORE_INDEX tokens are read but not predicted. Every
     strategy's gradient equals plain autograd over the hand-summed loss of the kept targets."""
     from uio_ds.formats import IGNORE_INDEX
-    from uio_ds.model.memory_model import segment_targets, split_segments
+    from uio_ds.model.positions import segment_targets, split_segments
 
     doc = random_ids(2, 16 * 4 + 5, seed=11)
     labels = doc.clone()

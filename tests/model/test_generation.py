@@ -5,7 +5,8 @@ import torch
 from helpers import assert_same_function, load, perturb_trainable, random_ids
 
 from uio_ds.model.generation import MemoryStream, generate, sample_next
-from uio_ds.model.memory_model import MemoryKV, PositionRangeError, split_segments
+from uio_ds.model.kv import MemoryKV
+from uio_ds.model.positions import PositionRangeError, split_segments
 
 
 def reference_next_logits(model, ids: torch.Tensor) -> torch.Tensor:

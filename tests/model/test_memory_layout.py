@@ -11,7 +11,8 @@ from helpers import assert_same_function, load, perturb_trainable, random_ids, s
 from transformers import AutoModelForCausalLM
 
 from uio_ds.config import CONFIG_NAME
-from uio_ds.model.memory_model import UIOMemoryModel, stepwise_layout
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.positions import stepwise_layout
 
 ARCHS = ("llama", "mistral", "qwen2")
 

@@ -5,13 +5,10 @@ import torch
 from helpers import assert_same_function, load, perturb_trainable, random_ids, small_config
 from transformers import AutoModelForCausalLM
 
-from uio_ds.model.memory_model import (
-    IGNORE_INDEX,
-    MemoryKV,
-    UIOMemoryModel,
-    segment_targets,
-    split_segments,
-)
+from uio_ds.formats import IGNORE_INDEX
+from uio_ds.model.kv import MemoryKV
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.positions import segment_targets, split_segments
 
 ARCHS = ("llama", "mistral", "qwen2")
 
@@ -423,7 +420,7 @@ def test_weights_probe_indices_stay_inside_large_tensors():
     """A real model's embedding matrix passes 2**24 elements (SmolLM2: 49,152 x 576), where a
     float32 linspace put the last probe index one past the end and the export of a trained run
     failed; the indices are integers, both ends included."""
-    from uio_ds.model.memory_model import spread_indices
+    from uio_ds.model.parts import spread_indices
 
     for n in (1, 2, 17, 2**24 + 1, 49152 * 576, 128256 * 4096):
         index = spread_indices(n, 16)

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from uio_ds.config import UIOConfig
 from uio_ds.formats import synthetic_text
 from uio_ds.model.generation import generate
-from uio_ds.model.memory_model import UIOMemoryModel, segment_targets
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.positions import segment_targets
 from uio_ds.model.prepare import PREPARED_FILE, prepare_model
 
 

@@ -11,7 +11,7 @@ from uio_ds.algo import TBPTT, Full, Incremental, Unbiased
 from uio_ds.config import ConfigError, UIOConfig
 from uio_ds.eval.methods import UIOMethod
 from uio_ds.model.generation import MemoryStream, generate
-from uio_ds.model.memory_model import max_tokens_supported, peak_positions, segment_targets, split_segments
+from uio_ds.model.positions import max_tokens_supported, peak_positions, segment_targets, split_segments
 
 
 def reference_last_logits(model, ids: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoConfig
 
 from uio_ds.config import TrainConfig, find_config
-from uio_ds.model.memory_model import base_model_problems, length_problem
+from uio_ds.model.parts import base_model_problems
+from uio_ds.model.positions import length_problem
 from uio_ds.plan.memory import SHAPES
 from uio_ds.train.ds_config import resolve_ds_config
 

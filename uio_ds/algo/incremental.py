@@ -21,7 +21,7 @@ from uio_ds.algo.passes import (
     read_kv,
 )
 from uio_ds.config import GRAPH_MODES
-from uio_ds.model.memory_model import segment_targets, split_segments
+from uio_ds.model.positions import segment_targets, split_segments
 
 
 class _Window:

@@ -8,7 +8,7 @@ import torch
 from uio_ds.algo.base import Strategy, TBPTTResult
 from uio_ds.algo.objective import Objective
 from uio_ds.algo.passes import count_terms, encode_all, grad_of, has_targets, read_kv
-from uio_ds.model.memory_model import segment_targets, split_segments
+from uio_ds.model.positions import segment_targets, split_segments
 
 
 class Full(Strategy):

@@ -22,7 +22,8 @@ from uio_ds.baselines import HOMER, StreamingLLM
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.generation import generate
 from uio_ds.model.kv import forward_after_cache
-from uio_ds.model.memory_model import UIOMemoryModel, segment_targets, split_segments
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.positions import segment_targets, split_segments
 
 
 def _token_losses(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:

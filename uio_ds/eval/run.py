@@ -137,7 +137,8 @@ def main(argv=None) -> int:
 
     from uio_ds.config import UIOConfig
     from uio_ds.eval.methods import build_methods
-    from uio_ds.model.memory_model import UIOMemoryModel, resolve_device
+    from uio_ds.model.memory_model import UIOMemoryModel
+    from uio_ds.utils.devices import resolve_device
     from uio_ds.utils.machine import machine
 
     args = parser().parse_args(argv)

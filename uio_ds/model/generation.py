@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from uio_ds.model.kv import cache_from_rotated, capture_kv, rotate_keys
-from uio_ds.model.memory_model import MemoryKV, UIOMemoryModel, split_segments
+from uio_ds.model.kv import MemoryKV, cache_from_rotated, capture_kv, rotate_keys
+from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.positions import split_segments
 
 
 class MemoryStream:

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from uio_ds.model.generation import MemoryStream, sample_next
-from uio_ds.model.memory_model import PositionRangeError
+from uio_ds.model.positions import PositionRangeError
 
 
 class RequestError(ValueError):

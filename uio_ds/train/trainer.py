@@ -71,7 +71,8 @@ class Trainer:
         """The base model directory, the ``init_from`` parts (unless a checkpoint is resumed) and the
         longest document ``data.max_tokens`` lets through, checked from files alone; returns the
         base model's transformers config."""
-        from uio_ds.model.memory_model import check_model_dir, check_trained_parts, length_problem
+        from uio_ds.model.parts import check_model_dir, check_trained_parts
+        from uio_ds.model.positions import length_problem
 
         base_config = check_model_dir(cfg.model_path, cfg.uio)
         if cfg.init_from and not resuming:
@@ -94,7 +95,8 @@ class Trainer:
         from transformers import AutoTokenizer
 
         from uio_ds.data.pipeline import build_stream
-        from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel, length_problem
+        from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
+        from uio_ds.model.positions import length_problem
         from uio_ds.train import engine
 
         cfg = self.config

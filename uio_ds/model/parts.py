@@ -1,0 +1,203 @@
+"""The trained parts of a memory model on disk, and what a base model and a set of parts must
+share: ``save_trained``/``load_trained`` (peft-format adapters, the ``<mem>`` embeddings, the
+UIO config with the base model's shape and a probe of its weights), and the checks that read
+files alone (a model directory, a saved config) before any weights are loaded."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from uio_ds.config import UIOConfig
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
+# Options that choose how a trained model runs, not what was trained: they may differ on load.
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "recent_tokens", "decoder_recompute")
+# Shape facts a saved set of trained parts must share with the base model it is loaded onto.
+_FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+
+
+def base_fingerprint(base_config) -> dict:
+    return {k: getattr(base_config, k, None) for k in _FINGERPRINT_KEYS}
+
+
+def spread_indices(n: int, count: int) -> torch.Tensor:
+    """``count`` indices spread evenly over 0..n-1, both ends included, in integer arithmetic (a
+    float32 linspace rounds n-1 up past the end once n exceeds 2**24, as a real model's
+    embedding matrix does)."""
+    return torch.arange(count, dtype=torch.long) * (n - 1) // max(count - 1, 1)
+
+
+def weights_probe(base: nn.Module, count: int = 16) -> list[float]:
+    """A few of the base model's weights, spread over its input embeddings, first and last
+    layers and final norm: parts trained on one set of weights are refused on another set of
+    the same shape. Compared with a tolerance (``check_weights``), so loading the same weights
+    in another dtype still passes."""
+    inner = base.model
+    tensors = [base.get_input_embeddings().weight, inner.layers[0].self_attn.q_proj.weight,
+               inner.layers[-1].mlp.down_proj.weight, inner.norm.weight]
+    values = []
+    with torch.no_grad():
+        for t in tensors:
+            flat = t.detach().reshape(-1)
+            index = spread_indices(flat.numel(), count).to(flat.device)
+            values += [float(f"{v:.4g}") for v in flat[index].float().cpu().tolist()]
+    return values
+
+
+def check_weights(saved: list[float] | None, base: nn.Module, trained_path: str) -> None:
+    if not saved:
+        return  # parts saved before the probe existed
+    have = torch.tensor(weights_probe(base, len(saved) // 4))
+    want = torch.tensor(saved)
+    if have.shape != want.shape or not torch.allclose(have, want, rtol=2e-2, atol=1e-3):
+        raise ValueError(
+            f"the UIO parts in {trained_path} were trained on other base weights of the same shape (a probe of "
+            f"{len(saved)} weights differs): load them onto the base model they were trained with, or pass "
+            "allow_other_weights=True if you mean to"
+        )
+
+
+def base_model_problems(base_config, config: UIOConfig) -> list[str]:
+    """What makes a base model (its transformers config) unfit for UIO parts of ``config``."""
+    problems = []
+    model_type = getattr(base_config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        problems.append(f"unsupported architecture {model_type!r}: uio_ds needs a Llama-family decoder with RoPE "
+                        f"and k_proj/v_proj attention; supported model_type values are {list(SUPPORTED_MODEL_TYPES)}")
+    if getattr(base_config, "num_hidden_layers", 0) < 2:
+        problems.append(f"the base model has {getattr(base_config, 'num_hidden_layers', 0)} layer(s); UIO needs at "
+                        "least 2 (the encoder adapter lives in every layer but the last)")
+    positions_needed = config.segment_length + config.num_mem_tokens
+    if positions_needed > base_config.max_position_embeddings:
+        problems.append(f"segment_length={config.segment_length} plus {config.num_mem_tokens} <mem> tokens needs "
+                        f"{positions_needed} positions for the encoder, but the base model has "
+                        f"max_position_embeddings={base_config.max_position_embeddings}; use a shorter segment_length")
+    return problems
+
+
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_dir(base_path: str, config: UIOConfig):
+    """Everything about a base model directory that its files tell without loading weights:
+    config.json readable, a supported architecture that fits ``config``, weight files and
+    tokenizer files present. Returns the transformers config; raises ValueError (or
+    FileNotFoundError) naming every problem."""
+    import glob
+
+    from transformers import AutoConfig
+
+    if not os.path.isfile(os.path.join(base_path, "config.json")):
+        raise FileNotFoundError(f"model_path {base_path!r} has no config.json: give a local model directory "
+                                "(make prepare writes models/smollm2; uio-ds make-tiny writes a tiny one)")
+    try:
+        base_config = AutoConfig.from_pretrained(base_path)
+    except (ValueError, OSError, KeyError) as err:
+        raise ValueError(f"{os.path.join(base_path, 'config.json')} cannot be read as a model config: "
+                         f"{str(err).splitlines()[0]}") from None
+    problems = base_model_problems(base_config, config)
+    if not any(glob.glob(os.path.join(base_path, pattern)) for pattern in _WEIGHT_FILES):
+        problems.append(f"{base_path} holds no weights ({' or '.join(_WEIGHT_FILES)}): copy the checkpoint's weight "
+                        "files there, or prepare it with uio-ds prepare-model")
+    if not any(os.path.isfile(os.path.join(base_path, f)) for f in _TOKENIZER_FILES):
+        problems.append(f"{base_path} holds no tokenizer ({', '.join(_TOKENIZER_FILES)}): save the tokenizer into "
+                        "the model directory")
+    if problems:
+        raise ValueError(f"model_path {base_path!r}: " + "; ".join(problems))
+    return base_config
+
+
+def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = ()) -> None:
+    """The checks of ``load_trained`` that need only ``uio_config.json``: the saved UIO config
+    equals ``config`` (but for runtime options and ``new_adapters`` added now) and the parts
+    were trained on a base model of this shape. Raises ValueError / FileNotFoundError."""
+    saved_config, meta = UIOConfig.load(directory)
+    saved, here = saved_config.to_dict(), config.to_dict()
+    added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
+    differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
+    if differ:
+        raise ValueError(
+            f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
+            f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
+        )
+    check_fingerprint(meta, base_config, directory, getattr(base_config, "_name_or_path", "?"))
+
+
+def check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
+    have = base_fingerprint(base_config)
+    diff = {k: (meta.get(k), have[k]) for k in _FINGERPRINT_KEYS if k in meta and meta.get(k) != have[k]}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs base {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"the UIO parts in {trained_path} were trained on a different base model than {base_path} ({detail}); "
+            "load them onto the base model they were trained with"
+        )
+
+
+def save_trained(model, directory: str) -> str:
+    """Write the trained parts: peft-format ``encoder/`` and ``transfer/`` adapters,
+    ``mem_embeddings.safetensors`` and ``uio_config.json`` (with the base model's shape)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    for name in model.adapter_names:
+        sub = os.path.join(directory, name)
+        model._peft_config(name).save_pretrained(sub)
+        state = get_peft_model_state_dict(model.base, adapter_name=name)
+        # The key prefix a PeftModel writes, so peft's own loader reads these files too.
+        state = {f"base_model.model.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(state, os.path.join(sub, "adapter_model.safetensors"))
+    save_file(
+        {"mem_embeddings": model.mem_embeddings.detach().contiguous().cpu()},
+        os.path.join(directory, MEM_EMBEDDINGS_FILE),
+    )
+    model.config.save(directory, extra={**base_fingerprint(model.base.config),
+                                       "weights_probe": model._weights_probe or weights_probe(model.base)})
+    return directory
+
+def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False) -> None:
+    """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
+    saved config must equal this model's except for the runtime options (dtype, attention,
+    position_overflow, memory_window).
+
+    ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved without
+    them: they keep their initial values (a decoder LoRA on top of a trained memory).
+    ``allow_other_weights``: load onto base weights other than those the parts were trained on
+    (same shape), which is refused by default."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_trained_parts(directory, model.config, model.base.config, new_adapters)
+    config, meta = UIOConfig.load(directory)
+    added = [name for name in new_adapters if name in model.adapter_names and config.to_dict().get(f"{name}_lora") is None]
+    if not allow_other_weights:
+        check_weights(meta.get("weights_probe"), model.base, directory)
+    for name in model.adapter_names:
+        if name in added:
+            continue
+        path = os.path.join(directory, name, "adapter_model.safetensors")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
+        state = {k.removeprefix("base_model.model."): v for k, v in load_file(path).items()}
+        expected = get_peft_model_state_dict(model.base, adapter_name=name)
+        if set(state) != set(expected):
+            raise ValueError(
+                f"{path}: adapter tensors do not match the model (missing {sorted(set(expected) - set(state))[:3]}, "
+                f"unexpected {sorted(set(state) - set(expected))[:3]})"
+            )
+        bad = [k for k in state if state[k].shape != expected[k].shape]
+        if bad:
+            raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
+        set_peft_model_state_dict(model.base, state, adapter_name=name)
+    mem = load_file(os.path.join(directory, MEM_EMBEDDINGS_FILE))["mem_embeddings"]
+    if mem.shape != model.mem_embeddings.shape:
+        raise ValueError(f"saved <mem> embeddings have shape {tuple(mem.shape)}, expected {tuple(model.mem_embeddings.shape)}")
+    with torch.no_grad():
+        model.mem_embeddings.copy_(mem)
+    model._set_adapter(None, force=True)

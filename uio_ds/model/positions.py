@@ -1,0 +1,121 @@
+"""Position arithmetic of the memory model: how a text is cut into segments, the targets of a
+segment, the encoder's stepwise layout, and how many positions the decoder's calls use
+(memories, raw recent window, segment) against the base model's position range."""
+
+from __future__ import annotations
+
+import torch
+
+from uio_ds.config import UIOConfig
+from uio_ds.formats import IGNORE_INDEX
+
+
+class PositionRangeError(ValueError):
+    """[memories ; segment] would pass the base model's position range."""
+
+
+def split_segments(length: int, segment_length: int) -> list[tuple[int, int]]:
+    """(start, stop) of each segment of a ``length``-token text: full segments, then a residual of 1..l tokens."""
+    if length < 1:
+        raise ValueError("cannot segment an empty text: it has no tokens")
+    return [(s, min(s + segment_length, length)) for s in range(0, length, segment_length)]
+
+
+def segment_targets(input_ids: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Next-token targets of positions [start, stop): target i is token i+1, across the segment border
+    (pass the labels instead of the ids to leave tokens marked ``IGNORE_INDEX`` unscored).
+
+    The document's last token has no successor and is marked ``IGNORE_INDEX``, so every
+    token after the first is scored exactly once over a document.
+    """
+    targets = input_ids[:, start + 1 : stop + 1]
+    if targets.shape[1] < stop - start:
+        pad = input_ids.new_full((input_ids.shape[0], stop - start - targets.shape[1]), IGNORE_INDEX)
+        targets = torch.cat([targets, pad], dim=1)
+    return targets
+
+
+def stepwise_layout(n: int, m: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and visibility of the 'stepwise' encoder layout over ``[segment (n) ; <mem> x m]``.
+
+    ``<mem>`` token i reads the segment's first e_i = ceil((i+1) * n / m) tokens and itself, and
+    sits at RoPE position e_i, right after the last token it reads; segment tokens are causal
+    among themselves and never see a ``<mem>`` token. For a full segment (n = l) e_i = (i+1) * l/m,
+    the layout of the official UIO-LLMs code. Returns ``positions`` (n+m,) and ``visible``
+    (n+m, n+m), True where a query (row) may attend to a key (column).
+    """
+    ends = ((torch.arange(m, device=device) + 1) * n + m - 1) // m
+    positions = torch.cat([torch.arange(n, device=device), ends])
+    keys = torch.arange(n + m, device=device)
+    visible = keys.unsqueeze(0) <= torch.arange(n + m, device=device).unsqueeze(1)  # causal
+    visible[n:, :n] = keys[:n].unsqueeze(0) < ends.unsqueeze(1)
+    visible[n:, n:] = torch.eye(m, dtype=torch.bool, device=device)
+    return positions, visible
+
+
+def peak_positions(config: UIOConfig, total_tokens: int) -> int:
+    """Largest number of positions any decoder call uses while reading ``total_tokens`` tokens."""
+    l, m, w = config.segment_length, config.num_mem_tokens, config.memory_window
+    k = config.recent_tokens // l
+    c = (total_tokens - 1) // l
+
+    def used(t: int, n: int) -> int:  # segment t of n tokens: its memories, its raw window, itself
+        memories = max(0, t - k)
+        return (min(memories, w) if w is not None else memories) * m + min(k, t) * l + n
+
+    last = used(c, total_tokens - c * l)
+    return max(last, used(c - 1, l)) if c >= 1 else last
+
+
+def max_tokens_supported(config: UIOConfig, limit: int) -> int | None:
+    """Longest text whose every decoder call fits in ``limit`` positions (policy 'error'); None
+    when a ``memory_window`` keeps every decoder call in range whatever the length."""
+    l, m = config.segment_length, config.num_mem_tokens
+    if config.memory_window is not None and config.memory_window * m + config.recent_tokens + l <= limit:
+        return None
+    if config.recent_tokens:
+        # the largest text whose peak fits: peak_positions grows with the length
+        low, high = 0, (limit // m + 2) * l
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if peak_positions(config, mid) <= limit else (low, mid - 1)
+        return low
+    # A full segment still fits after c memories while c*m + l <= limit; after one more
+    # memory, a final residual can use whatever positions are left.
+    c = (limit - l) // m
+    return (c + 1) * l + max(0, limit - (c + 1) * m)
+
+
+def length_problem(config: UIOConfig, total_tokens: int, limit: int) -> str | None:
+    """Why a text of ``total_tokens`` tokens would pass ``limit`` positions under policy 'error'
+    (None when it fits, or under another policy)."""
+    if config.position_overflow != "error" or peak_positions(config, total_tokens) <= limit:
+        return None
+    return (f"{total_tokens} tokens need {peak_positions(config, total_tokens)} positions but the base model has "
+            f"max_position_embeddings={limit}; the longest supported text is "
+            f"{max_tokens_supported(config, limit)} tokens at segment_length={config.segment_length}, "
+            f"compression_ratio={config.compression_ratio}; use a larger compression_ratio, "
+            "a shorter input, or position_overflow='drop_oldest'")
+
+
+def droppable_room(config: UIOConfig, limit: int) -> int:
+    """Positions left for memories under 'drop_oldest': a full segment and a full raw window first."""
+    return max(0, limit - config.segment_length - config.recent_tokens)
+
+
+def readable_memories(config: UIOConfig, num_memories: int, limit: int) -> int:
+    """How many of the ``num_memories`` most recent segment memories a decoder call reads: all of
+    them, but at most ``memory_window``, and under 'drop_oldest' what fits beside a full segment
+    and a full raw window."""
+    if config.memory_window is not None:
+        num_memories = min(num_memories, config.memory_window)
+    if config.position_overflow != "drop_oldest":
+        return num_memories
+    return min(num_memories, droppable_room(config, limit) // config.num_mem_tokens)
+
+
+def read_memories(config: UIOConfig, t: int, limit: int) -> tuple[int, int]:
+    """(first, stop): the memories that segment t's decoder reads, ``first..stop-1``: those of the
+    segments before its raw window, of which the most recent ``readable_memories``."""
+    stop = max(0, t - config.recent_tokens // config.segment_length)
+    return stop - readable_memories(config, stop, limit), stop
