@@ -3,7 +3,7 @@
 Writes a corpus of generated book-like documents as gzip-free jsonl shards (``--gb`` sizes, the
 largest >= 2 GB by default), then for each size, in a fresh process:
 
-* **pipeline**: ``uio_ds.data.pipeline.tokenize_source`` with ``--num-proc`` processes, a cold
+* **pipeline**: ``uio_ds.data.cache.tokenize_source`` with ``--num-proc`` processes, a cold
   cache: reading, checking every record, tokenising and writing the Arrow cache; its tokens/s;
 * **peak host memory** of that process and its workers (sampled every 0.2 s): RSS, and the
   proportional anonymous memory ("private", Pss_Anon: what grows if a corpus is held in memory;
@@ -122,7 +122,7 @@ def run_watched(cmd: list[str], env: dict | None = None, mark: str | None = None
 TOKENISE = """
 import json, sys, time
 from transformers import AutoTokenizer
-from uio_ds.data.pipeline import tokenize_source
+from uio_ds.data.cache import tokenize_source
 from uio_ds.config import SourceConfig
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 t = time.perf_counter()

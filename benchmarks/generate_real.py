@@ -18,7 +18,7 @@ from common import print_table, summary_line, write_results
 from transformers import AutoTokenizer
 
 from uio_ds.config import UIOConfig
-from uio_ds.data.corpus import load_corpus
+from uio_ds.data.generators.corpus import load_corpus
 from uio_ds.model.generation import generate
 from uio_ds.model.memory_model import UIOMemoryModel
 

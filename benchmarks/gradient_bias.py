@@ -282,7 +282,7 @@ def main() -> None:
                   "trainable_parameters": int(mask.numel()), "encoder_side_parameters": int(mask.sum())},
         "segment_length": l, "compression_ratio": args.compression_ratio, "segments_per_document": T,
         "documents": args.documents, "seeds_per_document": args.seeds,
-        "text": "uio_ds.data.synthetic.synthetic_text(seed=1), tokenized with the tiny tokenizer",
+        "text": "uio_ds.data.generators.synthetic.synthetic_text(seed=1), tokenized with the tiny tokenizer",
         "encoder_share_of_full_gradient_norm": encoder_share,
         "inf_window": inf_window, "inf_max_rel_err": inf_err, "inf_check_passed": inf_ok,
         "paper_r_mean": {"with_factor": PAPER[True], "without_factor": PAPER[False]},

@@ -47,8 +47,9 @@ def documents(tokenizer, count: int, seed: int, length: int) -> tuple[torch.Tens
     """(ids, labels) of ``count`` recall documents of ``length`` tokens, tokenised and labelled as the
     training pipeline does (``completion_field``): the labels keep the answer only."""
     from uio_ds.config import SourceConfig
-    from uio_ds.data.pipeline import scored_document, tokenize_source
-    from uio_ds.data.synthetic import write_recall_completion_jsonl
+    from uio_ds.data.cache import tokenize_source
+    from uio_ds.data.documents import scored_document
+    from uio_ds.data.generators.synthetic import write_recall_completion_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "recall.jsonl")

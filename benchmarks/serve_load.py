@@ -62,7 +62,7 @@ def start_server(args, extra: list[str]) -> tuple[subprocess.Popen, str]:
 def stretches(tokenizer, corpus: str, count: int, length: int) -> list[list[int]]:
     """``count`` different stretches of exactly ``length`` tokens from the held-out books."""
     from uio_ds.config import SourceConfig
-    from uio_ds.data.pipeline import read_texts
+    from uio_ds.data.sources import read_texts
 
     texts, _ = read_texts(SourceConfig(path=corpus, split="eval"))
     ids = [t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]]

@@ -229,7 +229,7 @@ def main() -> None:
                   "trainable_parameters": sum(p.numel() for p in params)},
         "segment_length": l, "compression_ratio": args.compression_ratio, "segments": T, "tokens": T * l,
         "repeats": args.repeats,
-        "text": "uio_ds.data.synthetic.synthetic_text(seed=1), tokenized with the tiny tokenizer",
+        "text": "uio_ds.data.generators.synthetic.synthetic_text(seed=1), tokenized with the tiny tokenizer",
         "rows": rows, "full_bptt": full,
         f"time_ratio_S{hi}_over_S{lo}": time_ratio, f"time_ratio_S{hi}_over_S{lo}_of_minima": time_ratio_min,
         "load_average_1_5_15min": {"before": load_before, "after": load_after},

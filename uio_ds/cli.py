@@ -226,14 +226,19 @@ def cmd_make_tiny(args) -> int:
 
 
 def cmd_make_recall_data(args) -> int:
-    from uio_ds.data.synthetic import PASSKEY_FILLER, write_passkey_jsonl, write_recall_jsonl, write_repeat_jsonl
+    from uio_ds.data.generators.synthetic import (
+        PASSKEY_FILLER,
+        write_passkey_jsonl,
+        write_recall_jsonl,
+        write_repeat_jsonl,
+    )
 
     if args.kind == "recall-completion":
         if not args.tokenizer or not args.tokens:
             raise SystemExit("error: --kind recall-completion needs --tokenizer DIR and --tokens N [N ...]")
         from transformers import AutoTokenizer
 
-        from uio_ds.data.synthetic import write_recall_completion_jsonl
+        from uio_ds.data.generators.synthetic import write_recall_completion_jsonl
 
         write_recall_completion_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer),
                                       args.tokens, seed=args.seed)
@@ -244,7 +249,7 @@ def cmd_make_recall_data(args) -> int:
             raise SystemExit(f"error: --depth {args.depth[0]} {args.depth[1]}: give 0 <= MIN <= MAX <= 1")
         from transformers import AutoTokenizer
 
-        from uio_ds.data.synthetic import write_passkey_books_jsonl
+        from uio_ds.data.generators.synthetic import write_passkey_books_jsonl
 
         counts = write_passkey_books_jsonl(args.out, args.documents, AutoTokenizer.from_pretrained(args.tokenizer),
                                            args.corpus, args.tokens, tuple(args.depth), args.split, args.seed)
@@ -276,7 +281,7 @@ def cmd_make_recall_data(args) -> int:
 def cmd_make_fact_data(args) -> int:
     from transformers import AutoTokenizer
 
-    from uio_ds.data.facts import write_fact_jsonl
+    from uio_ds.data.generators.facts import write_fact_jsonl
     from uio_ds.formats import FACT_KEY_KINDS
 
     if not 0.0 <= args.depth[0] <= args.depth[1] <= 1.0:
@@ -372,7 +377,7 @@ def cmd_prepare_model(args) -> int:
 
 
 def cmd_prepare_corpus(args) -> int:
-    from uio_ds.data.corpus import kjv_path, prepare_corpus
+    from uio_ds.data.generators.corpus import kjv_path, prepare_corpus
 
     files = [kjv_path()] if args.source == ["kjv"] else args.source
     prepare_corpus(files, args.out, args.text_field, [k.strip() for k in args.group_by.split(",") if k.strip()],
@@ -381,7 +386,7 @@ def cmd_prepare_corpus(args) -> int:
 
 
 def cmd_make_sample_data(args) -> int:
-    from uio_ds.data.samples import write_mixture_samples
+    from uio_ds.data.generators.samples import write_mixture_samples
 
     for name, path in write_mixture_samples(args.out, args.scale, args.seed).items():
         print(f"{name}: {path}")

@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from uio_ds.config import SourceConfig
-    from uio_ds.data.pipeline import read_texts
+    from uio_ds.data.sources import read_texts
     from uio_ds.model.base import load_causal_lm
 
     p = argparse.ArgumentParser(prog="uio-ds pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

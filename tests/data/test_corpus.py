@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from uio_ds.data.corpus import group_records, heldout_ids, load_corpus, prepare_corpus
+from uio_ds.data.generators.corpus import group_records, heldout_ids, load_corpus, prepare_corpus
 
 
 def write_jsonl(path, lines):

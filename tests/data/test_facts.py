@@ -7,7 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from uio_ds.data.facts import HAYSTACKS, fact_document, haystack_texts, write_fact_jsonl
+from uio_ds.data.generators.facts import HAYSTACKS, fact_document, haystack_texts, write_fact_jsonl
 from uio_ds.formats import FACT_KEY_KINDS, FACT_TEMPLATES, fact_key, fact_templates
 
 

@@ -13,8 +13,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from uio_ds.config import ALPACA_PROMPT, DataConfig, SourceConfig
-from uio_ds.data.pipeline import LOCK_STALE_S, build_stream, cache_key, tokenize_source
+from uio_ds.data.cache import LOCK_STALE_S, cache_key, tokenize_source
 from uio_ds.data.sources import source_files
+from uio_ds.data.streams import build_stream
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
 
 QUIET = {"log": lambda *_: None}
@@ -194,14 +195,14 @@ def test_cache_follows_content_and_is_built_in_parallel_once(tok, tmp_path):
 def test_one_large_file_is_read_in_parallel_parts(tok, tmp_path, monkeypatch):
     """A JSON-lines file is cut at line starts for the processes: the documents, their order and
     the bad records' line numbers are those of reading it whole."""
-    import uio_ds.data.pipeline as pipeline
+    import uio_ds.data.cache as cache
 
     records = [{"text": synthetic_text(2 + i % 7, seed=i)} for i in range(120)]
     path = write_jsonl(tmp_path / "one.jsonl", records[:50], [b"{broken\n"] + [
         (json.dumps(r) + "\n").encode() for r in records[50:]] + [b'{"text": 5}\n'])
     whole, info_whole = tokenize_source(SourceConfig(path=path), tok, str(tmp_path / "c1"), num_proc=1, **QUIET)
-    monkeypatch.setattr(pipeline, "SHARD_MIN_BYTES", 1000)
-    assert len(pipeline.plan_shards(SourceConfig(path=path), [path], 3)) == 3
+    monkeypatch.setattr(cache, "SHARD_MIN_BYTES", 1000)
+    assert len(cache.plan_shards(SourceConfig(path=path), [path], 3)) == 3
     parts, info_parts = tokenize_source(SourceConfig(path=path), tok, str(tmp_path / "c2"), num_proc=3, **QUIET)
     assert info_parts["shards"] == 3 and info_parts["num_proc"] == 3
     assert list(parts["input_ids"]) == list(whole["input_ids"]) == [tok(r["text"])["input_ids"] for r in records]
@@ -277,7 +278,7 @@ def test_paper_mixture_config_reads_the_sample_files(tok, tmp_path):
     """launch/configs/paper_mixture.json over the look-alike files of ``uio-ds make-sample-data``:
     every source gives documents of its kind, drawn by the paper's weights."""
     from uio_ds.config import TrainConfig, find_config
-    from uio_ds.data.samples import write_mixture_samples
+    from uio_ds.data.generators.samples import write_mixture_samples
 
     written = write_mixture_samples(str(tmp_path / "data" / "mixture"))
     config = TrainConfig.from_file(find_config("paper_mixture", "train"))

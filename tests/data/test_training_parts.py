@@ -8,7 +8,9 @@ from helpers import REPO
 from transformers import AutoTokenizer
 
 from uio_ds.config import ConfigError, DataConfig, SourceConfig, TrainConfig, apply_overrides
-from uio_ds.data.pipeline import build_stream, document_pieces, source_files
+from uio_ds.data.documents import document_pieces
+from uio_ds.data.sources import source_files
+from uio_ds.data.streams import build_stream
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
 from uio_ds.train import checkpoint as ckpt
 
@@ -203,7 +205,7 @@ def test_prompt_completion_config_problems():
 
 
 def test_recall_completion_documents_have_exact_lengths(tiny_dirs, tmp_path):
-    from uio_ds.data.synthetic import write_recall_completion_jsonl
+    from uio_ds.data.generators.synthetic import write_recall_completion_jsonl
 
     tok = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     path = tmp_path / "recall.jsonl"

@@ -209,7 +209,7 @@ def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dir
 def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path):
     from transformers import AutoTokenizer
 
-    from uio_ds.data.facts import write_fact_jsonl
+    from uio_ds.data.generators.facts import write_fact_jsonl
     from uio_ds.eval.run import main
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])

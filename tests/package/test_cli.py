@@ -86,7 +86,7 @@ def test_make_recall_data_states_the_key_and_answers_it(tmp_path, kind):
             run = re.search(r"(\d{5,12})\.", text).group(1)
             assert text.count(run) == 2
     if kind == "passkey":  # the filler between is the repeated classic sentences, 3..6 times
-        from uio_ds.data.synthetic import PASSKEY_FILLER
+        from uio_ds.data.generators.synthetic import PASSKEY_FILLER
 
         assert all(3 <= d["text"].count(PASSKEY_FILLER) <= 6 for d in docs)
 

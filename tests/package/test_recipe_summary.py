@@ -146,7 +146,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
 def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_path, capsys):
     from transformers import AutoTokenizer
 
-    from uio_ds.data.facts import write_fact_jsonl
+    from uio_ds.data.generators.facts import write_fact_jsonl
 
     evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     facts = tmp_path / "facts.jsonl"

@@ -21,8 +21,8 @@ def released(smollm2_dir, kjv_file, tmp_path_factory):
     import torch
 
     from uio_ds.config import SourceConfig
-    from uio_ds.data.corpus import prepare_corpus
-    from uio_ds.data.pipeline import read_texts
+    from uio_ds.data.generators.corpus import prepare_corpus
+    from uio_ds.data.sources import read_texts
 
     corpus = os.path.join(REPO, "data", "kjv")
     if not os.path.isdir(corpus):  # `make prepare` writes it; otherwise group the books here

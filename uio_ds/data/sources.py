@@ -389,3 +389,14 @@ def iter_source(source: SourceConfig, files: list[str], start: tuple[int, int] =
             group.append(record["text"].strip())
         if group:
             yield (fi, group_start), Item(group_where, {"text": "\n".join(group)}, key=group_key)
+
+
+def read_texts(source: SourceConfig) -> tuple[list[str], dict]:
+    """Document texts of a text source (for evaluation and pre-training), with its record counts."""
+    files = source_files(source)
+    texts, counts = [], Counts()
+    for _, item in iter_source(source, files):
+        counts.add(item)
+        if item.record is not None:
+            texts.append(item.record["text"])
+    return texts, counts.to_dict()

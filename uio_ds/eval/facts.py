@@ -1,6 +1,6 @@
 """Fact retrieval in wording, keys and text a memory may never have seen in training.
 
-Records are those of ``uio-ds make-fact-data`` (``uio_ds.data.facts``): a prompt holding one or
+Records are those of ``uio-ds make-fact-data`` (``uio_ds.data.generators.facts``): a prompt holding one or
 more facts and ending with a question about one of them; ``answers[0]`` is its key. Each method
 answers greedily; an answer is right when its first line holds the key. The answer's loss (nats
 per token of " key") is reported next to accuracy, a graded signal where accuracy is still 0.

@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _documents(args, tokenizer) -> tuple[list[str], list[torch.Tensor]]:
     from uio_ds.config import SourceConfig
-    from uio_ds.data.pipeline import read_texts
+    from uio_ds.data.sources import read_texts
 
     source = SourceConfig(path=args.data, text_field=args.text_field, split=args.split)
     texts, _ = read_texts(source)

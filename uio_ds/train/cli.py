@@ -60,7 +60,7 @@ def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
     from uio_ds.config import TrainConfig, find_config
-    from uio_ds.data.pipeline import source_files
+    from uio_ds.data.sources import source_files
     from uio_ds.train.checkpoint import RunLock, check_world_size, existing_run, saved_config
     from uio_ds.train.trainer import Trainer
 

@@ -94,7 +94,7 @@ class Trainer:
     def setup(self) -> "Trainer":
         from transformers import AutoTokenizer
 
-        from uio_ds.data.pipeline import build_stream
+        from uio_ds.data.streams import build_stream
         from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
         from uio_ds.model.positions import length_problem
         from uio_ds.train import engine

@@ -38,7 +38,7 @@ def haystack_texts(kind: str, corpus: str | None = None, corpus_split: str = "tr
         if not corpus:
             raise ValueError("haystack 'books' reads a text source: give corpus (e.g. data/kjv, or a jsonl of texts)")
         from uio_ds.config import SourceConfig
-        from uio_ds.data.pipeline import read_texts
+        from uio_ds.data.sources import read_texts
 
         texts, _ = read_texts(SourceConfig(path=corpus, split=corpus_split))
     elif kind == "story":

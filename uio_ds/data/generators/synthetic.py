@@ -90,7 +90,7 @@ def write_passkey_books_jsonl(path: str, documents: int, tokenizer, corpus: str,
     import torch
 
     from uio_ds.config import SourceConfig
-    from uio_ds.data.pipeline import read_texts
+    from uio_ds.data.sources import read_texts
 
     texts, _ = read_texts(SourceConfig(path=corpus, split=split))
     books = [torch.tensor(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
