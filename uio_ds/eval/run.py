@@ -132,10 +132,88 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
     return written
 
 
+def _argument_problem(args) -> str | None:
+    """What is wrong with the arguments, found before anything is loaded."""
+    if args.uio and (args.segment_length or args.compression_ratio):
+        return "--segment-length/--compression-ratio come from --uio's saved config; drop them"
+    if "uio" in args.methods and not args.uio and not (args.segment_length or args.compression_ratio):
+        return ("method uio needs trained parts: pass --uio DIR (save_trained output, a run's final/), or "
+                "--segment-length/--compression-ratio to measure untrained parts, or leave uio out of --methods")
+    if args.streaming_window is not None and args.streaming_window <= 4:
+        return (f"--streaming-window {args.streaming_window}: it holds the 4 attention sinks and a recent window, "
+                "so pass more than 4")
+    if "longbench" in args.tasks and not args.longbench:
+        return "the longbench task needs --longbench FILE"
+    if "facts" in args.tasks and not args.facts:
+        return "the facts task needs --facts FILE (write one with uio-ds make-fact-data)"
+    return None
+
+
+def _records(args) -> dict:
+    """The records of the fact and LongBench tasks: a bad record stops the run before the model loads."""
+    out = {}
+    if "facts" in args.tasks:
+        from uio_ds.eval.facts import load_fact_records
+
+        out["facts"] = load_fact_records(args.facts)[: args.facts_max]
+    if "longbench" in args.tasks:
+        from uio_ds.eval.longbench import load_records
+
+        out["longbench"] = load_records(args.longbench)
+    return out
+
+
+def _uio_config(args):
+    """The memory's config: the saved one of --uio (or one of --segment-length/--compression-ratio),
+    with the runtime options given on the command line."""
+    import dataclasses
+
+    from uio_ds.config import UIOConfig
+
+    if args.uio:
+        config, _ = UIOConfig.load(args.uio)
+    else:
+        config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
+                                               ("compression_ratio", args.compression_ratio)) if v})
+    if not (args.dtype or args.memory_window or args.recent_tokens is not None):
+        return config
+    return dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype), ("memory_window", args.memory_window),
+                                                            ("recent_tokens", args.recent_tokens)) if v is not None})
+
+
+def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) -> dict:
+    """One task's results over every method."""
+    if task == "perplexity":
+        from uio_ds.eval.perplexity import evaluate_perplexity
+
+        return evaluate_perplexity(methods, docs, args.lengths, model.segment_length, names)
+    if task == "passkey":
+        from uio_ds.eval.passkey import evaluate_passkey
+
+        return evaluate_passkey(methods, tokenizer, torch.cat(docs), args.passkey_lengths, args.passkey_depths,
+                                trials=args.passkey_trials)
+    if task == "autoencode":
+        from uio_ds.eval.autoencode import evaluate_autoencoding
+
+        l = model.segment_length
+        # the documents' segments taken in turn (each document's first, then each one's second, ...)
+        # so a small sample spans every held-out document
+        per_doc = [[d[i : i + l] for i in range(0, len(d) - l + 1, l)] for d in docs]
+        segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
+        return evaluate_autoencoding(model, tokenizer, torch.stack(segments[: args.ae_segments]))
+    if task == "facts":
+        from uio_ds.eval.facts import evaluate_facts
+
+        return evaluate_facts(methods, tokenizer, records["facts"])
+    from uio_ds.eval.longbench import evaluate_longbench
+
+    return evaluate_longbench(methods, tokenizer, records["longbench"], chat=args.longbench_chat,
+                              max_new_tokens=args.longbench_max_new_tokens)
+
+
 def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
-    from uio_ds.config import UIOConfig
     from uio_ds.eval.methods import build_methods
     from uio_ds.model.memory_model import UIOMemoryModel
     from uio_ds.utils.devices import resolve_device
@@ -146,42 +224,12 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
     except ValueError as err:
         raise SystemExit(f"error: --device: {err}") from None
-    if args.uio and (args.segment_length or args.compression_ratio):
-        raise SystemExit("error: --segment-length/--compression-ratio come from --uio's saved config; drop them")
-    if "uio" in args.methods and not args.uio and not (args.segment_length or args.compression_ratio):
-        raise SystemExit("error: method uio needs trained parts: pass --uio DIR (save_trained output, a run's "
-                         "final/), or --segment-length/--compression-ratio to measure untrained parts, or leave uio "
-                         "out of --methods")
-    if args.streaming_window is not None and args.streaming_window <= 4:
-        raise SystemExit(f"error: --streaming-window {args.streaming_window}: it holds the 4 attention sinks and a "
-                         "recent window, so pass more than 4")
-    if "longbench" in args.tasks and not args.longbench:
-        raise SystemExit("error: the longbench task needs --longbench FILE")
-    if "facts" in args.tasks and not args.facts:
-        raise SystemExit("error: the facts task needs --facts FILE (write one with uio-ds make-fact-data)")
-    fact_records = None
-    if "facts" in args.tasks:  # a bad record stops the run before the model is loaded
-        from uio_ds.eval.facts import load_fact_records
-
-        fact_records = load_fact_records(args.facts)[: args.facts_max]
-    longbench_records = None
-    if "longbench" in args.tasks:  # a bad record stops the run before the model is loaded
-        from uio_ds.eval.longbench import load_records
-
-        longbench_records = load_records(args.longbench)
+    problem = _argument_problem(args)
+    if problem:
+        raise SystemExit(f"error: {problem}")
+    records = _records(args)
     torch.manual_seed(0)
-    if args.uio:
-        config, _ = UIOConfig.load(args.uio)
-    else:
-        config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
-                                               ("compression_ratio", args.compression_ratio)) if v})
-    if args.dtype or args.memory_window or args.recent_tokens is not None:
-        import dataclasses
-
-        config = dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype),
-                                                                 ("memory_window", args.memory_window),
-                                                                 ("recent_tokens", args.recent_tokens))
-                                                if v is not None})
+    config = _uio_config(args)
     model = UIOMemoryModel.from_pretrained(args.model, config, device=device)
     if args.uio:
         model.load_trained(args.uio)
@@ -201,35 +249,7 @@ def main(argv=None) -> int:
         names, docs = _documents(args, tokenizer)
     for task in args.tasks:
         start = time.perf_counter()
-        if task == "perplexity":
-            from uio_ds.eval.perplexity import evaluate_perplexity
-
-            report[task] = evaluate_perplexity(methods, docs, args.lengths, model.segment_length, names)
-        elif task == "passkey":
-            from uio_ds.eval.passkey import evaluate_passkey
-
-            haystack = torch.cat(docs)
-            report[task] = evaluate_passkey(methods, tokenizer, haystack, args.passkey_lengths, args.passkey_depths,
-                                            trials=args.passkey_trials)
-        elif task == "autoencode":
-            from uio_ds.eval.autoencode import evaluate_autoencoding
-
-            l = model.segment_length
-            # the documents' segments taken in turn (each document's first, then each one's second, ...)
-            # so a small sample spans every held-out document
-            per_doc = [[d[i : i + l] for i in range(0, len(d) - l + 1, l)] for d in docs]
-            segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
-            segments = segments[: args.ae_segments]
-            report[task] = evaluate_autoencoding(model, tokenizer, torch.stack(segments))
-        elif task == "facts":
-            from uio_ds.eval.facts import evaluate_facts
-
-            report[task] = evaluate_facts(methods, tokenizer, fact_records)
-        elif task == "longbench":
-            from uio_ds.eval.longbench import evaluate_longbench
-
-            report[task] = evaluate_longbench(methods, tokenizer, longbench_records,
-                                              chat=args.longbench_chat, max_new_tokens=args.longbench_max_new_tokens)
+        report[task] = _run_task(task, args, model, tokenizer, methods, docs, names, records)
         report["timings_s"][task] = round(time.perf_counter() - start, 1)
     print_report(report)
     os.makedirs(args.out, exist_ok=True)

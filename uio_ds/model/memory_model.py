@@ -15,6 +15,11 @@ Three roles share one set of frozen base weights:
 Training code calls ``encode``, ``memory_kv`` and ``decode`` directly, never
 the root ``forward`` (which a DeepSpeed engine hooks); ``forward`` is the
 plain full-BPTT document loss, the reference the algorithms are checked against.
+
+This module is the passes themselves (encode, memory_kv / compress, decode / forward) with their
+contracts; their helpers live beside it: ``adapters`` (peft), ``positions`` (segments, layouts,
+position ranges), ``parts`` (files and checks), ``budget`` (the encoder's memory), ``outputs``
+(results and loss terms), ``kv`` (caches). About 500 lines, for the docstrings of those contracts.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from uio_ds.model.attention import resolve_attention
 from uio_ds.model.base import load_causal_lm
 from uio_ds.model.kv import MemoryKV, RecentKV, capture_kv, forward_after_cache, prefix_cache
 from uio_ds.model.outputs import DecoderOutput, DocumentOutput, distillation_sum
-from uio_ds.model.positions import PositionRangeError, segment_targets, split_segments, stepwise_layout
+from uio_ds.model.positions import PositionRangeError, segment_targets, split_segments
 from uio_ds.utils.devices import resolve_device
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -189,7 +194,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
             )
         embeds = self.base.get_input_embeddings()(input_ids)
         mem = self.mem_embeddings.to(embeds.dtype).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
-        layout = self._encoder_layout(input_ids.shape[0], n, embeds.dtype, embeds.device)
+        layout = positions.encoder_layout(self.config, input_ids.shape[0], n, embeds.dtype, embeds.device)
         captured: list[torch.Tensor] = []
         # Under ZeRO-3 a module left by an exception would leave its gathered weights and
         # DeepSpeed's bookkeeping behind: the call then runs to its end.
@@ -216,19 +221,6 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         if len(captured) != self.num_layers:
             raise RuntimeError(f"encoder captured {len(captured)} of {self.num_layers} layers' memory")
         return torch.stack(captured, dim=1)
-
-    def _encoder_layout(self, batch: int, n: int, dtype: torch.dtype, device: torch.device) -> dict:
-        """Extra arguments of the encoder's base-model call for ``memory_layout``: none for
-        'appended' (plain causal attention over positions 0..n+m-1), explicit positions and an
-        additive 4D mask for 'stepwise' (see ``stepwise_layout``)."""
-        if self.config.memory_layout == "appended":
-            return {}
-        positions, visible = stepwise_layout(n, self.num_mem_tokens, device)
-        # Additive, not boolean: eager attention adds the mask to the scores as it is.
-        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
-        size = n + self.num_mem_tokens
-        return {"position_ids": positions.unsqueeze(0).expand(batch, -1),
-                "attention_mask": mask.view(1, 1, size, size).expand(batch, 1, size, size)}
 
     @contextlib.contextmanager
     def _masked_attention(self, masked: bool) -> Iterator[None]:
@@ -304,37 +296,10 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
     # ------------------------------------------------------------------ decoder
 
     def fit_positions(self, memory: MemoryKV | None, query_length: int, raw_tokens: int = 0) -> MemoryKV | None:
-        """Apply ``position_overflow`` when [memory ; raw window ; query] exceeds the base model's
-        positions (``raw_tokens``: what the raw recent window holds now).
-
-        'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l - recent) / m)
-        memories, a fixed window that leaves room for a full segment and a full raw window, so
-        training and streaming generation see the same memories whatever the query length.
-        """
-        if query_length > self.segment_length:
-            raise ValueError(
-                f"decoder input of {query_length} tokens is longer than segment_length={self.segment_length}"
-            )
-        window = self.config.memory_window
-        if memory is not None and window is not None and memory.num_tokens > window * self.num_mem_tokens:
-            memory = memory.token_slice(memory.num_tokens - window * self.num_mem_tokens, memory.num_tokens)
-        num_memory = memory.num_tokens if memory is not None else 0
-        if self.config.position_overflow == "drop_oldest":
-            keep = positions.droppable_room(self.config, self.max_positions) // self.num_mem_tokens * self.num_mem_tokens
-            if num_memory <= keep:
-                return memory
-            return memory.token_slice(num_memory - keep, num_memory) if keep > 0 else None
-        used = num_memory + raw_tokens + query_length
-        if used > self.max_positions:
-            raw = f" + {raw_tokens} raw recent tokens" if raw_tokens else ""
-            raise PositionRangeError(
-                f"{num_memory} memory tokens{raw} + {query_length} segment tokens need {used} positions, "
-                f"but the base model has max_position_embeddings={self.max_positions} "
-                f"(about {self.max_tokens_supported()} tokens of text at segment_length={self.segment_length}, "
-                f"compression_ratio={self.config.compression_ratio}); use a larger compression_ratio, a "
-                "shorter input, or position_overflow='drop_oldest'"
-            )
-        return memory
+        """Apply ``memory_window`` and ``position_overflow`` to the memory a decoder call reads
+        before ``query_length`` tokens and ``raw_tokens`` of raw recent window
+        (``uio_ds.model.positions.fit_memory``)."""
+        return positions.fit_memory(self.config, memory, query_length, raw_tokens, self.max_positions)
 
     def readable_memories(self, num_memories: int) -> int:
         """How many of the ``num_memories`` most recent segment memories a decoder call reads:

@@ -119,3 +119,53 @@ def read_memories(config: UIOConfig, t: int, limit: int) -> tuple[int, int]:
     segments before its raw window, of which the most recent ``readable_memories``."""
     stop = max(0, t - config.recent_tokens // config.segment_length)
     return stop - readable_memories(config, stop, limit), stop
+
+
+def fit_memory(config: UIOConfig, memory, query_length: int, raw_tokens: int, limit: int):
+    """``memory`` (a ``MemoryKV`` or None) cut to what a decoder call over ``query_length`` tokens
+    reads: at most ``memory_window`` memories, then ``position_overflow`` when [memory ; raw
+    window ; query] exceeds the base model's ``limit`` positions (``raw_tokens``: what the raw
+    recent window holds now).
+
+    'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l - recent) / m)
+    memories, a fixed window that leaves room for a full segment and a full raw window, so
+    training and streaming generation see the same memories whatever the query length.
+    """
+    if query_length > config.segment_length:
+        raise ValueError(
+            f"decoder input of {query_length} tokens is longer than segment_length={config.segment_length}"
+        )
+    window = config.memory_window
+    if memory is not None and window is not None and memory.num_tokens > window * config.num_mem_tokens:
+        memory = memory.token_slice(memory.num_tokens - window * config.num_mem_tokens, memory.num_tokens)
+    num_memory = memory.num_tokens if memory is not None else 0
+    if config.position_overflow == "drop_oldest":
+        keep = droppable_room(config, limit) // config.num_mem_tokens * config.num_mem_tokens
+        if num_memory <= keep:
+            return memory
+        return memory.token_slice(num_memory - keep, num_memory) if keep > 0 else None
+    used = num_memory + raw_tokens + query_length
+    if used > limit:
+        raw = f" + {raw_tokens} raw recent tokens" if raw_tokens else ""
+        raise PositionRangeError(
+            f"{num_memory} memory tokens{raw} + {query_length} segment tokens need {used} positions, "
+            f"but the base model has max_position_embeddings={limit} "
+            f"(about {max_tokens_supported(config, limit)} tokens of text at segment_length={config.segment_length}, "
+            f"compression_ratio={config.compression_ratio}); use a larger compression_ratio, a "
+            "shorter input, or position_overflow='drop_oldest'"
+        )
+    return memory
+
+
+def encoder_layout(config: UIOConfig, batch: int, n: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Extra arguments of the encoder's base-model call for ``memory_layout``: none for
+    'appended' (plain causal attention over positions 0..n+m-1), explicit positions and an
+    additive 4D mask for 'stepwise' (see ``stepwise_layout``)."""
+    if config.memory_layout == "appended":
+        return {}
+    positions, visible = stepwise_layout(n, config.num_mem_tokens, device)
+    # Additive, not boolean: eager attention adds the mask to the scores as it is.
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+    size = n + config.num_mem_tokens
+    return {"position_ids": positions.unsqueeze(0).expand(batch, -1),
+            "attention_mask": mask.view(1, 1, size, size).expand(batch, 1, size, size)}

@@ -69,11 +69,102 @@ def _session(body: dict) -> str | None:
     return session
 
 
+class _Reply:
+    """The OpenAI-shaped answer to one request: streamed chunks (server-sent events) or one
+    JSON body, for a completion or a chat completion."""
+
+    def __init__(self, model_name: str, chat: bool):
+        self.model_name, self.chat = model_name, chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.kind = "chat.completion" if chat else "text_completion"
+
+    def chunk(self, text: str | None, finish: str | None, first: bool = False, usage: dict | None = None) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            if first:
+                delta = {"role": "assistant", "content": ""}
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+        out = {"id": self.id, "object": self.kind + (".chunk" if self.chat else ""), "created": self.created,
+               "model": self.model_name, "choices": [choice] if usage is None else []}
+        if usage is not None:
+            out["usage"] = usage
+        return out
+
+    async def stream(self, events: asyncio.Queue, include_usage: bool):
+        """Server-sent events, one chunk per event, then ``[DONE]``."""
+        if self.chat:
+            yield f"data: {json.dumps(self.chunk(None, None, first=True))}\n\n"
+        while True:
+            event = await events.get()
+            if event.error:
+                yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error'}})}\n\n"
+                break
+            if event.text:
+                yield f"data: {json.dumps(self.chunk(event.text, None))}\n\n"
+            if event.finish_reason:
+                yield f"data: {json.dumps(self.chunk(None if self.chat else '', event.finish_reason))}\n\n"
+                if include_usage:
+                    yield f"data: {json.dumps(self.chunk(None, None, usage=event.usage.to_dict()))}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+
+    async def whole(self, events: asyncio.Queue, session: str | None):
+        """The complete answer as one JSON response, with the memory's usage under ``uio``."""
+        from fastapi.responses import JSONResponse
+
+        parts = []
+        while True:
+            event = await events.get()
+            if event.error:
+                return _error(500, event.error)
+            parts.append(event.text)
+            if event.finish_reason:
+                break
+        text = "".join(parts)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason,
+                   "logprobs": None} if self.chat else
+                  {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None})
+        return JSONResponse({"id": self.id, "object": self.kind, "created": self.created, "model": self.model_name,
+                             "choices": [choice], "usage": event.usage.to_dict(),
+                             "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
+                                     "memory_tokens": event.usage.memory_tokens,
+                                     "completion_token_ids": event.token_ids}})
+
+
+def _completion_ids(body: dict, tokenizer) -> list[int]:
+    """The prompt of a completion request: one non-empty string, or token ids."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return prompt  # already token ids
+    if isinstance(prompt, str) and prompt:
+        return tokenizer(prompt)["input_ids"]
+    raise RequestError("prompt: give one non-empty string (or a list of token ids)")
+
+
+def _chat_ids(body: dict, tokenizer) -> list[int]:
+    """The prompt of a chat request: its messages through the tokenizer's chat template."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise RequestError("messages: give a non-empty list of {\"role\", \"content\"} objects with string content")
+    if not getattr(tokenizer, "chat_template", None):
+        raise RequestError("the model's tokenizer has no chat template: use /v1/completions")
+    return list(tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True,
+        tokenize=True, return_dict=True)["input_ids"])
+
+
 def create_app(scheduler: Scheduler):
     """The FastAPI application over ``scheduler``."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
 
     app = FastAPI(title="uio_ds", description="OpenAI-compatible server for UIO memory models")
     created = int(time.time())
@@ -102,109 +193,32 @@ def create_app(scheduler: Scheduler):
             raise RequestError(f"model={body.get('model')!r}: this server serves {scheduler.model_name!r} (GET /v1/models)")
         return body
 
-    async def _run(prompt_ids: list[int], body: dict, chat: bool):
-        # OpenAI's defaults: 16 new tokens for a completion; a chat's answer is left long
-        params, session = _params(body, 256 if chat else 16), _session(body)
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        scheduler.submit(prompt_ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        now = int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-
-        def chunk(text: str | None, finish: str | None, first: bool = False, usage: dict | None = None) -> dict:
-            if chat:
-                delta = {} if text is None else {"content": text}
-                if first:
-                    delta = {"role": "assistant", "content": ""}
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
-            out = {"id": rid, "object": kind + (".chunk" if chat else ""), "created": now, "model": scheduler.model_name,
-                   "choices": [choice] if usage is None else []}
-            if usage is not None:
-                out["usage"] = usage
-            return out
-
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-
-            async def sse():
-                if chat:
-                    yield f"data: {json.dumps(chunk(None, None, first=True))}\n\n"
-                while True:
-                    event = await events.get()
-                    if event.error:
-                        yield f"data: {json.dumps({'error': {'message': event.error, 'type': 'server_error'}})}\n\n"
-                        break
-                    if event.text:
-                        yield f"data: {json.dumps(chunk(event.text, None))}\n\n"
-                    if event.finish_reason:
-                        yield f"data: {json.dumps(chunk(None if chat else '', event.finish_reason))}\n\n"
-                        if include_usage:
-                            yield f"data: {json.dumps(chunk(None, None, usage=event.usage.to_dict()))}\n\n"
-                        break
-                yield "data: [DONE]\n\n"
-
-            return StreamingResponse(sse(), media_type="text/event-stream")
-        parts = []
-        while True:
-            event = await events.get()
-            if event.error:
-                return _error(500, event.error)
-            parts.append(event.text)
-            if event.finish_reason:
-                break
-        text = "".join(parts)
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": event.finish_reason,
-                   "logprobs": None} if chat else
-                  {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None})
-        return JSONResponse({"id": rid, "object": kind, "created": now, "model": scheduler.model_name, "choices": [choice],
-                             "usage": event.usage.to_dict(),
-                             "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
-                                     "memory_tokens": event.usage.memory_tokens,
-                                     "completion_token_ids": event.token_ids}})
-
-    async def _guarded(handler, request: Request):
+    async def _answer(request: Request, chat: bool):
         try:
-            return await handler(await _body(request))
+            body = await _body(request)
+            ids = (_chat_ids if chat else _completion_ids)(body, scheduler.tokenizer)
+            # OpenAI's defaults: 16 new tokens for a completion; a chat's answer is left long
+            params, session = _params(body, 256 if chat else 16), _session(body)
+            loop = asyncio.get_running_loop()
+            events: asyncio.Queue[Event] = asyncio.Queue()
+            scheduler.submit(ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
         except SessionBusy as err:
             return _error(409, str(err), "session")
         except RequestError as err:
             return _error(400, str(err))
-
-    async def _completion(body: dict):
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            ids = prompt  # already token ids
-        elif isinstance(prompt, str) and prompt:
-            ids = scheduler.tokenizer(prompt)["input_ids"]
-        else:
-            raise RequestError("prompt: give one non-empty string (or a list of token ids)")
-        return await _run(ids, body, chat=False)
-
-    async def _chat(body: dict):
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages):
-            raise RequestError("messages: give a non-empty list of {\"role\", \"content\"} objects with string content")
-        if not getattr(scheduler.tokenizer, "chat_template", None):
-            raise RequestError("the model's tokenizer has no chat template: use /v1/completions")
-        ids = list(scheduler.tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages], add_generation_prompt=True,
-            tokenize=True, return_dict=True)["input_ids"])
-        return await _run(ids, body, chat=True)
+        reply = _Reply(scheduler.model_name, chat)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(reply.stream(events, include_usage), media_type="text/event-stream")
+        return await reply.whole(events, session)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await _guarded(_completion, request)
+        return await _answer(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await _guarded(_chat, request)
+        return await _answer(request, chat=True)
 
     return app
 
