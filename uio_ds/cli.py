@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-import time
 
 # Commands with their own parser, in their own module (each also runs as python -m MODULE)
 DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain",
@@ -190,48 +188,6 @@ def _add_prepare_corpus(sub) -> None:
     corpus.add_argument("--eval-offset", type=int, default=1, help="...starting at this rank (0 = longest)")
 
 
-def _stream_text(tokenizer, model, prompt_ids, args) -> "GenerationResult":  # noqa: F821
-    """Generate, printing the continuation as it is produced."""
-    from uio_ds.model.generation import generate
-
-    produced: list[int] = []
-    shown = ""
-
-    def show(tokens) -> None:
-        nonlocal shown
-        produced.append(int(tokens[0]))
-        text = tokenizer.decode(produced, skip_special_tokens=True)
-        # byte-level tokens may end mid-character: print only once the text is stable
-        if not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(shown) :])
-            sys.stdout.flush()
-            shown = text
-
-    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return generate(
-        model,
-        prompt_ids,
-        args.max_new_tokens,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        stop_token_ids=stop,
-        on_tokens=show,
-    )
-
-
-def _report(result, model) -> None:
-    print(
-        f"\n\nprompt {result.prompt_length} tokens -> {result.num_compressions} segments compressed into "
-        f"{result.memory_tokens} memory slots (l={model.segment_length}, m={model.num_mem_tokens})\n"
-        f"prefill {result.prefill_seconds:.2f} s ({result.prefill_tokens_per_second:,.0f} tokens/s), "
-        f"decode {result.num_generated} tokens in {result.decode_seconds:.2f} s "
-        f"({result.decode_tokens_per_second:,.1f} tokens/s)"
-    )
-
-
 def cmd_make_tiny(args) -> int:
     from uio_ds.model.tiny import build_tiny_model
 
@@ -318,81 +274,6 @@ def cmd_make_fact_data(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    import torch
-    from transformers import AutoTokenizer
-
-    from uio_ds.config import LoRAConfig, UIOConfig
-    from uio_ds.formats import synthetic_text
-    from uio_ds.model.memory_model import UIOMemoryModel
-    from uio_ds.model.tiny import build_tiny_model
-
-    torch.manual_seed(args.seed)
-    base_dir = build_tiny_model(args.arch, os.path.join(args.out, f"tiny-{args.arch}"), seed=args.seed)
-    # rank 8 adapters: the paper's rank 128 would exceed the tiny model's hidden size of 64
-    config = UIOConfig(
-        segment_length=args.segment_length,
-        compression_ratio=args.compression_ratio,
-        encoder_lora=LoRAConfig(rank=8, alpha=32.0, target_modules=("q_proj", "v_proj")),
-        transfer_lora=LoRAConfig(rank=8, alpha=32.0, target_modules=("k_proj", "v_proj")),
-        position_overflow="drop_oldest",
-    )
-    model = UIOMemoryModel.from_pretrained(base_dir, config, device=args.device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    s = model.trainable_summary()
-    print(f"base model: {base_dir} ({s['total'] - s['trainable']:,} frozen parameters)")
-    print(f"UIO parts: {s['trainable']:,} trainable parameters ({100 * s['share']:.1f}%), "
-          f"l={config.segment_length}, ratio {config.compression_ratio} -> {config.num_mem_tokens} <mem> tokens")
-
-    uio_dir = os.path.join(args.out, "uio")
-    model.save_trained(uio_dir)
-    model = UIOMemoryModel.from_pretrained(base_dir, trained_path=uio_dir, device=args.device).eval()
-    print(f"trained parts saved to {uio_dir} and reloaded (peft adapters + <mem> embeddings)")
-
-    text = synthetic_text(max(1, args.prompt_tokens // 12), seed=args.seed + 1)
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][:, : args.prompt_tokens]
-    print(f"prompt: {ids.shape[1]} tokens of generated text; continuation (untrained weights: expect noise):\n")
-    result = _stream_text(tokenizer, model, ids, args)
-    _report(result, model)
-    return 0
-
-
-def cmd_generate(args) -> int:
-    from transformers import AutoTokenizer
-
-    from uio_ds.config import UIOConfig
-    from uio_ds.model.memory_model import UIOMemoryModel
-
-    if args.uio and (args.segment_length or args.compression_ratio):
-        print("error: --segment-length/--compression-ratio come from --uio's saved config; drop them", file=sys.stderr)
-        return 2
-    if args.prompt_file == "-":
-        prompt = sys.stdin.read()
-    elif not os.path.isfile(args.prompt_file):
-        print(f"error: prompt file {args.prompt_file!r} not found", file=sys.stderr)
-        return 2
-    else:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt = f.read()
-    if not prompt.strip():
-        print("error: the prompt is empty", file=sys.stderr)
-        return 2
-    config = None
-    if not args.uio:
-        overrides = {k: v for k, v in (("segment_length", args.segment_length),
-                                       ("compression_ratio", args.compression_ratio),
-                                       ("dtype", args.dtype)) if v}
-        config = UIOConfig(**overrides)
-    start = time.perf_counter()
-    model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    print(f"loaded in {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"][:, : args.max_prompt_tokens]
-    result = _stream_text(tokenizer, model, ids, args)
-    _report(result, model)
-    return 0
-
-
 def cmd_prepare_model(args) -> int:
     from uio_ds.model.prepare import prepare_model
 
@@ -427,12 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         problem = _generation_arg_problem(args)
         if problem:
             parser.error(problem)
+    from uio_ds.serve import generate
+
     commands = {
         "make-tiny": cmd_make_tiny,
         "make-recall-data": cmd_make_recall_data,
         "make-fact-data": cmd_make_fact_data,
-        "demo": cmd_demo,
-        "generate": cmd_generate,
+        "demo": generate.cmd_demo,
+        "generate": generate.cmd_generate,
         "prepare-model": cmd_prepare_model,
         "prepare-corpus": cmd_prepare_corpus,
         "make-sample-data": cmd_make_sample_data,
