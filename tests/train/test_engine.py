@@ -167,36 +167,33 @@ def _fp16_train_config(model_dir: str):
         return cfg, json.load(f)
 
 
+def test_fp16_is_refused_exactly_where_a_refusal_is_given(tiny_dirs):
+    """The resolver enables fp16 unless it is told why it cannot run, and then names the reason and the fix."""
+    from uio_ds.train.ds_config import resolve_ds_config
+
+    cfg, raw = _fp16_train_config(tiny_dirs["llama"])
+    assert resolve_ds_config(raw, cfg, 2)[0]["fp16"]["enabled"] is True  # planned for another machine
+    with pytest.raises(ConfigError, match="no fp16 here: use uio.dtype=\"bfloat16\""):
+        resolve_ds_config(raw, cfg, 2, fp16_refusal="no fp16 here")
+
+
 @pytest.mark.parametrize("supported", [True, False], ids=["fp16-supported", "fp16-unsupported"])
-def test_fp16_is_refused_exactly_where_the_accelerator_says_it_cannot_run(tiny_dirs, monkeypatch, supported):
-    """Both answers of DeepSpeed's accelerator, on any machine: refused when it says no, enabled when yes."""
+def test_fp16_refusal_follows_the_gpu_accelerator_and_refuses_cpu_ranks(monkeypatch, supported):
+    """On a GPU, DeepSpeed's accelerator decides (both answers, on any machine); CPU ranks are refused
+    whatever their accelerator says (its loss scaling skipped every step of an fp16 run on a CPU
+    that accepts fp16)."""
+    import torch
     from deepspeed.accelerator import get_accelerator
 
-    from uio_ds.train.ds_config import resolve_ds_config
+    from uio_ds.train import engine
 
-    cfg, raw = _fp16_train_config(tiny_dirs["llama"])
     monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: supported)
-    if supported:
-        assert resolve_ds_config(raw, cfg, 2)[0]["fp16"]["enabled"] is True
-    else:
-        with pytest.raises(ConfigError, match="fp16 is not supported"):
-            resolve_ds_config(raw, cfg, 2)
-
-
-def test_fp16_on_this_machine_follows_its_accelerator(tiny_dirs):
-    """What this machine's hardware says, read rather than assumed: DeepSpeed's CPU accelerator runs
-    fp16 where oneDNN has fp16 kernels for the CPU (AVX512-FP16 / AMX-FP16, e.g. recent Intel Xeons),
-    and not on CPUs without them (the AMD EPYCs seen here); a CUDA GPU runs it."""
-    from deepspeed.accelerator import get_accelerator
-
-    from uio_ds.train.ds_config import resolve_ds_config
-
-    cfg, raw = _fp16_train_config(tiny_dirs["llama"])
-    if get_accelerator().is_fp16_supported():
-        assert resolve_ds_config(raw, cfg, 2)[0]["fp16"]["enabled"] is True
-    else:
-        with pytest.raises(ConfigError, match=f"fp16 is not supported by DeepSpeed's {get_accelerator().device_name()}"):
-            resolve_ds_config(raw, cfg, 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "CPU ranks" in engine.fp16_refusal()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (engine.fp16_refusal() is None) == supported
+    if not supported:
+        assert "fp16 is not supported by DeepSpeed's" in engine.fp16_refusal()
 
 
 def test_surrogate_gradient_equals_buffers_under_a_loss_scale(tiny_dirs):

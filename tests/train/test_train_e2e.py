@@ -115,6 +115,8 @@ def test_kill_and_resume_gives_identical_losses(run_config, tmp_path):
     launch(config, out, *long_run, "--resume", "auto")
     got = losses(out)
     assert sorted(got) == list(range(1, 31))
+    with open(os.path.join(out, "metrics.jsonl")) as f:  # cut back to the checkpoint, then written on: once each
+        assert [json.loads(line)["step"] for line in f] == list(range(1, 31))
     for step in range(resumed_from + 1, 31):
         assert got[step] == want[step], f"step {step}: {got[step]} after resume vs {want[step]} uninterrupted"
 

@@ -45,47 +45,60 @@ def field_defaults(cls) -> dict[str, Any]:
 
 
 def build_dataclass(cls, data: Any, where: str, problems: list[str]):
-    """Instantiate dataclass ``cls`` from ``data``, collecting problems instead of stopping at the first."""
+    """Instantiate dataclass ``cls`` from ``data``, collecting problems instead of stopping at the
+    first: a section that fails leaves its problems and the others are still built and checked
+    (the failed one at its default, whose cross-checks are then not reported). Returns None when
+    anything failed."""
     if not isinstance(data, dict):
         problems.append(f"{where or 'config'} must be a JSON object, got {type(data).__name__}")
         return None
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    mine: list[str] = []
     unknown = sorted(set(data) - known)
     if unknown:
-        problems.append(f"{where or 'config'}: unknown option(s) {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for name in known & set(data):
+        mine.append(f"{where or 'config'}: unknown option(s) {unknown}; known: {sorted(known)}")
+    kwargs, failed = {}, []
+    for name in sorted(known & set(data)):
         value, hint, here = data[name], hints[name], f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint) and hasattr(hint, "from_dict"):  # a section that validates itself
-            try:
-                kwargs[name] = hint.from_dict(value) if isinstance(value, dict) else value
-            except ConfigError as err:
-                problems += [f"{here}.{p}" for p in err.problems]
-                continue
-        elif dataclasses.is_dataclass(hint):
-            value = build_dataclass(hint, value, here, problems)
-            if value is None:
-                continue
-            kwargs[name] = value
-        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
-            if not isinstance(value, list):
-                problems.append(f"{here} must be a list")
-                continue
-            items = [build_dataclass(typing.get_args(hint)[0], v, f"{here}[{i}]", problems) for i, v in enumerate(value)]
-            kwargs[name] = [v for v in items if v is not None]
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    if problems:
-        return None
+        before = len(mine)
+        kwargs[name] = _field_value(hint, value, here, mine)
+        if len(mine) > before:
+            failed.append(name)
+            kwargs.pop(name)
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except ConfigError as err:
-        problems += err.problems
-        return None
+        # checks across sections that involve a failed one compare against its default: left out
+        mine += [p for p in err.problems if not any(p.startswith((f"{f}.", f"{f}=")) or f" {f}." in p for f in failed)]
+        built = None
+    except (TypeError, ValueError):  # a value of the wrong type that a check could not even compare
+        built = None
+        if not mine:
+            raise
+    problems += mine
+    return None if mine else built
 
+
+def _field_value(hint, value, here: str, problems: list[str]):
+    """The value of one field: a nested section built, a list of sections, a tuple from a list."""
+    if dataclasses.is_dataclass(hint) and hasattr(hint, "from_dict"):  # a section that validates itself
+        try:
+            return hint.from_dict(value) if isinstance(value, dict) else value
+        except ConfigError as err:
+            problems += [f"{here}.{p}" for p in err.problems]
+            return None
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, here, problems)
+    if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if not isinstance(value, list):
+            problems.append(f"{here} must be a list")
+            return None
+        items = [build_dataclass(typing.get_args(hint)[0], v, f"{here}[{i}]", problems) for i, v in enumerate(value)]
+        return [v for v in items if v is not None]
+    if typing.get_origin(hint) is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
 
 
 def _field_docs(cls) -> dict[str, str]:

@@ -58,7 +58,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # What a resumed run may change: the length and rate of the run, its outputs, and options that
 # change how the same computation runs. Any other difference changes the trajectory (the data,
 # its order, the model, the memory shape, the gradient), so the resume would not be exact.
-RESUME_MAY_CHANGE = ("steps", "optim.", "save_every", "keep_last", "log_every", "max_bad_steps", "output_dir",
+RESUME_MAY_CHANGE = ("steps", "optim.", "save_every", "keep_last", "log_every", "max_bad_steps", "max_part_growth", "output_dir",
                      "init_from", "uio.attention", "uio.decoder_recompute", "algorithm.graph_mode", "algorithm.encode_batch_size",
                      "data.cache_dir", "data.num_proc")
 

@@ -150,6 +150,11 @@ class TrainConfig:
     gradient (each is skipped: no update), or when the first this-many steps all have a zero
     gradient (nothing is being trained)."""
 
+    max_part_growth: float | None = 1000.0
+    """Stop without exporting when the largest absolute value of the trained parts has grown past
+    this many times its value at the start of the run (a diverged run: its parts are of no use);
+    null exports whatever the values."""
+
     seed: int = 0
     """Seed of torch (dropout) and of every generator not seeded elsewhere."""
 
@@ -168,6 +173,9 @@ class TrainConfig:
             problems.append(f"keep_last={self.keep_last!r}: must be an integer >= 1")
         if not isinstance(self.max_bad_steps, int) or self.max_bad_steps < 1:
             problems.append(f"max_bad_steps={self.max_bad_steps!r}: must be an integer >= 1")
+        growth = self.max_part_growth
+        if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float)) or growth <= 1):
+            problems.append(f"max_part_growth={growth!r}: must be a number > 1 or null")
         if self.objective.regularize and self.uio.decoder_lora is None:
             problems.append(f"objective.regularize={self.objective.regularize} keeps a decoder LoRA close to the base, "
                             "but uio.decoder_lora is not set: set one or drop the weight")

@@ -159,14 +159,39 @@ def resume_target(resume: str, checkpoint_dir: str, skipped: list[str] | None = 
 
 def check_world_size(root: str, tag: str, world_size: int) -> None:
     """Refuse to resume a checkpoint written by another number of ranks."""
-    with open(os.path.join(root, tag, COMPLETE)) as f:
-        saved = json.load(f)["world_size"]
+    saved = marker(root, tag)["world_size"]
     if saved != world_size:
         raise RuntimeError(
             f"checkpoint {os.path.join(root, tag)} was written by {saved} rank(s) and this run has {world_size}: "
             "ZeRO optimizer partitions and the data order depend on the number of ranks; resume with "
             f"{saved} rank(s), or start a new run with init_from=<the run's exported final/ parts>"
         )
+
+
+def marker(root: str, tag: str) -> dict:
+    """What rank 0 wrote into checkpoint ``tag``'s COMPLETE marker: step, world size, and (since
+    they are recorded) the ZeRO stage and each data source's digest."""
+    with open(os.path.join(root, tag, COMPLETE)) as f:
+        return json.load(f)
+
+
+def resume_problems(root: str, tag: str, zero_stage: int, digests: dict[str, str]) -> tuple[list[str], list[str]]:
+    """What a resume of checkpoint ``root/tag`` under ``zero_stage`` over data of ``digests`` cannot
+    show in its config: (refusals, changes of the run's trajectory). DeepSpeed cannot load a
+    checkpoint written under another ZeRO stage; data whose content changed makes the saved stream
+    position point at other documents."""
+    saved = marker(root, tag)
+    refusals, changed = [], []
+    stage = saved.get("zero_stage")
+    if stage is not None and stage != zero_stage:
+        refusals.append(f"checkpoint {os.path.join(root, tag)} was written under ZeRO stage {stage} and this run "
+                        f"uses stage {zero_stage}: DeepSpeed stores each stage's partitions its own way; resume with "
+                        f"--deepspeed zero{stage}, or start a new run from the parts (init_from=OUTPUT_DIR/final)")
+    for name, digest in sorted(saved.get("data", {}).items()):
+        if name in digests and digests[name] != digest:
+            changed.append(f"data source {name}: its files changed since the checkpoint (content {digest} -> "
+                           f"{digests[name]}), so the saved position would point at other documents")
+    return refusals, changed
 
 
 def saved_config(root: str, tag: str) -> dict | None:
@@ -319,9 +344,10 @@ class Checkpoints:
     def __init__(self, root: str, rank: int, world_size: int, keep_last: int):
         self.root, self.rank, self.world_size, self.keep_last = root, rank, world_size, keep_last
 
-    def save(self, step: int, state: dict, engine, config: dict) -> tuple[str, list[str]]:
+    def save(self, step: int, state: dict, engine, config: dict, record: dict | None = None) -> tuple[str, list[str]]:
         """Write the checkpoint of ``step``; returns (its tag, the older checkpoints pruned on rank 0).
-        Every rank must call it (the engine's save ends with a barrier)."""
+        Every rank must call it (the engine's save ends with a barrier). ``record``: what else the
+        COMPLETE marker holds (the ZeRO stage, the data digests: what a resume depends on)."""
         tag = step_tag(step)
         path = os.path.join(self.root, tag)
         try:
@@ -331,7 +357,7 @@ class Checkpoints:
             if self.rank == 0:
                 with open(os.path.join(path, CONFIG), "w") as f:
                     json.dump(config, f, indent=2)
-                mark_complete(self.root, tag, {"step": step, "world_size": self.world_size})
+                mark_complete(self.root, tag, {"step": step, "world_size": self.world_size, **(record or {})})
         except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
             raise CheckpointWriteError(write_failure(err, self.root, f"checkpoint {path}")) from None
         removed = prune(self.root, self.keep_last) if self.rank == 0 else []

@@ -60,8 +60,9 @@ def validate(args):
     """Everything that can be checked without loading the model or the data; returns the
     trainer, set up by ``main``."""
     from uio_ds.config import TrainConfig, find_config
+    from uio_ds.data.cache import data_digests
     from uio_ds.data.sources import source_files
-    from uio_ds.train.checkpoint import RunLock, check_world_size, existing_run, saved_config
+    from uio_ds.train.checkpoint import RunLock, check_world_size, existing_run, resume_problems, saved_config
     from uio_ds.train.trainer import Trainer
 
     config = TrainConfig.from_file(args.config, args.set)
@@ -83,19 +84,23 @@ def validate(args):
     if owner is not None:
         raise RuntimeError(lock.describe(owner))
     trainer = Trainer(config, ds_config, resume=args.resume, overwrite=args.overwrite)
-    if args.resume:
-        target = trainer.resume_from
-        if target is not None:
-            check_world_size(*target, trainer.world_size)
-            saved = saved_config(*target)
-            if saved is not None:
-                allowed, trajectory = config.changes_since(saved)
-                if trajectory and not args.allow_config_change:
-                    raise ValueError(
-                        f"the config changes what checkpoint {os.path.join(*target)} was training, so the resume "
-                        f"would not continue that run: {'; '.join(trajectory)}. Resume with its settings, start a "
-                        "new run from its parts (init_from=OUTPUT_DIR/final), or pass --allow-config-change")
-                trainer.config_changes = allowed + trajectory
+    target = trainer.resume_from if args.resume else None
+    if target is not None:
+        check_world_size(*target, trainer.world_size)
+        stage = trainer.ds_config["zero_optimization"].get("stage", 0)
+        refusals, data_changes = resume_problems(*target, stage, data_digests(config.data.sources,
+                                                                             config.data.cache_dir))
+        if refusals:
+            raise RuntimeError(refusals[0])
+        saved = saved_config(*target)
+        allowed, trajectory = config.changes_since(saved) if saved is not None else ([], [])
+        trajectory += data_changes
+        if trajectory and not args.allow_config_change:
+            raise ValueError(
+                f"the config or the data changes what checkpoint {os.path.join(*target)} was training, so the "
+                f"resume would not continue that run: {'; '.join(trajectory)}. Resume with its settings and data, "
+                "start a new run from its parts (init_from=OUTPUT_DIR/final), or pass --allow-config-change")
+        trainer.config_changes = allowed + trajectory
     return trainer
 
 
@@ -107,6 +112,8 @@ def main(argv=None) -> int:
         for kind in ("train", "deepspeed"):
             print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")
         return 0
+    from uio_ds.data.sources import SourceReadError
+    from uio_ds.train.dist import peer_lost
     from uio_ds.train.stopping import TrainingStopped
 
     rank = int(os.environ.get("RANK", "0"))
@@ -119,8 +126,8 @@ def main(argv=None) -> int:
     try:
         try:
             trainer.setup()
-        except (ValueError, FileNotFoundError, RuntimeError) as err:  # found while setting up: no traceback
-            if rank == 0:
+        except (ValueError, OSError, RuntimeError) as err:  # found while setting up: no traceback
+            if rank == 0 or isinstance(err, SourceReadError):  # a file only this rank reads: it says so
                 print(f"error: {err}", file=sys.stderr)
             return 2
         try:
@@ -131,6 +138,13 @@ def main(argv=None) -> int:
             if not err.local:  # every rank stopped at the same step: leave together
                 trainer.close()
             return err.status
+        except RuntimeError as err:
+            if not peer_lost(err):
+                raise
+            # another rank died (killed, out of memory): its launcher stops this one too; one line, not gloo's trace
+            print(f"error: rank {rank} lost the other ranks ({str(err).strip().splitlines()[0][:160]}); "
+                  f"{trainer.checkpoints.last_good()}; continue with --resume auto", file=sys.stderr)
+            return 1
         trainer.close()
     finally:
         trainer.release()

@@ -73,3 +73,13 @@ def all_reduce_max(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64, device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
+             "Socket Timeout", "timed out in call to")
+"""What gloo and NCCL say when another rank of the group is gone."""
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether ``err`` (raised inside a collective) means another rank is gone."""
+    return any(marker in str(err) for marker in PEER_LOST)

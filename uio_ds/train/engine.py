@@ -77,7 +77,13 @@ def _skip_shared_memory_op() -> None:
 
 
 def fp16_refusal() -> str | None:
-    """Why DeepSpeed cannot run fp16 on this machine's accelerator, or None when it can."""
+    """Why fp16 training cannot run here, or None when it can: on a GPU, what DeepSpeed's accelerator
+    says; on CPU ranks always, even where DeepSpeed's CPU accelerator accepts fp16 (CPUs with fp16
+    kernels): its dynamic loss scaling then skipped every step of a run (the parts were exported
+    untrained)."""
+    if not torch.cuda.is_available():
+        return ("fp16 training on CPU ranks: DeepSpeed's loss scaling skips every step there (nothing is "
+                "trained)")
     accelerator = get_accelerator()
     if accelerator.is_fp16_supported():
         return None

@@ -30,6 +30,29 @@ def rss_mb() -> float:
     return 0.0
 
 
+def cut_back(output_dir: str, step: int) -> int:
+    """Drop the records of ``metrics.jsonl`` after ``step`` (a run resumed there writes them again);
+    returns how many were dropped. The file is replaced atomically."""
+    path = os.path.join(output_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill: dropped with the rest
+    if len(kept) != len(lines):
+        staging = f"{path}.tmp-{os.getpid()}"
+        with open(staging, "w") as f:
+            f.writelines(kept)
+        os.replace(staging, path)
+    return len(lines) - len(kept)
+
+
 class _NullWriter:
     """Stands in for TensorBoard on ranks other than 0."""
 

@@ -22,8 +22,15 @@ from uio_ds.model.attention import resolve_attention
 from uio_ds.train import checkpoint as ckpt
 from uio_ds.train import dist as process_group
 from uio_ds.train.ds_config import resolve_ds_config
-from uio_ds.train.metrics import StepMetrics
+from uio_ds.train.metrics import StepMetrics, cut_back
 from uio_ds.train.stopping import StopRequest, TrainingInterrupted, TrainingStopped
+
+
+class DataReadError(TrainingStopped):
+    """A data file that this rank streams could not be read; the others stop when the launcher stops them."""
+
+    status = 2
+    local = True
 
 
 class Trainer:
@@ -94,6 +101,7 @@ class Trainer:
     def setup(self) -> "Trainer":
         from transformers import AutoTokenizer
 
+        from uio_ds.data.cache import data_digests
         from uio_ds.data.streams import build_stream
         from uio_ds.model.memory_model import TORCH_DTYPES, UIOMemoryModel
         from uio_ds.model.positions import length_problem
@@ -120,6 +128,8 @@ class Trainer:
         self.log(f"data ready in {time.perf_counter() - started:.1f} s: "
                  + ("streaming" if cfg.data.streaming else f"{sum(self.data_info['pieces']):,} pieces")
                  + f" from {len(cfg.data.sources)} source(s)")
+        # what a checkpoint's data position means: rank 0 records it in each checkpoint's marker
+        self.data_digests = data_digests(cfg.data.sources, cfg.data.cache_dir) if self.rank == 0 else {}
         longest = self.stream.longest
         if not cfg.data.autoencode_tokens and longest <= cfg.uio.segment_length:
             raise ValueError(f"every training document is at most {longest} tokens, within one segment "
@@ -157,6 +167,7 @@ class Trainer:
                 json.dump({"train": cfg.to_dict(), "deepspeed": ds_config, "world_size": self.world_size,
                            "graph_mode": graph_mode, "data": self.data_info}, f, indent=2, default=str)
         self.metrics = StepMetrics(cfg.output_dir, self.rank, self.distilling)
+        self.initial_scale = self._largest_part_value()
         self.checkpoints = ckpt.Checkpoints(self.checkpoint_dir, self.rank, self.world_size, cfg.keep_last)
         summary = model.trainable_summary()
         self.log(f"{self.world_size} rank(s), ZeRO stage {ds_config['zero_optimization'].get('stage', 0)}, "
@@ -210,7 +221,8 @@ class Trainer:
         random.setstate(state["python_rng"])
 
     def save_checkpoint(self) -> str:
-        tag, removed = self.checkpoints.save(self.step, self.state_dict(), self.engine, self.config.to_dict())
+        record = {"zero_stage": self.ds_config["zero_optimization"].get("stage", 0), "data": self.data_digests}
+        tag, removed = self.checkpoints.save(self.step, self.state_dict(), self.engine, self.config.to_dict(), record)
         self.log(f"checkpoint {os.path.join(self.checkpoint_dir, tag)}"
                  + (f" (removed {', '.join(removed)})" if removed else ""))
         process_group.barrier()
@@ -221,13 +233,18 @@ class Trainer:
         for note in self.skipped_checkpoints:
             self.log(f"{note}: resuming from the previous complete checkpoint")
         if target is None:
-            self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0")
+            dropped = cut_back(self.config.output_dir, 0) if self.rank == 0 else 0
+            self.log(f"no complete checkpoint in {self.checkpoint_dir}: starting from step 0"
+                     + (f" (the {dropped} records of metrics.jsonl of the run that left none are removed)"
+                        if dropped else ""))
             return
         root, tag = target
         state = self.checkpoints.restore(root, tag, self.engine)
         # the optimizer's settings and the schedule come from this config, not from the checkpoint
         self.engine.apply_optimizer_settings(self.config.optim)
         self.load_state_dict(state)
+        if self.rank == 0:
+            cut_back(self.config.output_dir, self.step)  # the steps after it run again
         self.log(f"resumed from {os.path.join(root, tag)} at step {self.step}")
         if self.config_changes:
             self.log(f"config changes since that checkpoint, applied from step {self.step + 1}: "
@@ -237,7 +254,12 @@ class Trainer:
 
     def train_step(self):
         """One optimizer step on the next documents of this rank; returns the engine's StepOutput."""
-        documents = self.stream.next_documents()
+        from uio_ds.data.sources import SourceReadError
+
+        try:
+            documents = self.stream.next_documents()
+        except SourceReadError as err:  # a streamed file that cannot be read: this rank stops, naming it
+            raise DataReadError(f"{err}; the last checkpoint is kept ({self.checkpoints.last_good()})") from None
         out = self.engine.train_step(documents)
         self.step += 1
         self._last_documents = documents
@@ -252,7 +274,7 @@ class Trainer:
         cfg = self.config
         losses = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=self.rank != 0, desc="train", dynamic_ncols=True)
-        bad, zero, first = 0, 0, self.step
+        bad, zero, skipped, first = 0, 0, 0, self.step
         self.stop.install()
         try:
             while self.step < cfg.steps:
@@ -261,6 +283,7 @@ class Trainer:
                 seconds = time.perf_counter() - start
                 losses.append(out.loss)
                 bad = bad + 1 if out.non_finite else 0
+                skipped += int(out.skipped)
                 zero = zero + 1 if out.grad_norm == 0 else 0
                 if out.non_finite:
                     self.log(f"step {self.step}: non-finite loss or gradient, step skipped ({bad} in a row)")
@@ -294,10 +317,7 @@ class Trainer:
             self.stop.uninstall()
         bar.close()
         self.metrics.flush()
-        broken = [n for n, p in self.model.named_trainable_parameters() if not bool(torch.isfinite(p).all())]
-        if broken:
-            raise TrainingStopped(f"trained parts hold NaN or infinite values ({', '.join(broken[:3])}"
-                                  f"{', ...' if len(broken) > 3 else ''}): not exported; {self.checkpoints.last_good()}")
+        self._check_parts(self.step - first, skipped)
         if self.rank == 0:
             final = os.path.join(cfg.output_dir, "final")
             try:
@@ -307,6 +327,27 @@ class Trainer:
             self.log(f"trained UIO parts exported to {final}; TensorBoard events in "
                      f"{os.path.join(cfg.output_dir, 'tensorboard')}")
         return losses
+
+    def _largest_part_value(self) -> float:
+        return max(float(p.detach().abs().max()) for p in self.model.trainable_parameters())
+
+    def _check_parts(self, steps: int, skipped: int) -> None:
+        """Trained parts worth exporting: some step of the run updated them, and they are finite and
+        within ``max_part_growth`` of their scale at the start (else the run diverged)."""
+        where = self.checkpoints.last_good()
+        if steps and skipped == steps:
+            raise TrainingStopped(f"every one of the {steps} steps of this run was skipped (non-finite loss or "
+                                  f"gradient, or an fp16 loss-scale overflow): nothing was trained; not exported; "
+                                  f"{where}")
+        broken = [n for n, p in self.model.named_trainable_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            raise TrainingStopped(f"trained parts hold NaN or infinite values ({', '.join(broken[:3])}"
+                                  f"{', ...' if len(broken) > 3 else ''}): not exported; {where}")
+        limit, start, now = self.config.max_part_growth, self.initial_scale, self._largest_part_value()
+        if limit is not None and now > limit * max(start, 1e-6):
+            raise TrainingStopped(f"the run diverged: the largest value of the trained parts grew from {start:.3g} to "
+                                  f"{now:.3g}, over max_part_growth={limit:g} times; not exported; {where}. Lower "
+                                  "optim.lr, or set max_part_growth=null to export them anyway")
 
     def release(self) -> None:
         """Let go of the output directory (also after a failure)."""
