@@ -6,6 +6,7 @@ import bz2
 import gzip
 import json
 import os
+import re
 import threading
 import time
 
@@ -298,3 +299,97 @@ def test_paper_mixture_config_reads_the_sample_files(tok, tmp_path):
     answer = stream.datasets[1][0]  # LongAlpaca: the answer and its EOS scored, the paper and question read
     assert answer["input_ids"][-1] == tok.eos_token_id and answer["score_spans"][1] == answer["length"]
     assert 0 < answer["score_spans"][0] < answer["length"] - 1
+
+
+def _damaged_files(folder) -> dict[str, str]:
+    """Files that cannot be read at all, by the case they stand for."""
+    import zstandard
+
+    data = "".join(json.dumps(r) + "\n" for r in RECORDS * 20).encode()
+    packed = bytearray(gzip.compress(data))
+    packed[len(packed) // 2] ^= 0xFF
+    (folder / "bad_byte.jsonl.gz").write_bytes(bytes(packed))
+    (folder / "cut.jsonl.gz").write_bytes(gzip.compress(data)[:200])
+    zst = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(data))  # as the zstd tool writes
+    zst[len(zst) // 2] ^= 0xFF
+    (folder / "bad_byte.jsonl.zst").write_bytes(bytes(zst))
+    (folder / "garbage.parquet").write_bytes(b"this is not a parquet file " * 20)
+    (folder / "cut_array.json").write_text(json.dumps(RECORDS)[:-30])
+    return {p.name: str(p) for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(tok, tmp_path, num_proc):
+    """A bad byte in a .gz or .zst, a cut .gz, a garbage parquet, a cut JSON array: one
+    SourceReadError (a ValueError, so training and evaluation print it as one ``error:`` line)
+    naming the file and the cause, whether datasets' worker processes read it or not."""
+    from uio_ds.data.sources import SourceReadError
+
+    (tmp_path / "files").mkdir()
+    for name, path in _damaged_files(tmp_path / "files").items():
+        with pytest.raises(SourceReadError) as err:
+            tokenize_source(SourceConfig(path=path), tok, str(tmp_path / f"cache-{name}"), num_proc=num_proc, **QUIET)
+        message = str(err.value)
+        assert path in message and "\n" not in message, message
+        assert any(w in message for w in ("cannot be read", "does not parse")), message
+
+
+def test_a_streamed_file_that_cannot_be_read_stops_the_stream_naming_it(tok, tmp_path):
+    from uio_ds.data.sources import SourceReadError
+
+    (tmp_path / "files").mkdir()
+    path = _damaged_files(tmp_path / "files")["bad_byte.jsonl.gz"]
+    stream, _ = build_stream(DataConfig(sources=[SourceConfig(path=path)], streaming=True, min_tokens=2), tok,
+                             **QUIET)
+    with pytest.raises(SourceReadError, match=re.escape(path)):
+        for _ in range(50):
+            stream.next_documents()
+
+
+def test_a_damaged_cache_is_rebuilt(tok, tmp_path):
+    """Half an Arrow file of the cache (a disk error, a copy cut short): the source is tokenised
+    again, the log says so, and the documents are the same."""
+    import glob
+    import subprocess
+    import sys
+
+    path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    cache = tmp_path / "cache"
+    want, _ = tokens_of(SourceConfig(path=path), tok, cache)
+    (arrow,) = glob.glob(str(cache / "*" / "*.arrow"))
+    with open(arrow, "r+b") as f:
+        f.truncate(os.path.getsize(arrow) // 2)
+    # a fresh process, as a later run is (this one has the file mapped)
+    script = (f"import json; from transformers import AutoTokenizer; from uio_ds.config import SourceConfig; "
+              f"from uio_ds.data.cache import tokenize_source; logs = []; "
+              f"ds, _ = tokenize_source(SourceConfig(path={path!r}), AutoTokenizer.from_pretrained({tok.name_or_path!r}), "
+              f"{str(cache)!r}, log=logs.append); print(json.dumps([list(ds['input_ids']), logs]))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got, logs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == want and "cannot be read" in logs[0] and "rebuilding them" in logs[0], logs
+
+
+def test_data_digests_follow_the_content_and_order_of_the_files(tmp_path):
+    from uio_ds.data.cache import data_digests
+
+    path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    source = SourceConfig(path=path, name="books")
+    first = data_digests([source], str(tmp_path / "cache"))
+    assert set(first) == {"books"} and data_digests([source], str(tmp_path / "cache")) == first
+    write_jsonl(tmp_path / "a.jsonl", list(reversed(RECORDS)))  # the same records, reordered
+    assert data_digests([source], str(tmp_path / "cache")) != first
+
+
+def test_a_streamed_source_without_a_usable_document_is_refused_when_opened(tok, tmp_path):
+    """Found when the stream is built (before the trainer loads the model), not at the first step;
+    the probe leaves the stream where it was."""
+    short = write_jsonl(tmp_path / "short.jsonl", [{"text": "a b"}] * 5)
+    with pytest.raises(ValueError, match="no document of at least 64 tokens"):
+        build_stream(DataConfig(sources=[SourceConfig(path=short)], streaming=True, min_tokens=64), tok, **QUIET)
+    path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    config = DataConfig(sources=[SourceConfig(path=path)], streaming=True, min_tokens=2)
+    probed, _ = build_stream(config, tok, **QUIET)
+    plain = [tok(r["text"])["input_ids"] for r in RECORDS]
+    docs = probed.next_documents() + probed.next_documents()
+    assert [(d["input_ids"] if isinstance(d, dict) else d).tolist() for d in docs] == plain[:2]

@@ -17,7 +17,15 @@ import time
 import numpy as np
 
 from uio_ds.config import SourceConfig
-from uio_ds.data.sources import Counts, file_format, is_json_lines, iter_source, source_files
+from uio_ds.data.sources import (
+    Counts,
+    SourceReadError,
+    file_format,
+    is_json_lines,
+    iter_source,
+    source_files,
+    source_read_error,
+)
 from uio_ds.data.tokenise import Tokenise, token_features, tokenizer_digest
 
 CACHE_VERSION = 2  # bump when the cached columns or their meaning change
@@ -140,6 +148,16 @@ def content_digests(files: list[str], cache_dir: str) -> list[str]:
     return digests
 
 
+def data_digests(sources: list[SourceConfig], cache_dir: str) -> dict[str, str]:
+    """One digest per source (by name, else path) of the content of its files in their order: what
+    a checkpoint's data position means. Reads every file the first time (``content_digests``)."""
+    out = {}
+    for source in sources:
+        digests = content_digests(source_files(source), cache_dir)
+        out[source.name or source.path] = hashlib.sha1(json.dumps(digests).encode()).hexdigest()[:16]
+    return out
+
+
 def cache_key(source: SourceConfig, files: list[str], tokenizer, cache_dir: str,
               digests: list[str] | None = None) -> str:
     """The cache directory name of a source: its files' content (``digests``, else read through
@@ -216,19 +234,47 @@ def tokenize_source(source: SourceConfig, tokenizer, cache_dir: str, log=default
     digests = content_digests(files, cache_dir)
     path = os.path.join(cache_dir, cache_key(source, files, tokenizer, cache_dir, digests))
     lock = f"{path}.lock"
+    damaged, rebuilt = None, False
     while True:
         if os.path.isfile(os.path.join(path, STATS_FILE)):
-            with open(os.path.join(path, STATS_FILE)) as f:
-                return load_from_disk(path), json.load(f)
+            try:
+                with open(os.path.join(path, STATS_FILE)) as f:
+                    stats = json.load(f)
+                return load_from_disk(path), stats
+            except Exception as err:  # noqa: BLE001 - a cut or overwritten Arrow file, whatever pyarrow says
+                if rebuilt:  # rebuilt here and still unreadable: the disk, not the cache
+                    raise OSError(f"the cached tokens in {path} cannot be read ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0][:200]}), even rebuilt: check the disk under "
+                                  f"data.cache_dir, or delete {path}") from None
+                damaged = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
         if _take_lock(lock):
             try:
+                if damaged is not None and _readable(path):  # another process rebuilt it meanwhile
+                    damaged = None
+                if damaged is not None and os.path.isdir(path):  # moved aside first: readers never see half a copy
+                    aside = f"{path}.damaged-{os.getpid()}"
+                    os.replace(path, aside)
+                    shutil.rmtree(aside, ignore_errors=True)
+                    log(f"data source {source.name or source.path}: the cached tokens in {path} cannot be read "
+                        f"({damaged}): rebuilding them")
                 if not os.path.isfile(os.path.join(path, STATS_FILE)):  # finished between the check and the lock
                     with _Heartbeat(lock):
                         _build(source, files, digests, tokenizer, path, num_proc or default_num_proc(files), log)
+                    rebuilt = damaged is not None
             finally:
                 os.remove(lock)
             continue
-        time.sleep(poll_s)  # another process is building it
+        time.sleep(poll_s)  # another process is building it (or rebuilding a damaged copy)
+
+
+def _readable(path: str) -> bool:
+    from datasets import load_from_disk
+
+    try:
+        load_from_disk(path)
+        return True
+    except Exception:  # noqa: BLE001 - unreadable, whatever the cause
+        return False
 
 
 def _build(source: SourceConfig, files: list[str], digests: list[str], tokenizer, path: str, num_proc: int,
@@ -251,12 +297,15 @@ def _build(source: SourceConfig, files: list[str], digests: list[str], tokenizer
                         "source_json": json.dumps({k: getattr(source, k) for k in SourceConfig.__dataclass_fields__}),
                         "tokenizer": tokenizer, "report_dir": reports},
             split="train")
-    except Exception:
+    except Exception as err:
         # datasets refuses a split without rows: say why there are none, if the reports know
         if len(os.listdir(reports)) == len(shards) and not _merge_reports(shards, reports).documents:
             tokens = None
         else:
             shutil.rmtree(staging, ignore_errors=True)
+            unreadable = source_read_error(err)  # a damaged file, as datasets wraps it: its own one line
+            if unreadable is not None:
+                raise SourceReadError(str(unreadable)) from None
             raise
     phases = {"read_and_tokenise": time.time() - started}
     counts = _merge_reports(shards, reports)

@@ -212,13 +212,48 @@ def is_json_lines(path: str) -> bool:
     return ext == ".jsonl" or (ext == ".json" and not _json_is_array(path))
 
 
+class SourceReadError(ValueError):
+    """A file of a source that cannot be read at all (damaged, cut short, not what its suffix says);
+    the message names the file, the cause and the fix."""
+
+
+def read_failure(path: str, err: BaseException) -> str:
+    cause = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    ext, compression = file_format(path)
+    kind = ext + (f" in {compression}" if compression else "")
+    return (f"data file {path} cannot be read ({type(err).__name__}{': ' + cause if cause else ''}): it is damaged, "
+            f"cut short or not what its name says ({kind}); replace it, or leave it out of the source")
+
+
+def source_read_error(err: BaseException) -> SourceReadError | None:
+    """The ``SourceReadError`` behind ``err`` (raised inside ``datasets``' workers, wrapped), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SourceReadError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def raw_items(path: str, start: int, split: str = "train",
               byte_range: tuple[int, int] | None = None) -> Iterator[tuple[str, object]]:
     """(place, value) of every item of one file from item ``start`` on: a decoded JSON value, a row
     dict, a whole text, or a ``Undecodable`` for an item that cannot be decoded. Items are lines (JSON
     lines; blank lines count but yield nothing), array elements, rows or the one text.
     ``byte_range`` (uncompressed JSON lines only; both ends at line starts) reads just the lines
-    that start in it, named by their line numbers in the whole file."""
+    that start in it, named by their line numbers in the whole file. A file that cannot be read at
+    all (not a bad item: a bad byte in a compressed stream, a cut archive, a damaged parquet)
+    raises ``SourceReadError``."""
+    try:
+        yield from _raw_items(path, start, split, byte_range)
+    except SourceReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the format's library raises, the file is unreadable
+        raise SourceReadError(read_failure(path, err)) from err
+
+
+def _raw_items(path: str, start: int, split: str, byte_range: tuple[int, int] | None) -> Iterator[tuple[str, object]]:
     if os.path.isdir(path):
         yield from _dataset_rows(path, start, split)
         return
@@ -246,8 +281,8 @@ def raw_items(path: str, start: int, split: str = "train",
             try:
                 values = json.loads(f.read().decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
-                raise ValueError(f"{path}: a JSON array file that does not parse ({err}); fix it, or write "
-                                 "one record per line (.jsonl) so that bad records can be skipped") from None
+                raise SourceReadError(f"{path}: a JSON array file that does not parse ({err}); fix it, or write "
+                                      "one record per line (.jsonl) so that bad records can be skipped") from None
         for i, value in enumerate(values[start:], start=start):
             yield f"{path}:record {i}", value
     elif ext == ".txt":
@@ -391,12 +426,31 @@ def iter_source(source: SourceConfig, files: list[str], start: tuple[int, int] =
             yield (fi, group_start), Item(group_where, {"text": "\n".join(group)}, key=group_key)
 
 
-def read_texts(source: SourceConfig) -> tuple[list[str], dict]:
-    """Document texts of a text source (for evaluation and pre-training), with its record counts."""
+def skipped_summary(name: str, counts: dict) -> str | None:
+    """One line on the bad records a source skipped (``Counts.to_dict()``), or None when there were none."""
+    if not counts["skipped"]:
+        return None
+    reasons = ", ".join(f"{n} {reason}" for reason, n in counts["skipped"].items())
+    return (f"data source {name}: {counts['documents']} documents from {counts['records']} records; skipped "
+            f"{sum(counts['skipped'].values())} bad record(s) ({reasons}); first: " + "; ".join(counts["examples"][:3]))
+
+
+def read_texts(source: SourceConfig, log=None) -> tuple[list[str], dict]:
+    """Document texts of a text source (for evaluation and pre-training), with its record counts.
+    Bad records are skipped and counted, and summarised through ``log`` as training does; a source
+    without one usable document is refused (ValueError naming the file and why)."""
     files = source_files(source)
     texts, counts = [], Counts()
     for _, item in iter_source(source, files):
         counts.add(item)
         if item.record is not None:
             texts.append(item.record["text"])
-    return texts, counts.to_dict()
+    info = counts.to_dict()
+    if not texts:
+        raise ValueError(f"data source {source.path!r} has no usable document ({info['records']} records"
+                         + (f"; skipped {info['skipped']}; first: {'; '.join(info['examples'][:3])}"
+                            if info["skipped"] else "") + ")")
+    summary = skipped_summary(source.name or source.path, info)
+    if summary and log is not None:
+        log(summary)
+    return texts, info

@@ -36,7 +36,7 @@ import numpy as np
 from uio_ds.config import DataConfig, SourceConfig
 from uio_ds.data.cache import default_log, tokenize_source
 from uio_ds.data.documents import document_pieces, make_document, source_limits
-from uio_ds.data.sources import Counts, Item, iter_source, source_files
+from uio_ds.data.sources import Counts, Item, iter_source, skipped_summary, source_files
 from uio_ds.data.tokenise import Tokenise
 
 
@@ -225,6 +225,10 @@ class StreamingDocumentStream:
         self.config, self.world_size, self.rank = config, world_size, rank
         self.readers = [_SourceReader(i, s, config, tokenizer, world_size, rank, log)
                         for i, s in enumerate(config.sources)]
+        for reader in self.readers:  # a share without one usable document is refused now, before any model loads
+            start = reader.state_dict()
+            reader.next_piece()
+            reader.load_state_dict(start)
         total = sum(s.weight for s in config.sources)
         self.weights = [s.weight / total for s in config.sources]
         self._mix = random.Random(f"{config.seed}/{rank}")
@@ -274,11 +278,9 @@ def build_stream(config: DataConfig, tokenizer, world_size: int = 1, rank: int =
         ds, stats = tokenize_source(source, tokenizer, config.cache_dir, log=log, num_proc=config.num_proc)
         datasets.append(ds)
         info[source.name or source.path] = stats
-        if stats["skipped"]:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in stats["skipped"].items())
-            log(f"data source {source.name or source.path}: {stats['documents']} documents from {stats['records']} "
-                f"records; skipped {sum(stats['skipped'].values())} bad record(s) ({reasons}); first: "
-                + "; ".join(stats["examples"][:3]))
+        summary = skipped_summary(source.name or source.path, stats)
+        if summary:
+            log(summary)
     stream = DocumentStream(datasets, config, world_size, rank)
     info["skipped_pieces"] = stream.skipped  # too short, or a whole document too long
     if stream.skipped:

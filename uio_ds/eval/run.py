@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -55,22 +56,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _documents(args, tokenizer) -> tuple[list[str], list[torch.Tensor]]:
+def _texts(args) -> tuple[list[str], list[str]]:
+    """(names, texts) of the documents to evaluate on, read as training reads a source (bad records
+    skipped and summarised; none usable: refused), before any model is loaded."""
     from uio_ds.config import SourceConfig
     from uio_ds.data.sources import read_texts
 
     source = SourceConfig(path=args.data, text_field=args.text_field, split=args.split)
-    texts, _ = read_texts(source)
+    texts, _ = read_texts(source, log=print)
     if os.path.isdir(args.data):
         from datasets import load_from_disk
 
         names = list(load_from_disk(args.data)[args.split]["doc_id"])
     else:
         names = [f"doc{i}" for i in range(len(texts))]
-    texts, names = texts[: args.max_documents], names[: args.max_documents]
+    return names[: args.max_documents], texts[: args.max_documents]
+
+
+def _documents(args, tokenizer, texts: list[str]) -> list[torch.Tensor]:
     # documents stay on the host: each method moves what it reads to its model's device
-    docs = [torch.tensor(ids[: args.max_doc_tokens], device="cpu") for ids in tokenizer(texts)["input_ids"]]
-    return names, docs
+    return [torch.tensor(ids[: args.max_doc_tokens], device="cpu") for ids in tokenizer(texts)["input_ids"]]
 
 
 def _plots(report: dict, path_prefix: str) -> list[str]:
@@ -212,6 +217,17 @@ def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) 
 
 
 def main(argv=None) -> int:
+    """Evaluate; every problem found (arguments, records, files, a model directory) is one ``error:``
+    line and exit status 2, found before the model loads wherever it can be."""
+    args = parser().parse_args(argv)
+    try:
+        return _evaluate(args)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args) -> int:
     from transformers import AutoTokenizer
 
     from uio_ds.eval.methods import build_methods
@@ -219,17 +235,19 @@ def main(argv=None) -> int:
     from uio_ds.utils.devices import resolve_device
     from uio_ds.utils.machine import machine
 
-    args = parser().parse_args(argv)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise SystemExit(f"error: --device: {err}") from None
+        raise ValueError(f"--device: {err}") from None
     problem = _argument_problem(args)
     if problem:
-        raise SystemExit(f"error: {problem}")
+        raise ValueError(problem)
     records = _records(args)
-    torch.manual_seed(0)
     config = _uio_config(args)
+    names, texts = ([], [])
+    if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
+        names, texts = _texts(args)
+    torch.manual_seed(0)
     model = UIOMemoryModel.from_pretrained(args.model, config, device=device)
     if args.uio:
         model.load_trained(args.uio)
@@ -244,9 +262,7 @@ def main(argv=None) -> int:
     print("decoder K/V entries per query, at most, by length: " + "; ".join(
         f"{name} " + ", ".join(f"{n}: {v}" for n, v in per.items() if v is not None)
         for name, per in report["kv_entries"].items()))
-    names, docs = ([], [])
-    if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
-        names, docs = _documents(args, tokenizer)
+    docs = _documents(args, tokenizer, texts) if texts else []
     for task in args.tasks:
         start = time.perf_counter()
         report[task] = _run_task(task, args, model, tokenizer, methods, docs, names, records)
