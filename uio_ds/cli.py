@@ -51,6 +51,8 @@ def _generation_arg_problem(args: argparse.Namespace) -> str | None:
         return f"--top-p {args.top_p}: must be in (0, 1] (1 keeps every token)"
     if (args.top_k or args.top_p < 1 or args.temperature != 1.0) and not args.sample:
         return "--temperature/--top-k/--top-p shape sampling: add --sample (decoding is greedy without it)"
+    if getattr(args, "max_prompt_tokens", None) is not None and args.max_prompt_tokens < 1:
+        return f"--max-prompt-tokens {args.max_prompt_tokens}: must be >= 1 (leave it out to read the whole prompt)"
     from uio_ds.utils.devices import resolve_device
 
     try:

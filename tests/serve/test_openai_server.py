@@ -205,14 +205,79 @@ def test_text_past_the_position_range_is_refused(short_context_dir):
 def test_session_store_caps_expires_and_refuses_a_busy_session():
     store = SessionStore(max_sessions=2, ttl_s=0.2)
     for key in ("a", "b", "c"):
+        store.reserve(key)
         assert store.take(key) is None
         store.put(key, type("S", (), {"last_used": 0.0})())
+    store.reserve("a")
     assert len(store) == 2 and store.take("a") is None  # "a", the least recently used, was dropped
     with pytest.raises(SessionBusy):
-        store.take("a")  # its request is still running
+        store.reserve("a")  # its request is still running
     store.put("a", None)
     time.sleep(0.3)
+    store.reserve("b")
     assert store.take("b") is None and len(store) == 0  # expired
+
+
+def test_a_busy_session_is_409_and_bad_token_ids_are_400(served):
+    """A second request on a session that is still answering is refused at once with 409; a prompt of
+    token ids outside the vocabulary, negative or not integers is a 400 naming the problem."""
+    _, scheduler, model, _, port = served
+    first = threading.Thread(target=post, args=(port, "/v1/completions",
+                                                {"prompt": PROMPT, "max_tokens": 300, "session": "busy"}))
+    first.start()
+    deadline = time.time() + 30
+    while "busy" not in scheduler.sessions._busy and time.time() < deadline:
+        time.sleep(0.01)
+    status, reply = post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4, "session": "busy"})
+    first.join(timeout=120)
+    assert status == 409 and "still answering" in reply["error"]["message"], reply
+    assert post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2, "session": "busy"})[0] == 200
+    vocab = model.vocab_size
+    for prompt, words in (([5, vocab + 7, -3], f"must be in [0, {vocab})"), ([5, -3], "got -3"),
+                          ([5, 6.5], "give one non-empty string")):
+        status, reply = post(port, "/v1/completions", {"prompt": prompt, "max_tokens": 2})
+        assert status == 400 and words in reply["error"]["message"], (prompt, reply)
+
+
+def test_a_request_whose_client_left_stops(served):
+    """A streaming client that disconnects after its first chunk: its request ends at the next step
+    (finish reason 'cancelled'), long before max_tokens, and the server goes on."""
+    import http.client
+
+    _, scheduler, _, _, port = served
+    ended = []
+    real = scheduler._finish
+    scheduler._finish = lambda r, group: ended.append((r.finished, len(r.generated))) or real(r, group)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 2000, "stream": True,
+                                                            "stop": []}),
+                     {"content-type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.read(6) == b"data: "
+        conn.sock.close()  # the client goes away mid-stream
+        conn.close()
+        deadline = time.time() + 60
+        while not ended and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        scheduler._finish = real
+    assert ended and ended[0][0] == "cancelled" and ended[0][1] < 2000, ended
+    assert not scheduler._requests
+
+
+def test_a_taken_port_is_refused_before_the_model_loads(tiny_dirs, capsys):
+    import socket
+
+    from uio_ds.serve.api import main as serve_main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code = serve_main(["--model", "/nonexistent/model", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
 
 
 def test_text_stream_holds_back_partial_characters_and_stop_prefixes(tiny_dirs):

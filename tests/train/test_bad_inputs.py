@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import types
 
 import pytest
 from helpers import REPO, free_port, launcher_env
@@ -124,6 +126,10 @@ CONFIG_CASES = [
     ("max_tokens_past_positions", ["data.max_tokens=100000"], ["100000 tokens need", "max_position_embeddings",
                                                                "data.max_tokens"]),
     ("init_from_missing", ["init_from=/nope/parts"], ["init_from='/nope/parts'", "not a saved UIO model"]),
+    ("every_problem_at_once", ['steps="ten"', 'optim.lr="fast"', "uio.segment_length=64.0"],
+     ["3 problem(s)", "steps='ten'", "optim.lr='fast'", "uio.segment_length=64.0"]),
+    ("fp16_on_cpu_ranks", ["uio.dtype=float16"], ["fp16 training on CPU ranks", "bfloat16"]),
+    ("max_part_growth", ["max_part_growth=0.5"], ["max_part_growth=0.5", "> 1 or null"]),
 ]
 
 
@@ -277,6 +283,52 @@ def test_trajectory_change_on_resume_is_refused_and_rate_change_is_not(run_confi
                           "--resume", "auto"])
 
 
+def _edit_markers(run: str, **changes) -> None:
+    """Rewrite every checkpoint's COMPLETE marker with ``changes`` (a function of the old value, or a value)."""
+    for tag in ckpt.complete_tags(os.path.join(run, "checkpoints")):
+        path = os.path.join(run, "checkpoints", tag, ckpt.COMPLETE)
+        with open(path) as f:
+            info = json.load(f)
+        for key, change in changes.items():
+            info[key] = change(info[key]) if callable(change) else change
+        with open(path, "w") as f:
+            json.dump(info, f)
+
+
+def test_resume_over_changed_data_is_refused(run_config, earlier_run, tmp_path, capsys, no_setup, monkeypatch):
+    """The checkpoint records each source's content digest: data changed since (here the recorded
+    digest of the first source differs, as a reordered file's would) is a change of the run's
+    trajectory, refused before loading unless --allow-config-change."""
+    config, root = run_config
+    run = str(tmp_path / "run")
+    shutil.copytree(earlier_run, run)
+    name = str(root / "docs.jsonl")
+    _edit_markers(run, data=lambda digests: {**digests, name: "0" * 16})
+    before = _snapshot(run)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = train_entry.main(["--config", config, "--set", f"output_dir={run}", "--resume", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"data source {name}: its files changed" in err and "--allow-config-change" in err, err
+    assert "Traceback" not in err and _snapshot(run) == before
+    with pytest.raises(AssertionError, match="Trainer.setup was reached"):
+        train_entry.main(["--config", config, "--set", f"output_dir={run}", "--resume", "auto", "--allow-config-change"])
+
+
+def test_resume_under_another_zero_stage_is_refused(run_config, earlier_run, tmp_path, capsys, no_setup,
+                                                    monkeypatch):
+    config, _ = run_config
+    run = str(tmp_path / "run")
+    shutil.copytree(earlier_run, run)
+    _edit_markers(run, zero_stage=3)  # as a ZeRO-3 run writes it
+    before = _snapshot(run)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for extra in ([], ["--allow-config-change"]):  # no flag lets DeepSpeed load another stage's partitions
+        code = train_entry.main(["--config", config, "--set", f"output_dir={run}", "--resume", "auto", *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "written under ZeRO stage 3 and this run uses stage 2" in err, err
+        assert "--deepspeed zero3" in err and _snapshot(run) == before
+
+
 def test_damaged_checkpoints(run_config, earlier_run, tmp_path, capsys, no_setup, monkeypatch):
     """A file of a complete checkpoint damaged after the fact: named when the checkpoint is asked
     for by its directory; passed over for the previous one by --resume auto; every one damaged:
@@ -315,6 +367,12 @@ def test_checkpoint_write_failure_names_a_full_disk(tmp_path):
 
 EVAL_CASES = [
     ("uio_without_parts", ["--tasks", "passkey", "--methods", "uio"], ["method uio needs trained parts"]),
+    ("parts_missing", ["--uio", "/nope/parts"], ["/nope/parts", "not a saved UIO model"]),
+    ("no_utf8_record", ["--uio", "__PARTS__", "--data", "__TMP__/latin1.jsonl"],
+     ["latin1.jsonl", "no usable document", "UTF-8"]),
+    ("empty_file", ["--uio", "__PARTS__", "--data", "__TMP__/empty.jsonl"], ["empty.jsonl", "is empty"]),
+    ("malformed_longbench", ["--uio", "__PARTS__", "--tasks", "longbench", "--longbench", "__TMP__/lb.jsonl"],
+     ["lb.jsonl"]),
     ("parts_and_shape", ["--uio", "__PARTS__", "--segment-length", "32"], ["come from --uio"]),
     ("longbench_without_file", ["--uio", "__PARTS__", "--tasks", "longbench"], ["needs --longbench FILE"]),
     ("absent_device", ["--uio", "__PARTS__", "--device", "cuda:99"], ["--device", "'cuda:99'", "CUDA device"]),
@@ -323,12 +381,44 @@ EVAL_CASES = [
 
 
 @pytest.mark.parametrize("case, args, words", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
-def test_bad_evaluation_arguments(tiny_dirs, earlier_run, tmp_path, case, args, words):
-    args = [a.replace("__PARTS__", os.path.join(earlier_run, "final")) for a in args]
-    with pytest.raises(SystemExit) as exit_:
-        eval_main(["--model", tiny_dirs["llama"], "--out", str(tmp_path), *args])
-    assert all(w in str(exit_.value.code) for w in words)
-    assert not os.listdir(tmp_path)
+def test_bad_evaluation_arguments(tiny_dirs, earlier_run, tmp_path, capsys, monkeypatch, case, args, words):
+    """One ``error:`` line, exit 2, before the model loads, nothing written."""
+    from uio_ds.model.memory_model import UIOMemoryModel
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "latin1.jsonl").write_bytes('{"text": "caf\u00e9 cr\u00e8me"}\n'.encode("latin-1") * 3)
+    (data / "empty.jsonl").write_text("")
+    (data / "lb.jsonl").write_text('{"context": "text"}\n')
+    args = [a.replace("__PARTS__", os.path.join(earlier_run, "final")).replace("__TMP__", str(data)) for a in args]
+
+    def refuse(*_, **__):
+        raise AssertionError("the model was loaded: the problem was not found before")
+
+    monkeypatch.setattr(UIOMemoryModel, "from_pretrained", refuse)
+    out = tmp_path / "out"
+    code = eval_main(["--model", tiny_dirs["llama"], "--out", str(out), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err, err
+    assert all(w in err for w in words), err
+    assert not out.exists()
+
+
+def test_evaluation_names_the_bad_records_it_skips(tiny_dirs, tmp_path, capsys):
+    """Bad records are skipped, counted and shown as training shows them, and the rest is evaluated."""
+    from uio_ds.formats import synthetic_text
+
+    path = tmp_path / "mixed.jsonl"
+    with open(path, "wb") as f:
+        for i in range(3):
+            f.write((json.dumps({"text": synthetic_text(30, seed=i)}) + "\n").encode())
+        f.write(b"{broken\n")
+        f.write('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    code = eval_main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
+                      "--data", str(path), "--tasks", "perplexity", "--methods", "no_memory", "--lengths", "64",
+                      "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "skipped 2 bad record(s)" in out and f"{path}:4" in out, out
 
 
 GENERATE_CASES = [
@@ -338,6 +428,7 @@ GENERATE_CASES = [
     ("max_new_tokens", ["--max-new-tokens", "0"], "--max-new-tokens 0"),
     ("sampling_without_sample", ["--top-k", "5"], "add --sample"),
     ("absent_device", ["--device", "cuda:99"], "--device: device 'cuda:99'"),
+    ("max_prompt_tokens", ["--max-prompt-tokens", "0"], "--max-prompt-tokens 0: must be >= 1"),
 ]
 
 
@@ -346,6 +437,56 @@ def test_bad_generation_arguments(tiny_dirs, tmp_path, capsys, case, args, words
     with pytest.raises(SystemExit) as exit_:
         cli_main(["generate", "--model", tiny_dirs["llama"], "--prompt-file", "-", *args])
     assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_a_prompt_file_that_is_not_utf8_is_named(tiny_dirs, tmp_path, capsys):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("Caf\u00e9 au lait, cr\u00e8me br\u00fbl\u00e9e.".encode("latin-1"))
+    code = cli_main(["generate", "--model", tiny_dirs["llama"], "--prompt-file", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2 and str(path) in err and "not UTF-8" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("ids, words", [([[5, 10**6]], "must be in [0, "), ([[5, -3]], "got -3"),
+                                        ([[5.0, 6.0]], "must be integers")])
+def test_token_ids_outside_the_vocabulary_are_refused(tiny_dirs, ids, words):
+    """generate(), forward() and compress() check their ids (torch would raise an IndexError deep in
+    the embedding on the CPU, and a device-side assert on CUDA)."""
+    import torch
+    from helpers import load
+
+    from uio_ds.model import generate
+
+    model = load(tiny_dirs["llama"])
+    ids = torch.tensor(ids)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        generate(model, ids, 2)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        model(ids)
+
+
+def test_diverged_or_untrained_parts_are_not_exported(tiny_dirs):
+    """A run whose every step was skipped, or whose parts grew far past their initial scale (lr=1e9
+    took them from 0.1 to 2e9 in the battery), stops without export unless asked."""
+    import torch
+    from helpers import load
+
+    from uio_ds.train.stopping import TrainingStopped
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.model = load(tiny_dirs["llama"])
+    trainer.config = types.SimpleNamespace(max_part_growth=1000.0)
+    trainer.checkpoints = ckpt.Checkpoints("/nope", 0, 1, 1)
+    trainer.initial_scale = trainer._largest_part_value()
+    trainer._check_parts(steps=5, skipped=4)  # trained: fine
+    with pytest.raises(TrainingStopped, match="every one of the 5 steps of this run was skipped"):
+        trainer._check_parts(steps=5, skipped=5)
+    with torch.no_grad():
+        trainer.model.mem_embeddings.mul_(2e4)
+    with pytest.raises(TrainingStopped, match="the run diverged.*max_part_growth=null"):
+        trainer._check_parts(steps=5, skipped=0)
+    trainer.config = types.SimpleNamespace(max_part_growth=None)
+    trainer._check_parts(steps=5, skipped=0)  # asked to export anyway
 
 
 @pytest.mark.slow
@@ -393,3 +534,16 @@ def test_a_full_disk_stops_the_run_with_its_last_checkpoint_intact(run_config, t
         assert ckpt.unreadable(os.path.join(run, "checkpoints"), last) is None
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
+    """A resumed run (or one that restarts because no checkpoint was complete) drops the records
+    after its step, so metrics.jsonl never reads 1, 2, 3, 4, 1, 2, ..."""
+    from uio_ds.train.metrics import cut_back
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
+    assert cut_back(str(tmp_path), 2) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert cut_back(str(tmp_path), 0) == 2 and path.read_text() == ""
+    assert cut_back(str(tmp_path / "none"), 3) == 0

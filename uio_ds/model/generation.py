@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from uio_ds.model.inputs import check_token_ids
 from uio_ds.model.kv import MemoryKV, cache_from_rotated, capture_kv, rotate_keys
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.positions import split_segments
@@ -202,6 +203,7 @@ def generate(
     """
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    check_token_ids(input_ids, model.vocab_size, "input_ids")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0")
     if do_sample and temperature <= 0:

@@ -38,6 +38,7 @@ from uio_ds.model import budget, parts, positions
 from uio_ds.model.adapters import AdapterMixin
 from uio_ds.model.attention import resolve_attention
 from uio_ds.model.base import load_causal_lm
+from uio_ds.model.inputs import check_token_ids
 from uio_ds.model.kv import MemoryKV, RecentKV, capture_kv, forward_after_cache, prefix_cache
 from uio_ds.model.outputs import DecoderOutput, DocumentOutput, distillation_sum
 from uio_ds.model.positions import PositionRangeError, segment_targets, split_segments
@@ -173,6 +174,11 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         return self.base.config.max_position_embeddings
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: every token id must be below it."""
+        return self.base.get_input_embeddings().num_embeddings
+
+    @property
     def device(self) -> torch.device:
         return self.mem_embeddings.device
 
@@ -261,6 +267,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         the working memory of a long prompt read without a graph: ``"auto"`` (default) takes as
         many as :meth:`encode_batch_for` allows, ``None`` all at once. The K/V are written into
         their final place batch by batch (no list of parts, no concatenated copy)."""
+        check_token_ids(input_ids, self.vocab_size, "input_ids")
         batch, length = input_ids.shape
         if length == 0 or length % self.segment_length:
             raise ValueError(f"compress takes whole segments: {length} tokens is not a multiple of "
@@ -458,6 +465,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         token is read but not scored (Hugging Face's convention; the shift is done here).
         ``teacher`` (a fresh ``FullAttentionTeacher``): the loss is distilled from it, weighted
         as in ``decode``."""
+        check_token_ids(input_ids, self.vocab_size, "input_ids")
         labels = input_ids if labels is None else labels
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels shape {tuple(labels.shape)} differs from input_ids shape {tuple(input_ids.shape)}")

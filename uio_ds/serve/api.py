@@ -23,10 +23,13 @@ second request for a busy session) gets a 4xx with an OpenAI-style error body; t
 
 import argparse
 import asyncio
+import functools
 import json
+import socket
 import sys
 import time
 import uuid
+from typing import Callable
 
 from uio_ds.serve.scheduler import Event, RequestError, SamplingParams, Scheduler, SessionBusy
 
@@ -93,8 +96,19 @@ class _Reply:
             out["usage"] = usage
         return out
 
-    async def stream(self, events: asyncio.Queue, include_usage: bool):
-        """Server-sent events, one chunk per event, then ``[DONE]``."""
+    async def stream(self, events: asyncio.Queue, include_usage: bool, cancel: Callable[[], None]):
+        """Server-sent events, one chunk per event, then ``[DONE]``; ``cancel()`` when the client goes
+        away before the end (the request stops instead of decoding for nobody)."""
+        done = False
+        try:
+            async for chunk in self._chunks(events, include_usage):
+                yield chunk
+            done = True
+        finally:
+            if not done:
+                cancel()
+
+    async def _chunks(self, events: asyncio.Queue, include_usage: bool):
         if self.chat:
             yield f"data: {json.dumps(self.chunk(None, None, first=True))}\n\n"
         while True:
@@ -111,13 +125,18 @@ class _Reply:
                 break
         yield "data: [DONE]\n\n"
 
-    async def whole(self, events: asyncio.Queue, session: str | None):
-        """The complete answer as one JSON response, with the memory's usage under ``uio``."""
+    async def whole(self, events: asyncio.Queue, session: str | None, cancel: Callable[[], None]):
+        """The complete answer as one JSON response, with the memory's usage under ``uio``;
+        ``cancel()`` when the client goes away first."""
         from fastapi.responses import JSONResponse
 
         parts = []
         while True:
-            event = await events.get()
+            try:
+                event = await events.get()
+            except asyncio.CancelledError:  # the connection closed: nobody reads the answer
+                cancel()
+                raise
             if event.error:
                 return _error(500, event.error)
             parts.append(event.text)
@@ -201,16 +220,17 @@ def create_app(scheduler: Scheduler):
             params, session = _params(body, 256 if chat else 16), _session(body)
             loop = asyncio.get_running_loop()
             events: asyncio.Queue[Event] = asyncio.Queue()
-            scheduler.submit(ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
+            rid = scheduler.submit(ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
         except SessionBusy as err:
             return _error(409, str(err), "session")
         except RequestError as err:
             return _error(400, str(err))
         reply = _Reply(scheduler.model_name, chat)
+        cancel = functools.partial(scheduler.cancel, rid)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(reply.stream(events, include_usage), media_type="text/event-stream")
-        return await reply.whole(events, session)
+            return StreamingResponse(reply.stream(events, include_usage, cancel), media_type="text/event-stream")
+        return await reply.whole(events, session, cancel)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -264,14 +284,37 @@ def main(argv: list[str] | None = None) -> int:
         print("error: serving needs fastapi and uvicorn: pip install 'uio_ds[serve]'", file=sys.stderr)
         return 2
     try:
+        sock = listening_socket(args.host, args.port)  # before the model loads: a taken port fails at once
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port} ({err.strerror or err}): another process holds "
+              "the port, or the address is not this machine's; pass --port N (or --host)", file=sys.stderr)
+        return 2
+    try:
         scheduler = load_scheduler(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
+        sock.close()
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"serving {scheduler.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(scheduler), host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler), log_level="warning"))
+    server.run(sockets=[sock])
     scheduler.close()
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), which uvicorn then serves on; raises OSError when the
+    port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free, a live one not
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

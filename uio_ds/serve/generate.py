@@ -105,8 +105,13 @@ def cmd_generate(args) -> int:
         print(f"error: prompt file {args.prompt_file!r} not found", file=sys.stderr)
         return 2
     else:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt = f.read()
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except UnicodeDecodeError as err:
+            print(f"error: prompt file {args.prompt_file!r} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                  "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)", file=sys.stderr)
+            return 2
     if not prompt.strip():
         print("error: the prompt is empty", file=sys.stderr)
         return 2

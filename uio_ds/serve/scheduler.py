@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from uio_ds.model.generation import MemoryStream, sample_next
+from uio_ds.model.inputs import token_id_problem
 from uio_ds.model.positions import PositionRangeError
 
 
@@ -110,11 +111,18 @@ class SessionStore:
         for key in [k for k, s in self._items.items() if now - s.last_used > self.ttl_s]:
             del self._items[key]
 
-    def take(self, key: str) -> _Session | None:
-        """The session (removed from the store while its request runs), or None for a new one."""
+    def reserve(self, key: str) -> None:
+        """Mark the session busy for a request being submitted; a second request on it is refused
+        at once (``SessionBusy``, HTTP 409) until ``put`` ends the first."""
         with self._lock:
             if key in self._busy:
                 raise SessionBusy(f"session {key!r} is still answering a request: wait for it to finish")
+            self._busy.add(key)
+
+    def take(self, key: str) -> _Session | None:
+        """The session of a reserved key (removed from the store while its request runs), or None
+        for a new one."""
+        with self._lock:
             self._expire(time.monotonic())
             self._busy.add(key)
             return self._items.pop(key, None)
@@ -182,6 +190,7 @@ class _Request:
     generator: torch.Generator | None = None
     finished: str | None = None
     reused: int = 0
+    cancelled: bool = False
 
 
 def _send(request: "_Request", event: Event) -> None:
@@ -217,6 +226,7 @@ class Scheduler:
         self.stop_token_ids = sorted(stops)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._groups: list[_Group] = []
+        self._requests: dict[str, _Request] = {}  # queued or running, by id (for cancel)
         self._thread = threading.Thread(target=self._run, name="uio-serving", daemon=True)
         self._thread.start()
 
@@ -227,6 +237,9 @@ class Scheduler:
         problems = params.problems()
         if not prompt_ids:
             problems.append("the prompt is empty")
+        problem = token_id_problem(prompt_ids, self.model.vocab_size, "the prompt's token ids")
+        if problem:
+            problems.append(problem)
         if problems:
             raise RequestError("; ".join(problems))
         try:
@@ -236,11 +249,22 @@ class Scheduler:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Event], None],
                session: str | None = None) -> str:
-        """Queue a request; ``emit`` is called from the worker thread with each ``Event``."""
+        """Queue a request; ``emit`` is called from the worker thread with each ``Event``. Returns
+        the request's id (``cancel`` takes it). A busy session raises ``SessionBusy`` here."""
         self.check(prompt_ids, params)
+        if session is not None:
+            self.sessions.reserve(session)
         request = _Request(list(prompt_ids), params, emit, session)
+        self._requests[request.id] = request
         self._queue.put(request)
         return request.id
+
+    def cancel(self, request_id: str) -> None:
+        """Stop a request whose client has gone (a dropped connection): it ends at the next decoding
+        step, its session kept as far as it got. Any thread; an unknown or finished id is ignored."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.cancelled = True
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, session: str | None = None,
                  on_text: Callable[[str], None] | None = None) -> Event:
@@ -324,11 +348,9 @@ class Scheduler:
             else:
                 stream = MemoryStream(self.model)
                 logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
-        except SessionBusy as err:
-            _send(requests[0], Event(error=str(err)))
-            return
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             for q in requests:
+                self._requests.pop(q.id, None)
                 _send(q, Event(error=f"{type(err).__name__}: {err}"))
                 if q.session is not None:
                     self.sessions.put(q.session, None)
@@ -339,7 +361,12 @@ class Scheduler:
         tokens = []
         for i, r in enumerate(group.requests):
             if r.finished:
-                tokens.append(r.generated[-1])  # a finished row idles on its last token
+                tokens.append(r.generated[-1] if r.generated else 0)  # a finished row idles on its last token
+                continue
+            if r.cancelled:  # its client is gone: no more tokens for it
+                r.finished = "cancelled"
+                tokens.append(r.generated[-1] if r.generated else 0)
+                self._finish(r, group)
                 continue
             p = r.params
             token = int(sample_next(group.logits[i:i + 1], p.temperature > 0, max(p.temperature, 1e-5), 0, p.top_p,
@@ -365,12 +392,14 @@ class Scheduler:
             for r in group.requests:
                 if not r.finished:
                     r.finished = "error"
+                    self._requests.pop(r.id, None)
                     _send(r, Event(error=f"{type(err).__name__}: {err}"))
                     if r.session is not None:
                         self.sessions.put(r.session, None)
             self._groups.remove(group)
 
     def _finish(self, r: _Request, group: _Group) -> None:
+        self._requests.pop(r.id, None)
         usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens)
         if r.session is not None:
             ids = r.prompt_ids + r.generated
