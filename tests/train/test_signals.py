@@ -82,3 +82,28 @@ def test_a_stopped_run_saves_its_step_and_leaves_no_process(run_config, tmp_path
         done = subprocess.run(cmd, env=launcher_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and f"resumed from {os.path.join(checkpoints, ckpt.step_tag(saved))}" in done.stdout
         assert _steps_logged(out) == saved + 1 and os.path.isdir(os.path.join(out, "final"))
+
+
+def test_a_killed_rank_leaves_one_line_on_the_other(run_config, tmp_path):
+    """kill -9 of one rank: the other learns of it inside a collective and says so in one line (with
+    the last checkpoint and --resume auto), not with gloo's traceback; the run resumes."""
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    proc = _start(config, out, free_port())
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    ranks = _ranks(proc)
+    assert _steps_logged(out) >= 3 and len(ranks) == 2
+    ranks[-1].kill()
+    reader.join(timeout=180)
+    assert not reader.is_alive(), "processes of the run survived the kill"
+    proc.wait(timeout=30)
+    text = output[0]
+    assert proc.returncode != 0 and "Traceback" not in text, text[-4000:]
+    if "Connection closed by peer" in text:  # rank 0 got to say it before the launcher stopped it
+        assert "error: rank 0 lost the other ranks (Connection closed by peer" in text, text[-4000:]
+        assert "continue with --resume auto" in text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 
@@ -142,7 +143,8 @@ def main(argv=None) -> int:
             if not peer_lost(err):
                 raise
             # another rank died (killed, out of memory): its launcher stops this one too; one line, not gloo's trace
-            print(f"error: rank {rank} lost the other ranks ({str(err).strip().splitlines()[0][:160]}); "
+            cause = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0])[:120]  # gloo's source place
+            print(f"error: rank {rank} lost the other ranks ({cause}); "
                   f"{trainer.checkpoints.last_good()}; continue with --resume auto", file=sys.stderr)
             return 1
         trainer.close()
