@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from uio_ds.config import ALPACA_PROMPT, DataConfig, SourceConfig
 from uio_ds.data.cache import LOCK_STALE_S, cache_key, tokenize_source
-from uio_ds.data.sources import source_files
+from uio_ds.data.files import source_files
 from uio_ds.data.streams import build_stream
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
 
@@ -323,7 +323,7 @@ def test_a_file_that_cannot_be_read_is_one_line_naming_it(tok, tmp_path, num_pro
     """A bad byte in a .gz or .zst, a cut .gz, a garbage parquet, a cut JSON array: one
     SourceReadError (a ValueError, so training and evaluation print it as one ``error:`` line)
     naming the file and the cause, whether datasets' worker processes read it or not."""
-    from uio_ds.data.sources import SourceReadError
+    from uio_ds.data.files import SourceReadError
 
     (tmp_path / "files").mkdir()
     for name, path in _damaged_files(tmp_path / "files").items():
@@ -335,7 +335,7 @@ def test_a_file_that_cannot_be_read_is_one_line_naming_it(tok, tmp_path, num_pro
 
 
 def test_a_streamed_file_that_cannot_be_read_stops_the_stream_naming_it(tok, tmp_path):
-    from uio_ds.data.sources import SourceReadError
+    from uio_ds.data.files import SourceReadError
 
     (tmp_path / "files").mkdir()
     path = _damaged_files(tmp_path / "files")["bad_byte.jsonl.gz"]

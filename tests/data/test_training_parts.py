@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from uio_ds.config import ConfigError, DataConfig, SourceConfig, TrainConfig, apply_overrides
 from uio_ds.data.documents import document_pieces
-from uio_ds.data.sources import source_files
+from uio_ds.data.files import source_files
 from uio_ds.data.streams import build_stream
 from uio_ds.formats import IGNORE_INDEX, synthetic_text
 from uio_ds.train import checkpoint as ckpt

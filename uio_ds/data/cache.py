@@ -17,15 +17,8 @@ import time
 import numpy as np
 
 from uio_ds.config import SourceConfig
-from uio_ds.data.sources import (
-    Counts,
-    SourceReadError,
-    file_format,
-    is_json_lines,
-    iter_source,
-    source_files,
-    source_read_error,
-)
+from uio_ds.data.files import SourceReadError, file_format, is_json_lines, source_files, source_read_error
+from uio_ds.data.sources import Counts, iter_source
 from uio_ds.data.tokenise import Tokenise, token_features, tokenizer_digest
 
 CACHE_VERSION = 2  # bump when the cached columns or their meaning change

@@ -36,7 +36,8 @@ import numpy as np
 from uio_ds.config import DataConfig, SourceConfig
 from uio_ds.data.cache import default_log, tokenize_source
 from uio_ds.data.documents import document_pieces, make_document, source_limits
-from uio_ds.data.sources import Counts, Item, iter_source, skipped_summary, source_files
+from uio_ds.data.files import source_files
+from uio_ds.data.sources import Counts, Item, iter_source, skipped_summary
 from uio_ds.data.tokenise import Tokenise
 
 

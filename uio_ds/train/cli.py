@@ -62,7 +62,7 @@ def validate(args):
     trainer, set up by ``main``."""
     from uio_ds.config import TrainConfig, find_config
     from uio_ds.data.cache import data_digests
-    from uio_ds.data.sources import source_files
+    from uio_ds.data.files import source_files
     from uio_ds.train.checkpoint import RunLock, check_world_size, existing_run, resume_problems, saved_config
     from uio_ds.train.trainer import Trainer
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         for kind in ("train", "deepspeed"):
             print(f"{kind} ({os.path.join(BUNDLED_CONFIGS, kind)}): {', '.join(bundled_configs(kind))}")
         return 0
-    from uio_ds.data.sources import SourceReadError
+    from uio_ds.data.files import SourceReadError
     from uio_ds.train.dist import peer_lost
     from uio_ds.train.stopping import TrainingStopped
 

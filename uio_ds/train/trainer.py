@@ -254,7 +254,7 @@ class Trainer:
 
     def train_step(self):
         """One optimizer step on the next documents of this rank; returns the engine's StepOutput."""
-        from uio_ds.data.sources import SourceReadError
+        from uio_ds.data.files import SourceReadError
 
         try:
             documents = self.stream.next_documents()

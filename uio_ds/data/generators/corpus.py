@@ -20,7 +20,8 @@ import os
 from typing import Iterable, Sequence
 
 from uio_ds.config import SourceConfig
-from uio_ds.data.sources import Counts, Item, Undecodable, make_record, raw_items
+from uio_ds.data.files import Undecodable, raw_items
+from uio_ds.data.sources import Counts, Item, make_record
 
 CORPUS_FILE = "corpus.json"
 
