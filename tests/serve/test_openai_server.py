@@ -297,3 +297,22 @@ def test_engine_rejects_bad_sampling_before_queueing(served):
     _, scheduler, *_ = served
     with pytest.raises(ValueError, match="top_p=0"):
         scheduler.submit([5, 6], SamplingParams(top_p=0), lambda e: None)
+
+
+def test_the_memory_cache_is_shared_by_requests_and_reported(tiny_dirs):
+    """Two requests (no session) over the same long document: the second reads the document's
+    segments from the cache, says so in its ``uio`` field, and answers the same."""
+    from uio_ds.model.memory_cache import MemoryCache
+
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    document = " ".join(["the miller walked to the river"] * 40)
+    with serving(Scheduler(model, tokenizer, model_name="cached", memory_cache=MemoryCache(model))) as port:
+        status, first = post(port, "/v1/completions", {"prompt": document, "max_tokens": 6, "temperature": 0})
+        status2, second = post(port, "/v1/completions", {"prompt": document, "max_tokens": 6, "temperature": 0})
+    assert status == status2 == 200
+    segments = len(tokenizer(document)["input_ids"]) // model.segment_length
+    assert first["uio"]["memory_cache"] == {"hits": 0, "misses": segments}
+    assert second["uio"]["memory_cache"] == {"hits": segments, "misses": 0}
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]

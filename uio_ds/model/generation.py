@@ -17,6 +17,7 @@ import torch
 
 from uio_ds.model.inputs import check_token_ids
 from uio_ds.model.kv import MemoryKV, cache_from_rotated, capture_kv, rotate_keys
+from uio_ds.model.memory_cache import CacheStats, MemoryCache
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.positions import split_segments
 
@@ -24,12 +25,17 @@ from uio_ds.model.positions import split_segments
 class MemoryStream:
     """Memories, residual tokens and decoder cache of a batch of equal-length texts."""
 
-    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | str | None = "auto"):
+    def __init__(self, model: UIOMemoryModel, encode_batch_size: int | str | None = "auto",
+                 memory_cache: MemoryCache | None = None):
         """``encode_batch_size``: segments per batched encoder call during prefill, which bounds
         the encoder's working memory for long prompts ("auto": from a budget, see
-        ``UIOMemoryModel.encode_batch_for``; None compresses all segments at once)."""
+        ``UIOMemoryModel.encode_batch_for``; None compresses all segments at once).
+        ``memory_cache``: segments read before (by any stream) are taken from it, not compressed
+        again; ``cache_stats`` counts this stream's hits and misses."""
         self.model = model
         self.encode_batch_size = encode_batch_size
+        self.memory_cache = memory_cache
+        self.cache_stats = CacheStats()
         self.memory: MemoryKV | None = None
         self.residual: torch.Tensor | None = None
         self.cache = None
@@ -46,7 +52,12 @@ class MemoryStream:
     def _compress(self, segments: torch.Tensor) -> MemoryKV:
         """Memory K/V of ``segments`` (B, c*l), one row per text, segments in order."""
         self.num_compressions += segments.shape[1] // self.model.segment_length
-        return self.model.compress(segments, self.encode_batch_size)
+        if self.memory_cache is None:
+            return self.model.compress(segments, self.encode_batch_size)
+        memory, call = self.memory_cache.compress(segments, self.encode_batch_size)
+        self.cache_stats.hits += call.hits
+        self.cache_stats.misses += call.misses
+        return memory
 
     def _append_memory(self, kv: MemoryKV) -> None:
         model = self.model
@@ -194,12 +205,14 @@ def generate(
     seed: int | None = None,
     encode_batch_size: int | str | None = "auto",
     on_tokens: Callable[[torch.Tensor], None] | None = None,
+    memory_cache: MemoryCache | None = None,
 ) -> GenerationResult:
     """Generate up to ``max_new_tokens`` after equal-length prompts ``input_ids`` (B, P).
 
     Rows that emit a token of ``stop_token_ids`` are finished; they are padded with
     ``pad_token_id`` (default: their stop token) until every row has finished.
     ``on_tokens`` receives each new column of tokens (B,), for streaming output.
+    ``memory_cache``: segments of the prompt read before come from it (``MemoryCache``).
     """
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
@@ -217,7 +230,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
 
-    stream = MemoryStream(model, encode_batch_size)
+    stream = MemoryStream(model, encode_batch_size, memory_cache)
     _sync(device)
     start = time.perf_counter()
     logits = stream.prefill(input_ids)

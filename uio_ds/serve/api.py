@@ -150,6 +150,8 @@ class _Reply:
                              "choices": [choice], "usage": event.usage.to_dict(),
                              "uio": {"session": session, "reused_prompt_tokens": event.usage.reused_tokens,
                                      "memory_tokens": event.usage.memory_tokens,
+                                     "memory_cache": {"hits": event.usage.cache_hits,
+                                                      "misses": event.usage.cache_misses},
                                      "completion_token_ids": event.token_ids}})
 
 
@@ -255,8 +257,13 @@ def load_scheduler(args) -> Scheduler:
     model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     name = args.name or (args.uio or args.model).rstrip("/").split("/")[-1]
+    cache = None
+    if args.memory_cache_mb > 0 or args.memory_cache:
+        from uio_ds.model.memory_cache import MemoryCache
+
+        cache = MemoryCache(model, max_bytes=int(args.memory_cache_mb * 2**20), directory=args.memory_cache)
     return Scheduler(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
-                         session_ttl_s=args.session_ttl)
+                     session_ttl_s=args.session_ttl, memory_cache=cache)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -270,6 +277,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="requests of equal prompt length decoded as one batch")
     p.add_argument("--max-sessions", type=int, default=32, help="conversations kept in memory (least recent dropped)")
     p.add_argument("--session-ttl", type=float, default=1800.0, help="seconds a conversation is kept after its last use")
+    p.add_argument("--memory-cache-mb", type=float, default=512.0,
+                   help="host memory for segment memories shared by every request (0: no cache)")
+    p.add_argument("--memory-cache", default=None, metavar="DIR",
+                   help="also keep segment memories in DIR (safetensors), across restarts")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import torch
 
 from uio_ds.model.generation import MemoryStream, sample_next
 from uio_ds.model.inputs import token_id_problem
+from uio_ds.model.memory_cache import MemoryCache
 from uio_ds.model.positions import PositionRangeError
 
 
@@ -72,6 +73,10 @@ class Usage:
     """Prompt tokens already in the session's memory, not read again."""
     memory_tokens: int = 0
     """Memory tokens (compressed K/V entries) the decoder reads at the end of the request."""
+    cache_hits: int = 0
+    """Segments of this request read from the memory cache instead of compressed."""
+    cache_misses: int = 0
+    """Segments of this request compressed (and then cached), with a memory cache."""
 
     def to_dict(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -191,6 +196,7 @@ class _Request:
     finished: str | None = None
     reused: int = 0
     cancelled: bool = False
+    cache_before: tuple[int, int] = (0, 0)  # the stream's memory-cache (hits, misses) when this request began
 
 
 def _send(request: "_Request", event: Event) -> None:
@@ -213,8 +219,12 @@ class Scheduler:
     """Owns the model on one worker thread; ``submit`` queues a request from any thread."""
 
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
-                 session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05):
+                 session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05,
+                 memory_cache: MemoryCache | None = None):
+        """``memory_cache``: segment memories shared by every request and session (and, with a
+        directory, kept across restarts)."""
         self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
+        self.memory_cache = memory_cache
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.sessions = SessionStore(max_sessions, session_ttl_s)
         stops = set(stop_token_ids or [])
@@ -343,10 +353,11 @@ class Scheduler:
             r = requests[0]
             if session is not None and len(r.prompt_ids) > session.fed and r.prompt_ids[:session.fed] == session.ids[:session.fed]:
                 stream = session.stream  # the conversation so far is in memory: read the new tokens only
+                r.cache_before = (stream.cache_stats.hits, stream.cache_stats.misses)
                 logits = stream.extend(torch.tensor([r.prompt_ids[session.fed:]], device=device))
                 r.reused = session.fed
             else:
-                stream = MemoryStream(self.model)
+                stream = MemoryStream(self.model, memory_cache=self.memory_cache)
                 logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             for q in requests:
@@ -400,7 +411,10 @@ class Scheduler:
 
     def _finish(self, r: _Request, group: _Group) -> None:
         self._requests.pop(r.id, None)
-        usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens)
+        stats = group.stream.cache_stats
+        # rows of one batch share their stream, and so its counts
+        usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens,
+                      stats.hits - r.cache_before[0], stats.misses - r.cache_before[1])
         if r.session is not None:
             ids = r.prompt_ids + r.generated
             self.sessions.put(r.session, _Session(group.stream, ids, len(ids) - 1, time.monotonic()))
