@@ -316,3 +316,57 @@ def test_the_memory_cache_is_shared_by_requests_and_reported(tiny_dirs):
     assert first["uio"]["memory_cache"] == {"hits": 0, "misses": segments}
     assert second["uio"]["memory_cache"] == {"hits": segments, "misses": 0}
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
+
+
+def test_api_key_metrics_and_a_full_queue(tiny_dirs):
+    """With --api-key the /v1 routes need it (401 without, the openai client with it works);
+    /metrics reports latencies, outcomes, batches and the queue in Prometheus' format; a full queue
+    answers 503 with Retry-After while the running request goes on."""
+    from uio_ds.serve.metrics import ServingMetrics
+
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    scheduler = Scheduler(model, tokenizer, model_name="ops", max_queue=1, metrics=ServingMetrics())
+    port = free_port()
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, api_key="sesame"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        status, reply = post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 2})
+        assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sesame", max_retries=0, timeout=60)
+        done = client.completions.create(model="ops", prompt=PROMPT, max_tokens=3, temperature=0)
+        assert done.usage.completion_tokens == 3
+        answers = [done]
+        long = threading.Thread(target=lambda: answers.append(client.completions.create(
+            model="ops", prompt=PROMPT, max_tokens=400, temperature=0)))
+        long.start()
+        while not scheduler._requests:
+            time.sleep(0.005)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", headers={
+            "content-type": "application/json", "authorization": "Bearer sesame"},
+            data=json.dumps({"prompt": PROMPT, "max_tokens": 2}).encode())
+        with pytest.raises(urllib.error.HTTPError) as full:
+            urllib.request.urlopen(request, timeout=60)
+        assert full.value.code == 503 and full.value.headers["Retry-After"] == "1"
+        long.join(timeout=120)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as reply:
+            text = reply.read().decode()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        scheduler.close()
+    values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line and line[0] != "#"}
+    generated = sum(a.usage.completion_tokens for a in answers)
+    assert len(answers) == 2 and values["uio_generated_tokens_total"] == generated
+    assert values["uio_time_to_first_token_seconds_count"] == 2
+    assert values["uio_inter_token_latency_seconds_count"] == generated - 2
+    assert sum(v for k, v in values.items() if k.startswith("uio_requests_total{")) == 2
+    assert values['uio_rejected_requests_total{reason="overloaded"}'] == 1
+    assert values["uio_requests_in_flight"] == 0 and values["uio_batch_size_count"] == 2

@@ -25,21 +25,24 @@ import argparse
 import asyncio
 import functools
 import json
+import os
 import socket
 import sys
 import time
 import uuid
 from typing import Callable
 
-from uio_ds.serve.scheduler import Event, RequestError, SamplingParams, Scheduler, SessionBusy
+from uio_ds.serve.scheduler import Event, Overloaded, RequestError, SamplingParams, Scheduler, SessionBusy
 
 
-def _error(status: int, message: str, param: str | None = None):
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           retry_after: int | None = None):
     from fastapi.responses import JSONResponse
 
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": param,
-                                                               "code": None}})
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
 def _params(body: dict, default_max_tokens: int) -> SamplingParams:
@@ -181,11 +184,15 @@ def _chat_ids(body: dict, tokenizer) -> list[int]:
         tokenize=True, return_dict=True)["input_ids"])
 
 
-def create_app(scheduler: Scheduler):
-    """The FastAPI application over ``scheduler``."""
+def create_app(scheduler: Scheduler, api_key: str | None = None):
+    """The FastAPI application over ``scheduler``. ``api_key``: the ``/v1`` routes answer 401
+    unless the request carries ``Authorization: Bearer <api_key>`` (``/health`` and ``/metrics``
+    stay open, for probes and scrapers). ``GET /metrics`` serves the scheduler's ``metrics``."""
+    import hmac
+
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import Response, StreamingResponse
 
     app = FastAPI(title="uio_ds", description="OpenAI-compatible server for UIO memory models")
     created = int(time.time())
@@ -194,9 +201,26 @@ def create_app(scheduler: Scheduler):
     async def _invalid(request, exc):  # noqa: ANN001
         return _error(400, f"invalid request: {exc.errors()}")
 
+    @app.middleware("http")
+    async def _authorised(request: Request, call_next):
+        if api_key is not None and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return _error(401, "invalid or missing API key: send the header Authorization: Bearer <key>",
+                              code="invalid_api_key")
+        return await call_next(request)
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "sessions": len(scheduler.sessions)}
+        return {"status": "ok", "sessions": len(scheduler.sessions), "in_flight": len(scheduler._requests)}
+
+    @app.get("/metrics")
+    async def metrics():
+        if scheduler.metrics is None:
+            return _error(404, "this server keeps no metrics")
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(scheduler.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models():
@@ -225,6 +249,8 @@ def create_app(scheduler: Scheduler):
             rid = scheduler.submit(ids, params, lambda e: loop.call_soon_threadsafe(events.put_nowait, e), session)
         except SessionBusy as err:
             return _error(409, str(err), "session")
+        except Overloaded as err:
+            return _error(503, str(err), retry_after=1)
         except RequestError as err:
             return _error(400, str(err))
         reply = _Reply(scheduler.model_name, chat)
@@ -262,8 +288,13 @@ def load_scheduler(args) -> Scheduler:
         from uio_ds.model.memory_cache import MemoryCache
 
         cache = MemoryCache(model, max_bytes=int(args.memory_cache_mb * 2**20), directory=args.memory_cache)
+    metrics = None
+    if getattr(args, "metrics", False):
+        from uio_ds.serve.metrics import ServingMetrics
+
+        metrics = ServingMetrics()
     return Scheduler(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
-                     session_ttl_s=args.session_ttl, memory_cache=cache)
+                     session_ttl_s=args.session_ttl, memory_cache=cache, max_queue=args.max_queue, metrics=metrics)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -281,6 +312,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="host memory for segment memories shared by every request (0: no cache)")
     p.add_argument("--memory-cache", default=None, metavar="DIR",
                    help="also keep segment memories in DIR (safetensors), across restarts")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests queued or running at most; one more gets 503 with Retry-After")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("UIO_API_KEY"),
+                   help="require Authorization: Bearer KEY on /v1 (default: $UIO_API_KEY; unset: open)")
     args = p.parse_args(argv)
+    args.metrics = True  # GET /metrics
     try:
         import uvicorn
     except ImportError:
@@ -307,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"serving {scheduler.model_name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(scheduler), log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, api_key=args.api_key), log_level="warning"))
     server.run(sockets=[sock])
     scheduler.close()
     return 0

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -34,6 +34,9 @@ from uio_ds.model.inputs import token_id_problem
 from uio_ds.model.memory_cache import MemoryCache
 from uio_ds.model.positions import PositionRangeError
 
+if TYPE_CHECKING:  # prometheus_client is needed only where metrics are served
+    from uio_ds.serve.metrics import ServingMetrics
+
 
 class RequestError(ValueError):
     """A request that cannot be served as asked (the HTTP layer answers 400 with the message)."""
@@ -41,6 +44,10 @@ class RequestError(ValueError):
 
 class SessionBusy(RequestError):
     """A second request for a session whose previous request is still running (409)."""
+
+
+class Overloaded(RequestError):
+    """The server holds as many requests as it queues (``max_queue``): 503, retry later."""
 
 
 @dataclass
@@ -197,6 +204,8 @@ class _Request:
     reused: int = 0
     cancelled: bool = False
     cache_before: tuple[int, int] = (0, 0)  # the stream's memory-cache (hits, misses) when this request began
+    arrived: float = field(default_factory=time.monotonic)
+    last_token_at: float | None = None
 
 
 def _send(request: "_Request", event: Event) -> None:
@@ -220,11 +229,15 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
                  session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05,
-                 memory_cache: MemoryCache | None = None):
+                 memory_cache: MemoryCache | None = None, max_queue: int = 64, metrics: ServingMetrics | None = None):
         """``memory_cache``: segment memories shared by every request and session (and, with a
-        directory, kept across restarts)."""
+        directory, kept across restarts). ``max_queue``: requests queued or running at most; one
+        more is refused (``Overloaded``). ``metrics``: where latencies, outcomes, batch sizes and
+        cache hits are reported."""
+        if max_queue < 1:
+            raise ValueError(f"max_queue={max_queue}: must be >= 1")
         self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
-        self.memory_cache = memory_cache
+        self.memory_cache, self.max_queue, self.metrics = memory_cache, max_queue, metrics
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.sessions = SessionStore(max_sessions, session_ttl_s)
         stops = set(stop_token_ids or [])
@@ -236,7 +249,9 @@ class Scheduler:
         self.stop_token_ids = sorted(stops)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._groups: list[_Group] = []
-        self._requests: dict[str, _Request] = {}  # queued or running, by id (for cancel)
+        self._requests: dict[str, _Request] = {}  # queued or running, by id (for cancel and the queue bound)
+        if metrics is not None:
+            metrics.track_queue(lambda: len(self._requests))
         self._thread = threading.Thread(target=self._run, name="uio-serving", daemon=True)
         self._thread.start()
 
@@ -262,6 +277,11 @@ class Scheduler:
         """Queue a request; ``emit`` is called from the worker thread with each ``Event``. Returns
         the request's id (``cancel`` takes it). A busy session raises ``SessionBusy`` here."""
         self.check(prompt_ids, params)
+        if len(self._requests) >= self.max_queue:
+            if self.metrics is not None:
+                self.metrics.rejected.labels("overloaded").inc()
+            raise Overloaded(f"the server holds {len(self._requests)} requests (max_queue={self.max_queue}): "
+                             "retry later")
         if session is not None:
             self.sessions.reserve(session)
         request = _Request(list(prompt_ids), params, emit, session)
@@ -361,12 +381,17 @@ class Scheduler:
                 logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             for q in requests:
-                self._requests.pop(q.id, None)
+                self._ended(q, "error")
                 _send(q, Event(error=f"{type(err).__name__}: {err}"))
                 if q.session is not None:
                     self.sessions.put(q.session, None)
             return
         self._groups.append(_Group(requests, stream, logits))
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(requests))
+            before = requests[0].cache_before
+            self.metrics.cache_segments.labels("hit").inc(stream.cache_stats.hits - before[0])
+            self.metrics.cache_segments.labels("miss").inc(stream.cache_stats.misses - before[1])
 
     def _step(self, group: _Group) -> None:
         tokens = []
@@ -383,6 +408,7 @@ class Scheduler:
             token = int(sample_next(group.logits[i:i + 1], p.temperature > 0, max(p.temperature, 1e-5), 0, p.top_p,
                                     r.generator)[0])
             r.generated.append(token)
+            self._observe_token(r)
             tokens.append(token)
             text = r.text.push(token) if token not in self.stop_token_ids else ""
             if token in self.stop_token_ids or r.text.stopped:
@@ -403,14 +429,29 @@ class Scheduler:
             for r in group.requests:
                 if not r.finished:
                     r.finished = "error"
-                    self._requests.pop(r.id, None)
+                    self._ended(r, "error")
                     _send(r, Event(error=f"{type(err).__name__}: {err}"))
                     if r.session is not None:
                         self.sessions.put(r.session, None)
             self._groups.remove(group)
 
-    def _finish(self, r: _Request, group: _Group) -> None:
+    def _observe_token(self, r: _Request) -> None:
+        now = time.monotonic()
+        if self.metrics is not None:
+            if r.last_token_at is None:
+                self.metrics.time_to_first_token.observe(now - r.arrived)
+            else:
+                self.metrics.inter_token_latency.observe(now - r.last_token_at)
+            self.metrics.generated_tokens.inc()
+        r.last_token_at = now
+
+    def _ended(self, r: _Request, outcome: str) -> None:
         self._requests.pop(r.id, None)
+        if self.metrics is not None:
+            self.metrics.requests.labels(outcome).inc()
+
+    def _finish(self, r: _Request, group: _Group) -> None:
+        self._ended(r, r.finished)
         stats = group.stream.cache_stats
         # rows of one batch share their stream, and so its counts
         usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens,
