@@ -370,3 +370,46 @@ def test_api_key_metrics_and_a_full_queue(tiny_dirs):
     assert sum(v for k, v in values.items() if k.startswith("uio_requests_total{")) == 2
     assert values['uio_rejected_requests_total{reason="overloaded"}'] == 1
     assert values["uio_requests_in_flight"] == 0 and values["uio_batch_size_count"] == 2
+
+
+def test_a_long_prompt_is_read_between_the_other_streams_tokens(tiny_dirs):
+    """Chunked prefill: while a new request's long prompt is read (one encoder call a round), a
+    running request keeps getting tokens; both answers equal the model's own generation."""
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    scheduler = Scheduler(model, tokenizer, model_name="chunked")
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    done = {k: threading.Event() for k in times}
+    finals = {}
+
+    def emit(name):
+        def on(event):
+            if event.text or event.finish_reason:
+                times[name].append(time.monotonic())
+            if event.finish_reason or event.error:
+                finals[name] = event
+                done[name].set()
+        return on
+
+    short = tokenizer(PROMPT)["input_ids"]
+    long_prompt = tokenizer(" ".join(["the miller walked to the river and back"] * 120))["input_ids"]
+    params = SamplingParams(max_tokens=200, temperature=0.0, stop=[])
+    try:
+        scheduler.submit(short, params, emit("a"))
+        while len(times["a"]) < 3:
+            time.sleep(0.001)
+        submitted = time.monotonic()
+        scheduler.submit(long_prompt, SamplingParams(max_tokens=4, temperature=0.0, stop=[]), emit("b"))
+        assert done["b"].wait(120) and done["a"].wait(120)
+    finally:
+        scheduler.close()
+    first_b = times["b"][0]
+    during = [t for t in times["a"] if submitted < t < first_b]
+    segments = len(long_prompt) // model.segment_length
+    assert model.encode_batch_for(segments * model.segment_length) < segments  # several encoder calls
+    assert len(during) >= 2, (len(during), segments)
+    for name, ids, n in (("a", short, 200), ("b", long_prompt, 4)):
+        want = generate(model, torch.tensor([ids]), n, stop_token_ids=[tokenizer.eos_token_id]).sequences[0, len(ids):]
+        got = finals[name].token_ids
+        assert got == want[: len(got)].tolist() and (len(got) == n or got[-1] == tokenizer.eos_token_id)

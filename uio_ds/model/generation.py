@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from uio_ds.model.inputs import check_token_ids
 from uio_ds.model.kv import MemoryKV, cache_from_rotated, capture_kv, rotate_keys
 from uio_ds.model.memory_cache import CacheStats, MemoryCache
-from uio_ds.model.memory_model import UIOMemoryModel
+from uio_ds.model.memory_model import UIOMemoryModel, drain
 from uio_ds.model.positions import split_segments
 
 
@@ -51,13 +51,22 @@ class MemoryStream:
 
     def _compress(self, segments: torch.Tensor) -> MemoryKV:
         """Memory K/V of ``segments`` (B, c*l), one row per text, segments in order."""
+        return drain(self._compress_steps(segments))
+
+    def _compress_steps(self, segments: torch.Tensor) -> Iterator:
+        """``_compress`` one encoder call at a time (None after each but the last, then the MemoryKV)."""
         self.num_compressions += segments.shape[1] // self.model.segment_length
         if self.memory_cache is None:
-            return self.model.compress(segments, self.encode_batch_size)
-        memory, call = self.memory_cache.compress(segments, self.encode_batch_size)
-        self.cache_stats.hits += call.hits
-        self.cache_stats.misses += call.misses
-        return memory
+            yield from self.model.compress_steps(segments, self.encode_batch_size)
+            return
+        for out in self.memory_cache.compress_steps(segments, self.encode_batch_size):
+            if out is None:
+                yield None
+                continue
+            memory, call = out
+            self.cache_stats.hits += call.hits
+            self.cache_stats.misses += call.misses
+            yield memory
 
     def _append_memory(self, kv: MemoryKV) -> None:
         model = self.model
@@ -90,37 +99,56 @@ class MemoryStream:
 
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Read the prompt (B, P); return the next-token logits (B, vocab)."""
+        return drain(self.prefill_steps(input_ids))
+
+    def prefill_steps(self, input_ids: torch.Tensor) -> Iterator:
+        """``prefill`` in steps of bounded work (``extend_steps``)."""
         self.residual = input_ids[:, :0]
         self.cache = self.model.build_cache(None)
         self.recent, self._pending = self.model.recent_kv(), []
-        return self.extend(input_ids)
+        return self.extend_steps(input_ids)
 
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read ``tokens`` (B, k >= 1) after the current state, as if they had been part of the
         prompt; return the logits after the last one. The residual is first filled up to a segment
         boundary through the decoder; whole segments after it are compressed in parallel and the
         last 1..l tokens go through the decoder (a session's next turn costs its own length)."""
+        return drain(self.extend_steps(tokens))
+
+    def extend_steps(self, tokens: torch.Tensor) -> Iterator:
+        """``extend`` one piece of work at a time (an encoder call of ``encode_batch_size``
+        segments, or one decoder pass): yields None after each piece but the last, then the logits.
+        Run to its end it is ``extend``, call for call, so the result is the same; a server runs
+        other requests' decoding steps between the pieces (chunked prefill)."""
         if tokens.shape[1] == 0:
             raise ValueError("extend needs at least one token")
         l = self.model.segment_length
-        logits = None
         if self.recent is not None:
             # every segment must pass through the decoder, in order, to give the raw window its K/V
             while tokens.shape[1] > 0:
                 take = min(l - self.residual.shape[1], tokens.shape[1])
                 logits = self.feed(tokens[:, :take])
                 tokens = tokens[:, take:]
-            return logits
+                yield logits if tokens.shape[1] == 0 else None
+            return
         if self.residual.shape[1] > 0:
             take = min(l - self.residual.shape[1], tokens.shape[1])
             logits = self.feed(tokens[:, :take])
             tokens = tokens[:, take:]
-        if tokens.shape[1] == 0:
-            return logits
+            if tokens.shape[1] == 0:
+                yield logits
+                return
+            yield None
         residual_start = split_segments(tokens.shape[1], l)[-1][0]
         if residual_start > 0:
-            self._append_memory(self._compress(tokens[:, :residual_start]))
-        return self.feed(tokens[:, residual_start:])
+            memory = None
+            for memory in self._compress_steps(tokens[:, :residual_start]):
+                if memory is None:
+                    yield None
+            self._append_memory(memory)
+            del memory  # the stream holds what it keeps of it; a local reference would outlive the decoder pass
+            yield None
+        yield self.feed(tokens[:, residual_start:])
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""

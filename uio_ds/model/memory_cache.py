@@ -22,10 +22,12 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
 from uio_ds.model.kv import MemoryKV
+from uio_ds.model.memory_model import drain
 
 # Options that do not change a segment's memory (how it is read, not what it is).
 _READ_ONLY_OPTIONS = ("attention", "position_overflow", "memory_window", "recent_tokens", "decoder_recompute")
@@ -128,6 +130,11 @@ class MemoryCache:
         """``UIOMemoryModel.compress`` through the cache: the memory K/V of texts (B, c*l) made of
         whole segments, and this call's hits and misses. The missing segments are compressed in
         one call (all of them, as ``compress`` itself would, when none is cached)."""
+        return drain(self.compress_steps(segments, batch_size))
+
+    def compress_steps(self, segments: torch.Tensor, batch_size: int | str | None = "auto") -> Iterator:
+        """``compress`` one encoder call at a time: None after each call but the last, then
+        (MemoryKV, this call's CacheStats)."""
         model, l, m = self.model, self.model.segment_length, self.model.num_mem_tokens
         batch, length = segments.shape
         if length == 0 or length % l:
@@ -138,27 +145,34 @@ class MemoryCache:
         found = [self.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         call = CacheStats(hits=len(keys) - len(missing), misses=len(missing))
-        if len(missing) == len(keys):  # nothing cached: the very call compress makes
-            fresh = model.compress(segments, batch_size)
-            pairs = [(fresh.keys[:, i // count, :, (i % count) * m:(i % count + 1) * m],
-                      fresh.values[:, i // count, :, (i % count) * m:(i % count + 1) * m]) for i in range(len(keys))]
-            for key, (k, v) in zip(keys, pairs):
-                self.put(key, k, v)
+        if len(missing) == len(keys):  # nothing cached: the very calls compress makes
+            fresh = yield from _until_last(model.compress_steps(segments, batch_size))
+            for i, key in enumerate(keys):
+                text, seg = divmod(i, count)
+                self.put(key, fresh.keys[:, text, :, seg * m:(seg + 1) * m], fresh.values[:, text, :, seg * m:(seg + 1) * m])
             self._count(call)
-            return fresh, call
+            yield fresh, call
+            return
         if missing:
-            fresh = model.compress(rows[missing].reshape(1, len(missing) * l), batch_size)
+            fresh = yield from _until_last(model.compress_steps(rows[missing].reshape(1, len(missing) * l), batch_size))
             for j, i in enumerate(missing):
                 found[i] = (fresh.keys[:, 0, :, j * m:(j + 1) * m], fresh.values[:, 0, :, j * m:(j + 1) * m])
                 self.put(keys[i], *found[i])
-        per_text = [MemoryKV(torch.cat([found[t * count + s][0] for s in range(count)], dim=-2).unsqueeze(1),
-                             torch.cat([found[t * count + s][1] for s in range(count)], dim=-2).unsqueeze(1))
-                    for t in range(batch)]
+        per_text = [(torch.cat([found[t * count + s][0] for s in range(count)], dim=-2),
+                     torch.cat([found[t * count + s][1] for s in range(count)], dim=-2)) for t in range(batch)]
         self._count(call)
-        out = MemoryKV(torch.cat([p.keys for p in per_text], dim=1), torch.cat([p.values for p in per_text], dim=1))
-        return out, call
+        yield MemoryKV(torch.stack([k for k, _ in per_text], dim=1), torch.stack([v for _, v in per_text], dim=1)), call
 
     def _count(self, call: CacheStats) -> None:
         with self._lock:
             self.stats.hits += call.hits
             self.stats.misses += call.misses
+
+
+def _until_last(steps: Iterator):
+    """Pass on every value of ``steps`` but the last, and return the last (for ``yield from``)."""
+    previous = next(steps)
+    for value in steps:
+        yield previous
+        previous = value
+    return previous

@@ -267,6 +267,11 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         the working memory of a long prompt read without a graph: ``"auto"`` (default) takes as
         many as :meth:`encode_batch_for` allows, ``None`` all at once. The K/V are written into
         their final place batch by batch (no list of parts, no concatenated copy)."""
+        return drain(self.compress_steps(input_ids, batch_size))
+
+    def compress_steps(self, input_ids: torch.Tensor, batch_size: int | str | None = "auto") -> Iterator:
+        """``compress`` one encoder call at a time: yields None after each call but the last, then
+        the ``MemoryKV`` (a server interleaves other work between the calls)."""
         check_token_ids(input_ids, self.vocab_size, "input_ids")
         batch, length = input_ids.shape
         if length == 0 or length % self.segment_length:
@@ -289,7 +294,9 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
                 text, seg = divmod(i + j, count)
                 keys[:, text, :, seg * m : (seg + 1) * m] = part.keys[:, j]
                 values[:, text, :, seg * m : (seg + 1) * m] = part.values[:, j]
-        return MemoryKV(keys, values)
+            if i + step < flat.shape[0]:
+                yield None
+        yield MemoryKV(keys, values)
 
     def kv_bytes_per_token(self) -> int:
         """Bytes of K/V one token takes in every layer's cache (``uio_ds.model.budget``)."""
@@ -513,3 +520,11 @@ def largest_trainable_numel(base_config, config: UIOConfig) -> int:
     with torch.device("meta"):
         base = AutoModelForCausalLM.from_config(base_config)
         return max(p.numel() for p in UIOMemoryModel(base, config).trainable_parameters())
+
+
+def drain(steps: Iterator):
+    """Run a ``*_steps`` generator to its end; its last value."""
+    last = None
+    for last in steps:
+        pass
+    return last

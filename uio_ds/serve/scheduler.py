@@ -220,8 +220,10 @@ def _send(request: "_Request", event: Event) -> None:
 class _Group:
     """Requests decoded together in one ``MemoryStream`` (one row each)."""
 
-    def __init__(self, requests: list[_Request], stream: MemoryStream, logits: torch.Tensor):
+    def __init__(self, requests: list[_Request], stream: MemoryStream, logits: torch.Tensor | None):
         self.requests, self.stream, self.logits = requests, stream, logits
+        self.prefill = None
+        """While the prompt is being read: the ``extend_steps`` generator that reads it."""
 
 
 class Scheduler:
@@ -361,39 +363,62 @@ class Scheduler:
                 self._start(same[i:i + self.max_batch])
 
     def _start(self, requests: list[_Request]) -> None:
+        """A new group: its prompt is read a piece at a time (one encoder call or decoder pass a
+        round, ``MemoryStream.extend_steps``), between the other groups' decoding steps."""
         for r in requests:
             r.text = _TextStream(self.tokenizer, r.params.stop)
             if r.params.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.params.seed)
         device = self.model.device
-        try:
-            session = None
-            if requests[0].session is not None:
-                session = self.sessions.take(requests[0].session)
-            r = requests[0]
-            if session is not None and len(r.prompt_ids) > session.fed and r.prompt_ids[:session.fed] == session.ids[:session.fed]:
-                stream = session.stream  # the conversation so far is in memory: read the new tokens only
-                r.cache_before = (stream.cache_stats.hits, stream.cache_stats.misses)
-                logits = stream.extend(torch.tensor([r.prompt_ids[session.fed:]], device=device))
-                r.reused = session.fed
-            else:
-                stream = MemoryStream(self.model, memory_cache=self.memory_cache)
-                logits = stream.prefill(torch.tensor([q.prompt_ids for q in requests], device=device))
-        except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
-            for q in requests:
-                self._ended(q, "error")
-                _send(q, Event(error=f"{type(err).__name__}: {err}"))
-                if q.session is not None:
-                    self.sessions.put(q.session, None)
+        session = self.sessions.take(requests[0].session) if requests[0].session is not None else None
+        r = requests[0]
+        if session is not None and len(r.prompt_ids) > session.fed and r.prompt_ids[:session.fed] == session.ids[:session.fed]:
+            stream = session.stream  # the conversation so far is in memory: read the new tokens only
+            r.cache_before = (stream.cache_stats.hits, stream.cache_stats.misses)
+            steps = stream.extend_steps(torch.tensor([r.prompt_ids[session.fed:]], device=device))
+            r.reused = session.fed
+        else:
+            stream = MemoryStream(self.model, memory_cache=self.memory_cache)
+            steps = stream.prefill_steps(torch.tensor([q.prompt_ids for q in requests], device=device))
+        group = _Group(requests, stream, None)
+        group.prefill = steps
+        self._groups.append(group)
+        self._advance(group)
+
+    def _advance(self, group: _Group) -> None:
+        """One piece of a group's prompt; the group decodes once its prompt is read."""
+        if all(r.cancelled for r in group.requests):  # every client left while its prompt was read
+            self._drop(group, "cancelled")
             return
-        self._groups.append(_Group(requests, stream, logits))
+        try:
+            out = next(group.prefill)
+        except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
+            self._drop(group, "error", f"{type(err).__name__}: {err}")
+            return
+        if out is None:
+            return
+        group.logits, group.prefill = out, None
         if self.metrics is not None:
-            self.metrics.batch_size.observe(len(requests))
-            before = requests[0].cache_before
-            self.metrics.cache_segments.labels("hit").inc(stream.cache_stats.hits - before[0])
-            self.metrics.cache_segments.labels("miss").inc(stream.cache_stats.misses - before[1])
+            self.metrics.batch_size.observe(len(group.requests))
+            before, stats = group.requests[0].cache_before, group.stream.cache_stats
+            self.metrics.cache_segments.labels("hit").inc(stats.hits - before[0])
+            self.metrics.cache_segments.labels("miss").inc(stats.misses - before[1])
+
+    def _drop(self, group: _Group, outcome: str, error: str | None = None) -> None:
+        """End every request of a group that stops before decoding (an error, or no one left)."""
+        for q in group.requests:
+            q.finished = outcome
+            self._ended(q, outcome)
+            if error is not None:
+                _send(q, Event(error=error))
+            if q.session is not None:
+                self.sessions.put(q.session, None)
+        self._groups.remove(group)
 
     def _step(self, group: _Group) -> None:
+        if group.prefill is not None:
+            self._advance(group)
+            return
         tokens = []
         for i, r in enumerate(group.requests):
             if r.finished:
