@@ -1,6 +1,7 @@
 """Evaluation harness on the tiny models: documents independent, methods consistent, files checked."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -188,7 +189,7 @@ def test_last_losses_equal_the_tail_of_all_losses(model):
             assert method.last_losses(doc, n) == pytest.approx(method.token_losses(doc)[-n:], rel=1e-5, abs=1e-6)
 
 
-def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dirs, tmp_path):
+def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dirs, tmp_path, capsys):
     ids = random_ids(1, 60, seed=3)
     full = build_methods(model, ["full"])[0].token_losses(ids)
     default = build_methods(model, ["streaming"])[0]
@@ -202,11 +203,11 @@ def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dir
         build_methods(model, ["streaming"], streaming_window=4)
     from uio_ds.eval.run import main
 
-    with pytest.raises(SystemExit, match="--streaming-window 3"):
-        main(["--model", tiny_dirs["llama"], "--methods", "streaming", "--streaming-window", "3"])
+    assert main(["--model", tiny_dirs["llama"], "--methods", "streaming", "--streaming-window", "3"]) == 2
+    assert "error: --streaming-window 3" in capsys.readouterr().err
 
 
-def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path):
+def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from uio_ds.data.generators.facts import write_fact_jsonl
@@ -226,5 +227,5 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path):
     assert sum(c["n"] for name, c in cells.items() if name.startswith("depth:")) == 8
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: a fact record needs prompt, answers and facts"):
-        main(["--model", tiny_dirs["llama"], "--tasks", "facts", "--facts", str(bad), "--methods", "full"])
+    assert main(["--model", tiny_dirs["llama"], "--tasks", "facts", "--facts", str(bad), "--methods", "full"]) == 2
+    assert re.search(r"error: .*bad.jsonl:1: a fact record needs prompt, answers and facts", capsys.readouterr().err)
