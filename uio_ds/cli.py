@@ -2,6 +2,7 @@
 
 Commands:
   train      train UIO memory (one rank; under DeepSpeed: deepspeed --module uio_ds.train ...)
+  launch     the deepspeed runner with the same arguments, without its traceback on Ctrl-C
   eval       evaluate trained parts against no memory, StreamingLLM, HOMER and full attention
   plan       a training config's accelerator memory per rank, planned on fake tensors (no accelerator)
   pretrain   pre-train every weight of a small base model on text windows (plain PyTorch)
@@ -24,8 +25,9 @@ import importlib
 import sys
 
 # Commands with their own parser, in their own module (each also runs as python -m MODULE)
-DELEGATED = {"train": "uio_ds.train", "eval": "uio_ds.eval.run", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain",
-             "serve": "uio_ds.serve.api", "chat": "uio_ds.serve.chat"}
+DELEGATED = {"train": "uio_ds.train", "launch": "uio_ds.train.launcher", "eval": "uio_ds.eval.run",
+             "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain", "serve": "uio_ds.serve.api",
+             "chat": "uio_ds.serve.chat"}
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:

@@ -107,3 +107,31 @@ def test_a_killed_rank_leaves_one_line_on_the_other(run_config, tmp_path):
     if "Connection closed by peer" in text:  # rank 0 got to say it before the launcher stopped it
         assert "error: rank 0 lost the other ranks (Connection closed by peer" in text, text[-4000:]
         assert "continue with --resume auto" in text
+
+
+def test_ctrl_c_through_uio_ds_launch_ends_with_the_ranks_line_alone(run_config, tmp_path):
+    """``uio-ds launch`` is the deepspeed runner with its arguments; on Ctrl-C the run stops and
+    saves as under ``deepspeed``, and no traceback (the runner's KeyboardInterrupt) follows."""
+    import sys
+
+    config, _ = run_config
+    out = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "uio_ds", "launch", "--num_gpus", "2", "--master_port", str(free_port()),
+           os.path.join(REPO, "launch", "train.py"), "--config", config, "--set", f"output_dir={out}",
+           "steps=100000", "save_every=0"]
+    proc = subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert _steps_logged(out) >= 3, "the run did not start training"
+    os.killpg(proc.pid, signal.SIGINT)
+    reader.join(timeout=180)
+    proc.wait(timeout=30)
+    text = output[0]
+    assert "stopped by SIGINT" in text and "continue with --resume auto" in text, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert ckpt.tag_step(ckpt.latest_tag(os.path.join(out, "checkpoints"))) == _steps_logged(out)

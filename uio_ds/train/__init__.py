@@ -1,6 +1,7 @@
 """Training under DeepSpeed.
 
 * ``cli``: the entry point (``deepspeed --module uio_ds.train``, ``launch/train.py``, ``uio-ds train``);
+* ``launcher``: ``uio-ds launch``, DeepSpeed's runner without its traceback on Ctrl-C;
 * ``trainer``: builds the parts (data, model, strategy, engine) and runs the step loop;
 * ``engine``: the DeepSpeed step, the only module that imports deepspeed;
 * ``ds_config``: the DeepSpeed config resolved from the training config (dict logic);
