@@ -17,11 +17,24 @@ from uio_ds.train import checkpoint as ckpt
 pytestmark = pytest.mark.slow
 
 
-def _start(config: str, out: str, port: int) -> subprocess.Popen:
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), os.path.join(REPO, "launch", "train.py"),
+def _start(config: str, out: str, port: int, runner: tuple[str, ...] = ("deepspeed",)) -> subprocess.Popen:
+    cmd = [*runner, "--num_gpus", "2", "--master_port", str(port), os.path.join(REPO, "launch", "train.py"),
            "--config", config, "--set", f"output_dir={out}", "steps=100000", "save_every=0"]
     return subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
+
+
+def _training(proc: subprocess.Popen, out: str) -> tuple[list[str], threading.Thread]:
+    """Read the run's output in a thread, which ends at EOF: when every process that holds the pipe
+    (launcher, ranks) is gone; return once the run has logged 3 steps."""
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert _steps_logged(out) >= 3, "the run did not start training"
+    return output, reader
 
 
 def _steps_logged(out: str) -> int:
@@ -43,13 +56,7 @@ def test_a_stopped_run_saves_its_step_and_leaves_no_process(run_config, tmp_path
     out = str(tmp_path / "run")
     port = free_port()
     proc = _start(config, out, port)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
-    reader.start()  # returns at EOF: when every process that holds the pipe (launcher, ranks) is gone
-    deadline = time.time() + 300
-    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert _steps_logged(out) >= 3, "the run did not start training"
+    output, reader = _training(proc, out)
     ranks = _ranks(proc)
     assert len(ranks) == 2
     if how == "sigterm_to_launcher":  # the launcher does not pass it on: the ranks must notice
@@ -90,14 +97,9 @@ def test_a_killed_rank_leaves_one_line_on_the_other(run_config, tmp_path):
     config, _ = run_config
     out = str(tmp_path / "run")
     proc = _start(config, out, free_port())
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    deadline = time.time() + 300
-    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    output, reader = _training(proc, out)
     ranks = _ranks(proc)
-    assert _steps_logged(out) >= 3 and len(ranks) == 2
+    assert len(ranks) == 2
     ranks[-1].kill()
     reader.join(timeout=180)
     assert not reader.is_alive(), "processes of the run survived the kill"
@@ -116,18 +118,8 @@ def test_ctrl_c_through_uio_ds_launch_ends_with_the_ranks_line_alone(run_config,
 
     config, _ = run_config
     out = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "uio_ds", "launch", "--num_gpus", "2", "--master_port", str(free_port()),
-           os.path.join(REPO, "launch", "train.py"), "--config", config, "--set", f"output_dir={out}",
-           "steps=100000", "save_every=0"]
-    proc = subprocess.Popen(cmd, env=launcher_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    output: list[str] = []
-    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    deadline = time.time() + 300
-    while _steps_logged(out) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert _steps_logged(out) >= 3, "the run did not start training"
+    proc = _start(config, out, free_port(), runner=(sys.executable, "-m", "uio_ds", "launch"))
+    output, reader = _training(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     reader.join(timeout=180)
     proc.wait(timeout=30)
