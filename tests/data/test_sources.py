@@ -393,3 +393,16 @@ def test_a_streamed_source_without_a_usable_document_is_refused_when_opened(tok,
     plain = [tok(r["text"])["input_ids"] for r in RECORDS]
     docs = probed.next_documents() + probed.next_documents()
     assert [(d["input_ids"] if isinstance(d, dict) else d).tolist() for d in docs] == plain[:2]
+
+
+def test_streamed_data_digests_read_the_ends_and_write_nothing(tmp_path):
+    """Streaming reads corpora too large to read twice: its digests take each file's size and ends,
+    and leave no file in the cache directory."""
+    from uio_ds.data.cache import data_digests
+
+    path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    source = SourceConfig(path=path, name="books")
+    first = data_digests([source], str(tmp_path / "cache"), streaming=True)
+    assert not (tmp_path / "cache").exists() and data_digests([source], str(tmp_path / "cache"), True) == first
+    write_jsonl(tmp_path / "a.jsonl", list(reversed(RECORDS)))
+    assert data_digests([source], str(tmp_path / "cache"), streaming=True) != first

@@ -141,14 +141,33 @@ def content_digests(files: list[str], cache_dir: str) -> list[str]:
     return digests
 
 
-def data_digests(sources: list[SourceConfig], cache_dir: str) -> dict[str, str]:
-    """One digest per source (by name, else path) of the content of its files in their order: what
-    a checkpoint's data position means. Reads every file the first time (``content_digests``)."""
+def data_digests(sources: list[SourceConfig], cache_dir: str, streaming: bool = False) -> dict[str, str]:
+    """One digest per source (by name, else path) of its files in their order: what a checkpoint's
+    data position means. Cached mode: of their whole content (``content_digests``, read once and
+    remembered in ``cache_dir``). Streaming mode, which reads corpora too large to read twice and
+    writes nothing: of each file's size and its first and last MiB (a reordered or rewritten file
+    changes them; an edit inside a file that keeps its size and both ends is not seen)."""
     out = {}
     for source in sources:
-        digests = content_digests(source_files(source), cache_dir)
+        files = source_files(source)
+        digests = [_sampled_digest(f) for f in files] if streaming else content_digests(files, cache_dir)
         out[source.name or source.path] = hashlib.sha1(json.dumps(digests).encode()).hexdigest()[:16]
     return out
+
+
+def _sampled_digest(path: str, span: int = 1 << 20) -> str:
+    """Size and first and last ``span`` bytes of a file (of a directory: of each of its files)."""
+    if os.path.isdir(path):
+        parts = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+        return hashlib.sha1(json.dumps([[os.path.relpath(p, path), _sampled_digest(p, span)] for p in parts])
+                            .encode()).hexdigest()
+    digest = hashlib.sha1(str(os.path.getsize(path)).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(span))
+        if os.path.getsize(path) > span:
+            f.seek(max(span, os.path.getsize(path) - span))
+            digest.update(f.read(span))
+    return digest.hexdigest()
 
 
 def cache_key(source: SourceConfig, files: list[str], tokenizer, cache_dir: str,

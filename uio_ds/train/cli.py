@@ -89,8 +89,8 @@ def validate(args):
     if target is not None:
         check_world_size(*target, trainer.world_size)
         stage = trainer.ds_config["zero_optimization"].get("stage", 0)
-        refusals, data_changes = resume_problems(*target, stage, data_digests(config.data.sources,
-                                                                             config.data.cache_dir))
+        digests = data_digests(config.data.sources, config.data.cache_dir, config.data.streaming)
+        refusals, data_changes = resume_problems(*target, stage, digests)
         if refusals:
             raise RuntimeError(refusals[0])
         saved = saved_config(*target)

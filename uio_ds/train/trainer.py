@@ -129,7 +129,8 @@ class Trainer:
                  + ("streaming" if cfg.data.streaming else f"{sum(self.data_info['pieces']):,} pieces")
                  + f" from {len(cfg.data.sources)} source(s)")
         # what a checkpoint's data position means: rank 0 records it in each checkpoint's marker
-        self.data_digests = data_digests(cfg.data.sources, cfg.data.cache_dir) if self.rank == 0 else {}
+        self.data_digests = (data_digests(cfg.data.sources, cfg.data.cache_dir, cfg.data.streaming)
+                             if self.rank == 0 else {})
         longest = self.stream.longest
         if not cfg.data.autoencode_tokens and longest <= cfg.uio.segment_length:
             raise ValueError(f"every training document is at most {longest} tokens, within one segment "
