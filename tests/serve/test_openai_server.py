@@ -17,7 +17,10 @@ from transformers import AutoTokenizer
 
 from uio_ds.model.generation import generate
 from uio_ds.serve.api import create_app
-from uio_ds.serve.scheduler import SamplingParams, Scheduler, SessionBusy, SessionStore, _TextStream
+from uio_ds.serve.errors import SessionBusy
+from uio_ds.serve.scheduler import SamplingParams, Scheduler
+from uio_ds.serve.sessions import SessionStore
+from uio_ds.serve.text import TextStream
 
 
 @contextlib.contextmanager
@@ -284,11 +287,11 @@ def test_text_stream_holds_back_partial_characters_and_stop_prefixes(tiny_dirs):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     text = "The miller said: é!END and more"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    stream = _TextStream(tokenizer, ["END"])
+    stream = TextStream(tokenizer, ["END"])
     pieces = [stream.push(t) for t in ids]
     assert "".join(pieces) == "The miller said: é!" and stream.stopped
     assert all("\ufffd" not in p for p in pieces)
-    plain = _TextStream(tokenizer, ["ENDX"])
+    plain = TextStream(tokenizer, ["ENDX"])
     out = "".join(plain.push(t) for t in ids) + plain.flush()
     assert out == text and not plain.stopped
 

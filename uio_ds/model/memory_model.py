@@ -19,7 +19,8 @@ plain full-BPTT document loss, the reference the algorithms are checked against.
 This module is the passes themselves (encode, memory_kv / compress, decode / forward) with their
 contracts; their helpers live beside it: ``adapters`` (peft), ``positions`` (segments, layouts,
 position ranges), ``parts`` (files and checks), ``budget`` (the encoder's memory), ``outputs``
-(results and loss terms), ``kv`` (caches). About 500 lines, for the docstrings of those contracts.
+(results and loss terms), ``kv`` (caches). About 530 lines: the passes share the model's state and
+each states its exact contract (shapes, positions, what it caches), which is most of the length.
 """
 
 from __future__ import annotations

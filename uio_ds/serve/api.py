@@ -32,7 +32,8 @@ import time
 import uuid
 from typing import Callable
 
-from uio_ds.serve.scheduler import Event, Overloaded, RequestError, SamplingParams, Scheduler, SessionBusy
+from uio_ds.serve.errors import Overloaded, RequestError, SessionBusy
+from uio_ds.serve.scheduler import Event, SamplingParams, Scheduler
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,

@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -33,21 +32,12 @@ from uio_ds.model.generation import MemoryStream, sample_next
 from uio_ds.model.inputs import token_id_problem
 from uio_ds.model.memory_cache import MemoryCache
 from uio_ds.model.positions import PositionRangeError
+from uio_ds.serve.errors import Overloaded, RequestError
+from uio_ds.serve.sessions import Session, SessionStore
+from uio_ds.serve.text import TextStream
 
 if TYPE_CHECKING:  # prometheus_client is needed only where metrics are served
     from uio_ds.serve.metrics import ServingMetrics
-
-
-class RequestError(ValueError):
-    """A request that cannot be served as asked (the HTTP layer answers 400 with the message)."""
-
-
-class SessionBusy(RequestError):
-    """A second request for a session whose previous request is still running (409)."""
-
-
-class Overloaded(RequestError):
-    """The server holds as many requests as it queues (``max_queue``): 503, retry later."""
 
 
 @dataclass
@@ -102,95 +92,6 @@ class Event:
 
 
 @dataclass
-class _Session:
-    stream: MemoryStream
-    ids: list[int]
-    fed: int  # tokens of ids the stream has read (all but the last generated one)
-    last_used: float
-
-
-class SessionStore:
-    """Conversations' streams by id: at most ``max_sessions`` (least recently used dropped), each
-    expiring ``ttl_s`` seconds after its last request."""
-
-    def __init__(self, max_sessions: int = 32, ttl_s: float = 1800.0):
-        self.max_sessions, self.ttl_s = max_sessions, ttl_s
-        self._items: OrderedDict[str, _Session] = OrderedDict()
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
-
-    def _expire(self, now: float) -> None:
-        for key in [k for k, s in self._items.items() if now - s.last_used > self.ttl_s]:
-            del self._items[key]
-
-    def reserve(self, key: str) -> None:
-        """Mark the session busy for a request being submitted; a second request on it is refused
-        at once (``SessionBusy``, HTTP 409) until ``put`` ends the first."""
-        with self._lock:
-            if key in self._busy:
-                raise SessionBusy(f"session {key!r} is still answering a request: wait for it to finish")
-            self._busy.add(key)
-
-    def take(self, key: str) -> _Session | None:
-        """The session of a reserved key (removed from the store while its request runs), or None
-        for a new one."""
-        with self._lock:
-            self._expire(time.monotonic())
-            self._busy.add(key)
-            return self._items.pop(key, None)
-
-    def put(self, key: str, session: _Session | None) -> None:
-        with self._lock:
-            self._busy.discard(key)
-            if session is None:
-                return
-            session.last_used = time.monotonic()
-            self._items[key] = session
-            self._items.move_to_end(key)
-            self._expire(session.last_used)
-            while len(self._items) > self.max_sessions:
-                self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-class _TextStream:
-    """Incremental detokenisation with stop sequences: ``push(token)`` returns settled text."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, stop
-        self.ids: list[int] = []
-        self.sent = 0  # characters of the decoded text already emitted
-        self.stopped = False
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return ""  # a character cut in the middle: wait for its next bytes
-        for s in self.stop:
-            at = text.find(s, max(0, self.sent - len(s)))
-            if at >= 0:
-                self.stopped = True
-                out, self.sent = text[self.sent:at], at
-                return out
-        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        end = max(self.sent, len(text) - hold)
-        out, self.sent = text[self.sent:end], end
-        return out
-
-    def flush(self) -> str:
-        """Held-back text at the end of generation (a stop sequence's prefix that never completed)."""
-        if self.stopped:
-            return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        out, self.sent = text[self.sent:], len(text)
-        return out
-
-
-@dataclass
 class _Request:
     prompt_ids: list[int]
     params: SamplingParams
@@ -198,7 +99,7 @@ class _Request:
     session: str | None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     generated: list[int] = field(default_factory=list)
-    text: _TextStream | None = None
+    text: TextStream | None = None
     generator: torch.Generator | None = None
     finished: str | None = None
     reused: int = 0
@@ -366,7 +267,7 @@ class Scheduler:
         """A new group: its prompt is read a piece at a time (one encoder call or decoder pass a
         round, ``MemoryStream.extend_steps``), between the other groups' decoding steps."""
         for r in requests:
-            r.text = _TextStream(self.tokenizer, r.params.stop)
+            r.text = TextStream(self.tokenizer, r.params.stop)
             if r.params.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.params.seed)
         device = self.model.device
@@ -483,5 +384,5 @@ class Scheduler:
                       stats.hits - r.cache_before[0], stats.misses - r.cache_before[1])
         if r.session is not None:
             ids = r.prompt_ids + r.generated
-            self.sessions.put(r.session, _Session(group.stream, ids, len(ids) - 1, time.monotonic()))
+            self.sessions.put(r.session, Session(group.stream, ids, len(ids) - 1, time.monotonic()))
         _send(r, Event(finish_reason=r.finished, usage=usage, token_ids=list(r.generated)))
