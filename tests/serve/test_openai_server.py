@@ -144,24 +144,38 @@ def test_session_reads_only_the_new_tokens(served):
     assert status == 200 and other["uio"]["reused_prompt_tokens"] == 0
 
 
-def test_concurrent_requests_are_batched_and_equal_alone(served):
+def test_concurrent_requests_of_any_length_decode_together_and_equal_alone(served):
+    """Continuous batching: prompts of different lengths (different memories and residuals) and a
+    session's request decode in shared decoder passes, and each answer is the model's own."""
     client, scheduler, model, tokenizer, _ = served
-    prompts = [f"The {w} walked to the river and" for w in ("miller", "baker", "smith", "tailor")]
-    lengths = {len(tokenizer(p)["input_ids"]) for p in prompts}
-    alone = [client.completions.create(model="tiny-uio", prompt=p, max_tokens=10, temperature=0).choices[0].text
-             for p in prompts]
+    prompts = [" ".join(["The miller walked to the river and"] * k) for k in (1, 3, 6, 9)]
+    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) == 4
+    want = [greedy(model, tokenizer, tokenizer(p)["input_ids"], 30)[0] for p in prompts]
+    sizes, real = [], scheduler._batch.step
+
+    def spy(tokens):
+        sizes.append(len(tokens))
+        return real(tokens)
+
+    scheduler._batch.step = spy
     results = [None] * len(prompts)
 
     def ask(i):
-        results[i] = client.completions.create(model="tiny-uio", prompt=prompts[i], max_tokens=10,
-                                               temperature=0).choices[0].text
+        session = {"session": "batched"} if i == 2 else None
+        results[i] = client.completions.create(model="tiny-uio", prompt=prompts[i], max_tokens=30, temperature=0,
+                                               extra_body=session).choices[0].text
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert results == alone and len(lengths) >= 1
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        scheduler._batch.step = real
+    assert results == want
+    assert max(sizes) >= 3, sizes  # rows of different lengths (and the session) read in one pass
+    assert len(sizes) < 4 * 29, sizes
 
 
 @pytest.mark.parametrize("body, words", [
@@ -250,7 +264,7 @@ def test_a_request_whose_client_left_stops(served):
     _, scheduler, _, _, port = served
     ended = []
     real = scheduler._finish
-    scheduler._finish = lambda r, group: ended.append((r.finished, len(r.generated))) or real(r, group)
+    scheduler._finish = lambda r: ended.append((r.finished, len(r.generated))) or real(r)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/v1/completions", json.dumps({"prompt": PROMPT, "max_tokens": 2000, "stream": True,
@@ -372,7 +386,8 @@ def test_api_key_metrics_and_a_full_queue(tiny_dirs):
     assert values["uio_inter_token_latency_seconds_count"] == generated - 2
     assert sum(v for k, v in values.items() if k.startswith("uio_requests_total{")) == 2
     assert values['uio_rejected_requests_total{reason="overloaded"}'] == 1
-    assert values["uio_requests_in_flight"] == 0 and values["uio_batch_size_count"] == 2
+    # one decoder pass for every token but each request's last (it is not read back)
+    assert values["uio_requests_in_flight"] == 0 and values["uio_batch_size_count"] == generated - 2
 
 
 def test_a_long_prompt_is_read_between_the_other_streams_tokens(tiny_dirs):

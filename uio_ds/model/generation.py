@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from uio_ds.model.inputs import check_token_ids
-from uio_ds.model.kv import MemoryKV, cache_from_rotated, capture_kv, rotate_keys
+from uio_ds.model.kv import MemoryKV, cache_from_rotated, cache_tensors, capture_kv, rotate_keys
 from uio_ds.model.memory_cache import CacheStats, MemoryCache
 from uio_ds.model.memory_model import UIOMemoryModel, drain
 from uio_ds.model.positions import split_segments
@@ -154,14 +154,57 @@ class MemoryStream:
         """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
         if self.recent is None:
             logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+            self.advance(tokens)
         else:
             with capture_kv(self.model.base) as found:
                 logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
-            self._pending.append(found[0])
+            self.advance(tokens, found[0])
+        return logits
+
+    def advance(self, tokens: torch.Tensor, read_kv: MemoryKV | None = None) -> bool:
+        """Record ``tokens`` (B, k) as read by the decoder after the current state: ``feed`` without
+        the decoder pass, for a pass run elsewhere over this stream's cache (``DecodeBatch``).
+        ``read_kv``: their un-rotated K/V, which a raw recent window keeps. When the residual
+        reaches a segment it is compressed and the decoder cache rebuilt: returns whether it was."""
+        if self.recent is not None:
+            if read_kv is None:
+                raise ValueError("a stream with a raw recent window needs the K/V of the tokens it reads")
+            self._pending.append(read_kv)
         self.residual = torch.cat([self.residual, tokens], dim=1)
         if self.residual.shape[1] == self.model.segment_length:
             self._append_memory(self._compress(self.residual))
-        return logits
+            return True
+        return False
+
+    def rows(self) -> list["MemoryStream"]:
+        """One stream per row of this batch, each as this one would be for that text alone (its
+        memories, residual, decoder cache and raw window): prompts read together go on decoding
+        apart. This stream is not to be used afterwards."""
+        if self.residual is None:
+            raise ValueError("rows() needs a stream that has read its prompt")
+        count = self.residual.shape[0]
+        if count == 1:
+            return [self]
+        out = []
+        for b in range(count):
+            row = MemoryStream(self.model, self.encode_batch_size, self.memory_cache)
+            row.cache_stats = CacheStats(self.cache_stats.hits, self.cache_stats.misses)
+            row.num_compressions = self.num_compressions
+            row.residual = self.residual[b:b + 1]
+            row.memory = None if self.memory is None else _own(self.memory.select_batch(b, b + 1))
+            row._rotated = None if self._rotated is None else self._rotated[:, b:b + 1].clone()
+            keys, values = cache_tensors(self.cache)
+            row.cache = cache_from_rotated(self.model.base, keys[:, b:b + 1].clone(), values[:, b:b + 1].clone())
+            if self.recent is not None:
+                row.recent.kv = None if self.recent.kv is None else _own(self.recent.kv.select_batch(b, b + 1))
+                row._pending = [_own(kv.select_batch(b, b + 1)) for kv in self._pending]
+            out.append(row)
+        return out
+
+
+def _own(kv: MemoryKV) -> MemoryKV:
+    """A copy that does not keep a larger batch's storage alive."""
+    return MemoryKV(kv.keys.clone(), kv.values.clone())
 
 
 def sample_next(

@@ -125,6 +125,12 @@ def cache_from_rotated(base, keys: torch.Tensor, values: torch.Tensor, read_only
     return cache
 
 
+def cache_tensors(cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys (as the cache holds them, rotated) and values of a DynamicCache, stacked:
+    (layers, batch, kv_heads, tokens, head_dim) each."""
+    return torch.stack([layer.keys for layer in cache.layers]), torch.stack([layer.values for layer in cache.layers])
+
+
 def prefix_cache(base, memory: MemoryKV | None, read_only: bool = False):
     """A transformers DynamicCache holding ``memory`` with keys rotated at positions 0..M-1."""
     from transformers import DynamicCache
@@ -146,13 +152,19 @@ def _cache_argument(cls) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
-def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+def forward_after_cache(base, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0,
+                        positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The base causal LM over ``input_ids`` at the positions that follow ``cache``; returns logits.
-    ``cache`` is extended in place."""
-    offset = cache.get_seq_length() if cache is not None else 0
-    positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    ``cache`` is extended in place.
+
+    Rows whose caches are padded to one length (``DecodeBatch``) give their own ``positions``
+    (batch, tokens) and an ``attention_mask`` (batch, cached + new tokens) that hides the padding."""
+    if positions is None:
+        offset = cache.get_seq_length() if cache is not None else 0
+        positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    extra = {} if attention_mask is None else {"attention_mask": attention_mask}
     out = base(input_ids=input_ids, position_ids=positions, use_cache=cache is not None,
-               logits_to_keep=logits_to_keep, **{cache_argument(base): cache})
+               logits_to_keep=logits_to_keep, **{cache_argument(base): cache}, **extra)
     return out.logits
 
 

@@ -342,15 +342,17 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         (``read_only``: a pass reads it but does not extend it)."""
         return prefix_cache(self.base, memory, read_only)
 
-    def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+    def decoder_forward(self, input_ids: torch.Tensor, cache=None, logits_to_keep: int = 0,
+                        positions: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder (the frozen base, plus the decoder LoRA when configured) over ``input_ids``
         after whatever ``cache`` holds; returns logits.
 
         ``cache`` (from ``build_cache``, possibly extended by earlier calls) is updated in place,
-        unless it is read-only (``build_cache(..., read_only=True)``).
+        unless it is read-only (``build_cache(..., read_only=True)``). ``positions`` and
+        ``attention_mask``: for rows padded to one cache length (``forward_after_cache``).
         """
         with self.adapter(self.decoder_adapter), self._recomputed_layers():
-            return forward_after_cache(self.base, input_ids, cache, logits_to_keep)
+            return forward_after_cache(self.base, input_ids, cache, logits_to_keep, positions, attention_mask)
 
     @contextlib.contextmanager
     def _recomputed_layers(self) -> Iterator[None]:

@@ -306,7 +306,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="without --uio: parameter dtype")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N")
     p.add_argument("--name", default=None, help="model name in the API (default: the parts' folder name)")
-    p.add_argument("--max-batch", type=int, default=8, help="requests of equal prompt length decoded as one batch")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded together in one decoder pass (continuous batching; more wait for a row)")
     p.add_argument("--max-sessions", type=int, default=32, help="conversations kept in memory (least recent dropped)")
     p.add_argument("--session-ttl", type=float, default=1800.0, help="seconds a conversation is kept after its last use")
     p.add_argument("--memory-cache-mb", type=float, default=512.0,

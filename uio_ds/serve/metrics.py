@@ -1,6 +1,6 @@
 """What the server measures, for Prometheus (``GET /metrics``, through ``prometheus_client``):
-time to the first token, the latency between tokens, requests by outcome, the queue, the size of
-the batches decoded together, and the memory cache's hits. The scheduler reports into a
+time to the first token, the latency between tokens, requests by outcome, the queue, the number of
+requests in each decoder pass, and the memory cache's hits. The scheduler reports into a
 ``ServingMetrics``; each server has its own registry, so several in one process (tests) do not mix."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class ServingMetrics:
         self.requests = Counter("uio_requests", "Requests by how they ended", ["outcome"], registry=r)
         self.rejected = Counter("uio_rejected_requests", "Requests refused before queueing", ["reason"], registry=r)
         self.generated_tokens = Counter("uio_generated_tokens", "Tokens generated", registry=r)
-        self.batch_size = Histogram("uio_batch_size", "Requests prefilled and decoded together",
+        self.batch_size = Histogram("uio_batch_size", "Requests decoded together, a decoder pass each",
                                     buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.cache_segments = Counter("uio_memory_cache_segments", "Prompt segments by where their memory came "
                                       "from", ["result"], registry=r)

@@ -1,11 +1,12 @@
 """The scheduler: one worker thread that owns the model and runs every request.
 
-Requests wait in a queue. The worker admits what has arrived (waiting ``batch_wait_s`` after the
-first arrival for others sent at the same moment), prefills each new group, then
-gives every active group one decoding step, round after round, so a long generation does not
-hold back a new request's first token for more than one round. Requests without a session that
-arrive together with prompts of equal length are prefilled and decoded as one batch
-(``MemoryStream`` reads equal-length rows together), up to ``max_batch`` rows.
+Requests wait in a queue. Each round the worker admits what has arrived (waiting
+``batch_wait_s`` after the first arrival for others sent at the same moment), reads one piece of
+the oldest prompts (an encoder call or a decoder pass: chunked prefill, so a long prompt does not
+stop the running streams), then gives every decoding request its next token from one decoder
+pass (continuous batching, ``DecodeBatch``: rows of any memory and residual length; requests join
+as their prompts are read and leave as they finish). Prompts of equal length that arrive
+together are read as one batch, up to ``max_batch`` rows, then decode as rows of their own.
 
 A request may name a session. The session keeps the conversation's ``MemoryStream`` (memories,
 residual tokens, decoder cache) and its tokens between requests; when the next request's
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from uio_ds.model.batching import DecodeBatch
 from uio_ds.model.generation import MemoryStream, sample_next
 from uio_ds.model.inputs import token_id_problem
 from uio_ds.model.memory_cache import MemoryCache
@@ -105,6 +107,8 @@ class _Request:
     reused: int = 0
     cancelled: bool = False
     cache_before: tuple[int, int] = (0, 0)  # the stream's memory-cache (hits, misses) when this request began
+    stream: MemoryStream | None = None  # its own stream, once its prompt is read
+    logits: torch.Tensor | None = None  # the next token's, (1, vocab)
     arrived: float = field(default_factory=time.monotonic)
     last_token_at: float | None = None
 
@@ -119,12 +123,12 @@ def _send(request: "_Request", event: Event) -> None:
 
 
 class _Group:
-    """Requests decoded together in one ``MemoryStream`` (one row each)."""
+    """Requests whose prompts are read together (one ``MemoryStream``, a row each): equal-length
+    prompts that arrived together, or one session's request."""
 
-    def __init__(self, requests: list[_Request], stream: MemoryStream, logits: torch.Tensor | None):
-        self.requests, self.stream, self.logits = requests, stream, logits
-        self.prefill = None
-        """While the prompt is being read: the ``extend_steps`` generator that reads it."""
+    def __init__(self, requests: list[_Request], stream: MemoryStream, steps):
+        self.requests, self.stream, self.steps = requests, stream, steps
+        """``steps``: the ``extend_steps`` generator that reads the prompt, a piece a call."""
 
 
 class Scheduler:
@@ -132,11 +136,15 @@ class Scheduler:
 
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
                  session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05,
-                 memory_cache: MemoryCache | None = None, max_queue: int = 64, metrics: ServingMetrics | None = None):
+                 memory_cache: MemoryCache | None = None, max_queue: int = 64, metrics: ServingMetrics | None = None,
+                 prefill_groups: int = 1):
         """``memory_cache``: segment memories shared by every request and session (and, with a
         directory, kept across restarts). ``max_queue``: requests queued or running at most; one
         more is refused (``Overloaded``). ``metrics``: where latencies, outcomes, batch sizes and
-        cache hits are reported."""
+        cache hits are reported. ``max_batch``: requests decoded together at most (more wait for a
+        row) and prompts of one length read together at most. ``prefill_groups``: prompts read
+        at once, a piece each per round, oldest first (one: the first to arrive gets its first
+        token first, instead of every prompt's first token after all of them are read)."""
         if max_queue < 1:
             raise ValueError(f"max_queue={max_queue}: must be >= 1")
         self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
@@ -151,7 +159,10 @@ class Scheduler:
         stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_token_ids = sorted(stops)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._groups: list[_Group] = []
+        self.prefill_groups = prefill_groups
+        self._prefilling: list[_Group] = []  # prompts being read, in arrival order
+        self._ready: list[_Request] = []  # prompts read: decoding in the batch, or waiting for a row
+        self._batch = DecodeBatch(model)
         self._requests: dict[str, _Request] = {}  # queued or running, by id (for cancel and the queue bound)
         if metrics is not None:
             metrics.track_queue(lambda: len(self._requests))
@@ -232,9 +243,9 @@ class Scheduler:
         while True:
             arrived = []
             try:
-                arrived.append(self._queue.get(block=not self._groups))
+                arrived.append(self._queue.get(block=not (self._prefilling or self._ready or self._batch)))
                 # clients that send at the same moment arrive a few milliseconds apart: wait a
-                # moment for them, so that they are prefilled (and decoded) as one batch
+                # moment for them, so that prompts of one length are read as one batch
                 deadline = time.monotonic() + self.batch_wait_s
                 while (wait := deadline - time.monotonic()) > 0:
                     arrived.append(self._queue.get(timeout=wait))
@@ -249,8 +260,9 @@ class Scheduler:
                 return
             with torch.no_grad():
                 self._admit(arrived)
-                for group in list(self._groups):
-                    self._step(group)
+                for group in self._prefilling[:self.prefill_groups]:
+                    self._advance(group)
+                self._decode()
 
     def _admit(self, arrived: list[_Request]) -> None:
         by_length: dict[int, list[_Request]] = {}
@@ -265,7 +277,7 @@ class Scheduler:
 
     def _start(self, requests: list[_Request]) -> None:
         """A new group: its prompt is read a piece at a time (one encoder call or decoder pass a
-        round, ``MemoryStream.extend_steps``), between the other groups' decoding steps."""
+        round, ``MemoryStream.extend_steps``), between the decoding steps of the running requests."""
         for r in requests:
             r.text = TextStream(self.tokenizer, r.params.stop)
             if r.params.seed is not None:
@@ -281,29 +293,28 @@ class Scheduler:
         else:
             stream = MemoryStream(self.model, memory_cache=self.memory_cache)
             steps = stream.prefill_steps(torch.tensor([q.prompt_ids for q in requests], device=device))
-        group = _Group(requests, stream, None)
-        group.prefill = steps
-        self._groups.append(group)
-        self._advance(group)
+        self._prefilling.append(_Group(requests, stream, steps))
 
     def _advance(self, group: _Group) -> None:
-        """One piece of a group's prompt; the group decodes once its prompt is read."""
+        """One piece of a group's prompt; once it is read, each request decodes on its own stream."""
         if all(r.cancelled for r in group.requests):  # every client left while its prompt was read
             self._drop(group, "cancelled")
             return
         try:
-            out = next(group.prefill)
+            logits = next(group.steps)
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             self._drop(group, "error", f"{type(err).__name__}: {err}")
             return
-        if out is None:
+        if logits is None:
             return
-        group.logits, group.prefill = out, None
+        self._prefilling.remove(group)
         if self.metrics is not None:
-            self.metrics.batch_size.observe(len(group.requests))
             before, stats = group.requests[0].cache_before, group.stream.cache_stats
             self.metrics.cache_segments.labels("hit").inc(stats.hits - before[0])
             self.metrics.cache_segments.labels("miss").inc(stats.misses - before[1])
+        for b, (r, stream) in enumerate(zip(group.requests, group.stream.rows())):
+            r.stream, r.logits = stream, logits[b:b + 1]
+            self._ready.append(r)
 
     def _drop(self, group: _Group, outcome: str, error: str | None = None) -> None:
         """End every request of a group that stops before decoding (an error, or no one left)."""
@@ -314,52 +325,69 @@ class Scheduler:
                 _send(q, Event(error=error))
             if q.session is not None:
                 self.sessions.put(q.session, None)
-        self._groups.remove(group)
+        self._prefilling.remove(group)
 
-    def _step(self, group: _Group) -> None:
-        if group.prefill is not None:
-            self._advance(group)
-            return
-        tokens = []
-        for i, r in enumerate(group.requests):
+    def _decode(self) -> None:
+        """One token for every decoding request: each samples from its logits, the finished leave,
+        the waiting join (up to ``max_batch``), and one decoder pass over the batch gives each its
+        next logits (``DecodeBatch``: the rows' memories and residuals may differ in length)."""
+        members = {id(s): r for r in self._ready if r.stream is not None for s in [r.stream]}
+        running = [members[id(s)] for s in self._batch.streams] if self._batch else []
+        waiting = [r for r in self._ready if r.stream not in self._batch]
+        room = self.max_batch - len(running)
+        for r in running + waiting[:max(room, 0)]:
+            self._sample(r)
+        going = []
+        for r in running:
             if r.finished:
-                tokens.append(r.generated[-1] if r.generated else 0)  # a finished row idles on its last token
-                continue
-            if r.cancelled:  # its client is gone: no more tokens for it
-                r.finished = "cancelled"
-                tokens.append(r.generated[-1] if r.generated else 0)
-                self._finish(r, group)
-                continue
-            p = r.params
-            token = int(sample_next(group.logits[i:i + 1], p.temperature > 0, max(p.temperature, 1e-5), 0, p.top_p,
-                                    r.generator)[0])
-            r.generated.append(token)
-            self._observe_token(r)
-            tokens.append(token)
-            text = r.text.push(token) if token not in self.stop_token_ids else ""
-            if token in self.stop_token_ids or r.text.stopped:
-                r.finished = "stop"
-            elif len(r.generated) >= p.max_tokens:
-                r.finished = "length"
-                text += r.text.flush()
-            if text:
-                _send(r, Event(text))
+                self._batch.remove(r.stream)
+                self._finish(r)
+            else:
+                going.append(r)
+        for r in waiting[:max(room, 0)]:
             if r.finished:
-                self._finish(r, group)
-        if all(r.finished for r in group.requests):
-            self._groups.remove(group)
+                self._finish(r)
+            else:
+                self._batch.add(r.stream)
+                going.append(r)
+        if not going:
             return
+        by_stream = {id(r.stream): r for r in going}
+        order = [by_stream[id(s)] for s in self._batch.streams]
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(order))
         try:
-            group.logits = group.stream.feed(torch.tensor(tokens, device=self.model.device).unsqueeze(1))
+            logits = self._batch.step(torch.tensor([r.generated[-1] for r in order], device=self.model.device))
         except Exception as err:  # noqa: BLE001
-            for r in group.requests:
-                if not r.finished:
-                    r.finished = "error"
-                    self._ended(r, "error")
-                    _send(r, Event(error=f"{type(err).__name__}: {err}"))
-                    if r.session is not None:
-                        self.sessions.put(r.session, None)
-            self._groups.remove(group)
+            for r in order:
+                r.finished = "error"
+                self._ready.remove(r)
+                self._ended(r, "error")
+                _send(r, Event(error=f"{type(err).__name__}: {err}"))
+                if r.session is not None:
+                    self.sessions.put(r.session, None)
+            self._batch = DecodeBatch(self.model)  # the rows' caches went with the failed pass
+            return
+        for i, r in enumerate(order):
+            r.logits = logits[i:i + 1]
+
+    def _sample(self, r: _Request) -> None:
+        """The request's next token from its logits, streamed; marks it finished when it is done."""
+        if r.cancelled:  # its client is gone: no more tokens for it
+            r.finished = "cancelled"
+            return
+        p = r.params
+        token = int(sample_next(r.logits, p.temperature > 0, max(p.temperature, 1e-5), 0, p.top_p, r.generator)[0])
+        r.generated.append(token)
+        self._observe_token(r)
+        text = r.text.push(token) if token not in self.stop_token_ids else ""
+        if token in self.stop_token_ids or r.text.stopped:
+            r.finished = "stop"
+        elif len(r.generated) >= p.max_tokens:
+            r.finished = "length"
+            text += r.text.flush()
+        if text:
+            _send(r, Event(text))
 
     def _observe_token(self, r: _Request) -> None:
         now = time.monotonic()
@@ -376,13 +404,19 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.requests.labels(outcome).inc()
 
-    def _finish(self, r: _Request, group: _Group) -> None:
+    def _finish(self, r: _Request) -> None:
+        """A request that is done and out of the batch: its usage, its session kept."""
+        self._ready.remove(r)
         self._ended(r, r.finished)
-        stats = group.stream.cache_stats
-        # rows of one batch share their stream, and so its counts
-        usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, group.stream.memory_tokens,
+        stream, stats = r.stream, r.stream.cache_stats
+        # rows of one prompt batch had one stream while reading it, and so share its counts
+        usage = Usage(len(r.prompt_ids), len(r.generated), r.reused, stream.memory_tokens,
                       stats.hits - r.cache_before[0], stats.misses - r.cache_before[1])
         if r.session is not None:
-            ids = r.prompt_ids + r.generated
-            self.sessions.put(r.session, Session(group.stream, ids, len(ids) - 1, time.monotonic()))
+            if r.generated:
+                ids = r.prompt_ids + r.generated
+                self.sessions.put(r.session, Session(stream, ids, len(ids) - 1, time.monotonic()))
+            else:  # cancelled before its first token: the stream has read the whole prompt
+                self.sessions.put(r.session, Session(stream, list(r.prompt_ids), len(r.prompt_ids), time.monotonic()))
+        r.stream = r.logits = None
         _send(r, Event(finish_reason=r.finished, usage=usage, token_ids=list(r.generated)))
