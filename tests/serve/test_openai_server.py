@@ -297,6 +297,20 @@ def test_a_taken_port_is_refused_before_the_model_loads(tiny_dirs, capsys):
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err, err
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--max-batch", "0"], "--max-batch 0: must be >= 1"),
+    (["--prefill-share", "0"], "--prefill-share 0.0: must be in (0, 1]"),
+    (["--prefill-chunk", "0", "--max-queue", "0"], "--max-queue 0: must be >= 1; --prefill-chunk 0: must be >= 1"),
+])
+def test_bad_scheduler_options_are_refused_before_the_model_loads(flags, words, capsys):
+    from uio_ds.serve.api import main as serve_main
+
+    # the model directory does not exist: reaching it would be another error
+    code = serve_main(["--model", "/nonexistent/model", "--port", "0", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "nonexistent" not in err, err
+
+
 def test_text_stream_holds_back_partial_characters_and_stop_prefixes(tiny_dirs):
     tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
     text = "The miller said: é!END and more"

@@ -279,6 +279,9 @@ def load_scheduler(args) -> Scheduler:
     from uio_ds.config import UIOConfig
     from uio_ds.model.memory_model import UIOMemoryModel
 
+    problems = scheduler_problems(args)
+    if problems:
+        raise ValueError("; ".join(problems))
     config = None if args.uio else UIOConfig(segment_length=args.segment_length or 1024,
                                               compression_ratio=args.compression_ratio or 8, dtype=args.dtype)
     model = UIOMemoryModel.from_pretrained(args.model, config, trained_path=args.uio, device=args.device)
@@ -295,7 +298,22 @@ def load_scheduler(args) -> Scheduler:
 
         metrics = ServingMetrics()
     return Scheduler(model, tokenizer, model_name=name, max_batch=args.max_batch, max_sessions=args.max_sessions,
-                     session_ttl_s=args.session_ttl, memory_cache=cache, max_queue=args.max_queue, metrics=metrics)
+                     session_ttl_s=args.session_ttl, memory_cache=cache, max_queue=args.max_queue, metrics=metrics,
+                     prefill_chunk=args.prefill_chunk, prefill_share=args.prefill_share)
+
+
+def scheduler_problems(args) -> list[str]:
+    """What is wrong with the scheduler's options, found before the model loads."""
+    out = []
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue),
+                        ("--max-sessions", args.max_sessions)):
+        if value < 1:
+            out.append(f"{flag} {value}: must be >= 1")
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        out.append(f"--prefill-chunk {args.prefill_chunk}: must be >= 1 segment (or left out for the memory budget)")
+    if not 0 < args.prefill_share <= 1:
+        out.append(f"--prefill-share {args.prefill_share}: must be in (0, 1]")
+    return out
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -315,6 +333,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="also keep segment memories in DIR (safetensors), across restarts")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests queued or running at most; one more gets 503 with Retry-After")
+    p.add_argument("--prefill-chunk", type=int, default=None, metavar="SEGMENTS",
+                   help="segments per encoder call while reading a prompt (default: the encoder's memory budget)")
+    p.add_argument("--prefill-share", type=float, default=0.5,
+                   help="share of the time reading prompts may take while others decode (1: a piece every round)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,16 +137,26 @@ class Scheduler:
     def __init__(self, model, tokenizer, model_name: str = "uio", max_batch: int = 8, max_sessions: int = 32,
                  session_ttl_s: float = 1800.0, stop_token_ids: list[int] | None = None, batch_wait_s: float = 0.05,
                  memory_cache: MemoryCache | None = None, max_queue: int = 64, metrics: ServingMetrics | None = None,
-                 prefill_groups: int = 1):
+                 prefill_groups: int = 1, prefill_chunk: int | None = None, prefill_share: float = 0.5):
         """``memory_cache``: segment memories shared by every request and session (and, with a
         directory, kept across restarts). ``max_queue``: requests queued or running at most; one
         more is refused (``Overloaded``). ``metrics``: where latencies, outcomes, batch sizes and
         cache hits are reported. ``max_batch``: requests decoded together at most (more wait for a
         row) and prompts of one length read together at most. ``prefill_groups``: prompts read
         at once, a piece each per round, oldest first (one: the first to arrive gets its first
-        token first, instead of every prompt's first token after all of them are read)."""
+        token first, instead of every prompt's first token after all of them are read).
+        ``prefill_chunk``: segments per encoder call while reading a prompt (None: as many as the
+        encoder's memory budget allows). ``prefill_share``: while requests are decoding, the share
+        of the worker's time that reading prompts may take (1: a piece every round), which bounds
+        how much a long prompt slows the running streams."""
         if max_queue < 1:
             raise ValueError(f"max_queue={max_queue}: must be >= 1")
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk={prefill_chunk}: must be >= 1 segment (or None)")
+        if not 0 < prefill_share <= 1:
+            raise ValueError(f"prefill_share={prefill_share}: must be in (0, 1]")
         self.model, self.tokenizer, self.model_name = model.eval(), tokenizer, model_name
         self.memory_cache, self.max_queue, self.metrics = memory_cache, max_queue, metrics
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
@@ -159,7 +169,8 @@ class Scheduler:
         stops.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.stop_token_ids = sorted(stops)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self.prefill_groups = prefill_groups
+        self.prefill_groups, self.prefill_chunk, self.prefill_share = prefill_groups, prefill_chunk, prefill_share
+        self._prefill_debt = 0.0  # seconds of prompt reading not yet paid for by decoding time
         self._prefilling: list[_Group] = []  # prompts being read, in arrival order
         self._ready: list[_Request] = []  # prompts read: decoding in the batch, or waiting for a row
         self._batch = DecodeBatch(model)
@@ -260,9 +271,17 @@ class Scheduler:
                 return
             with torch.no_grad():
                 self._admit(arrived)
-                for group in self._prefilling[:self.prefill_groups]:
-                    self._advance(group)
+                if self._prefilling and (self._prefill_debt <= 0 or not self._ready):
+                    start = time.monotonic()
+                    for group in self._prefilling[:self.prefill_groups]:
+                        self._advance(group)
+                    self._prefill_debt += time.monotonic() - start
+                start = time.monotonic()
                 self._decode()
+                if self._prefilling:  # decoding time pays for reading prompts, at prefill_share
+                    self._prefill_debt -= (time.monotonic() - start) * self.prefill_share / (1 - self.prefill_share + 1e-9)
+                else:
+                    self._prefill_debt = 0.0
 
     def _admit(self, arrived: list[_Request]) -> None:
         by_length: dict[int, list[_Request]] = {}
@@ -291,7 +310,7 @@ class Scheduler:
             steps = stream.extend_steps(torch.tensor([r.prompt_ids[session.fed:]], device=device))
             r.reused = session.fed
         else:
-            stream = MemoryStream(self.model, memory_cache=self.memory_cache)
+            stream = MemoryStream(self.model, self.prefill_chunk or "auto", self.memory_cache)
             steps = stream.prefill_steps(torch.tensor([q.prompt_ids for q in requests], device=device))
         self._prefilling.append(_Group(requests, stream, steps))
 
