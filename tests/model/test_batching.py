@@ -7,6 +7,7 @@ from helpers import assert_same_function, load, perturb_trainable, random_ids
 
 from uio_ds.model.batching import DecodeBatch
 from uio_ds.model.generation import MemoryStream
+from uio_ds.model.tiny import build_tiny_model
 
 
 def decode_alone(model, prompt: torch.Tensor, tokens: list[int]) -> list[torch.Tensor]:
@@ -21,12 +22,17 @@ def decode_alone(model, prompt: torch.Tensor, tokens: list[int]) -> list[torch.T
 @pytest.mark.parametrize("arch, overrides", [
     ("llama", {}),
     ("qwen2", {}),
+    ("mistral", {}),
+    ("mistral_sliding", {}),  # a sliding window of 12 entries, shorter than most rows' caches
     ("llama", {"recent_tokens": 16}),  # a raw recent window: the rows' captured K/V go to their streams
     ("llama", {"memory_window": 2, "position_overflow": "drop_oldest"}),
 ])
 @torch.no_grad()
-def test_ragged_streams_decode_together_as_alone(tiny_dirs, arch, overrides):
-    model = load(tiny_dirs[arch], **overrides)
+def test_ragged_streams_decode_together_as_alone(tiny_dirs, tmp_path, arch, overrides):
+    if arch == "mistral_sliding":
+        model = load(build_tiny_model("mistral", str(tmp_path / "sliding"), sliding_window=12))
+    else:
+        model = load(tiny_dirs[arch], **overrides)
     perturb_trainable(model, scale=0.2)
     # prompts of 5 to 77 tokens: 0 to 4 memories, residuals of every length; 40 steps cross
     # at least two compressions of every row, at different steps for each

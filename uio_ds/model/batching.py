@@ -33,13 +33,20 @@ from uio_ds.model.kv import cache_from_rotated, cache_tensors, capture_kv
 @functools.lru_cache(maxsize=None)
 def _slot_cache_class():
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     class SlotCache(DynamicCache):
         """The batch's buffer as a transformers cache: each layer reads columns ``[0, end)`` and
-        writes its new K/V in place at ``end`` (no concatenation, so no copy of the caches)."""
+        writes its new K/V in place at ``end`` (no concatenation, so no copy of the caches).
+
+        Every layer is a plain full layer, also for a base with sliding-window attention: the
+        window is applied by the model's sliding mask over cache columns, and as every row ends
+        at column ``end``, the last W columns are each row's last W entries, as alone (where a
+        sliding layer keeps only those)."""
 
         def bind(self, keys: torch.Tensor, values: torch.Tensor, end: int) -> "SlotCache":
             self._buffers, self._end = (keys, values), end
+            self.layers = [DynamicLayer() for _ in range(keys.shape[0])]
             for i, layer in enumerate(self.layers):
                 layer.keys, layer.values = keys[i, :, :, :end], values[i, :, :, :end]
                 layer.dtype, layer.device, layer.is_initialized = keys.dtype, keys.device, True
@@ -67,6 +74,8 @@ class DecodeBatch:
         self.slack = slack or model.segment_length
         self.streams: list[MemoryStream] = []
         self.lengths: list[int] = []  # each row's cache entries, ending at column ``end``
+        self.positions: list[int] = []  # each row's next position (more than its entries where a
+        # sliding-window layer dropped the oldest)
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None  # (rows, columns) bool: entries, not padding
@@ -90,6 +99,7 @@ class DecodeBatch:
             self._pack(rows=max(1, 2 * len(self.streams)), longest=keys.shape[-2], like=keys)
         self.streams.append(stream)
         self.lengths.append(0)
+        self.positions.append(stream.cache.get_seq_length())
         self._place(len(self.streams) - 1, keys, values)
         stream.cache = None  # the batch holds it until ``remove``
 
@@ -98,13 +108,18 @@ class DecodeBatch:
         slot = next(i for i, s in enumerate(self.streams) if s is stream)
         keys, values = self._row(slot)
         stream.cache = cache_from_rotated(self.model.base, keys.clone(), values.clone())
+        for layer in stream.cache.layers:  # a sliding-window layer counts every token it has seen
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length = self.positions[slot]
         last = len(self.streams) - 1
         if slot != last:  # keep the rows contiguous: the last row moves into the gap
             self.keys[:, slot], self.values[:, slot] = self.keys[:, last], self.values[:, last]
             self.valid[slot] = self.valid[last]
             self.streams[slot], self.lengths[slot] = self.streams[last], self.lengths[last]
+            self.positions[slot] = self.positions[last]
         self.streams.pop()
         self.lengths.pop()
+        self.positions.pop()
         self.valid[last] = False
         if not self.streams:  # nothing to keep: free the buffer
             self.keys = self.values = self.valid = None
@@ -123,9 +138,9 @@ class DecodeBatch:
             self._pack()
         end = self.end
         self.valid[:rows, end] = True
-        positions = torch.tensor(self.lengths, device=self.keys.device).unsqueeze(1)
+        positions = torch.tensor(self.positions, device=self.keys.device).unsqueeze(1)
         mask = self.valid[:rows, :end + 1].long()
-        cache = _slot_cache_class()(config=self.model.base.config).bind(self.keys[:, :rows], self.values[:, :rows], end)
+        cache = _slot_cache_class()().bind(self.keys[:, :rows], self.values[:, :rows], end)
         ids = tokens.to(self.keys.device).unsqueeze(1)
         if self.streams[0].recent is None:
             logits = self.model.decoder_forward(ids, cache, 1, positions, mask)[:, -1]
@@ -137,8 +152,10 @@ class DecodeBatch:
         self.end = end + 1
         for i, stream in enumerate(self.streams):
             self.lengths[i] += 1
+            self.positions[i] += 1
             if stream.advance(ids[i:i + 1], read[i]):  # compressed: its cache is now [memory] (+ window)
                 keys, values = cache_tensors(stream.cache)
+                self.positions[i] = stream.cache.get_seq_length()
                 stream.cache = None
                 self._place(i, keys, values)
         return logits

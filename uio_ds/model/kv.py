@@ -128,6 +128,10 @@ def cache_from_rotated(base, keys: torch.Tensor, values: torch.Tensor, read_only
 def cache_tensors(cache) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys (as the cache holds them, rotated) and values of a DynamicCache, stacked:
     (layers, batch, kv_heads, tokens, head_dim) each."""
+    lengths = {layer.keys.shape[-2] for layer in cache.layers}
+    if len(lengths) > 1:
+        raise ValueError(f"the cache's layers hold different numbers of entries {sorted(lengths)}: a base that mixes "
+                         "sliding-window and full layers is not supported here")
     return torch.stack([layer.keys for layer in cache.layers]), torch.stack([layer.values for layer in cache.layers])
 
 
