@@ -139,8 +139,10 @@ class DecodeBatch:
         end = self.end
         self.valid[:rows, end] = True
         positions = torch.tensor(self.positions, device=self.keys.device).unsqueeze(1)
-        mask = self.valid[:rows, :end + 1].long()
-        cache = _slot_cache_class()().bind(self.keys[:, :rows], self.values[:, :rows], end)
+        # read from the longest row's first entry on; no mask when the rows are of one length
+        first = end - max(self.lengths)
+        mask = self.valid[:rows, first:end + 1].long() if min(self.lengths) < max(self.lengths) else None
+        cache = _slot_cache_class()().bind(self.keys[:, :rows, :, first:], self.values[:, :rows, :, first:], end - first)
         ids = tokens.to(self.keys.device).unsqueeze(1)
         if self.streams[0].recent is None:
             logits = self.model.decoder_forward(ids, cache, 1, positions, mask)[:, -1]
