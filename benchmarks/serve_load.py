@@ -239,7 +239,7 @@ def main() -> None:
     long_doc = pool[-1]
     short = tokenizer("The ships went out to sea in the morning, and", add_special_tokens=False)["input_ids"]
     uio = ["--uio", os.path.abspath(args.uio)]
-    window = -(-(max(lengths) + args.max_tokens + 64) // 8) * 8  # a multiple of the ratio, past the request
+    window = -(-(max(lengths) + args.max_tokens + 1) // 8) * 8  # a multiple of the ratio, past the longest request
     full = ["--segment-length", str(window), "--compression-ratio", str(window), "--memory-cache-mb", "0"]
     scratch = tempfile.mkdtemp(prefix="serve_load_")
     cache_dir = os.path.join(scratch, "memory_cache")
