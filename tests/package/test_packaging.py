@@ -11,7 +11,7 @@ import sysconfig
 import pytest
 from helpers import REPO
 
-ENTRY_POINTS = ["train", "eval", "plan", "pretrain", "generate", "demo", "make-tiny", "make-recall-data", "make-fact-data",
+ENTRY_POINTS = ["train", "eval", "lm-eval", "plan", "pretrain", "generate", "demo", "make-tiny", "make-recall-data", "make-fact-data",
                 "prepare-model", "prepare-corpus"]
 
 
