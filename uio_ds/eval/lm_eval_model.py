@@ -154,8 +154,8 @@ def parse_model_args(args: dict) -> Options:
     try:
         resolve_device(str(opts.device))
     except ValueError as err:
-        raise ModelArgsError(f"device={opts.device!r}: {err}; pass device=cpu or device=auto in --model_args "
-                             "(lm-eval's own --device defaults to cuda:0)") from None
+        raise ModelArgsError(f"{err}; or pass device=auto in --model_args (lm-eval's --device defaults to cuda:0 "
+                             "on every machine)") from None
     return opts
 
 
