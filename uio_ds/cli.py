@@ -4,6 +4,7 @@ Commands:
   train      train UIO memory (one rank; under DeepSpeed: deepspeed --module uio_ds.train ...)
   launch     the deepspeed runner with the same arguments, without its traceback on Ctrl-C
   eval       evaluate trained parts against no memory, StreamingLLM, HOMER and full attention
+  lm-eval    lm-evaluation-harness's command line with --model uio_ds (e.g. LongBench, RULER)
   plan       a training config's accelerator memory per rank, planned on fake tensors (no accelerator)
   pretrain   pre-train every weight of a small base model on text windows (plain PyTorch)
   demo       build a tiny model, compress a long generated text, stream a continuation
@@ -26,7 +27,7 @@ import sys
 
 # Commands with their own parser, in their own module (each also runs as python -m MODULE)
 DELEGATED = {"train": "uio_ds.train", "launch": "uio_ds.train.launcher", "eval": "uio_ds.eval.run",
-             "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain", "serve": "uio_ds.serve.api",
+             "lm-eval": "uio_ds.eval.lm_eval_cli", "plan": "uio_ds.plan", "pretrain": "uio_ds.pretrain", "serve": "uio_ds.serve.api",
              "chat": "uio_ds.serve.chat"}
 
 

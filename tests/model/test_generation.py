@@ -110,6 +110,79 @@ def test_stop_tokens_finish_rows_and_pad(tiny_dirs):
         assert not out.finished[1] and torch.equal(new[1], free[1])
 
 
+def test_stop_when_finishes_rows_as_a_stop_token_would(tiny_dirs):
+    """A condition on the tokens so far (a stop string several tokens spell) finishes a row at the
+    step it first holds; the other row goes on as it would alone."""
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.2)
+    prompts = random_ids(2, 20, seed=5)
+    free = generate(model, prompts, max_new_tokens=12).sequences[:, 20:]
+    pair = free[0, 2:4].tolist()  # row 0 emits this pair at steps 2 and 3
+
+    def seen(tokens):
+        return [any(row[i:i + 2] == pair for i in range(len(row) - 1)) for row in tokens.tolist()]
+
+    out = generate(model, prompts, max_new_tokens=12, stop_when=seen, pad_token_id=0)
+    new = out.sequences[:, 20:]
+    assert torch.equal(new[0, :4], free[0, :4]) and (new[0, 4:] == 0).all() and out.finished[0]
+    if not seen(free[1:])[0]:
+        assert torch.equal(new[1], free[1]) and not out.finished[1]
+
+
+@pytest.mark.parametrize("recent_tokens", [0, 16])
+def test_score_gives_the_logits_feed_gives_token_by_token(tiny_dirs, recent_tokens):
+    """Teacher forcing through the stream: every position's logits, compressions included, as
+    ``feed`` gives them one token at a time."""
+    model = load(tiny_dirs["qwen2"], recent_tokens=recent_tokens)
+    perturb_trainable(model, scale=0.2)
+    ids = random_ids(1, 75, seed=8)
+    with torch.no_grad():
+        stream = MemoryStream(model)
+        stream.prefill(ids[:, :21])
+        got = stream.score(ids[:, 21:])  # 54 tokens: the residual fills three more segments
+        one = MemoryStream(model)
+        one.prefill(ids[:, :21])
+        want = torch.stack([one.feed(ids[:, t:t + 1]) for t in range(21, 75)], dim=1)
+    assert got.shape == (1, 54, model.vocab_size)
+    assert_same_function(got, want, model.base.config)
+    assert stream.num_compressions == one.num_compressions == 4 and torch.equal(stream.residual, one.residual)
+
+
+def test_repeated_stream_reads_each_continuation_as_alone(tiny_dirs):
+    """A prompt read once, then three continuations read as one batch (``repeat``): each row's
+    logits are those of a stream that read the prompt and that continuation alone."""
+    model = load(tiny_dirs["mistral"], recent_tokens=16)
+    perturb_trainable(model, scale=0.2)
+    prompt, conts = random_ids(1, 40, seed=9), random_ids(3, 30, seed=10)
+    with torch.no_grad():
+        stream = MemoryStream(model)
+        stream.prefill(prompt)
+        got = stream.repeat(3).score(conts)
+        for row in range(3):
+            alone = MemoryStream(model)
+            alone.prefill(prompt)
+            assert_same_function(got[row:row + 1], alone.score(conts[row:row + 1]), model.base.config)
+        assert stream.residual.shape == (1, 8)  # the repeated stream left this one as it was
+
+
+def test_stream_without_memory_reads_each_segment_alone(tiny_dirs):
+    model = load(tiny_dirs["llama"])
+    perturb_trainable(model, scale=0.2)
+    ids = random_ids(1, 70, seed=11)
+    with torch.no_grad():
+        stream = MemoryStream(model, use_memory=False)
+        last = stream.prefill(ids[:, :37])  # segments 0 and 1 are not read at all: the decoder sees 32..36
+        got = torch.cat([last[:, None], stream.score(ids[:, 37:])], dim=1)
+        want = torch.cat([model.decode(ids[:, s:e]).logits for s, e in split_segments(70, 16)], dim=1)[:, 36:]
+    assert_same_function(got, want, model.base.config)
+    assert stream.num_compressions == 0 and stream.memory is None and stream.cache.get_seq_length() == 70 - 64
+    # generation reads the same way: greedy tokens are the argmax of segment-alone logits
+    out = generate(model, ids[:, :37], 20, use_memory=False).sequences
+    with torch.no_grad():
+        ref = torch.cat([model.decode(out[:, s:e]).logits for s, e in split_segments(56, 16)], dim=1)
+    assert torch.equal(ref[0, 36:].argmax(-1), out[0, 37:])
+
+
 def test_sampling_is_seeded_and_top_k_one_is_greedy(tiny_dirs):
     model = load(tiny_dirs["mistral"])
     prompt = random_ids(2, 24, seed=6)

@@ -11,7 +11,7 @@ import sysconfig
 import pytest
 from helpers import REPO
 
-ENTRY_POINTS = ["train", "eval", "plan", "pretrain", "generate", "demo", "make-tiny", "make-recall-data", "make-fact-data",
+ENTRY_POINTS = ["train", "eval", "lm-eval", "plan", "pretrain", "generate", "demo", "make-tiny", "make-recall-data", "make-fact-data",
                 "prepare-model", "prepare-corpus"]
 
 
@@ -92,7 +92,7 @@ def test_lint_configuration_holds():
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
-MAKEFILE_EXTRAS = {"dev", "plot", "gguf", "longbench", "serve"}  # what `make install` installs: .[dev] and what it names
+MAKEFILE_EXTRAS = {"dev", "plot", "gguf", "longbench", "serve", "lmeval"}  # what `make install` installs: .[dev] and what it names
 
 
 def _project_requirements():

@@ -5,6 +5,10 @@ decoder over the residual (1..l tokens). Decoding feeds one token at a time
 into a KV cache of ``[memory ; residual]``. When the residual reaches l tokens
 (after its logits are taken), it is compressed into a new memory and its raw
 K/V is dropped, exactly as a segment of a training document would be.
+
+``MemoryStream(model, use_memory=False)`` reads the same way without memory: a full residual is
+dropped instead of compressed, so the decoder sees the current segment alone (the ``no_memory``
+baseline, as generation would run it).
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ class MemoryStream:
     """Memories, residual tokens and decoder cache of a batch of equal-length texts."""
 
     def __init__(self, model: UIOMemoryModel, encode_batch_size: int | str | None = "auto",
-                 memory_cache: MemoryCache | None = None):
+                 memory_cache: MemoryCache | None = None, use_memory: bool = True):
         """``encode_batch_size``: segments per batched encoder call during prefill, which bounds
         the encoder's working memory for long prompts ("auto": from a budget, see
         ``UIOMemoryModel.encode_batch_for``; None compresses all segments at once).
         ``memory_cache``: segments read before (by any stream) are taken from it, not compressed
-        again; ``cache_stats`` counts this stream's hits and misses."""
+        again; ``cache_stats`` counts this stream's hits and misses. ``use_memory=False``: nothing
+        is compressed and there is no raw window; a full residual is dropped, so the decoder reads
+        each segment alone."""
         self.model = model
         self.encode_batch_size = encode_batch_size
         self.memory_cache = memory_cache
+        self.use_memory = use_memory
         self.cache_stats = CacheStats()
         self.memory: MemoryKV | None = None
         self.residual: torch.Tensor | None = None
@@ -42,7 +49,7 @@ class MemoryStream:
         self._rotated: torch.Tensor | None = None  # memory keys with RoPE at their fixed positions
         self.num_compressions = 0
         # with a raw recent window: its K/V, and the K/V of the residual's tokens as the decoder read them
-        self.recent = model.recent_kv()
+        self.recent = model.recent_kv() if use_memory else None
         self._pending: list[MemoryKV] = []
 
     @property
@@ -105,7 +112,7 @@ class MemoryStream:
         """``prefill`` in steps of bounded work (``extend_steps``)."""
         self.residual = input_ids[:, :0]
         self.cache = self.model.build_cache(None)
-        self.recent, self._pending = self.model.recent_kv(), []
+        self.recent, self._pending = self.model.recent_kv() if self.use_memory else None, []
         return self.extend_steps(input_ids)
 
     def extend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -140,7 +147,7 @@ class MemoryStream:
                 return
             yield None
         residual_start = split_segments(tokens.shape[1], l)[-1][0]
-        if residual_start > 0:
+        if residual_start > 0 and self.use_memory:  # without memory, whole segments before the last are not read
             memory = None
             for memory in self._compress_steps(tokens[:, :residual_start]):
                 if memory is None:
@@ -151,13 +158,29 @@ class MemoryStream:
         yield self.feed(tokens[:, residual_start:])
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Decode ``tokens`` (B, k) after the current state; return the logits after the last one."""
+        """Decode ``tokens`` (B, k) after the current state; return the logits after the last one.
+        The tokens must not run past the residual's segment (``score`` cuts them there)."""
+        return self._decode(tokens, logits_to_keep=1)[:, -1]
+
+    def score(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Read ``tokens`` (B, k) after the current state as generation reads them, the residual
+        compressed whenever it fills a segment, and return the logits at every position (B, k,
+        vocab): position i predicts token i + 1. These are the logits ``feed`` gives token by
+        token, in one decoder pass per segment touched (teacher forcing through memory)."""
+        out = []
+        while tokens.shape[1] > 0:
+            take = min(self.model.segment_length - self.residual.shape[1], tokens.shape[1])
+            out.append(self._decode(tokens[:, :take], logits_to_keep=0))
+            tokens = tokens[:, take:]
+        return torch.cat(out, dim=1)
+
+    def _decode(self, tokens: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         if self.recent is None:
-            logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+            logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=logits_to_keep)
             self.advance(tokens)
         else:
             with capture_kv(self.model.base) as found:
-                logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=1)[:, -1]
+                logits = self.model.decoder_forward(tokens, self.cache, logits_to_keep=logits_to_keep)
             self.advance(tokens, found[0])
         return logits
 
@@ -165,14 +188,18 @@ class MemoryStream:
         """Record ``tokens`` (B, k) as read by the decoder after the current state: ``feed`` without
         the decoder pass, for a pass run elsewhere over this stream's cache (``DecodeBatch``).
         ``read_kv``: their un-rotated K/V, which a raw recent window keeps. When the residual
-        reaches a segment it is compressed and the decoder cache rebuilt: returns whether it was."""
+        reaches a segment it is compressed (without memory: dropped) and the decoder cache rebuilt:
+        returns whether it was."""
         if self.recent is not None:
             if read_kv is None:
                 raise ValueError("a stream with a raw recent window needs the K/V of the tokens it reads")
             self._pending.append(read_kv)
         self.residual = torch.cat([self.residual, tokens], dim=1)
         if self.residual.shape[1] == self.model.segment_length:
-            self._append_memory(self._compress(self.residual))
+            if self.use_memory:
+                self._append_memory(self._compress(self.residual))
+            else:
+                self.residual, self.cache = self.residual[:, :0], self.model.build_cache(None)
             return True
         return False
 
@@ -199,6 +226,33 @@ class MemoryStream:
                 row.recent.kv = None if self.recent.kv is None else _own(self.recent.kv.select_batch(b, b + 1))
                 row._pending = [_own(kv.select_batch(b, b + 1)) for kv in self._pending]
             out.append(row)
+        return out
+
+
+    def repeat(self, count: int) -> "MemoryStream":
+        """``count`` copies of this one-row stream as one batch stream (memories, residual, decoder
+        cache and raw window; ``rows`` the other way round): a prompt read once, then several
+        continuations of it read together. This stream is left as it was."""
+        if self.residual is None or self.residual.shape[0] != 1:
+            raise ValueError("repeat() needs a one-row stream that has read its prompt")
+
+        def copies(x: torch.Tensor) -> torch.Tensor:  # every K/V tensor here has the batch on axis 1
+            return x.expand(x.shape[0], count, *x.shape[2:]).contiguous()
+
+        out = MemoryStream(self.model, self.encode_batch_size, self.memory_cache, self.use_memory)
+        out.num_compressions = self.num_compressions
+        out.residual = self.residual.expand(count, -1)
+        out.memory = None if self.memory is None else MemoryKV(copies(self.memory.keys), copies(self.memory.values))
+        out._rotated = None if self._rotated is None else copies(self._rotated)
+        if self.cache.get_seq_length() > 0:
+            keys, values = cache_tensors(self.cache)
+            out.cache = cache_from_rotated(self.model.base, copies(keys), copies(values))
+        else:
+            out.cache = self.model.build_cache(None)
+        if self.recent is not None:
+            out.recent.kv = None if self.recent.kv is None else MemoryKV(copies(self.recent.kv.keys),
+                                                                         copies(self.recent.kv.values))
+            out._pending = [MemoryKV(copies(kv.keys), copies(kv.values)) for kv in self._pending]
         return out
 
 
@@ -277,13 +331,19 @@ def generate(
     encode_batch_size: int | str | None = "auto",
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     memory_cache: MemoryCache | None = None,
+    stop_when: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    use_memory: bool = True,
 ) -> GenerationResult:
     """Generate up to ``max_new_tokens`` after equal-length prompts ``input_ids`` (B, P).
 
     Rows that emit a token of ``stop_token_ids`` are finished; they are padded with
     ``pad_token_id`` (default: their stop token) until every row has finished.
+    ``stop_when`` finishes rows the same way on a condition a token id cannot state (a stop
+    string that several tokens spell): it gets the tokens generated so far (B, n) and returns one
+    bool per row.
     ``on_tokens`` receives each new column of tokens (B,), for streaming output.
     ``memory_cache``: segments of the prompt read before come from it (``MemoryCache``).
+    ``use_memory=False``: the decoder reads each segment alone (``MemoryStream``'s no-memory reading).
     """
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
@@ -294,14 +354,16 @@ def generate(
         raise ValueError(f"temperature={temperature}: must be > 0 when sampling (or use do_sample=False)")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p={top_p}: must be in (0, 1]")
-    # Fail before any work when the whole text would pass the position range.
-    model.check_length(input_ids.shape[1] + max_new_tokens)
+    # Fail before any work when the whole text would pass the position range (without memory
+    # a decoder call reads one segment at most).
+    if use_memory:
+        model.check_length(input_ids.shape[1] + max_new_tokens)
     device = model.device
     input_ids = input_ids.to(device)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stops = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
 
-    stream = MemoryStream(model, encode_batch_size, memory_cache)
+    stream = MemoryStream(model, encode_batch_size, memory_cache, use_memory)
     _sync(device)
     start = time.perf_counter()
     logits = stream.prefill(input_ids)
@@ -319,8 +381,11 @@ def generate(
         new_tokens.append(token)
         if on_tokens is not None:
             on_tokens(token)
-        if stops.numel():
+        if stops.numel() or stop_when is not None:
             just_stopped = torch.isin(token, stops) & ~finished
+            if stop_when is not None:
+                said = torch.as_tensor(stop_when(torch.stack(new_tokens, dim=1)), dtype=torch.bool, device=device)
+                just_stopped |= said & ~finished
             fill = torch.where(just_stopped, token if pad_token_id is None else torch.full_like(token, pad_token_id), fill)
             finished |= just_stopped
             if bool(finished.all()):
