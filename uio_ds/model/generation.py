@@ -228,7 +228,6 @@ class MemoryStream:
             out.append(row)
         return out
 
-
     def repeat(self, count: int) -> "MemoryStream":
         """``count`` copies of this one-row stream as one batch stream (memories, residual, decoder
         cache and raw window; ``rows`` the other way round): a prompt read once, then several
