@@ -178,6 +178,27 @@ def test_concurrent_requests_of_any_length_decode_together_and_equal_alone(serve
     assert len(sizes) < 4 * 29, sizes
 
 
+def test_a_request_that_cannot_join_the_batch_fails_alone(served):
+    """An error while a request joins the decoder batch ends that request (500, its message) and
+    the server goes on serving the next."""
+    _, scheduler, _, _, port = served
+    real = scheduler._batch.add
+
+    def broken(stream):
+        scheduler._batch.add = real
+        raise RuntimeError("no room for this row")
+
+    scheduler._batch.add = broken
+    try:
+        status, reply = post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4})
+    finally:
+        scheduler._batch.add = real
+    assert status == 500 and "RuntimeError: no room for this row" in reply["error"]["message"]
+    status, reply = post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 4})
+    assert status == 200 and reply["usage"]["completion_tokens"] == 4
+    assert not scheduler._requests
+
+
 @pytest.mark.parametrize("body, words", [
     ({"max_tokens": 0}, ["max_tokens=0"]),
     ({"temperature": 5}, ["temperature=5"]),

@@ -321,6 +321,7 @@ class Scheduler:
             return
         try:
             logits = next(group.steps)
+            streams = group.stream.rows() if logits is not None else None
         except Exception as err:  # noqa: BLE001  (reported to the client; the server goes on)
             self._drop(group, "error", f"{type(err).__name__}: {err}")
             return
@@ -331,7 +332,7 @@ class Scheduler:
             before, stats = group.requests[0].cache_before, group.stream.cache_stats
             self.metrics.cache_segments.labels("hit").inc(stats.hits - before[0])
             self.metrics.cache_segments.labels("miss").inc(stats.misses - before[1])
-        for b, (r, stream) in enumerate(zip(group.requests, group.stream.rows())):
+        for b, (r, stream) in enumerate(zip(group.requests, streams)):
             r.stream, r.logits = stream, logits[b:b + 1]
             self._ready.append(r)
 
@@ -350,8 +351,8 @@ class Scheduler:
         """One token for every decoding request: each samples from its logits, the finished leave,
         the waiting join (up to ``max_batch``), and one decoder pass over the batch gives each its
         next logits (``DecodeBatch``: the rows' memories and residuals may differ in length)."""
-        members = {id(s): r for r in self._ready if r.stream is not None for s in [r.stream]}
-        running = [members[id(s)] for s in self._batch.streams] if self._batch else []
+        members = {id(r.stream): r for r in self._ready}
+        running = [members[id(s)] for s in self._batch.streams]
         waiting = [r for r in self._ready if r.stream not in self._batch]
         room = self.max_batch - len(running)
         for r in running + waiting[:max(room, 0)]:
@@ -364,11 +365,15 @@ class Scheduler:
             else:
                 going.append(r)
         for r in waiting[:max(room, 0)]:
-            if r.finished:
-                self._finish(r)
-            else:
-                self._batch.add(r.stream)
-                going.append(r)
+            if not r.finished:
+                try:
+                    self._batch.add(r.stream)
+                    going.append(r)
+                    continue
+                except Exception as err:  # noqa: BLE001  (this request fails; the others go on)
+                    self._fail(r, err)
+                    continue
+            self._finish(r)
         if not going:
             return
         by_stream = {id(r.stream): r for r in going}
@@ -379,16 +384,21 @@ class Scheduler:
             logits = self._batch.step(torch.tensor([r.generated[-1] for r in order], device=self.model.device))
         except Exception as err:  # noqa: BLE001
             for r in order:
-                r.finished = "error"
-                self._ready.remove(r)
-                self._ended(r, "error")
-                _send(r, Event(error=f"{type(err).__name__}: {err}"))
-                if r.session is not None:
-                    self.sessions.put(r.session, None)
+                self._fail(r, err)
             self._batch = DecodeBatch(self.model)  # the rows' caches went with the failed pass
             return
         for i, r in enumerate(order):
             r.logits = logits[i:i + 1]
+
+    def _fail(self, r: _Request, err: Exception) -> None:
+        """End a request whose prompt was read with an error (reported to its client; its session
+        is dropped, as its stream may be half-updated)."""
+        r.finished = "error"
+        self._ready.remove(r)
+        self._ended(r, "error")
+        _send(r, Event(error=f"{type(err).__name__}: {err}"))
+        if r.session is not None:
+            self.sessions.put(r.session, None)
 
     def _sample(self, r: _Request) -> None:
         """The request's next token from its logits, streamed; marks it finished when it is done."""
