@@ -33,7 +33,10 @@ def run_summary(run: str) -> dict | None:
         return None
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    rows = [r for r in rows if "loss" in r and not r.get("skipped")]
+    # a run resumed by code older than the cut-back of metrics.jsonl may hold a step twice: the
+    # later record is the step that counts (its checkpoint went on from there)
+    rows = list({r["step"]: r for r in rows if "step" in r}.values()) if all("step" in r for r in rows) else rows
+    rows = [r for r in sorted(rows, key=lambda r: r.get("step", 0)) if "loss" in r and not r.get("skipped")]
     k = max(1, min(10, len(rows) // 4))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
