@@ -17,7 +17,8 @@ from helpers import REPO, assert_same_function, launcher_env, load, perturb_trai
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import TaskManager
 
-from uio_ds.eval.lm_eval_model import UIODSLM, ModelArgsError, parse_model_args
+from uio_ds.eval.lm_eval_args import ModelArgsError, parse_model_args
+from uio_ds.eval.lm_eval_model import UIODSLM
 from uio_ds.formats import synthetic_text
 from uio_ds.model.kv import MemoryKV
 from uio_ds.model.positions import split_segments

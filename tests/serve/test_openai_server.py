@@ -18,7 +18,8 @@ from transformers import AutoTokenizer
 from uio_ds.model.generation import generate
 from uio_ds.serve.api import create_app
 from uio_ds.serve.errors import SessionBusy
-from uio_ds.serve.scheduler import SamplingParams, Scheduler
+from uio_ds.serve.requests import SamplingParams
+from uio_ds.serve.scheduler import Scheduler
 from uio_ds.serve.sessions import SessionStore
 from uio_ds.serve.text import TextStream
 

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from lm_eval.__main__ import cli_evaluate
 
-    from uio_ds.eval.lm_eval_model import ModelArgsError
+    import uio_ds.eval.lm_eval_model  # noqa: F401  (registers --model uio_ds with the harness)
+    from uio_ds.eval.lm_eval_args import ModelArgsError
 
     saved = sys.argv
     sys.argv = ["uio-ds lm-eval", *argv]  # the harness's parser reads sys.argv itself

@@ -33,7 +33,8 @@ import uuid
 from typing import Callable
 
 from uio_ds.serve.errors import Overloaded, RequestError, SessionBusy
-from uio_ds.serve.scheduler import Event, SamplingParams, Scheduler
+from uio_ds.serve.requests import Event, SamplingParams
+from uio_ds.serve.scheduler import Scheduler
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,

@@ -19,7 +19,7 @@ import os
 import sys
 import uuid
 
-from uio_ds.serve.scheduler import SamplingParams
+from uio_ds.serve.requests import SamplingParams
 
 
 class ChatSession:
