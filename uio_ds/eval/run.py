@@ -10,7 +10,7 @@ import time
 
 import torch
 
-TASKS = ("perplexity", "passkey", "autoencode", "longbench", "facts")
+TASKS = ("perplexity", "passkey", "autoencode", "longbench", "facts", "fluency")
 METHODS = ("uio", "no_memory", "streaming", "full", "homer")
 
 
@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--passkey-depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--passkey-trials", type=int, default=3)
     p.add_argument("--ae-segments", type=int, default=16, help="segments to reconstruct (autoencode)")
+    p.add_argument("--fluency-prompt", type=int, default=1024,
+                   help="fluency: tokens of each document read before the continuation")
+    p.add_argument("--fluency-tokens", type=int, default=64, help="fluency: tokens each method continues with")
     p.add_argument("--longbench", default=None, help="LongBench jsonl file (THUDM/LongBench records, any datasets)")
     p.add_argument("--facts", default=None,
                    help="fact records (uio-ds make-fact-data; e.g. held-out wording over a held-out haystack)")
@@ -149,6 +152,9 @@ def _argument_problem(args) -> str | None:
                 "so pass more than 4")
     if "longbench" in args.tasks and not args.longbench:
         return "the longbench task needs --longbench FILE"
+    if "fluency" in args.tasks and min(args.fluency_prompt, args.fluency_tokens) < 1:
+        return (f"--fluency-prompt {args.fluency_prompt} / --fluency-tokens {args.fluency_tokens}: "
+                "both count tokens, so pass at least 1")
     if "facts" in args.tasks and not args.facts:
         return "the facts task needs --facts FILE (write one with uio-ds make-fact-data)"
     return None
@@ -206,6 +212,11 @@ def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) 
         per_doc = [[d[i : i + l] for i in range(0, len(d) - l + 1, l)] for d in docs]
         segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
         return evaluate_autoencoding(model, tokenizer, torch.stack(segments[: args.ae_segments]))
+    if task == "fluency":
+        from uio_ds.eval.fluency import evaluate_fluency
+
+        with model.adapter(None):  # the judge: the frozen base
+            return evaluate_fluency(methods, model.base, tokenizer, docs, args.fluency_prompt, args.fluency_tokens)
     if task == "facts":
         from uio_ds.eval.facts import evaluate_facts
 
@@ -245,7 +256,7 @@ def _evaluate(args) -> int:
     records = _records(args)
     config = _uio_config(args)
     names, texts = ([], [])
-    if {"perplexity", "passkey", "autoencode"} & set(args.tasks):
+    if {"perplexity", "passkey", "autoencode", "fluency"} & set(args.tasks):
         names, texts = _texts(args)
     torch.manual_seed(0)
     model = UIOMemoryModel.from_pretrained(args.model, config, device=device)
@@ -310,6 +321,14 @@ def print_report(report: dict) -> None:
         print(f"\nauto-encoding ({ae['segments']} segments of {ae['segment_length']} tokens, {ae['memory_tokens']} memory "
               f"tokens): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}; without memory "
               f"BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}")
+    if "fluency" in report:
+        fl = report["fluency"]
+        print(f"\nfluency ({fl['documents']} documents, {fl['new_tokens']} new tokens after {fl['prompt_tokens']}): "
+              f"perplexity under the frozen base reading everything (x full's), distinct 3-grams; the documents' "
+              f"own text {fmt(fl['reference']['judge_perplexity'])}")
+        for name, r in fl["methods"].items():
+            sample = repr(r["samples"][0][:70]) if r["samples"] else ""
+            print(f"{name:11s} {fmt(r['judge_perplexity']):>8} (x{fmt(r['ratio_to_full'])})  {fmt(r['distinct_3'])}   {sample}")
     if "longbench" in report:
         print("\nLongBench (mean of the datasets' scores x 100): "
               + ", ".join(f"{n} {r['average']:.2f}" for n, r in report["longbench"].items()))
