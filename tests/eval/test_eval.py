@@ -229,3 +229,17 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
     bad.write_text(json.dumps({"prompt": "x"}) + "\n")
     assert main(["--model", tiny_dirs["llama"], "--tasks", "facts", "--facts", str(bad), "--methods", "full"]) == 2
     assert re.search(r"error: .*bad.jsonl:1: a fact record needs prompt, answers and facts", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("recent", [0, 16])
+def test_uio_answer_reads_the_prompt_once_and_equals_greedy_and_answer_loss(tiny_dirs, recent):
+    """The facts task's one reading of a prompt gives what ``greedy`` and ``last_losses`` give
+    reading it twice, an answer crossing a segment boundary included."""
+    model = load(tiny_dirs["llama"], recent_tokens=recent)
+    perturb_trainable(model, scale=0.2)
+    method = build_methods(model, ["uio"])[0]
+    for length, n in ((45, 3), (46, 5), (48, 2), (31, 1)):  # l = 16: 45 + 3 crosses 48, 48 starts a segment
+        prompt, answer = random_ids(1, length, seed=length), random_ids(1, n, seed=100 + length)
+        tokens, losses = method.answer(prompt, answer, 6)
+        assert tokens == method.greedy(prompt, 6)
+        assert losses == pytest.approx(method.last_losses(torch.cat([prompt, answer], 1), n), rel=1e-4, abs=1e-5)

@@ -63,10 +63,10 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                 skipped += 1
                 continue
             key = record["answers"][0]
-            text = tokenizer.decode(method.greedy(prompt, answer_tokens), skip_special_tokens=True)
-            right = float(key in text.strip().split("\n")[0])
             answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
-            losses = method.last_losses(_cat(prompt, answer), answer.shape[1])
+            tokens, losses = method.answer(prompt, answer, answer_tokens)
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            right = float(key in text.strip().split("\n")[0])
             loss = sum(losses) / len(losses)
             fact = _asked(record)
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
@@ -81,12 +81,6 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             "cells": {name: {"n": len(v["right"]), "accuracy": sum(v["right"]) / len(v["right"]),
                              "answer_loss": sum(v["loss"]) / len(v["loss"])} for name, v in sorted(cells.items())}}
     return {"records": len(records), "answer_tokens": answer_tokens, "methods": report}
-
-
-def _cat(prompt, answer):
-    import torch
-
-    return torch.cat([prompt, answer], dim=1)
 
 
 def _length_bucket(tokens: int) -> str:

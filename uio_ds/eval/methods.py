@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from uio_ds.baselines import HOMER, StreamingLLM
 from uio_ds.formats import IGNORE_INDEX
-from uio_ds.model.generation import generate
+from uio_ds.model.generation import MemoryStream, generate
 from uio_ds.model.kv import forward_after_cache
 from uio_ds.model.memory_model import UIOMemoryModel
 from uio_ds.model.positions import segment_targets, split_segments
@@ -56,6 +56,11 @@ class Method:
     def last_losses(self, ids: torch.Tensor, n: int) -> list[float]:
         """Loss of the last ``n`` tokens of a (1, T) text (an answer after its prompt)."""
         return self.token_losses(ids)[-n:]
+
+    def answer(self, prompt: torch.Tensor, answer: torch.Tensor, max_new_tokens: int) -> tuple[list[int], list[float]]:
+        """Greedy continuation of a (1, P) prompt, and the loss of each token of ``answer`` (1, n)
+        read after it: what a question is scored by."""
+        return self.greedy(prompt, max_new_tokens), self.last_losses(torch.cat([prompt, answer], dim=1), answer.shape[1])
 
     def kv_entries(self, n: int) -> int | None:
         """The most K/V entries one query reads (its own among them) while the method reads an
@@ -101,6 +106,28 @@ class UIOMethod(Method):
         # position j - 1, so the first of them is scored in segment (T - n - 1) // l
         first = (ids.shape[1] - n - 1) // self.model.segment_length
         return self.token_losses(ids, first_segment=first)[-n:]
+
+    @torch.no_grad()
+    def answer(self, prompt, answer, max_new_tokens):
+        """The prompt is read once: a copy of its stream scores the answer (as generation reads
+        it), the stream itself continues greedily (as ``generate`` does)."""
+        if not self.use_memory:
+            return super().answer(prompt, answer, max_new_tokens)
+        self.model.check_length(prompt.shape[1] + max(max_new_tokens, answer.shape[1]))
+        stream = MemoryStream(self.model, self.encode_batch_size)
+        logits = stream.prefill(prompt.to(self.model.device))
+        answer = answer.to(self.model.device)
+        scored = [logits[:, None]]
+        if answer.shape[1] > 1:
+            scored.append(stream.repeat(1).score(answer[:, :-1]))
+        losses = F.cross_entropy(torch.cat(scored, dim=1)[0].float(), answer[0], reduction="none").tolist()
+        out = []
+        for step in range(max_new_tokens):
+            token = logits.argmax(-1)
+            out.append(int(token))
+            if step + 1 < max_new_tokens:
+                logits = stream.feed(token[:, None])
+        return out, losses
 
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):
