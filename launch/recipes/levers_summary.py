@@ -6,7 +6,8 @@ Reads what ``launch/recipes/smollm2_levers.sh`` wrote (``smollm2_levers_*.json``
 the held-out books at each length (next to the decoder without memory, StreamingLLM at the
 memory's K/V budget and full attention), the share of the gap from no memory to full attention
 the arm closes, fact retrieval in held-out wording over a held-out haystack (accuracy and answer
-loss), reconstruction, and the training cost (seconds per step). Arms not run yet are left out.
+loss), reconstruction, fluency (a held-out text continued with memory, judged by the frozen base:
+perplexity as a multiple of full attention's own continuation, distinct 3-grams) and the training cost (seconds per step). Arms not run yet are left out.
 
     python launch/recipes/levers_summary.py --results benchmarks/results --runs runs/levers
 """
@@ -40,6 +41,14 @@ def _facts(report: dict, method: str) -> dict | None:
     return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"]}
 
 
+def _fluency(results: str, name: str, method: str) -> dict | None:
+    r = load_json(os.path.join(results, f"smollm2_levers_{name}_fluency.json"))
+    m = (r or {}).get("fluency", {}).get("methods", {}).get(method)
+    if m is None:
+        return None
+    return {k: m[k] for k in ("judge_perplexity", "ratio_to_full", "distinct_3")}
+
+
 def summarize(results: str, runs: str, times: str | None) -> dict:
     out: dict = {"command": "make levers-recipe"}
     out["stages_s"], total = stage_times(times)
@@ -49,14 +58,16 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
     if base:
         out["machine"] = base["machine"]
         out["baselines"] = {m: {"perplexity": _perplexity(base, m), "facts": _facts(base, m),
-                                "kv_entries": base["kv_entries"][m]} for m in base["perplexity"]}
+                                "kv_entries": base["kv_entries"][m], "fluency": _fluency(results, "baselines", m)}
+                            for m in base["perplexity"]}
     out["arms"] = {}
     for arm, label in ARMS.items():
         r = load_json(os.path.join(results, f"smollm2_levers_{arm}.json"))
         if not r:
             continue
         entry = {"label": label, "perplexity": _perplexity(r, "uio"), "facts": _facts(r, "uio"),
-                 "kv_entries": r["kv_entries"]["uio"], "training": run_summary(os.path.join(runs, arm))}
+                 "kv_entries": r["kv_entries"]["uio"], "training": run_summary(os.path.join(runs, arm)),
+                 "fluency": _fluency(results, arm, "uio")}
         if "autoencode" in r:
             entry["reconstruction"] = {k: r["autoencode"][k] for k in ("bleu4", "rouge_l", "loss")}
             entry["reconstruction"]["no_memory_loss"] = r["autoencode"]["no_memory"]["loss"]
@@ -74,14 +85,18 @@ def print_summary(s: dict) -> None:
     fmt = lambda v, w=7: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
     lengths = list(s["baselines"]["no_memory"]["perplexity"])
     print("perplexity of segments 2..T on the held-out books (K/V entries read at the longest length)")
-    print(f"  {'':48s} " + " ".join(f"@{n:>6}" for n in lengths) + "   K/V   facts acc  answer loss")
-    rows = [(f"baseline {m}", b["perplexity"], b["kv_entries"], b["facts"]) for m, b in s["baselines"].items()]
-    rows += [(f"{arm}: {a['label']}", a["perplexity"], a["kv_entries"], a["facts"]) for arm, a in s["arms"].items()]
-    for label, ppl, kv, facts in rows:
+    print(f"  {'':48s} " + " ".join(f"@{n:>6}" for n in lengths)
+          + "   K/V   facts acc  answer loss  fluency x full  distinct-3")
+    rows = [(f"baseline {m}", b) for m, b in s["baselines"].items()]
+    rows += [(f"{arm}: {a['label']}", a) for arm, a in s["arms"].items()]
+    for label, r in rows:
+        facts, fluency, kv = r["facts"], r.get("fluency"), r["kv_entries"]
         acc = fmt(facts["accuracy"], 9) if facts else fmt(None, 9)
         loss = fmt(facts["answer_loss"], 11) if facts else fmt(None, 11)
-        print(f"  {label[:48]:48s} " + " ".join(fmt(ppl.get(n)) for n in lengths)
-              + f" {kv.get(lengths[-1], 0) or 0:>5} {acc} {loss}")
+        flu = fmt(fluency["ratio_to_full"], 14) if fluency else fmt(None, 14)
+        distinct = fmt(fluency["distinct_3"], 10) if fluency else fmt(None, 10)
+        print(f"  {label[:48]:48s} " + " ".join(fmt(r["perplexity"].get(n)) for n in lengths)
+              + f" {kv.get(lengths[-1], 0) or 0:>5} {acc} {loss} {flu} {distinct}")
     for arm, a in s["arms"].items():
         t = a.get("training")
         if t:

@@ -14,7 +14,9 @@
 #                   objective.regularize=1 (KL to the base on each segment read without memory)
 # Each arm is evaluated on the held-out books (perplexity of segments 2..T at 4K and 8K tokens),
 # on fact retrieval in held-out wording over a held-out haystack (licence texts) at 2K tokens,
-# and on reconstruction of held-out segments; the baselines (the decoder without memory,
+# on reconstruction of held-out segments, and on fluency (a held-out text continued with memory,
+# judged by the frozen base reading everything; its own stage, so arms evaluated before it was
+# added get it without a new evaluation); the baselines (the decoder without memory,
 # StreamingLLM at the K/V budget the memory reads at 8K, full attention) are evaluated once.
 # Stages are skipped when their output exists, so an interrupted recipe continues where it
 # stopped; stage times go to $OUT/times.tsv. ARMS="lm distill" runs a subset. An arm whose parts are
@@ -90,6 +92,16 @@ evaluate() {  # evaluate PARTS NAME METHODS...
 }
 stage "baselines: no memory, StreamingLLM at the memory's budget, full attention" \
     "$RESULTS/smollm2_levers_baselines.json" evaluate none smollm2_levers_baselines no_memory streaming full
+fluency() {  # fluency PARTS NAME METHODS...
+    local parts=$1 name=$2; shift 2
+    local uio=(--uio "$parts")
+    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8); fi
+    $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks fluency \
+        --max-documents "$EVAL_DOCS" --fluency-prompt 2000 --fluency-tokens 64 \
+        --streaming-window "$STREAM_WINDOW" --methods "$@" --out "$RESULTS" --name "$name"
+}
+stage "baselines: fluency" "$RESULTS/smollm2_levers_baselines_fluency.json" \
+    fluency none smollm2_levers_baselines_fluency no_memory streaming full
 
 for name in $ARMS; do
     parts=$OUT/$name/final
@@ -97,5 +109,7 @@ for name in $ARMS; do
     stage "arm $name ($STEPS steps)" "$parts/uio_config.json" arm "$name"
     stage "arm $name: evaluation" "$RESULTS/smollm2_levers_$name.json" \
         evaluate "$parts" "smollm2_levers_$name" uio
+    stage "arm $name: fluency" "$RESULTS/smollm2_levers_${name}_fluency.json" \
+        fluency "$parts" "smollm2_levers_${name}_fluency" uio
 done
 stamp "done: $RESULTS/smollm2_levers_*.json"

@@ -86,4 +86,4 @@ def test_eval_command_runs_fluency_and_refuses_bad_lengths(tiny_dirs, tmp_path, 
     assert set(report["methods"]) == {"uio", "full"} and report["methods"]["uio"]["tokens"] == 8 * report["documents"]
     assert "fluency (" in capsys.readouterr().out
     assert main(args + ["--fluency-tokens", "0"]) == 2
-    assert "error: --fluency-prompt 1024 / --fluency-tokens 0" in capsys.readouterr().err
+    assert "error: --fluency-prompt 2000 / --fluency-tokens 0" in capsys.readouterr().err

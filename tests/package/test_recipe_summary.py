@@ -156,6 +156,9 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     assert evaluate(common + tasks + ["--methods", "no_memory", "streaming", "full",
                                       "--name", "smollm2_levers_baselines"]) == 0
     assert evaluate(common + tasks + ["--methods", "uio", "--name", "smollm2_levers_distill"]) == 0
+    fluency = ["--tasks", "fluency", "--fluency-prompt", "64", "--fluency-tokens", "8"]
+    assert evaluate(common + fluency + ["--methods", "uio", "--name", "smollm2_levers_distill_fluency"]) == 0
+    assert evaluate(common + fluency + ["--methods", "full", "--name", "smollm2_levers_baselines_fluency"]) == 0
     _write_metrics(runs / "distill", [3.0, 2.0, 1.5, 1.0], seconds=2.0, tokens=100)
 
     mod = _summary_module("levers_summary")
@@ -172,6 +175,10 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
         assert got["perplexity"][n] == want
         assert got["gap_closed"][n] == pytest.approx((none - want) / (none - full))
     assert got["facts"]["n"] == 3 and got["kv_entries"] == arm["kv_entries"]["uio"]
+    fluency = json.loads((results / "smollm2_levers_distill_fluency.json").read_text())["fluency"]["methods"]["uio"]
+    assert got["fluency"]["judge_perplexity"] == fluency["judge_perplexity"]
+    assert s["baselines"]["full"]["fluency"]["ratio_to_full"] == pytest.approx(1.0)
+    assert s["baselines"]["streaming"]["fluency"] is None  # not evaluated: blank, not invented
     assert (results / "smollm2_levers.png").exists() and "distill: distillation" in capsys.readouterr().out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make levers-recipe" in capsys.readouterr().err

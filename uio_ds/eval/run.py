@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--passkey-depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--passkey-trials", type=int, default=3)
     p.add_argument("--ae-segments", type=int, default=16, help="segments to reconstruct (autoencode)")
-    p.add_argument("--fluency-prompt", type=int, default=1024,
+    p.add_argument("--fluency-prompt", type=int, default=2000,
                    help="fluency: tokens of each document read before the continuation")
     p.add_argument("--fluency-tokens", type=int, default=64, help="fluency: tokens each method continues with")
     p.add_argument("--longbench", default=None, help="LongBench jsonl file (THUDM/LongBench records, any datasets)")
