@@ -467,3 +467,29 @@ def test_a_long_prompt_is_read_between_the_other_streams_tokens(tiny_dirs):
         want = generate(model, torch.tensor([ids]), n, stop_token_ids=[tokenizer.eos_token_id]).sequences[0, len(ids):]
         got = finals[name].token_ids
         assert got == want[: len(got)].tolist() and (len(got) == n or got[-1] == tokenizer.eos_token_id)
+
+
+def test_a_cancelled_request_waiting_for_a_row_ends_at_once(tiny_dirs):
+    """With every row taken, a request whose prompt is read waits; when its client leaves it ends
+    (cancelled, no token) at the next step, not when a row frees."""
+    model = load(tiny_dirs["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    scheduler = Scheduler(model, tokenizer, model_name="one-row", max_batch=1)
+    scheduler.stop_token_ids = []  # the long request must not end early at an end-of-text token
+    ids = tokenizer(PROMPT)["input_ids"]
+    events = {"long": [], "waiting": []}
+    try:
+        scheduler.submit(ids, SamplingParams(max_tokens=400), events["long"].append)
+        waiting = scheduler.submit(ids, SamplingParams(max_tokens=4), events["waiting"].append)
+        deadline = time.time() + 60
+        while not any(r.id == waiting for r in scheduler._ready) and time.time() < deadline:
+            time.sleep(0.01)
+        scheduler.cancel(waiting)
+        while not any(e.finish_reason for e in events["waiting"]) and time.time() < deadline:
+            time.sleep(0.01)
+        long_ended = any(e.finish_reason for e in list(events["long"]))
+    finally:
+        scheduler.close()
+    final = [e for e in events["waiting"] if e.finish_reason]
+    assert final and final[0].finish_reason == "cancelled" and final[0].token_ids == []
+    assert not long_ended  # it ended while the only row was still taken

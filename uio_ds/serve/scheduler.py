@@ -307,6 +307,10 @@ class Scheduler:
         room = self.max_batch - len(running)
         for r in running + waiting[:max(room, 0)]:
             self._sample(r)
+        for r in waiting[max(room, 0):]:
+            if r.cancelled:  # its client left while it waited for a row: its stream is freed now
+                r.finished = "cancelled"
+                self._finish(r)
         going = []
         for r in running:
             if r.finished:
