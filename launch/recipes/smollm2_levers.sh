@@ -77,9 +77,12 @@ arm() {  # arm NAME: train it (its lever as overrides)
 }
 
 # StreamingLLM reads at most what the memory reads at 8K tokens, 31 memories of 32 slots + a segment
-# (1,248 K/V entries; the recent arm reads one raw segment more and is compared at its own budget
-# in the summary): its sinks and window W plus the chunk it reads at once, (W - 4) / 4 tokens.
+# (1,248 K/V entries): its sinks and window W plus the chunk it reads at once, (W - 4) / 4 tokens.
 STREAM_WINDOW=$(( (4 * (31 * 32 + 256) + 4) / 5 ))
+# The recent arm's raw segment takes the place of 8 memories (256 / 32 slots): it reads the 23 most
+# recent memories, so at 8K it reads as many K/V entries as the others (23 * 32 + 256 + 256 = 1,248).
+RECENT_MEMORY_WINDOW=$(( 31 - 256 / 32 ))
+EVAL_OPTS=()
 evaluate() {  # evaluate PARTS NAME METHODS...
     local parts=$1 name=$2; shift 2
     local uio=(--uio "$parts") tasks=(perplexity facts autoencode)
@@ -88,7 +91,7 @@ evaluate() {  # evaluate PARTS NAME METHODS...
     $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks "${tasks[@]}" \
         --lengths $EVAL_LENGTHS --max-doc-tokens 8192 --max-documents "$EVAL_DOCS" \
         --facts "$DATA/facts_held_out.jsonl" --ae-segments "$AE_SEGMENTS" --streaming-window "$STREAM_WINDOW" \
-        --methods "$@" --out "$RESULTS" --name "$name"
+        --methods "$@" --out "$RESULTS" --name "$name" "${EVAL_OPTS[@]}"
 }
 stage "baselines: no memory, StreamingLLM at the memory's budget, full attention" \
     "$RESULTS/smollm2_levers_baselines.json" evaluate none smollm2_levers_baselines no_memory streaming full
@@ -98,7 +101,7 @@ fluency() {  # fluency PARTS NAME METHODS...
     if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8); fi
     $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks fluency \
         --max-documents "$EVAL_DOCS" --fluency-prompt 2000 --fluency-tokens 64 \
-        --streaming-window "$STREAM_WINDOW" --methods "$@" --out "$RESULTS" --name "$name"
+        --streaming-window "$STREAM_WINDOW" --methods "$@" --out "$RESULTS" --name "$name" "${EVAL_OPTS[@]}"
 }
 stage "baselines: fluency" "$RESULTS/smollm2_levers_baselines_fluency.json" \
     fluency none smollm2_levers_baselines_fluency no_memory streaming full
@@ -107,6 +110,8 @@ for name in $ARMS; do
     parts=$OUT/$name/final
     [[ -e $MILESTONES/$name/uio_config.json ]] && parts=$MILESTONES/$name
     stage "arm $name ($STEPS steps)" "$parts/uio_config.json" arm "$name"
+    EVAL_OPTS=()
+    [[ $name == recent ]] && EVAL_OPTS=(--memory-window "$RECENT_MEMORY_WINDOW")
     stage "arm $name: evaluation" "$RESULTS/smollm2_levers_$name.json" \
         evaluate "$parts" "smollm2_levers_$name" uio
     stage "arm $name: fluency" "$RESULTS/smollm2_levers_${name}_fluency.json" \
