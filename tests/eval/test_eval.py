@@ -15,20 +15,6 @@ from uio_ds.eval.perplexity import evaluate_perplexity
 from uio_ds.formats import passkey_prompt
 
 
-@pytest.fixture(scope="module")
-def model(tiny_dirs):
-    m = load(tiny_dirs["llama"])
-    perturb_trainable(m, scale=0.2)
-    return m
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dirs):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dirs["llama"])
-
-
 def test_perplexity_scores_every_token_once_and_resets_between_documents(model):
     names = ["uio", "no_memory", "streaming", "full", "homer"]
     methods = build_methods(model, names)

@@ -4,24 +4,10 @@ import json
 import math
 
 import pytest
-from helpers import load, perturb_trainable, random_ids
+from helpers import random_ids
 
 from uio_ds.eval.fluency import distinct_ngrams, evaluate_fluency, judge_losses
 from uio_ds.eval.methods import Method, build_methods
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dirs):
-    m = load(tiny_dirs["llama"])
-    perturb_trainable(m, scale=0.2)
-    return m
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dirs):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dirs["llama"])
 
 
 class Repeater(Method):
