@@ -229,3 +229,10 @@ def test_uio_answer_reads_the_prompt_once_and_equals_greedy_and_answer_loss(tiny
         tokens, losses = method.answer(prompt, answer, 6)
         assert tokens == method.greedy(prompt, 6)
         assert losses == pytest.approx(method.last_losses(torch.cat([prompt, answer], 1), n), rel=1e-4, abs=1e-5)
+
+
+def test_fact_prompts_are_grouped_by_the_nearest_power_of_two():
+    from uio_ds.eval.facts import length_bucket
+
+    assert [length_bucket(n) for n in (2047, 2041, 1500, 1400, 4100, 32700, 300)] == \
+        ["2K", "2K", "2K", "1K", "4K", "32K", "256"]

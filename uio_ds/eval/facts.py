@@ -12,6 +12,7 @@ are reported apart from what training saw.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from typing import Sequence
 
@@ -73,7 +74,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
                          f"key_kind:{fact['key_kind']}", f"haystack:{record.get('haystack', '?')}",
-                         f"depth:{depth}", f"length:{_length_bucket(prompt.shape[1])}"):
+                         f"depth:{depth}", f"length:{length_bucket(prompt.shape[1])}"):
                 cells[cell]["right"].append(right)
                 cells[cell]["loss"].append(loss)
         report[method.name] = {
@@ -83,7 +84,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
     return {"records": len(records), "answer_tokens": answer_tokens, "methods": report}
 
 
-def _length_bucket(tokens: int) -> str:
-    """Prompt lengths rounded to a power of two (1K, 2K, 4K, ...)."""
-    size = 1 << max(0, (tokens - 1).bit_length() - 1)
+def length_bucket(tokens: int) -> str:
+    """A prompt length named by the nearest power of two (a 2,047-token prompt is "2K")."""
+    size = 1 << max(0, round(math.log2(max(tokens, 1))))
     return f"{size // 1024}K" if size >= 1024 else str(size)
