@@ -46,7 +46,7 @@ def _fluency(results: str, name: str, method: str) -> dict | None:
     m = (r or {}).get("fluency", {}).get("methods", {}).get(method)
     if m is None:
         return None
-    return {k: m[k] for k in ("judge_perplexity", "ratio_to_full", "distinct_3")}
+    return {k: m[k] for k in ("judge_perplexity", "distinct_3")}
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -78,6 +78,10 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 gaps[n] = (none - value) / (none - full) if value is not None and none != full else None
             entry["gap_closed"] = gaps
         out["arms"][arm] = entry
+    full = ((out.get("baselines") or {}).get("full") or {}).get("fluency")
+    for entry in [*(out.get("baselines") or {}).values(), *out["arms"].values()]:
+        if entry.get("fluency") and full:  # the judge's perplexity as a multiple of full attention's own text
+            entry["fluency"]["ratio_to_full"] = entry["fluency"]["judge_perplexity"] / full["judge_perplexity"]
     return out
 
 
@@ -93,7 +97,7 @@ def print_summary(s: dict) -> None:
         facts, fluency, kv = r["facts"], r.get("fluency"), r["kv_entries"]
         acc = fmt(facts["accuracy"], 9) if facts else fmt(None, 9)
         loss = fmt(facts["answer_loss"], 11) if facts else fmt(None, 11)
-        flu = fmt(fluency["ratio_to_full"], 14) if fluency else fmt(None, 14)
+        flu = fmt(fluency.get("ratio_to_full"), 14) if fluency else fmt(None, 14)
         distinct = fmt(fluency["distinct_3"], 10) if fluency else fmt(None, 10)
         print(f"  {label[:48]:48s} " + " ".join(fmt(r["perplexity"].get(n)) for n in lengths)
               + f" {kv.get(lengths[-1], 0) or 0:>5} {acc} {loss} {flu} {distinct}")

@@ -86,7 +86,8 @@ EVAL_OPTS=()
 evaluate() {  # evaluate PARTS NAME METHODS...
     local parts=$1 name=$2; shift 2
     local uio=(--uio "$parts") tasks=(perplexity facts autoencode)
-    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8); tasks=(perplexity facts); fi
+    # the baselines run in the arms' dtype (bf16), so every row of the table is computed alike
+    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8 --dtype bfloat16); tasks=(perplexity facts); fi
     # shellcheck disable=SC2086  # the lengths are a list
     $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks "${tasks[@]}" \
         --lengths $EVAL_LENGTHS --max-doc-tokens 8192 --max-documents "$EVAL_DOCS" \
@@ -98,7 +99,7 @@ stage "baselines: no memory, StreamingLLM at the memory's budget, full attention
 fluency() {  # fluency PARTS NAME METHODS...
     local parts=$1 name=$2; shift 2
     local uio=(--uio "$parts")
-    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8); fi
+    if [[ $parts == none ]]; then uio=(--segment-length 256 --compression-ratio 8 --dtype bfloat16); fi
     $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks fluency \
         --max-documents "$EVAL_DOCS" --fluency-prompt 2000 --fluency-tokens 64 \
         --streaming-window "$STREAM_WINDOW" --methods "$@" --out "$RESULTS" --name "$name" "${EVAL_OPTS[@]}"

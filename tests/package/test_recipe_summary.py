@@ -177,6 +177,8 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     assert got["facts"]["n"] == 3 and got["kv_entries"] == arm["kv_entries"]["uio"]
     fluency = json.loads((results / "smollm2_levers_distill_fluency.json").read_text())["fluency"]["methods"]["uio"]
     assert got["fluency"]["judge_perplexity"] == fluency["judge_perplexity"]
+    full = json.loads((results / "smollm2_levers_baselines_fluency.json").read_text())["fluency"]["methods"]["full"]
+    assert got["fluency"]["ratio_to_full"] == pytest.approx(fluency["judge_perplexity"] / full["judge_perplexity"])
     assert s["baselines"]["full"]["fluency"]["ratio_to_full"] == pytest.approx(1.0)
     assert s["baselines"]["streaming"]["fluency"] is None  # not evaluated: blank, not invented
     assert (results / "smollm2_levers.png").exists() and "distill: distillation" in capsys.readouterr().out
