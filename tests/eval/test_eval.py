@@ -153,10 +153,12 @@ def test_eval_command_writes_json_and_plots(tiny_dirs, tmp_path):
     report = json.loads((tmp_path / "t.json").read_text())
     assert set(report["perplexity"]) == {"uio", "no_memory", "streaming", "full"}
     assert (tmp_path / "t_perplexity.png").exists() and (tmp_path / "t_passkey.png").exists()
-    # what each method reads, stated: l = 32, 4 memory slots per segment, StreamingLLM's default window
+    # what each method reads at the lengths the tasks read (perplexity's and the pass key's), stated:
+    # l = 32, 4 memory slots per segment, StreamingLLM's default window
     kv = report["kv_entries"]
-    assert kv["uio"] == {"64": 36, "256": 7 * 4 + 32} and kv["no_memory"] == {"64": 32, "256": 32}
-    assert kv["full"] == {"64": 64, "256": 256} and kv["streaming"]["256"] == 32 + 7
+    assert kv["uio"] == {"64": 36, "160": 4 * 4 + 32, "256": 7 * 4 + 32}
+    assert kv["no_memory"] == {"64": 32, "160": 32, "256": 32}
+    assert kv["full"] == {"64": 64, "160": 160, "256": 256} and kv["streaming"]["256"] == 32 + 7
     # with a raw window of one segment, uio reads that segment raw and memories only before it
     code = main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8",
                  "--recent-tokens", "32", "--data", str(docs), "--tasks", "perplexity", "--methods", "uio",

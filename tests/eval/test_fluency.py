@@ -68,7 +68,9 @@ def test_eval_command_runs_fluency_and_refuses_bad_lengths(tiny_dirs, tmp_path, 
     args = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8", "--data", str(docs),
             "--tasks", "fluency", "--methods", "uio", "full", "--out", str(tmp_path), "--name", "fl"]
     assert main(args + ["--fluency-prompt", "80", "--fluency-tokens", "8"]) == 0
-    report = json.loads((tmp_path / "fl.json").read_text())["fluency"]
+    written = json.loads((tmp_path / "fl.json").read_text())
+    assert written["kv_entries"]["full"] == {"88": 88}  # the prompt and its continuation, not --lengths
+    report = written["fluency"]
     assert set(report["methods"]) == {"uio", "full"} and report["methods"]["uio"]["tokens"] == 8 * report["documents"]
     assert "fluency (" in capsys.readouterr().out
     assert main(args + ["--fluency-tokens", "0"]) == 2

@@ -192,6 +192,18 @@ def _uio_config(args):
                                                             ("recent_tokens", args.recent_tokens)) if v is not None})
 
 
+def _lengths_read(args) -> list[int]:
+    """The text lengths whose decoder K/V entries the report states: --lengths for the tasks that
+    read them, the prompt and its continuation for fluency; none for the tasks whose records bring
+    their own lengths (facts, LongBench) or read one segment (autoencode)."""
+    lengths = set(args.lengths) if "perplexity" in args.tasks else set()
+    if "passkey" in args.tasks:
+        lengths.update(args.passkey_lengths)
+    if "fluency" in args.tasks:
+        lengths.add(args.fluency_prompt + args.fluency_tokens)
+    return sorted(lengths)
+
+
 def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) -> dict:
     """One task's results over every method."""
     if task == "perplexity":
@@ -269,7 +281,8 @@ def _evaluate(args) -> int:
                     "device": str(device),
                     "streaming_window": args.streaming_window or model.segment_length, "timings_s": {}}
     # what each method reads at each length: comparisons are fair at equal decoder K/V entries
-    report["kv_entries"] = {m.name: {n: m.kv_entries(n) for n in args.lengths} for m in methods}
+    lengths = _lengths_read(args)
+    report["kv_entries"] = {m.name: {n: m.kv_entries(n) for n in lengths} for m in methods}
     print("decoder K/V entries per query, at most, by length: " + "; ".join(
         f"{name} " + ", ".join(f"{n}: {v}" for n, v in per.items() if v is not None)
         for name, per in report["kv_entries"].items()))
