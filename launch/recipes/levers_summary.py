@@ -26,7 +26,7 @@ ARMS = {
     "recent": "distillation + one raw recent segment",
     "facts_narrow": "next-token, 30% one-template pass keys",
     "facts_varied": "next-token, 30% varied facts",
-    "decoder_lora": "next-token, decoder LoRA regularised to the base",
+    "decoder_lora": "next-token + varied facts, decoder LoRA regularised to the base",
 }
 
 
