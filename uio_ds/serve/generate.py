@@ -42,12 +42,15 @@ def stream_text(tokenizer, model, prompt_ids, args) -> "GenerationResult":  # no
 
 
 def report(result, model) -> None:
+    """The run's figures, on stderr: stdout holds the continuation alone (``> out.txt`` keeps it)."""
+    print(file=sys.stdout, flush=True)  # the continuation's last line
     print(
-        f"\n\nprompt {result.prompt_length} tokens -> {result.num_compressions} segments compressed into "
+        f"\nprompt {result.prompt_length} tokens -> {result.num_compressions} segments compressed into "
         f"{result.memory_tokens} memory slots (l={model.segment_length}, m={model.num_mem_tokens})\n"
         f"prefill {result.prefill_seconds:.2f} s ({result.prefill_tokens_per_second:,.0f} tokens/s), "
         f"decode {result.num_generated} tokens in {result.decode_seconds:.2f} s "
-        f"({result.decode_tokens_per_second:,.1f} tokens/s)"
+        f"({result.decode_tokens_per_second:,.1f} tokens/s)",
+        file=sys.stderr,
     )
 
 
