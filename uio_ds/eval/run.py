@@ -186,7 +186,7 @@ def _uio_config(args):
     else:
         config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
                                                ("compression_ratio", args.compression_ratio)) if v})
-    if not (args.dtype or args.memory_window or args.recent_tokens is not None):
+    if args.dtype is None and args.memory_window is None and args.recent_tokens is None:
         return config
     return dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype), ("memory_window", args.memory_window),
                                                             ("recent_tokens", args.recent_tokens)) if v is not None})
