@@ -22,7 +22,7 @@ TINY_MODEL := models/tiny-llama
 ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe levers-recipe test test-latest test-oldest clean
+.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe passkey-specialist-recipe levers-recipe test test-latest test-oldest clean
 
 # torch first (TORCH_SPEC), then every locked version, checked to be what is installed.
 $(STAMP): pyproject.toml $(LOCK)
@@ -114,10 +114,15 @@ tiny-recipe: prepare
 real-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_table2.sh
 
-# A memory that carries information on SmolLM2: auto-encoding with both encoder layouts and both
-# ratios at one budget, then the best trained further (hours on 2 cores); stages done are skipped.
+# The general memory release (release/smollm2-uio): the levers ablation's best arm, its evaluation
+# to 32K tokens, the release with a memory window; stages done (or committed) are skipped.
 memory-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_memory.sh
+
+# The first release, a pass-key specialist (release/milestones/smollm2-passkey-specialist):
+# auto-encoding, then pass keys in one template on longer and longer documents (hours on 2 cores).
+passkey-specialist-recipe: prepare
+	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_passkey_specialist.sh
 
 # Which levers make a memory generalise: seven arms at equal steps on SmolLM2 (hours on 2 cores);
 # stages done are skipped. ARMS="lm distill" runs a subset.

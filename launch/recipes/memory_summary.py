@@ -1,135 +1,128 @@
-"""Collect the SmolLM2 memory recipe's results into one table, one JSON and one figure.
+"""Collect the memory release's figures and check them against the release's goals.
 
-Reads what ``launch/recipes/smollm2_memory.sh`` wrote (evaluation JSONs under ``--results``, the
-training runs under ``--runs``, the stage times) and writes ``smollm2_memory.json`` and
-``smollm2_memory.png`` next to the evaluations: (a) auto-encoding by layout and ratio against the
-decoder without memory, (b) the auto-encoding training losses, (c) pass-key exact match by length.
+Reads what ``launch/recipes/smollm2_memory.sh`` relies on: the levers recipe's evaluation of the
+released arm (``smollm2_levers_ARM.json``, ``..._ARM_fluency.json``, the baselines) and the long
+perplexity runs (``smollm2_release_long.json``, ``smollm2_release_long_streaming16k.json``), and
+writes ``smollm2_release.json``: per length, the perplexity of segments 2..T of the held-out books
+for the memory, the decoder without memory, StreamingLLM at the memory's K/V budget at that length
+and full attention (within SmolLM2's 8,192 positions), with the K/V entries each reads; facts in
+held-out wording, reconstruction and fluency; and each goal with its target, the figure and
+whether it is met (``null`` where it is not measured yet).
+
+    python launch/recipes/memory_summary.py --arm lm
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 import os
+import sys
 
-from summary_common import load_json, passkey_entry, run_summary, stage_times, summary_main
+from levers_summary import summarize as levers_summary
+from summary_common import load_json, summary_main
 
-AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
-                "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}
-PASSKEY = {"passkey_short": "memory + decoder LoRA, 256..1,010-token documents"}
+ARM = "lm"
 
 
-def summarize(results: str, runs: str, times: str | None) -> dict:
-    out: dict = {"command": "make memory-recipe"}
-    out["stages_s"], total = stage_times(times)
-    if total is not None:
-        out["total_s"] = total
-    out["training"] = {name: run_summary(os.path.join(runs, name)) for name in [*AUTOENCODERS, *PASSKEY]}
-    out["autoencode"] = {}
-    for run in AUTOENCODERS:
-        r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))
-        if r:
-            out.setdefault("machine", r["machine"])
-            a = r["autoencode"]
-            out["autoencode"][run] = {
-                "layout": r["config"]["memory_layout"], "ratio": r["config"]["compression_ratio"],
-                "memory_tokens": a["memory_tokens"], "segment_length": a["segment_length"], "segments": a["segments"],
-                "bleu4": a["bleu4"], "rouge_l": a["rouge_l"], "loss": a["loss"], "no_memory": a["no_memory"],
-                "example": a["example"]}
-    out["passkey"] = {}
-    for run in PASSKEY:
-        r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))
-        if r:
-            out.setdefault("machine", r["machine"])
-            out["passkey"][run] = passkey_entry(r["passkey"])
+def _long(results: str) -> dict:
+    """Perplexity (segments 2..T) and K/V entries at 16K / 32K from the long runs, by method;
+    StreamingLLM at 16K from its own run, whose window equals the memory's budget there."""
+    out: dict = {}
+    for name, methods in (("smollm2_release_long", None), ("smollm2_release_long_streaming16k", ("streaming",))):
+        r = load_json(os.path.join(results, f"{name}.json"))
+        if not r:
+            continue
+        for method, p in r["perplexity"].items():
+            if methods and method not in methods:
+                continue
+            for n, v in p["by_length"].items():
+                if method == "streaming" and methods is None and n != max(p["by_length"], key=int):
+                    continue  # the 32K run's window matches the memory's budget at 32K only
+                out.setdefault(method, {})[n] = {"perplexity": v["later_perplexity"], "documents": v["documents"],
+                                                 "kv_entries": r["kv_entries"][method].get(n)}
+    return out
+
+
+def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dict:
+    levers = levers_summary(results, runs, times)
+    a, base = levers["arms"].get(arm), levers.get("baselines")
+    if not a or not base:
+        return {}
+    out: dict = {"command": "make memory-recipe", "arm": arm, "label": a["label"], "machine": levers.get("machine"),
+                 "training": a.get("training"), "perplexity": {}}
+    rows = {"uio": a, **base}
+    for method, r in rows.items():
+        out["perplexity"][method] = {n: {"perplexity": v, "kv_entries": r["kv_entries"].get(n)}
+                                     for n, v in r["perplexity"].items()}
+    for method, per in _long(results).items():
+        out["perplexity"].setdefault(method, {}).update(per)
+    out["facts"] = {m: r["facts"] for m, r in rows.items()}
+    out["fluency"] = {m: r.get("fluency") for m, r in rows.items()}
+    out["reconstruction"] = a.get("reconstruction")
+    for parts in (os.path.join("release", "milestones", "levers", arm), os.path.join(runs, arm, "final")):
+        saved = load_json(os.path.join(parts, "uio_config.json"))
+        if saved:
+            out["frozen_decoder"] = saved["uio"].get("decoder_lora") is None
+            break
+    out["goals"] = goals(out)
+    return out
+
+
+def goals(s: dict) -> list[dict]:
+    """The release's goals, each with what was measured and whether it is met (None: not measured)."""
+    ppl = s["perplexity"]
+    at = lambda m, n: (ppl.get(m, {}).get(n) or {}).get("perplexity")  # noqa: E731
+    out = []
+    for n in ("8192", "16384", "32768"):
+        uio, stream = at("uio", n), at("streaming", n)
+        out.append({"goal": f"perplexity @{n}: memory below StreamingLLM at equal K/V", "target": stream,
+                    "value": uio, "met": None if None in (uio, stream) else uio < stream})
+    none, full, uio = at("no_memory", "8192"), at("full", "8192"), at("uio", "8192")
+    gap = None if None in (none, full, uio) else (none - uio) / (none - full)
+    out.append({"goal": "perplexity @8192: at least 50% of the gap from no memory to full attention closed",
+                "target": 0.5, "value": gap, "met": None if gap is None else gap >= 0.5})
+    frozen = s.get("frozen_decoder")
+    out.append({"goal": "without memory, the frozen base or within 2% of its perplexity", "target": 0.02,
+                "value": 0.0 if frozen else None, "met": True if frozen else None,
+                "note": "a frozen decoder is the base; a decoder LoRA needs its no-memory perplexity measured"})
+    facts = (s["facts"].get("uio") or {}).get("accuracy")
+    out.append({"goal": "facts in held-out wording: 90% exact at 4K, 8K and 16K, 70% at 32K", "target": 0.9,
+                "value": facts, "met": None if facts is None else False if facts < 0.7 else None,
+                "note": "measured at 2K tokens only so far: a figure below 70% there misses every length"})
+    rouge = (s.get("reconstruction") or {}).get("rouge_l")
+    out.append({"goal": "auto-encoding: ROUGE-L at least 0.9 at ratio 8", "target": 0.9, "value": rouge,
+                "met": None if rouge is None else rouge >= 0.9})
     return out
 
 
 def print_summary(s: dict) -> None:
-    fmt = lambda v, w=6: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
-    print("training runs")
-    for name, label in {**AUTOENCODERS, **PASSKEY}.items():
-        t = s["training"].get(name)
-        if t:
-            print(f"  {label:36s} {t['steps']:>5} steps  {t['seconds_per_step']:.2f} s/step  loss {t['loss_first']:.3f} "
-                  f"(first {t['loss_window']}) -> {t['loss_last']:.3f} (last {t['loss_window']})")
-    if s["autoencode"]:
-        print("\nauto-encoding of held-out book segments (rebuilt from memory and the first token; greedy)")
-        print(f"  {'variant':36s} {'BLEU-4':>7} {'ROUGE-L':>8} {'loss':>6} | no memory: {'BLEU-4':>7} {'ROUGE-L':>8} {'loss':>6}")
-        for run, a in s["autoencode"].items():
-            b = a["no_memory"]
-            print(f"  {AUTOENCODERS[run]:36s} {a['bleu4']:>7.3f} {a['rouge_l']:>8.3f} {a['loss']:>6.3f} | "
-                  f"{'':11s}{b['bleu4']:>7.3f} {b['rouge_l']:>8.3f} {b['loss']:>6.3f}")
-    for run, pk in s["passkey"].items():
-        print(f"\npass key ({PASSKEY[run]}; held-out books as haystack, depths {pk['depths']}, {pk['trials']} keys each)"
-              " | exact match | answer loss (nats/token)")
-        print(f"{'method':11s} " + " ".join(f"{n:>6}" for n in pk["lengths"]) + " | "
-              + " ".join(f"{n:>6}" for n in pk["lengths"]))
-        for name, r in pk["methods"].items():
-            print(f"{name:11s} " + " ".join(fmt(v) for v in r["accuracy_by_length"]) + " | "
-                  + " ".join(fmt(v) for v in r["answer_loss_by_length"]))
-
-
-def plot(s: dict, results: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax = axes[0]
-    runs = list(s["autoencode"])
-    x = range(len(runs))
-    ax.bar([i - 0.3 for i in x], [s["autoencode"][r]["rouge_l"] for r in runs], width=0.2, label="ROUGE-L")
-    ax.bar([i - 0.1 for i in x], [s["autoencode"][r]["bleu4"] for r in runs], width=0.2, label="BLEU-4")
-    ax.bar([i + 0.1 for i in x], [s["autoencode"][r]["no_memory"]["rouge_l"] for r in runs], width=0.2,
-           label="ROUGE-L, no memory")
-    ax.bar([i + 0.3 for i in x], [s["autoencode"][r]["no_memory"]["bleu4"] for r in runs], width=0.2,
-           label="BLEU-4, no memory")
-    ax.set_xticks(list(x), [AUTOENCODERS[r].replace(", ", "\n", 1) for r in runs], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_title("(a) auto-encoding, held-out segments")
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    for run in AUTOENCODERS:
-        path = os.path.join(s.get("runs_dir", ""), run, "metrics.jsonl")
-        if os.path.isfile(path):
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=AUTOENCODERS[run], lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("reconstruction loss (nats/token, training)")
-    ax.set_title("(b) auto-encoding training")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    ax = axes[2]
-    for run, pk in s["passkey"].items():
-        for name, r in pk["methods"].items():
-            ax.plot(pk["lengths"], [v if v is not None else float("nan") for v in r["accuracy_by_length"]], "o-",
-                    label=f"{name} ({PASSKEY[run]})" if name == "uio" else name)
-    ax.set_xscale("log")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("prompt tokens")
-    ax.set_ylabel("exact match")
-    ax.set_title("(c) pass key through memory")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    fig.suptitle(f"SmolLM2-135M memory recipe ({s.get('machine', {}).get('cpu', 'CPU')})", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(results, "smollm2_memory.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fmt = lambda v, w=8: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
+    lengths = sorted({n for per in s["perplexity"].values() for n in per}, key=int)
+    print(f"release: the {s['arm']} arm ({s['label']})")
+    print("perplexity of segments 2..T, held-out books (K/V entries read in brackets)")
+    print(f"  {'':12s}" + "".join(f"{'@' + n:>16}" for n in lengths))
+    for method, per in s["perplexity"].items():
+        cells = [per.get(n) for n in lengths]
+        print(f"  {method:12s}" + "".join(
+            f"{fmt(c['perplexity'])} ({c['kv_entries'] or '-':>5})" if c else f"{'-':>16}" for c in cells))
+    for method, f in s["facts"].items():
+        flu = s["fluency"].get(method) or {}
+        print(f"  {method:12s} facts {fmt((f or {}).get('accuracy'), 5)} (answer loss {fmt((f or {}).get('answer_loss'), 5)})"
+              f"  fluency x full {fmt(flu.get('ratio_to_full'), 5)}, distinct-3 {fmt(flu.get('distinct_3'), 5)}")
+    print("goals:")
+    for g in s["goals"]:
+        state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+        print(f"  [{state:>12}] {g['goal']}: {fmt(g['value'], 5).strip()} (target {fmt(g['target'], 5).strip()})")
 
 
 def main(argv=None) -> int:
-    def with_runs(results, runs, times):
-        out = summarize(results, runs, times)
-        out["runs_dir"] = runs
-        return out
-
-    return summary_main(argv, __doc__.splitlines()[0], "runs/memory_recipe", with_runs,
-                        ("autoencode", "smollm2_memory_ae_appended_ratio8.json", "memory-recipe"), print_summary,
-                        "smollm2_memory", plot)
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--arm", default=ARM, help="the levers arm released (smollm2_memory.sh's RELEASE_ARM)")
+    known, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return summary_main(rest, __doc__.splitlines()[0], "runs/levers",
+                        lambda results, runs, times: summarize(results, runs, times, known.arm),
+                        ("perplexity", f"smollm2_levers_{known.arm}.json", "memory-recipe"), print_summary,
+                        "smollm2_release", lambda *_: None)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_tiny_summary_reports_the_evaluations(tiny_dirs, tmp_path, capsys):
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
 
 
-def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, capsys):
+def test_passkey_specialist_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, capsys):
     evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     for name in ("smollm2_memory_ae_stepwise_ratio8", "smollm2_memory_ae_appended_ratio8"):
         assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3", "--name", name]) == 0
@@ -123,7 +123,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
                               "--name", "smollm2_memory_passkey_short"]) == 0
     _write_metrics(runs / "ae_stepwise_ratio8", [5.0, 4.0, 3.0, 2.0], seconds=1.0, tokens=60)
 
-    mod = _summary_module("memory_summary")
+    mod = _summary_module("passkey_specialist_summary")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_memory.json").read_text())
     ae = json.loads((results / "smollm2_memory_ae_stepwise_ratio8.json").read_text())["autoencode"]
@@ -140,7 +140,7 @@ def test_memory_summary_reports_autoencoding_and_passkey(tiny_dirs, tmp_path, ca
     out = capsys.readouterr().out
     assert "auto-encoding of held-out book segments" in out and "pass key (memory + decoder LoRA" in out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
-    assert "make memory-recipe" in capsys.readouterr().err
+    assert "make passkey-specialist-recipe" in capsys.readouterr().err
 
 
 def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_path, capsys):
@@ -184,3 +184,56 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     assert (results / "smollm2_levers.png").exists() and "distill: distillation" in capsys.readouterr().out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make levers-recipe" in capsys.readouterr().err
+
+
+def test_memory_summary_merges_the_long_runs_and_checks_the_goals(tiny_dirs, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.generators.facts import write_fact_jsonl
+
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
+    facts = tmp_path / "facts.jsonl"
+    write_fact_jsonl(str(facts), 2, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [240], ["story"],
+                     templates="held_out", log=lambda _: None)
+    tasks = ["--tasks", "perplexity", "facts", "--facts", str(facts), "--lengths", "64"]
+    assert evaluate(common + tasks + ["--methods", "no_memory", "streaming", "full",
+                                      "--name", "smollm2_levers_baselines"]) == 0
+    assert evaluate(common + tasks + ["--methods", "uio", "--name", "smollm2_levers_lm"]) == 0
+    # the long runs: StreamingLLM's window matches the memory's budget at the run's longest length,
+    # and at the shorter one in a run of its own
+    long = ["--tasks", "perplexity", "--lengths", "96", "128"]
+    assert evaluate(common + long + ["--methods", "uio", "streaming", "--streaming-window", "48",
+                                     "--name", "smollm2_release_long"]) == 0
+    assert evaluate(common + long[:4] + ["--methods", "streaming", "--streaming-window", "40",
+                                         "--name", "smollm2_release_long_streaming16k"]) == 0
+
+    mod = _summary_module("memory_summary")
+    assert mod.main(["--arm", "lm", "--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_release.json").read_text())
+    arm = json.loads((results / "smollm2_levers_lm.json").read_text())
+    long_run = json.loads((results / "smollm2_release_long.json").read_text())
+    own = json.loads((results / "smollm2_release_long_streaming16k.json").read_text())
+    later = lambda r, m, n: r["perplexity"][m]["by_length"][n]["later_perplexity"]  # noqa: E731
+    assert s["perplexity"]["uio"]["64"]["perplexity"] == later(arm, "uio", "64")
+    assert s["perplexity"]["uio"]["128"]["perplexity"] == later(long_run, "uio", "128")
+    assert s["perplexity"]["streaming"]["128"]["perplexity"] == later(long_run, "streaming", "128")
+    assert s["perplexity"]["streaming"]["96"]["perplexity"] == later(own, "streaming", "96")
+    assert s["perplexity"]["streaming"]["96"]["kv_entries"] == own["kv_entries"]["streaming"]["96"]
+    assert s["facts"]["uio"]["n"] == 2
+    assert all(g["met"] is None for g in s["goals"] if g["goal"].startswith("perplexity"))  # not at 8K..32K here
+    assert "not measured" in capsys.readouterr().out
+    # the goals at the release's lengths
+    at = lambda v: {"perplexity": v, "kv_entries": 1}  # noqa: E731
+    figures = {"perplexity": {"uio": {"8192": at(16.0), "16384": at(12.0)}, "streaming": {"8192": at(13.4), "16384": at(14.0)},
+                              "no_memory": {"8192": at(21.0)}, "full": {"8192": at(13.0)}},
+               "facts": {"uio": {"accuracy": 0.95}}, "reconstruction": {"rouge_l": 0.93}}
+    streaming8k, streaming16k, streaming32k, gap, base, facts, autoencode = mod.goals(figures)
+    assert base["met"] is None  # not known to be frozen: not measured
+    assert mod.goals({**figures, "frozen_decoder": True})[4]["met"] is True
+    assert "StreamingLLM" in streaming8k["goal"] and (streaming8k["met"], streaming16k["met"]) == (False, True)
+    assert streaming32k["met"] is None
+    assert gap["value"] == pytest.approx(5 / 8) and gap["met"] is True
+    assert facts["met"] is None  # 2K alone cannot say whether 4K..32K reach 90%
+    assert autoencode["met"] is True
+    assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
+    assert "make memory-recipe" in capsys.readouterr().err
