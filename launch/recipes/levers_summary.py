@@ -143,6 +143,7 @@ def plot(s: dict, results: str) -> str | None:
     fig.tight_layout()
     path = os.path.join(results, "smollm2_levers.png")
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

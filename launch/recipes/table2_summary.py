@@ -118,6 +118,7 @@ def plot_ablations(s: dict, path: str) -> str | None:
            title="SmolLM2 UIO ablations, equal training budget" + (f" ({steps} steps each)" if steps else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

@@ -142,6 +142,7 @@ def plot(s: dict, path: str) -> str:
     fig.suptitle("tiny recall recipe (tiny Llama, hidden 128, 4 layers; l=64)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
