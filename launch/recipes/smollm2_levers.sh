@@ -115,8 +115,11 @@ for name in $ARMS; do
     stage "arm $name ($STEPS steps)" "$parts/uio_config.json" arm "$name"
     EVAL_OPTS=()
     [[ $name == recent ]] && EVAL_OPTS=(--memory-window "$RECENT_MEMORY_WINDOW")
+    # a decoder LoRA changes the decoder without memory too: measure it beside the memory
+    methods=(uio)
+    [[ $name == decoder_lora ]] && methods=(uio no_memory)
     stage "arm $name: evaluation" "$RESULTS/smollm2_levers_$name.json" \
-        evaluate "$parts" "smollm2_levers_$name" uio
+        evaluate "$parts" "smollm2_levers_$name" "${methods[@]}"
     stage "arm $name: fluency" "$RESULTS/smollm2_levers_${name}_fluency.json" \
         fluency "$parts" "smollm2_levers_${name}_fluency" uio
 done
