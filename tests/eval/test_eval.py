@@ -193,9 +193,9 @@ def test_streaming_window_sets_the_kv_entries_streamingllm_reads(model, tiny_dir
 
     assert main(["--model", tiny_dirs["llama"], "--methods", "streaming", "--streaming-window", "3"]) == 2
     assert "error: --streaming-window 3" in capsys.readouterr().err
-    # a memory window of 0 is refused with the config's message, not read as "no window"
+    # a memory window of 0 without a raw window is refused with the config's message, not read as "no window"
     assert main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8", "--memory-window", "0"]) == 2
-    assert "memory_window=0: must be null (every memory) or an integer >= 1" in capsys.readouterr().err
+    assert "memory_window=0 reads no memory and there is no raw window" in capsys.readouterr().err
 
 
 def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):

@@ -87,8 +87,16 @@ def test_decoder_lora_is_optional_and_validated():
         UIOConfig(decoder_lora={"rank": 0})
 
 
-def test_memory_window_must_be_a_positive_integer():
+def test_memory_window_must_be_a_whole_number():
     assert UIOConfig(memory_window=4).memory_window == 4 and UIOConfig().memory_window is None
-    for bad in (0, 2.5, True):
+    for bad in (-1, 2.5, True):
         with pytest.raises(ConfigError, match="memory_window"):
             UIOConfig(memory_window=bad)
+    # 0: no memory, the raw window and sinks alone (the sliding-window baseline); alone it is no_memory
+    assert UIOConfig(segment_length=16, compression_ratio=4, memory_window=0, recent_tokens=16).memory_window == 0
+    assert UIOConfig(memory_window=0, sink_tokens=4).sink_tokens == 4
+    with pytest.raises(ConfigError, match="memory_window=0 reads no memory .* evaluate the 'no_memory' method"):
+        UIOConfig(memory_window=0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="sink_tokens"):
+            UIOConfig(sink_tokens=bad)

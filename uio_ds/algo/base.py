@@ -105,9 +105,10 @@ class Strategy:
             if self.objective.uses_teacher:
                 raise ValueError("distillation (objective.distill > 0) does not run under ZeRO-3 yet: its teacher "
                                  "passes are not announced to the lockstep; use ZeRO-1/2 or objective.distill=0")
-            if getattr(getattr(model, "config", None), "recent_tokens", 0):
-                raise ValueError("a raw recent window (uio.recent_tokens > 0) does not run under ZeRO-3 yet: the "
-                                 "passes that fill it are not announced to the lockstep; use ZeRO-1/2")
+            config = getattr(model, "config", None)
+            if getattr(config, "recent_tokens", 0) or getattr(config, "sink_tokens", 0):
+                raise ValueError("a raw recent window or sinks (uio.recent_tokens / sink_tokens > 0) do not run under "
+                                 "ZeRO-3 yet: the passes that fill them are not announced to the lockstep; use ZeRO-1/2")
             padded_before = lockstep.padding_passes
         self._lockstep = lockstep
         result = None

@@ -119,7 +119,9 @@ class UIOConfig:
 
     memory_window: int | None = None
     """Read only the most recent N segment memories (None: every memory that fits the position
-    range). A runtime option: trained parts may be evaluated with another window."""
+    range). A runtime option: trained parts may be evaluated with another window. 0 reads no
+    memory at all, only the raw window (``recent_tokens``) and sinks (``sink_tokens``): the
+    sliding-window baseline at the same layout, for evaluation."""
 
     recent_tokens: int = 0
     """A raw recent window: the decoder of a segment also reads the raw K/V of the last
@@ -128,6 +130,14 @@ class UIOConfig:
     memories only of the segments before those. The decoder then starts from what a sliding
     window sees, and memory has to add only what the window lost. 0: memories alone (the paper).
     A runtime option; the gradient does not flow through the raw window (its K/V are detached)."""
+
+    sink_tokens: int = 0
+    """Attention sinks: once the text's first ``sink_tokens`` tokens have left the raw window, the
+    decoder still reads their raw K/V (as the decoder read them), ahead of everything else:
+    ``[sinks ; memories ; raw window ; segment]``. A frozen decoder puts much of its attention on a
+    text's first tokens (StreamingLLM); without them a sliding window collapses. With
+    ``memory_window=0`` this is StreamingLLM reading l tokens at a time (tested). A runtime
+    option, like ``recent_tokens``; 0: no sinks (the paper)."""
 
     decoder_recompute: bool = False
     """Activation recompute in the decoder pass under autograd: each decoder layer keeps only its
@@ -172,14 +182,20 @@ class UIOConfig:
         if self.decoder_lora is not None:
             problems += self.decoder_lora.problems("decoder_lora", ENCODER_TARGETS)
         w = self.memory_window
-        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
-            problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 1")
-        k = self.recent_tokens
+        k, s = self.recent_tokens, self.sink_tokens
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             problems.append(f"recent_tokens={k!r}: must be an integer >= 0 (0: no raw window)")
         elif isinstance(l, int) and l >= 2 and k % l:
             problems.append(f"recent_tokens={k} is not a multiple of segment_length={l}: the raw window holds whole "
                             f"segments; use {k // l * l} or {(k // l + 1) * l}")
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            problems.append(f"sink_tokens={s!r}: must be an integer >= 0 (0: no attention sinks)")
+        if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 0):
+            problems.append(f"memory_window={w!r}: must be null (every memory) or an integer >= 0")
+        elif w == 0 and not (k or s):
+            problems.append("memory_window=0 reads no memory and there is no raw window (recent_tokens=0, "
+                            "sink_tokens=0): that is the base reading each segment alone; evaluate the "
+                            "'no_memory' method instead, or give recent_tokens / sink_tokens")
         for name in ("train_transfer", "decoder_recompute"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r}: must be true or false")

@@ -179,6 +179,9 @@ class TrainConfig:
         if self.objective.regularize and self.uio.decoder_lora is None:
             problems.append(f"objective.regularize={self.objective.regularize} keeps a decoder LoRA close to the base, "
                             "but uio.decoder_lora is not set: set one or drop the weight")
+        if self.uio.memory_window == 0:
+            problems.append("uio.memory_window=0 reads no memory: nothing the run trains would get a gradient; "
+                            "train with null or N >= 1 memories (0 is for evaluating the raw window alone)")
         if self.data.autoencode_tokens is not None and self.data.autoencode_tokens != self.uio.segment_length:
             problems.append(f"data.autoencode_tokens={self.data.autoencode_tokens} must equal uio.segment_length="
                             f"{self.uio.segment_length}: the copy must start exactly at the second segment")

@@ -37,6 +37,8 @@ class Options:
     """With ``uio``: read only the most recent N memories (UIOConfig.memory_window)."""
     recent_tokens: int | None = None
     """With ``uio``: the raw recent window in tokens, a multiple of l (UIOConfig.recent_tokens)."""
+    sink_tokens: int | None = None
+    """With ``uio``: the text's first N tokens read raw ahead of the memories (UIOConfig.sink_tokens)."""
     encode_batch_size: int | str | None = "auto"
     """Segments per encoder call while reading a prompt: 'auto' (from the memory budget), N, or
     None ('all': every segment at once)."""
@@ -83,11 +85,11 @@ def parse_model_args(args: dict) -> Options:
         if opts.segment_length is not None:
             raise ModelArgsError("segment_length comes from the trained parts (uio=...): drop it")
     else:
-        for name in ("memory_window", "recent_tokens"):
+        for name in ("memory_window", "recent_tokens", "sink_tokens"):
             if getattr(opts, name) is not None:
                 raise ModelArgsError(f"{name} shapes the memory, and without trained parts there is none: "
                                      f"give uio=DIR or drop {name}")
-    for name in ("segment_length", "memory_window", "recent_tokens", "batch_size"):
+    for name in ("segment_length", "memory_window", "recent_tokens", "sink_tokens", "batch_size"):
         value = getattr(opts, name)
         if isinstance(value, str) and value.strip().isdigit():  # lm-eval's --batch_size comes as text
             value = int(value)
@@ -120,7 +122,7 @@ def uio_config(opts: Options) -> UIOConfig:
     try:
         if opts.use_memory:
             config, _ = UIOConfig.load(opts.uio)
-            overrides = {k: getattr(opts, k) for k in ("dtype", "memory_window", "recent_tokens")
+            overrides = {k: getattr(opts, k) for k in ("dtype", "memory_window", "recent_tokens", "sink_tokens")
                          if getattr(opts, k) is not None}
             return dataclasses.replace(config, **overrides)
         l = opts.segment_length or DEFAULT_SEGMENT_LENGTH

@@ -94,6 +94,7 @@ class UIODSLM(TemplateLM):
         c = model.config
         window = "every memory that fits" if c.memory_window is None else f"the last {c.memory_window} memories"
         raw = f", a raw window of {c.recent_tokens} tokens" if c.recent_tokens else ""
+        raw += f", the text's first {c.sink_tokens} tokens as sinks" if c.sink_tokens else ""
         reach = f"texts up to {self.max_length} tokens" if self.max_length else "texts of any length"
         return (f"uio: {self.options.base} with the parts of {self.options.uio}, segments of {model.segment_length} "
                 f"tokens compressed into {model.num_mem_tokens} memory tokens, the decoder reading {window}{raw}; "
@@ -104,7 +105,8 @@ class UIODSLM(TemplateLM):
         c, memory = self.model.config, self.options.use_memory
         return {"uio_ds_method": "uio" if memory else "no_memory", "uio_ds_reading": self.reading(),
                 "segment_length": c.segment_length, "memory_tokens": self.model.num_mem_tokens if memory else 0,
-                "memory_window": c.memory_window, "recent_tokens": c.recent_tokens, "max_length": self.max_length,
+                "memory_window": c.memory_window, "recent_tokens": c.recent_tokens, "sink_tokens": c.sink_tokens,
+                "max_length": self.max_length,
                 "dtype": c.dtype}
 
     @property

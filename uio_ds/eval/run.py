@@ -27,6 +27,10 @@ def parser() -> argparse.ArgumentParser:
                    help="uio reads only the most recent N memories (default: every memory that fits)")
     p.add_argument("--recent-tokens", type=int, default=None,
                    help="uio's raw recent window in tokens, a multiple of l (default: the parts' own setting)")
+    p.add_argument("--sink-tokens", type=int, default=None,
+                   help="uio's attention sinks: the text's first N tokens read raw ahead of the memories "
+                        "(default: the parts' own setting); --memory-window 0 with a raw window and sinks is "
+                        "the sliding-window baseline at uio's layout")
     p.add_argument("--streaming-window", type=int, default=None,
                    help="KV entries StreamingLLM reads, its 4 sinks included (default: l, the decoder's window); "
                         "e.g. (n/l)*l/ratio + l to match what uio reads at n tokens")
@@ -186,10 +190,9 @@ def _uio_config(args):
     else:
         config = UIOConfig(**{k: v for k, v in (("segment_length", args.segment_length),
                                                ("compression_ratio", args.compression_ratio)) if v})
-    if args.dtype is None and args.memory_window is None and args.recent_tokens is None:
-        return config
-    return dataclasses.replace(config, **{k: v for k, v in (("dtype", args.dtype), ("memory_window", args.memory_window),
-                                                            ("recent_tokens", args.recent_tokens)) if v is not None})
+    overrides = {k: getattr(args, k) for k in ("dtype", "memory_window", "recent_tokens", "sink_tokens")
+                 if getattr(args, k) is not None}
+    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 def _lengths_read(args) -> list[int]:

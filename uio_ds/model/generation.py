@@ -93,7 +93,7 @@ class MemoryStream:
             older = model.fit_positions(memory.token_slice(0, split) if split else None, 1, self.recent.num_tokens)
             newest = memory.token_slice(split, memory.num_tokens) if covered else None
             self.memory = MemoryKV.cat([p for p in (older, newest) if p is not None])
-            self.cache = model.build_cache(MemoryKV.cat([p for p in (older, self.recent.kv) if p is not None]))
+            self.cache = model.build_cache(self.recent.around(older))
             return
         self.memory = model.fit_positions(memory, 1)
         if model.config.position_overflow == "error" and model.config.memory_window is None:
@@ -223,7 +223,7 @@ class MemoryStream:
             keys, values = cache_tensors(self.cache)
             row.cache = cache_from_rotated(self.model.base, keys[:, b:b + 1].clone(), values[:, b:b + 1].clone())
             if self.recent is not None:
-                row.recent.kv = None if self.recent.kv is None else _own(self.recent.kv.select_batch(b, b + 1))
+                row.recent = self.recent.map(lambda kv: _own(kv.select_batch(b, b + 1)))
                 row._pending = [_own(kv.select_batch(b, b + 1)) for kv in self._pending]
             out.append(row)
         return out
@@ -249,8 +249,7 @@ class MemoryStream:
         else:
             out.cache = self.model.build_cache(None)
         if self.recent is not None:
-            out.recent.kv = None if self.recent.kv is None else MemoryKV(copies(self.recent.kv.keys),
-                                                                         copies(self.recent.kv.values))
+            out.recent = self.recent.map(lambda kv: MemoryKV(copies(kv.keys), copies(kv.values)))
             out._pending = [MemoryKV(copies(kv.keys), copies(kv.values)) for kv in self._pending]
         return out
 

@@ -66,23 +66,54 @@ class MemoryKV:
 
 
 class RecentKV:
-    """The raw recent window of a decoder: the un-rotated K/V of the last ``tokens`` tokens the
-    decoder itself read (detached), which the next decoder pass reads between the memories and
-    its own tokens."""
+    """The raw K/V a decoder keeps of the text it read itself (un-rotated, detached): the last
+    ``tokens`` tokens (the recent window) and the text's first ``sinks`` tokens (attention sinks).
+    The next decoder pass reads ``[sinks ; memories ; window]`` before its own tokens (``around``);
+    a sink is read only once it has left the window, so no token is read twice."""
 
-    def __init__(self, tokens: int):
-        self.tokens = tokens
-        self.kv: MemoryKV | None = None
+    def __init__(self, tokens: int, sinks: int = 0):
+        self.tokens, self.sinks = tokens, sinks
+        self.kv: MemoryKV | None = None  # the window
+        self.head: MemoryKV | None = None  # the first ``sinks`` tokens read
+        self.seen = 0
+
+    @property
+    def sink_kv(self) -> MemoryKV | None:
+        """The sinks the decoder reads now: those of the first ``sinks`` tokens outside the window."""
+        window = self.kv.num_tokens if self.kv is not None else 0
+        shown = min(self.sinks, self.seen - window)
+        return self.head.token_slice(0, shown) if shown > 0 else None
 
     @property
     def num_tokens(self) -> int:
-        return self.kv.num_tokens if self.kv is not None else 0
+        """Raw tokens the next decoder pass reads: the sinks shown and the window."""
+        sinks = self.sink_kv
+        return (self.kv.num_tokens if self.kv is not None else 0) + (sinks.num_tokens if sinks is not None else 0)
 
     def add(self, kv: MemoryKV) -> None:
-        """Append a pass's K/V (its tokens in order) and keep the last ``tokens`` of them."""
+        """Append a pass's K/V (its tokens in order): the first ``sinks`` of the text are kept for
+        good, the window keeps the last ``tokens``."""
         kv = MemoryKV(kv.keys.detach(), kv.values.detach())
+        held = self.head.num_tokens if self.head is not None else 0
+        if held < self.sinks:
+            new = kv.token_slice(0, self.sinks - held)
+            self.head = new if self.head is None else MemoryKV.cat([self.head, new])
+        self.seen += kv.num_tokens
         kv = kv if self.kv is None else MemoryKV.cat([self.kv, kv])
-        self.kv = kv.token_slice(max(0, kv.num_tokens - self.tokens), kv.num_tokens)
+        self.kv = kv.token_slice(max(0, kv.num_tokens - self.tokens), kv.num_tokens) if self.tokens else None
+
+    def around(self, memory: MemoryKV | None) -> MemoryKV | None:
+        """What a decoder pass reads before its own tokens: ``[sinks ; memory ; window]``."""
+        parts = [p for p in (self.sink_kv, memory, self.kv) if p is not None]
+        return MemoryKV.cat(parts) if parts else None
+
+    def map(self, fn) -> "RecentKV":
+        """A copy with ``fn`` applied to each ``MemoryKV`` held (e.g. one row of a batch)."""
+        out = RecentKV(self.tokens, self.sinks)
+        out.kv = None if self.kv is None else fn(self.kv)
+        out.head = None if self.head is None else fn(self.head)
+        out.seen = self.seen
+        return out
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

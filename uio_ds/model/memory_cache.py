@@ -30,7 +30,8 @@ from uio_ds.model.kv import MemoryKV
 from uio_ds.model.memory_model import drain
 
 # Options that do not change a segment's memory (how it is read, not what it is).
-_READ_ONLY_OPTIONS = ("attention", "position_overflow", "memory_window", "recent_tokens", "decoder_recompute")
+_READ_ONLY_OPTIONS = ("attention", "position_overflow", "memory_window", "recent_tokens", "sink_tokens",
+                      "decoder_recompute")
 
 
 @dataclass

@@ -10,7 +10,8 @@ Three roles share one set of frozen base weights:
   number of KV heads;
 * decoder: the frozen base (adapters off) reads a segment with the memory K/V
   of earlier segments as a prefix cache; RoPE positions start at 0 over
-  ``[memories ; segment]``.
+  ``[memories ; segment]`` (``[sinks ; memories ; raw window ; segment]`` with the optional
+  raw window and attention sinks).
 
 Training code calls ``encode``, ``memory_kv`` and ``decode`` directly, never
 the root ``forward`` (which a DeepSpeed engine hooks); ``forward`` is the
@@ -163,8 +164,9 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         return self.config.recent_tokens // self.segment_length
 
     def recent_kv(self) -> RecentKV | None:
-        """A fresh raw recent window for one batch of texts, or None without one."""
-        return RecentKV(self.config.recent_tokens) if self.config.recent_tokens else None
+        """A fresh raw recent window and sinks for one batch of texts, or None without either."""
+        c = self.config
+        return RecentKV(c.recent_tokens, c.sink_tokens) if c.recent_tokens or c.sink_tokens else None
 
     def read_memories(self, t: int) -> tuple[int, int]:
         """(first, stop): the memories that segment t's decoder reads (``positions.read_memories``)."""
@@ -409,8 +411,9 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         || decoder) is added, both summed over the positions ``targets`` scores (distillation from
         the base reading everything: the loss sits where the far context changes the prediction).
 
-        ``recent`` (from ``recent_kv``, with ``recent_tokens`` > 0): the raw window, read after the
-        memories, and extended by this pass's own K/V for the next segment's pass.
+        ``recent`` (from ``recent_kv``, with ``recent_tokens`` or ``sink_tokens`` > 0): the raw window,
+        read after the memories, and the sinks, read before them (``RecentKV.around``); extended by
+        this pass's own K/V for the next segment's pass.
 
         ``regularize_weight`` > 0 with a decoder LoRA adds that weight x KL(base || decoder) on the
         segment read without memory (``regularize_sum``): the LoRA is kept close to the base where
@@ -418,10 +421,8 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         """
         if memory is not None and memory.batch_size != input_ids.shape[0]:
             raise ValueError(f"memory has batch {memory.batch_size} but the segment batch is {input_ids.shape[0]}")
-        raw = recent.kv if recent is not None else None
-        memory = self.fit_positions(memory, input_ids.shape[1], raw.num_tokens if raw is not None else 0)
-        parts = [p for p in (memory, raw) if p is not None]
-        prefix = MemoryKV.cat(parts) if parts else None
+        memory = self.fit_positions(memory, input_ids.shape[1], recent.num_tokens if recent is not None else 0)
+        prefix = recent.around(memory) if recent is not None else memory
         # the pass's cache is dropped after it: read-only, so a recomputed layer sees the same K/V
         cache = self.build_cache(prefix, read_only=self.config.decoder_recompute) if prefix is not None else None
         if recent is None:
@@ -483,7 +484,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         bounds = split_segments(length, self.segment_length)
         self.check_length(length)
         memory = None
-        if len(bounds) > 1:
+        if len(bounds) > 1 and self.config.memory_window != 0:  # 0: no memory read, the raw window alone
             # The last segment's memory would serve no loss: never build it.
             memory = self.compress(input_ids[:, : bounds[-1][0]], batch_size=None)
         sums, counts, lm_sum, distill_sum = [], [], 0.0, 0.0

@@ -15,7 +15,8 @@ from uio_ds.config import UIOConfig
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 MEM_EMBEDDINGS_FILE = "mem_embeddings.safetensors"
 # Options that choose how a trained model runs, not what was trained: they may differ on load.
-RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "recent_tokens", "decoder_recompute")
+RUNTIME_OPTIONS = ("dtype", "attention", "position_overflow", "memory_window", "recent_tokens", "sink_tokens",
+                   "decoder_recompute")
 # Shape facts a saved set of trained parts must share with the base model it is loaded onto.
 _FINGERPRINT_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
 

@@ -59,9 +59,10 @@ def peak_positions(config: UIOConfig, total_tokens: int) -> int:
     k = config.recent_tokens // l
     c = (total_tokens - 1) // l
 
-    def used(t: int, n: int) -> int:  # segment t of n tokens: its memories, its raw window, itself
+    def used(t: int, n: int) -> int:  # segment t of n tokens: sinks, its memories, its raw window, itself
         memories = max(0, t - k)
-        return (min(memories, w) if w is not None else memories) * m + min(k, t) * l + n
+        sinks = min(config.sink_tokens, memories * l)  # the text's first tokens, once out of the window
+        return sinks + (min(memories, w) if w is not None else memories) * m + min(k, t) * l + n
 
     last = used(c, total_tokens - c * l)
     return max(last, used(c - 1, l)) if c >= 1 else last
@@ -71,9 +72,10 @@ def max_tokens_supported(config: UIOConfig, limit: int) -> int | None:
     """Longest text whose every decoder call fits in ``limit`` positions (policy 'error'); None
     when a ``memory_window`` keeps every decoder call in range whatever the length."""
     l, m = config.segment_length, config.num_mem_tokens
-    if config.memory_window is not None and config.memory_window * m + config.recent_tokens + l <= limit:
+    raw = config.recent_tokens + config.sink_tokens
+    if config.memory_window is not None and config.memory_window * m + raw + l <= limit:
         return None
-    if config.recent_tokens:
+    if raw:
         # the largest text whose peak fits: peak_positions grows with the length
         low, high = 0, (limit // m + 2) * l
         while low < high:
@@ -99,8 +101,9 @@ def length_problem(config: UIOConfig, total_tokens: int, limit: int) -> str | No
 
 
 def droppable_room(config: UIOConfig, limit: int) -> int:
-    """Positions left for memories under 'drop_oldest': a full segment and a full raw window first."""
-    return max(0, limit - config.segment_length - config.recent_tokens)
+    """Positions left for memories under 'drop_oldest': a full segment, a full raw window and the
+    sinks first."""
+    return max(0, limit - config.segment_length - config.recent_tokens - config.sink_tokens)
 
 
 def readable_memories(config: UIOConfig, num_memories: int, limit: int) -> int:
@@ -125,9 +128,9 @@ def fit_memory(config: UIOConfig, memory, query_length: int, raw_tokens: int, li
     """``memory`` (a ``MemoryKV`` or None) cut to what a decoder call over ``query_length`` tokens
     reads: at most ``memory_window`` memories, then ``position_overflow`` when [memory ; raw
     window ; query] exceeds the base model's ``limit`` positions (``raw_tokens``: what the raw
-    recent window holds now).
+    recent window and the sinks hold now).
 
-    'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l - recent) / m)
+    'error' raises; 'drop_oldest' keeps the most recent floor((max_positions - l - recent - sinks) / m)
     memories, a fixed window that leaves room for a full segment and a full raw window, so
     training and streaming generation see the same memories whatever the query length.
     """
@@ -138,6 +141,7 @@ def fit_memory(config: UIOConfig, memory, query_length: int, raw_tokens: int, li
     window = config.memory_window
     if memory is not None and window is not None and memory.num_tokens > window * config.num_mem_tokens:
         memory = memory.token_slice(memory.num_tokens - window * config.num_mem_tokens, memory.num_tokens)
+        memory = memory if memory.num_tokens else None  # memory_window=0: the raw window alone
     num_memory = memory.num_tokens if memory is not None else 0
     if config.position_overflow == "drop_oldest":
         keep = droppable_room(config, limit) // config.num_mem_tokens * config.num_mem_tokens
@@ -146,7 +150,7 @@ def fit_memory(config: UIOConfig, memory, query_length: int, raw_tokens: int, li
         return memory.token_slice(num_memory - keep, num_memory) if keep > 0 else None
     used = num_memory + raw_tokens + query_length
     if used > limit:
-        raw = f" + {raw_tokens} raw recent tokens" if raw_tokens else ""
+        raw = f" + {raw_tokens} raw tokens (window and sinks)" if raw_tokens else ""
         raise PositionRangeError(
             f"{num_memory} memory tokens{raw} + {query_length} segment tokens need {used} positions, "
             f"but the base model has max_position_embeddings={limit} "

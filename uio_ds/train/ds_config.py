@@ -142,9 +142,10 @@ def _zero3(zero: dict, cfg: TrainConfig, largest_trainable: int | None, problems
     if any(s.objective is not None for s in cfg.data.sources):
         problems.append("DeepSpeed ZeRO-3 with a source's own objective: ranks would run their objectives' "
                         "groups in different numbers, out of lockstep; use ZeRO-1/2, or the run's objective only")
-    if cfg.uio.recent_tokens:
-        problems.append(f"DeepSpeed ZeRO-3 with uio.recent_tokens={cfg.uio.recent_tokens}: the passes that fill "
-                        "the raw window do not run in lockstep yet; use ZeRO-1/2, or uio.recent_tokens=0")
+    for name in ("recent_tokens", "sink_tokens"):
+        if getattr(cfg.uio, name):
+            problems.append(f"DeepSpeed ZeRO-3 with uio.{name}={getattr(cfg.uio, name)}: the passes that fill "
+                            f"the raw window and sinks do not run in lockstep yet; use ZeRO-1/2, or uio.{name}=0")
     prefetch = zero.get("stage3_prefetch_bucket_size", "auto")
     if prefetch == "auto":
         zero["stage3_prefetch_bucket_size"] = 0
