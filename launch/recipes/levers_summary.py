@@ -24,6 +24,7 @@ ARMS = {
     "ae_then_lm": "auto-encoding warm start, then next-token loss",
     "distill_facts": "next-token + distillation, 30% varied facts",
     "recent": "distillation + one raw recent segment",
+    "sinks": "distillation + 4 sinks + two raw recent segments",
     "facts_narrow": "next-token, 30% one-template pass keys",
     "facts_varied": "next-token, 30% varied facts",
     "decoder_lora": "next-token + varied facts, decoder LoRA regularised to the base",
@@ -60,6 +61,12 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         out["baselines"] = {m: {"perplexity": _perplexity(base, m), "facts": _facts(base, m),
                                 "kv_entries": base["kv_entries"][m], "fluency": _fluency(results, "baselines", m)}
                             for m in base["perplexity"]}
+        # the sinks arm's raw reading without memory (4 sinks + 512 raw tokens): what memory adds to it
+        window = load_json(os.path.join(results, "smollm2_levers_window.json"))
+        if window:
+            out["baselines"]["window"] = {"perplexity": _perplexity(window, "uio"), "facts": _facts(window, "uio"),
+                                          "kv_entries": window["kv_entries"]["uio"],
+                                          "fluency": _fluency(results, "window", "uio")}
     out["arms"] = {}
     for arm, label in ARMS.items():
         r = load_json(os.path.join(results, f"smollm2_levers_{arm}.json"))

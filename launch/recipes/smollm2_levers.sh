@@ -8,6 +8,9 @@
 #   ae_then_lm      auto-encoding for the first third of the steps, then the next-token loss
 #   distill_facts   next-token loss + distillation, 30% of documents varied fact data
 #   recent          distillation with a raw recent window of one segment (uio.recent_tokens=256)
+#   sinks           distillation with 4 attention sinks and a raw window of two segments
+#                   (uio.sink_tokens=4, recent_tokens=512): [sinks ; memories ; window ; segment];
+#                   next to the same reading without memory (the "window" baseline)
 #   facts_narrow    next-token loss, 30% of documents one-template pass-key data over the books
 #   facts_varied    next-token loss, 30% of documents varied fact data (8 wordings, 5 key kinds, 3 haystacks)
 #   decoder_lora    facts_varied with a decoder LoRA (rank 8, q/v) kept near the base by
@@ -28,7 +31,7 @@ set -euo pipefail
 OUT=${OUT:-runs/levers}
 RECIPE=levers-recipe
 STEPS=${STEPS:-100}
-ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent facts_narrow facts_varied decoder_lora}
+ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent sinks facts_narrow facts_varied decoder_lora}
 FACT_RECORDS=${FACT_RECORDS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
@@ -70,6 +73,7 @@ arm() {  # arm NAME: train it (its lever as overrides)
             train ae_then_lm $(( STEPS - first )) init_from="$OUT/ae_warm/final" ;;
         distill_facts) train distill_facts "$STEPS" objective.distill=1 "$(mix facts_varied)" ;;
         recent) train recent "$STEPS" objective.lm=0 objective.distill=1 uio.recent_tokens=256 ;;
+        sinks) train sinks "$STEPS" objective.lm=0 objective.distill=1 uio.recent_tokens=512 uio.sink_tokens=4 ;;
         facts_narrow) train facts_narrow "$STEPS" "$(mix facts_narrow)" ;;
         facts_varied) train facts_varied "$STEPS" "$(mix facts_varied)" ;;
         decoder_lora) train decoder_lora "$STEPS" objective.regularize=1 "$(mix facts_varied)" \
@@ -84,6 +88,11 @@ STREAM_WINDOW=$(( (4 * (31 * 32 + 256) + 4) / 5 ))
 # The recent arm's raw segment takes the place of 8 memories (256 / 32 slots): it reads the 23 most
 # recent memories, so at 8K it reads as many K/V entries as the others (23 * 32 + 256 + 256 = 1,248).
 RECENT_MEMORY_WINDOW=$(( 31 - 256 / 32 ))
+# The sinks arm reads 4 sinks and two raw segments: the 14 most recent memories fill the rest
+# (4 + 14 * 32 + 512 + 256 = 1,220 K/V entries). The window baseline is the same reading without
+# memory (memory_window 0: StreamingLLM at UIO's layout), so sinks - window is what memory adds.
+SINKS_MEMORY_WINDOW=$(( (31 * 32 + 256 - 4 - 512 - 256) / 32 ))
+WINDOW_OPTS=(--memory-window 0 --recent-tokens 512 --sink-tokens 4)
 EVAL_OPTS=()
 evaluate() {  # evaluate PARTS NAME METHODS...
     local parts=$1 name=$2; shift 2
@@ -108,6 +117,11 @@ fluency() {  # fluency PARTS NAME METHODS...
 }
 stage "baselines: fluency" "$RESULTS/smollm2_levers_baselines_fluency.json" \
     fluency none smollm2_levers_baselines_fluency no_memory streaming full
+EVAL_OPTS=("${WINDOW_OPTS[@]}")
+stage "baselines: the sinks arm's raw reading without memory" "$RESULTS/smollm2_levers_window.json" \
+    evaluate none smollm2_levers_window uio
+stage "baselines: the window's fluency" "$RESULTS/smollm2_levers_window_fluency.json" \
+    fluency none smollm2_levers_window_fluency uio
 
 for name in $ARMS; do
     parts=$OUT/$name/final
@@ -115,6 +129,7 @@ for name in $ARMS; do
     stage "arm $name ($STEPS steps)" "$parts/uio_config.json" arm "$name"
     EVAL_OPTS=()
     [[ $name == recent ]] && EVAL_OPTS=(--memory-window "$RECENT_MEMORY_WINDOW")
+    [[ $name == sinks ]] && EVAL_OPTS=(--memory-window "$SINKS_MEMORY_WINDOW")
     # a decoder LoRA changes the decoder without memory too: measure it beside the memory
     methods=(uio)
     [[ $name == decoder_lora ]] && methods=(uio no_memory)

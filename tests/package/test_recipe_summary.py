@@ -159,6 +159,9 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     fluency = ["--tasks", "fluency", "--fluency-prompt", "64", "--fluency-tokens", "8"]
     assert evaluate(common + fluency + ["--methods", "uio", "--name", "smollm2_levers_distill_fluency"]) == 0
     assert evaluate(common + fluency + ["--methods", "full", "--name", "smollm2_levers_baselines_fluency"]) == 0
+    # the sinks arm's raw reading without memory: the window baseline
+    raw = ["--memory-window", "0", "--recent-tokens", "32", "--sink-tokens", "4"]
+    assert evaluate(common + tasks + raw + ["--methods", "uio", "--name", "smollm2_levers_window"]) == 0
     _write_metrics(runs / "distill", [3.0, 2.0, 1.5, 1.0], seconds=2.0, tokens=100)
 
     mod = _summary_module("levers_summary")
@@ -181,6 +184,11 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     assert got["fluency"]["ratio_to_full"] == pytest.approx(fluency["judge_perplexity"] / full["judge_perplexity"])
     assert s["baselines"]["full"]["fluency"]["ratio_to_full"] == pytest.approx(1.0)
     assert s["baselines"]["streaming"]["fluency"] is None  # not evaluated: blank, not invented
+    window = json.loads((results / "smollm2_levers_window.json").read_text())
+    assert window["config"]["sink_tokens"] == 4 and window["config"]["memory_window"] == 0
+    assert s["baselines"]["window"]["perplexity"]["128"] == window["perplexity"]["uio"]["by_length"]["128"]["later_perplexity"]
+    # 4 sinks + 32 raw tokens + a segment of 32 at most, no memory
+    assert s["baselines"]["window"]["kv_entries"]["128"] == 4 + 32 + 32
     assert (results / "smollm2_levers.png").exists() and "distill: distillation" in capsys.readouterr().out
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make levers-recipe" in capsys.readouterr().err
