@@ -25,6 +25,7 @@ def decode_alone(model, prompt: torch.Tensor, tokens: list[int]) -> list[torch.T
     ("mistral", {}),
     ("mistral_sliding", {}),  # a sliding window of 12 entries, shorter than most rows' caches
     ("llama", {"recent_tokens": 16}),  # a raw recent window: the rows' captured K/V go to their streams
+    ("qwen2", {"recent_tokens": 16, "sink_tokens": 3}),  # and sinks ahead of the memories
     ("llama", {"memory_window": 2, "position_overflow": "drop_oldest"}),
 ])
 @torch.no_grad()
