@@ -53,6 +53,14 @@ def test_no_memory_with_sinks_and_a_window_is_streaming_llm(tiny_dirs, arch):
         _, _, want = streaming.score(doc)
         got = UIOMethod(model).token_losses(doc)
     assert_same_function(torch.tensor(got), torch.tensor(want), model.base.config)
+    # streaming generation reads the same, and compresses nothing: no memory is ever read
+    stream = MemoryStream(model)
+    with torch.no_grad():
+        first = stream.prefill(doc[:, :1])
+        logits = torch.cat([first[:, None], stream.score(doc[:, 1:-1])], dim=1)[0]
+    streamed = torch.nn.functional.cross_entropy(logits.float(), doc[0, 1:], reduction="none")
+    assert_same_function(streamed, torch.tensor(want), model.base.config)
+    assert stream.num_compressions == 0 and stream.memory is None
     # the sinks matter: without them the same window reads otherwise
     config = model.config
     plain = load(tiny_dirs[arch], recent_tokens=32, memory_window=0)

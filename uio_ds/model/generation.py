@@ -104,6 +104,14 @@ class MemoryStream:
         else:
             self.cache = model.build_cache(self.memory)
 
+    def _append_raw(self) -> None:
+        """``memory_window=0``: no memory is ever read, so nothing is compressed; the segment just
+        read joins the raw window (and sinks) as the decoder read it."""
+        self.residual = self.residual[:, :0]
+        self.recent.add(MemoryKV.cat(self._pending))
+        self._pending = []
+        self.cache = self.model.build_cache(self.recent.around(None))
+
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Read the prompt (B, P); return the next-token logits (B, vocab)."""
         return drain(self.prefill_steps(input_ids))
@@ -196,7 +204,9 @@ class MemoryStream:
             self._pending.append(read_kv)
         self.residual = torch.cat([self.residual, tokens], dim=1)
         if self.residual.shape[1] == self.model.segment_length:
-            if self.use_memory:
+            if self.use_memory and self.model.config.memory_window == 0:
+                self._append_raw()
+            elif self.use_memory:
                 self._append_memory(self._compress(self.residual))
             else:
                 self.residual, self.cache = self.residual[:, :0], self.model.build_cache(None)
