@@ -127,19 +127,23 @@ def plot(s: dict, results: str) -> str | None:
     lengths = list(s["baselines"]["no_memory"]["perplexity"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     names = list(s["arms"])
+    lines = [(m, style) for m, style in (("no_memory", ":"), ("streaming", "--"), ("window", "-."), ("full", "-"))
+             if m in s["baselines"]]
     for i, n in enumerate(lengths):
         axes[0].bar([j + i * 0.4 for j in range(len(names))], [s["arms"][a]["perplexity"][n] for a in names],
                     width=0.4, label=f"{n} tokens")
-        for m, style in (("no_memory", ":"), ("streaming", "--"), ("full", "-")):
+        for m, style in lines:
             axes[0].axhline(s["baselines"][m]["perplexity"][n], linestyle=style, linewidth=1,
                             color=f"C{i}", label=f"{m} @{n}")
+    lowest = min(v for b in [*s["baselines"].values(), *s["arms"].values()] for v in b["perplexity"].values() if v)
+    axes[0].set_ylim(bottom=0.8 * lowest)  # the differences, not the distance from zero
     axes[0].set_xticks([j + 0.2 for j in range(len(names))], names, rotation=30, ha="right")
     axes[0].set_ylabel("perplexity, segments 2..T (held-out books)")
     axes[0].set_title("Perplexity by arm against the baselines")
     axes[0].legend(fontsize=7, ncol=2)
     facts = [(a, s["arms"][a]["facts"]) for a in names if s["arms"][a]["facts"]]
     axes[1].bar([a for a, _ in facts], [f["answer_loss"] for _, f in facts], color="C2")
-    for m, style in (("no_memory", ":"), ("streaming", "--"), ("full", "-")):
+    for m, style in lines:
         f = s["baselines"][m]["facts"]
         if f:
             axes[1].axhline(f["answer_loss"], linestyle=style, color="k", linewidth=1, label=m)
