@@ -22,6 +22,7 @@ from levers_summary import summarize as levers_summary
 from summary_common import load_json, summary_main
 
 ARM = "lm"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _long(results: str) -> dict:
@@ -59,7 +60,8 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
     out["facts"] = {m: r["facts"] for m, r in rows.items()}
     out["fluency"] = {m: r.get("fluency") for m, r in rows.items()}
     out["reconstruction"] = a.get("reconstruction")
-    for parts in (os.path.join("release", "milestones", "levers", arm), os.path.join(runs, arm, "final")):
+    milestone = os.path.join(REPO, "release", "milestones", "levers", arm)  # wherever the summary runs from
+    for parts in (milestone, os.path.join(runs, arm, "final")):
         saved = load_json(os.path.join(parts, "uio_config.json"))
         if saved:
             out["frozen_decoder"] = saved["uio"].get("decoder_lora") is None
