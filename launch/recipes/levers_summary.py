@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from summary_common import load_json, run_summary, stage_times, summary_main
+from summary_common import load_json, run_summary, save_figure, stage_times, subplots, summary_main
 
 ARMS = {
     "lm": "next-token loss (reference)",
@@ -119,13 +119,8 @@ def print_summary(s: dict) -> None:
 def plot(s: dict, results: str) -> str | None:
     if not s["arms"]:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lengths = list(s["baselines"]["no_memory"]["perplexity"])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = subplots(1, 2, figsize=(13, 4.5))
     names = list(s["arms"])
     lines = [(m, style) for m, style in (("no_memory", ":"), ("streaming", "--"), ("window", "-."), ("full", "-"))
              if m in s["baselines"]]
@@ -151,11 +146,7 @@ def plot(s: dict, results: str) -> str | None:
     axes[1].set_title("Facts in held-out wording over held-out text")
     axes[1].tick_params(axis="x", rotation=30)
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(results, "smollm2_levers.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.join(results, "smollm2_levers.png"))
 
 
 def main(argv=None) -> int:

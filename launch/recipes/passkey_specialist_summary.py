@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from summary_common import load_json, passkey_entry, run_summary, stage_times, summary_main
+from summary_common import load_json, passkey_entry, run_summary, save_figure, stage_times, subplots, summary_main
 
 AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
                 "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}
@@ -70,12 +70,7 @@ def print_summary(s: dict) -> None:
 
 
 def plot(s: dict, results: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
     runs = list(s["autoencode"])
     x = range(len(runs))
@@ -114,11 +109,7 @@ def plot(s: dict, results: str) -> str:
     if ax.lines:
         ax.legend(fontsize=7)
     fig.suptitle(f"SmolLM2-135M pass-key specialist recipe ({s.get('machine', {}).get('cpu', 'CPU')})", fontsize=10)
-    fig.tight_layout()
-    path = os.path.join(results, "smollm2_memory.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, os.path.join(results, "smollm2_memory.png"))
 
 
 def main(argv=None) -> int:

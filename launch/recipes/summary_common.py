@@ -94,3 +94,23 @@ def summary_main(argv, description: str, default_runs: str, summarize, required:
     png = plot(s, args.results)
     print(f"\nwrote {path}" + (f", {png}" if png else ""))
     return 0
+
+
+def subplots(*args, **kwargs):
+    """``plt.subplots`` drawn off-screen (the Agg backend): a summary runs without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -10,7 +10,16 @@ from __future__ import annotations
 import os
 import sys
 
-from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main
+from summary_common import (
+    load_json,
+    passkey_entry,
+    perplexity_entry,
+    run_summary,
+    save_figure,
+    stage_times,
+    subplots,
+    summary_main,
+)
 
 ABLATIONS = ("reference", "no_transfer_lora", "tbptt", "ratio32", "decoder_lora")
 ABLATION_LABELS = {"reference": "reference: unbiased(2), ratio 8, transfer LoRA",
@@ -91,14 +100,9 @@ def print_summary(s: dict) -> None:
 def plot_ablations(s: dict, path: str) -> str | None:
     if "ablations" not in s:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(s["ablations"])
     values = [s["ablations"][n]["uio"]["segments_2_to_T"] for n in names]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig, ax = subplots(figsize=(9, 3.8))
     labels = [s["ablations"][n]["label"] + (f"\n(its own no memory: {s['ablations'][n]['no_memory']['segments_2_to_T']:.2f})"
                                             if n != "reference" and "no_memory" in s["ablations"][n] else "")
               for n in names]
@@ -116,10 +120,7 @@ def plot_ablations(s: dict, path: str) -> str | None:
     steps = (s["ablations"].get("reference", {}).get("training") or {}).get("steps")
     ax.set(xlabel="held-out perplexity of segments 2..T (lower is better)", xlim=(low, max(values) + 1.5),
            title="SmolLM2 UIO ablations, equal training budget" + (f" ({steps} steps each)" if steps else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:

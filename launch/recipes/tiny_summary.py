@@ -11,7 +11,16 @@ from __future__ import annotations
 import os
 import sys
 
-from summary_common import load_json, passkey_entry, perplexity_entry, run_summary, stage_times, summary_main
+from summary_common import (
+    load_json,
+    passkey_entry,
+    perplexity_entry,
+    run_summary,
+    save_figure,
+    stage_times,
+    subplots,
+    summary_main,
+)
 
 RUNS = {"recall": "memory + decoder LoRA (pass key)", "recall_frozen_decoder": "memory, frozen decoder (pass key)",
         "recall_unbiased2": "memory + decoder LoRA, unbiased(2)",
@@ -91,12 +100,7 @@ def print_summary(s: dict) -> None:
 
 
 def plot(s: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    fig, axes = subplots(1, 3, figsize=(15, 5.4))
     ax = axes[0]
     styles = {("mixed", "uio"): ("memory + decoder LoRA, then 3-6 segments", "tab:green", "-"),
               ("mixed", "no_memory"): ("no memory (that decoder)", "tab:green", ":"),
@@ -140,10 +144,7 @@ def plot(s: dict, path: str) -> str:
         ax.set(title="(c) auto-encoding a 64-token segment", ylabel="score")
         ax.legend(fontsize=8)
     fig.suptitle("tiny recall recipe (tiny Llama, hidden 128, 4 layers; l=64)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:
