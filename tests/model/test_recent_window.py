@@ -88,10 +88,11 @@ def test_streaming_generation_reads_what_scoring_reads(tiny_dirs, prompt_length)
         assert (reference_last_logits(plain, seq[:, :70]) - reference_last_logits(model, seq[:, :70])).abs().max() > 1e-3
 
 
-def test_strategies_agree_with_a_window(tiny_dirs):
+@pytest.mark.parametrize("sink_tokens", [0, 3])
+def test_strategies_agree_with_a_window(tiny_dirs, sink_tokens):
     """With the window smaller than the text, the incremental strategies give full BPTT's gradient
-    (the raw K/V are detached in every strategy alike), prompts included."""
-    model = load(tiny_dirs["mistral"], recent_tokens=16)
+    (the raw K/V are detached in every strategy alike), prompts included; with attention sinks too."""
+    model = load(tiny_dirs["mistral"], recent_tokens=16, sink_tokens=sink_tokens)
     perturb_trainable(model, seed=3, scale=0.2)
     doc = random_ids(2, 16 * 5 + 5, seed=4)
     labels = doc.clone()
