@@ -81,7 +81,7 @@ class UIOMethod(Method):
         ids = ids.to(model.device)
         bounds = split_segments(ids.shape[1], model.segment_length)
         memory = None
-        if self.use_memory and len(bounds) > 1 and model.config.memory_window != 0:  # 0: the raw window alone
+        if self.use_memory and len(bounds) > 1 and model.reads_memory:
             memory = model.compress(ids[:, : bounds[-1][0]], self.encode_batch_size)
         losses = []
         recent = model.recent_kv() if self.use_memory else None

@@ -204,7 +204,7 @@ class MemoryStream:
             self._pending.append(read_kv)
         self.residual = torch.cat([self.residual, tokens], dim=1)
         if self.residual.shape[1] == self.model.segment_length:
-            if self.use_memory and self.model.config.memory_window == 0:
+            if self.use_memory and not self.model.reads_memory:
                 self._append_raw()
             elif self.use_memory:
                 self._append_memory(self._compress(self.residual))

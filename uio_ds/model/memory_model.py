@@ -163,6 +163,12 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         """k: segments the decoder reads raw before its own (``recent_tokens / segment_length``)."""
         return self.config.recent_tokens // self.segment_length
 
+    @property
+    def reads_memory(self) -> bool:
+        """False under ``memory_window=0``: the decoder reads only the raw window and sinks, so no
+        segment needs compressing."""
+        return self.config.memory_window != 0
+
     def recent_kv(self) -> RecentKV | None:
         """A fresh raw recent window and sinks for one batch of texts, or None without either."""
         c = self.config
@@ -484,7 +490,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         bounds = split_segments(length, self.segment_length)
         self.check_length(length)
         memory = None
-        if len(bounds) > 1 and self.config.memory_window != 0:  # 0: no memory read, the raw window alone
+        if len(bounds) > 1 and self.reads_memory:
             # The last segment's memory would serve no loss: never build it.
             memory = self.compress(input_ids[:, : bounds[-1][0]], batch_size=None)
         sums, counts, lm_sum, distill_sum = [], [], 0.0, 0.0
