@@ -52,3 +52,14 @@ ds_train() {
     $DEEPSPEED --num_gpus "$RANKS" --master_port "$(free_port)" launch/train.py --deepspeed ds_configs/zero2.json \
         --config "$config" --resume auto --set output_dir="$run" "$@" "${scaled[@]}"
 }
+# make_facts FILE make-fact-data options...: fact-retrieval records over SmolLM2's tokenizer
+make_facts() {
+    local file=$1; shift
+    $PY -m uio_ds make-fact-data --out "$file" --tokenizer models/smollm2 "$@"
+}
+# held_out_facts FILE: the recipes' fact evaluation, FACT_RECORDS records of 2,048 tokens, a fact and a
+# question in wordings never trained on over a haystack never trained on (software licence texts)
+held_out_facts() {
+    make_facts "$1" --tokens 2048 --documents "${FACT_RECORDS:-150}" --haystacks licenses \
+        --templates held_out --facts 1 1 --questions 1 1 --seed 1
+}

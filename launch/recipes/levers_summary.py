@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import os
 
-from summary_common import load_json, run_summary, save_figure, stage_times, subplots, summary_main
+from summary_common import (
+    facts_entry,
+    fluency_entry,
+    later_perplexity,
+    load_json,
+    run_summary,
+    save_figure,
+    stage_times,
+    subplots,
+    summary_main,
+)
 
 ARMS = {
     "lm": "next-token loss (reference)",
@@ -31,23 +41,8 @@ ARMS = {
 }
 
 
-def _perplexity(report: dict, method: str) -> dict:
-    return {n: v["later_perplexity"] for n, v in report["perplexity"][method]["by_length"].items()}
-
-
-def _facts(report: dict, method: str) -> dict | None:
-    if "facts" not in report:
-        return None
-    cells = report["facts"]["methods"][method]["cells"]
-    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"]}
-
-
 def _fluency(results: str, name: str, method: str) -> dict | None:
-    r = load_json(os.path.join(results, f"smollm2_levers_{name}_fluency.json"))
-    m = (r or {}).get("fluency", {}).get("methods", {}).get(method)
-    if m is None:
-        return None
-    return {k: m[k] for k in ("judge_perplexity", "distinct_3")}
+    return fluency_entry(load_json(os.path.join(results, f"smollm2_levers_{name}_fluency.json")), method)
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -58,13 +53,13 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
     base = load_json(os.path.join(results, "smollm2_levers_baselines.json"))
     if base:
         out["machine"] = base["machine"]
-        out["baselines"] = {m: {"perplexity": _perplexity(base, m), "facts": _facts(base, m),
+        out["baselines"] = {m: {"perplexity": later_perplexity(base, m), "facts": facts_entry(base, m),
                                 "kv_entries": base["kv_entries"][m], "fluency": _fluency(results, "baselines", m)}
                             for m in base["perplexity"]}
         # the sinks arm's raw reading without memory (4 sinks + 512 raw tokens): what memory adds to it
         window = load_json(os.path.join(results, "smollm2_levers_window.json"))
         if window:
-            out["baselines"]["window"] = {"perplexity": _perplexity(window, "uio"), "facts": _facts(window, "uio"),
+            out["baselines"]["window"] = {"perplexity": later_perplexity(window, "uio"), "facts": facts_entry(window, "uio"),
                                           "kv_entries": window["kv_entries"]["uio"],
                                           "fluency": _fluency(results, "window", "uio")}
     out["arms"] = {}
@@ -72,7 +67,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         r = load_json(os.path.join(results, f"smollm2_levers_{arm}.json"))
         if not r:
             continue
-        entry = {"label": label, "perplexity": _perplexity(r, "uio"), "facts": _facts(r, "uio"),
+        entry = {"label": label, "perplexity": later_perplexity(r, "uio"), "facts": facts_entry(r, "uio"),
                  "kv_entries": r["kv_entries"]["uio"], "training": run_summary(os.path.join(runs, arm)),
                  "fluency": _fluency(results, arm, "uio")}
         if "autoencode" in r:

@@ -1,15 +1,23 @@
 """Collect the memory release's figures and check them against the release's goals.
 
-Reads what ``launch/recipes/smollm2_memory.sh`` relies on: the levers recipe's evaluation of the
-released arm (``smollm2_levers_ARM.json``, ``..._ARM_fluency.json``, the baselines) and the long
-perplexity runs (``smollm2_release_long.json``, ``smollm2_release_long_streaming16k.json``), and
-writes ``smollm2_release.json``: per length, the perplexity of segments 2..T of the held-out books
-for the memory, the decoder without memory, StreamingLLM at the memory's K/V budget at that length
-and full attention (within SmolLM2's 8,192 positions), with the K/V entries each reads; facts in
-held-out wording, reconstruction and fluency; and each goal with its target, the figure and
+Reads what ``launch/recipes/smollm2_memory.sh`` wrote, every run in the release's reading (its
+sinks, memory window and raw window, so a fixed number of K/V entries at any length):
+
+* ``smollm2_release_reading.json``: the memory and StreamingLLM at the same K/V budget on the
+  held-out books at 4K / 8K tokens, and facts in held-out wording over a held-out haystack;
+* ``smollm2_release_window.json``: the same reading without memory (memory window 0), so what the
+  memory adds to its raw window is a row of its own;
+* ``smollm2_release_long.json`` / ``smollm2_release_long_window.json``: the same at 16K / 32K,
+  with the decoder without memory;
+* ``smollm2_release_reading_fluency.json`` / ``smollm2_release_window_fluency.json``: fluency;
+
+and from the levers recipe the decoder without memory and full attention at 4K / 8K (within
+SmolLM2's 8,192 positions), and the released arm's training and reconstruction. Writes
+``smollm2_release.json``: per method and length the perplexity of segments 2..T with the K/V
+entries read, facts, fluency, reconstruction, and each goal with its target, the figure and
 whether it is met (``null`` where it is not measured yet).
 
-    python launch/recipes/memory_summary.py --arm lm
+    python launch/recipes/memory_summary.py --arm sinks
 """
 
 from __future__ import annotations
@@ -19,47 +27,53 @@ import os
 import sys
 
 from levers_summary import summarize as levers_summary
-from summary_common import load_json, summary_main
+from summary_common import facts_entry, fluency_entry, later_perplexity, load_json, summary_main
 
-ARM = "lm"
+ARM = "sinks"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _long(results: str) -> dict:
-    """Perplexity (segments 2..T) and K/V entries at 16K / 32K from the long runs, by method;
-    StreamingLLM at 16K from its own run, whose window equals the memory's budget there."""
-    out: dict = {}
-    for name, methods in (("smollm2_release_long", None), ("smollm2_release_long_streaming16k", ("streaming",))):
-        r = load_json(os.path.join(results, f"{name}.json"))
-        if not r:
-            continue
-        for method, p in r["perplexity"].items():
-            if methods and method not in methods:
-                continue
-            for n, v in p["by_length"].items():
-                if method == "streaming" and methods is None and n != max(p["by_length"], key=int):
-                    continue  # the 32K run's window matches the memory's budget at 32K only
-                out.setdefault(method, {})[n] = {"perplexity": v["later_perplexity"], "documents": v["documents"],
-                                                 "kv_entries": r["kv_entries"][method].get(n)}
-    return out
+# evaluation file -> {method in the file: the summary's row}
+PERPLEXITY = {
+    "smollm2_release_reading": {"uio": "uio", "streaming": "streaming"},
+    "smollm2_release_window": {"uio": "window"},
+    "smollm2_release_long": {"uio": "uio", "no_memory": "no_memory", "streaming": "streaming"},
+    "smollm2_release_long_window": {"uio": "window"},
+    "smollm2_levers_baselines": {"no_memory": "no_memory", "full": "full"},
+}
+FLUENCY = {
+    "smollm2_release_reading_fluency": {"uio": "uio", "streaming": "streaming"},
+    "smollm2_release_window_fluency": {"uio": "window"},
+    "smollm2_levers_baselines_fluency": {"no_memory": "no_memory", "full": "full"},
+}
+ROWS = ("uio", "window", "streaming", "no_memory", "full")
 
 
 def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dict:
     levers = levers_summary(results, runs, times)
-    a, base = levers["arms"].get(arm), levers.get("baselines")
-    if not a or not base:
+    a = levers["arms"].get(arm)
+    reading = load_json(os.path.join(results, "smollm2_release_reading.json"))
+    if not a or not reading:
         return {}
-    out: dict = {"command": "make memory-recipe", "arm": arm, "label": a["label"], "machine": levers.get("machine"),
-                 "training": a.get("training"), "perplexity": {}}
-    rows = {"uio": a, **base}
-    for method, r in rows.items():
-        out["perplexity"][method] = {n: {"perplexity": v, "kv_entries": r["kv_entries"].get(n)}
-                                     for n, v in r["perplexity"].items()}
-    for method, per in _long(results).items():
-        out["perplexity"].setdefault(method, {}).update(per)
-    out["facts"] = {m: r["facts"] for m, r in rows.items()}
-    out["fluency"] = {m: r.get("fluency") for m, r in rows.items()}
-    out["reconstruction"] = a.get("reconstruction")
+    out: dict = {"command": "make memory-recipe", "arm": arm, "label": a["label"], "machine": reading["machine"],
+                 "reading": {k: reading["config"][k] for k in ("memory_window", "recent_tokens", "sink_tokens")},
+                 "training": a.get("training"), "reconstruction": a.get("reconstruction"),
+                 "perplexity": {m: {} for m in ROWS}, "facts": {m: None for m in ROWS},
+                 "fluency": {m: None for m in ROWS}}
+    for name, methods in PERPLEXITY.items():
+        r = load_json(os.path.join(results, f"{name}.json"))
+        for method, row in methods.items():
+            if not r or method not in r["perplexity"]:
+                continue
+            for n, v in later_perplexity(r, method).items():
+                out["perplexity"][row][n] = {"perplexity": v, "kv_entries": r["kv_entries"][method].get(n)}
+            out["facts"][row] = out["facts"][row] or facts_entry(r, method)
+    for name, methods in FLUENCY.items():
+        r = load_json(os.path.join(results, f"{name}.json"))
+        for method, row in methods.items():
+            out["fluency"][row] = fluency_entry(r, method)
+    full = out["fluency"]["full"]
+    for f in out["fluency"].values():
+        if f and full:  # the judge's perplexity as a multiple of full attention's own continuation
+            f["ratio_to_full"] = f["judge_perplexity"] / full["judge_perplexity"]
     milestone = os.path.join(REPO, "release", "milestones", "levers", arm)  # wherever the summary runs from
     for parts in (milestone, os.path.join(runs, arm, "final")):
         saved = load_json(os.path.join(parts, "uio_config.json"))
@@ -100,7 +114,9 @@ def goals(s: dict) -> list[dict]:
 def print_summary(s: dict) -> None:
     fmt = lambda v, w=8: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
     lengths = sorted({n for per in s["perplexity"].values() for n in per}, key=int)
-    print(f"release: the {s['arm']} arm ({s['label']})")
+    r = s["reading"]
+    print(f"release: the {s['arm']} arm ({s['label']}), read with {r['sink_tokens']} sinks, the last "
+          f"{r['memory_window']} memories and {r['recent_tokens']} raw tokens")
     print("perplexity of segments 2..T, held-out books (K/V entries read in brackets)")
     print(f"  {'':12s}" + "".join(f"{'@' + n:>16}" for n in lengths))
     for method, per in s["perplexity"].items():
@@ -123,7 +139,7 @@ def main(argv=None) -> int:
     known, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     return summary_main(rest, __doc__.splitlines()[0], "runs/levers",
                         lambda results, runs, times: summarize(results, runs, times, known.arm),
-                        ("perplexity", f"smollm2_levers_{known.arm}.json", "memory-recipe"), print_summary,
+                        ("perplexity", "smollm2_release_reading.json", "memory-recipe"), print_summary,
                         "smollm2_release", lambda *_: None)
 
 

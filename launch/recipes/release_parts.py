@@ -2,7 +2,9 @@
 
 The weights are those of ``--parts``; what changes is how they run by default: ``--memory-window``
 keeps every decoder call within the base model's positions whatever the length (the oldest
-memories are dropped), so ``uio-ds serve`` and ``uio-ds chat`` never refuse a long conversation.
+memories are dropped), so ``uio-ds serve`` and ``uio-ds chat`` never refuse a long conversation;
+``--recent-tokens`` and ``--sink-tokens`` set the raw window and the attention sinks the release
+reads with (by default those the parts were trained with).
 The parts are loaded onto the base model and saved again (so the release is checked to load), into
 a new directory that replaces ``--out`` only once it is complete.
 """
@@ -22,6 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--parts", required=True, help="trained parts (save_trained's directory)")
     p.add_argument("--out", required=True, help="release directory (replaced when complete)")
     p.add_argument("--memory-window", type=int, required=True, help="memories a decoder call reads at most")
+    p.add_argument("--recent-tokens", type=int, default=None, help="raw recent window in tokens (default: the parts')")
+    p.add_argument("--sink-tokens", type=int, default=None, help="attention sinks in tokens (default: the parts')")
     p.add_argument("--card", default=None, help="a README.md to ship with the parts (default: keep --out's)")
     args = p.parse_args(argv)
 
@@ -30,7 +34,9 @@ def main(argv=None) -> int:
 
     try:
         config, _ = UIOConfig.load(args.parts)
-        config = dataclasses.replace(config, memory_window=args.memory_window)
+        reading = {"memory_window": args.memory_window, "recent_tokens": args.recent_tokens,
+                   "sink_tokens": args.sink_tokens}
+        config = dataclasses.replace(config, **{k: v for k, v in reading.items() if v is not None})
         model = UIOMemoryModel.from_pretrained(args.model, config)
         model.load_trained(args.parts)
         if model.max_tokens_supported() is not None:
@@ -52,7 +58,8 @@ def main(argv=None) -> int:
         os.replace(args.out, old)
     os.replace(staging, args.out)
     shutil.rmtree(old, ignore_errors=True)
-    print(f"wrote {args.out}: {args.parts} with memory_window={args.memory_window} "
+    print(f"wrote {args.out}: {args.parts} with memory_window={config.memory_window}, "
+          f"recent_tokens={config.recent_tokens}, sink_tokens={config.sink_tokens} "
           f"(every decoder call within {model.max_positions} positions)")
     return 0
 

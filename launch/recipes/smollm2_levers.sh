@@ -43,19 +43,13 @@ source "$(dirname "$0")/common.sh"
 DATA=$OUT/data
 mkdir -p "$DATA"
 
-facts() {  # facts FILE make-fact-data options...
-    local file=$1; shift
-    $PY -m uio_ds make-fact-data --out "$file" --tokenizer models/smollm2 "$@"
-}
 stage "data: varied facts for training" "$DATA/facts_varied.jsonl" \
-    facts "$DATA/facts_varied.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    make_facts "$DATA/facts_varied.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
     --haystacks books story code --templates train --facts 1 3 --questions 1 2
 stage "data: narrow facts for training" "$DATA/facts_narrow.jsonl" \
-    facts "$DATA/facts_narrow.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    make_facts "$DATA/facts_narrow.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
     --haystacks books --templates pass_key --key-kinds digits --facts 1 1 --questions 1 1
-stage "data: held-out facts for evaluation" "$DATA/facts_held_out.jsonl" \
-    facts "$DATA/facts_held_out.jsonl" --tokens 2048 --documents "$FACT_RECORDS" --haystacks licenses \
-    --templates held_out --facts 1 1 --questions 1 1 --seed 1
+stage "data: held-out facts for evaluation" "$DATA/facts_held_out.jsonl" held_out_facts "$DATA/facts_held_out.jsonl"
 
 books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": 0.7}'
 mix() { echo "data.sources=[$books, {\"path\": \"$DATA/$1.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false, \"name\": \"$1\", \"weight\": 0.3}]"; }

@@ -57,6 +57,29 @@ def perplexity_entry(r: dict) -> dict:
             "by_segment": r["by_segment"]}
 
 
+def later_perplexity(report: dict, method: str) -> dict:
+    """Length -> perplexity of segments 2..T for one method of an evaluation report."""
+    return {n: v["later_perplexity"] for n, v in report["perplexity"][method]["by_length"].items()}
+
+
+def facts_entry(report: dict, method: str) -> dict | None:
+    """One method's fact retrieval over every cell (accuracy, answer loss, records), or None
+    where the report has no facts task."""
+    if "facts" not in report:
+        return None
+    cells = report["facts"]["methods"][method]["cells"]
+    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"]}
+
+
+def fluency_entry(report: dict | None, method: str) -> dict | None:
+    """One method's fluency (the judge's perplexity of its continuation, distinct 3-grams), or
+    None where the report (a fluency run) is missing or did not run the method."""
+    m = (report or {}).get("fluency", {}).get("methods", {}).get(method)
+    if m is None:
+        return None
+    return {k: m[k] for k in ("judge_perplexity", "distinct_3")}
+
+
 def passkey_entry(p: dict) -> dict:
     """An evaluation report's passkey section, per method: accuracy and answer loss by length
     (means over depths; None where the method cannot read that length)."""

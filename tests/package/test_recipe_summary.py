@@ -6,7 +6,7 @@ import os
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, small_config
 
 
 def _summary_module(name: str = "table2_summary"):
@@ -194,7 +194,7 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     assert "make levers-recipe" in capsys.readouterr().err
 
 
-def test_memory_summary_merges_the_long_runs_and_checks_the_goals(tiny_dirs, tmp_path, capsys):
+def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from uio_ds.data.generators.facts import write_fact_jsonl
@@ -206,28 +206,45 @@ def test_memory_summary_merges_the_long_runs_and_checks_the_goals(tiny_dirs, tmp
     tasks = ["--tasks", "perplexity", "facts", "--facts", str(facts), "--lengths", "64"]
     assert evaluate(common + tasks + ["--methods", "no_memory", "streaming", "full",
                                       "--name", "smollm2_levers_baselines"]) == 0
-    assert evaluate(common + tasks + ["--methods", "uio", "--name", "smollm2_levers_lm"]) == 0
-    # the long runs: StreamingLLM's window matches the memory's budget at the run's longest length,
-    # and at the shorter one in a run of its own
+    # the release's reading (1 memory + 32 raw tokens + 4 sinks + a segment: 72 K/V entries at any
+    # length), StreamingLLM within the same budget, and the same reading without memory
+    reading = ["--memory-window", "1", "--recent-tokens", "32", "--sink-tokens", "4", "--streaming-window", "58"]
+    window = ["--memory-window", "0", "--recent-tokens", "32", "--sink-tokens", "4"]
+    assert evaluate(common + tasks + reading + ["--methods", "uio", "streaming", "--name", "smollm2_release_reading"]) == 0
+    assert evaluate(common + tasks + window + ["--methods", "uio", "--name", "smollm2_release_window"]) == 0
+    fluency = ["--tasks", "fluency", "--fluency-prompt", "64", "--fluency-tokens", "8"]
+    assert evaluate(common + fluency + reading + ["--methods", "uio", "--name", "smollm2_release_reading_fluency"]) == 0
+    assert evaluate(common + fluency + ["--methods", "full", "--name", "smollm2_levers_baselines_fluency"]) == 0
     long = ["--tasks", "perplexity", "--lengths", "96", "128"]
-    assert evaluate(common + long + ["--methods", "uio", "streaming", "--streaming-window", "48",
-                                     "--name", "smollm2_release_long"]) == 0
-    assert evaluate(common + long[:4] + ["--methods", "streaming", "--streaming-window", "40",
-                                         "--name", "smollm2_release_long_streaming16k"]) == 0
+    assert evaluate(common + long + reading + ["--methods", "uio", "no_memory", "streaming",
+                                               "--name", "smollm2_release_long"]) == 0
+    assert evaluate(common + long + window + ["--methods", "uio", "--name", "smollm2_release_long_window"]) == 0
 
     mod = _summary_module("memory_summary")
-    assert mod.main(["--arm", "lm", "--results", str(results), "--runs", str(runs)]) == 0
+    assert mod.main(["--arm", "sinks", "--results", str(results), "--runs", str(runs)]) == 1  # no sinks arm yet
+    assert "make memory-recipe" in capsys.readouterr().err
+    assert evaluate(common + tasks + ["--methods", "uio", "--name", "smollm2_levers_sinks"]) == 0
+    assert mod.main(["--arm", "sinks", "--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_release.json").read_text())
-    arm = json.loads((results / "smollm2_levers_lm.json").read_text())
-    long_run = json.loads((results / "smollm2_release_long.json").read_text())
-    own = json.loads((results / "smollm2_release_long_streaming16k.json").read_text())
+    read = lambda name: json.loads((results / f"{name}.json").read_text())  # noqa: E731
     later = lambda r, m, n: r["perplexity"][m]["by_length"][n]["later_perplexity"]  # noqa: E731
-    assert s["perplexity"]["uio"]["64"]["perplexity"] == later(arm, "uio", "64")
-    assert s["perplexity"]["uio"]["128"]["perplexity"] == later(long_run, "uio", "128")
-    assert s["perplexity"]["streaming"]["128"]["perplexity"] == later(long_run, "streaming", "128")
-    assert s["perplexity"]["streaming"]["96"]["perplexity"] == later(own, "streaming", "96")
-    assert s["perplexity"]["streaming"]["96"]["kv_entries"] == own["kv_entries"]["streaming"]["96"]
-    assert s["facts"]["uio"]["n"] == 2
+    assert s["reading"] == {"memory_window": 1, "recent_tokens": 32, "sink_tokens": 4}
+    assert s["perplexity"]["uio"]["64"]["perplexity"] == later(read("smollm2_release_reading"), "uio", "64")
+    assert s["perplexity"]["window"]["64"]["perplexity"] == later(read("smollm2_release_window"), "uio", "64")
+    assert s["perplexity"]["full"]["64"]["perplexity"] == later(read("smollm2_levers_baselines"), "full", "64")
+    long_run, long_window = read("smollm2_release_long"), read("smollm2_release_long_window")
+    for n in ("96", "128"):
+        assert s["perplexity"]["uio"][n]["perplexity"] == later(long_run, "uio", n)
+        assert s["perplexity"]["streaming"][n]["perplexity"] == later(long_run, "streaming", n)
+        assert s["perplexity"]["window"][n]["perplexity"] == later(long_window, "uio", n)
+        # a fixed budget at every length: the memory, and StreamingLLM within it
+        assert s["perplexity"]["uio"][n]["kv_entries"] == 4 + 32 + 32 + 4
+        assert s["perplexity"]["streaming"][n]["kv_entries"] <= s["perplexity"]["uio"][n]["kv_entries"]
+        assert s["perplexity"]["window"][n]["kv_entries"] == 4 + 32 + 32
+    assert s["facts"]["uio"]["n"] == 2 and s["facts"]["window"]["n"] == 2
+    assert s["fluency"]["full"]["ratio_to_full"] == pytest.approx(1.0) and s["fluency"]["window"] is None
+    assert s["fluency"]["uio"]["judge_perplexity"] == \
+        read("smollm2_release_reading_fluency")["fluency"]["methods"]["uio"]["judge_perplexity"]
     assert all(g["met"] is None for g in s["goals"] if g["goal"].startswith("perplexity"))  # not at 8K..32K here
     assert "not measured" in capsys.readouterr().out
     # the goals at the release's lengths
@@ -245,3 +262,24 @@ def test_memory_summary_merges_the_long_runs_and_checks_the_goals(tiny_dirs, tmp
     assert autoencode["met"] is True
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make memory-recipe" in capsys.readouterr().err
+
+
+def test_release_parts_ship_the_reading_and_keep_the_old_release_on_error(tiny_dirs, tmp_path, capsys):
+    from uio_ds.model.memory_model import UIOMemoryModel
+
+    parts, out = tmp_path / "parts", tmp_path / "release"
+    UIOMemoryModel.from_pretrained(tiny_dirs["llama"], small_config(recent_tokens=16, sink_tokens=2)).save_trained(str(parts))
+    release = _summary_module("release_parts")
+    assert release.main(["--model", tiny_dirs["llama"], "--parts", str(parts), "--out", str(out),
+                         "--memory-window", "2", "--recent-tokens", "32", "--sink-tokens", "4"]) == 0
+    model = UIOMemoryModel.from_pretrained(tiny_dirs["llama"], trained_path=str(out))
+    assert (model.config.memory_window, model.config.recent_tokens, model.config.sink_tokens) == (2, 32, 4)
+    assert model.max_tokens_supported() is None  # a fixed reading: any length
+    assert release.main(["--model", tiny_dirs["llama"], "--parts", str(parts), "--out", str(tmp_path / "kept"),
+                         "--memory-window", "3"]) == 0
+    kept = UIOMemoryModel.from_pretrained(tiny_dirs["llama"], trained_path=str(tmp_path / "kept")).config
+    assert (kept.recent_tokens, kept.sink_tokens) == (16, 2)  # the parts' own reading unless asked
+    before = (out / "uio_config.json").read_text()
+    assert release.main(["--model", tiny_dirs["llama"], "--parts", str(parts), "--out", str(out),
+                         "--memory-window", "2", "--recent-tokens", "20"]) == 2  # not a multiple of l
+    assert "recent_tokens" in capsys.readouterr().err and (out / "uio_config.json").read_text() == before
