@@ -10,7 +10,9 @@ and eager get an explicit mask.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from typing import Iterator
 
 import torch
 
@@ -42,3 +44,19 @@ def resolve_attention(requested: str, dtype: torch.dtype) -> str:
                 "set dtype='bfloat16' or attention='sdpa'"
             )
     return requested
+
+
+@contextlib.contextmanager
+def sdpa_where_masked(config, masked: bool) -> Iterator[None]:
+    """Run the base model (its transformers ``config``) through torch SDPA while ``masked``:
+    flash-attn takes no arbitrary mask, so a stepwise encoder call, whose mask is not causal,
+    switches kernels for its duration (the encoder reads l + m tokens, a small part of the cost);
+    the decoder keeps the configured kernel."""
+    switch = masked and config._attn_implementation == "flash_attention_2"
+    if switch:
+        config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        if switch:
+            config._attn_implementation = "flash_attention_2"

@@ -20,13 +20,13 @@ plain full-BPTT document loss, the reference the algorithms are checked against.
 This module is the passes themselves (encode, memory_kv / compress, decode / forward) with their
 contracts; their helpers live beside it: ``adapters`` (peft), ``positions`` (segments, layouts,
 position ranges), ``parts`` (files and checks), ``budget`` (the encoder's memory), ``outputs``
-(results and loss terms), ``kv`` (caches). About 530 lines: the passes share the model's state and
-each states its exact contract (shapes, positions, what it caches), which is most of the length.
+(results and loss terms), ``kv`` (caches), ``attention`` (kernels), ``recompute`` (the decoder's
+activation recompute). About 490 lines: the passes share the model's state and each states its
+exact contract (shapes, positions, what it caches), which is most of the length.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Iterator
 
@@ -38,12 +38,13 @@ from uio_ds.config import UIOConfig
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model import budget, parts, positions
 from uio_ds.model.adapters import AdapterMixin
-from uio_ds.model.attention import resolve_attention
+from uio_ds.model.attention import resolve_attention, sdpa_where_masked
 from uio_ds.model.base import load_causal_lm
 from uio_ds.model.inputs import check_token_ids
 from uio_ds.model.kv import MemoryKV, RecentKV, capture_kv, forward_after_cache, prefix_cache
 from uio_ds.model.outputs import DecoderOutput, DocumentOutput, distillation_sum
 from uio_ds.model.positions import PositionRangeError, segment_targets, split_segments
+from uio_ds.model.recompute import recomputed_layers
 from uio_ds.utils.devices import resolve_device
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -226,7 +227,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
 
         hooks = [layer.input_layernorm.register_forward_hook(keep_mem_positions) for layer in self.layers]
         try:
-            with self.adapter("encoder"), self._masked_attention(bool(layout)):
+            with self.adapter("encoder"), sdpa_where_masked(self.base.config, bool(layout)):
                 self.base.model(inputs_embeds=torch.cat([embeds, mem], dim=1), use_cache=False, **layout)
         except _EncoderDone:
             pass
@@ -236,21 +237,6 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         if len(captured) != self.num_layers:
             raise RuntimeError(f"encoder captured {len(captured)} of {self.num_layers} layers' memory")
         return torch.stack(captured, dim=1)
-
-    @contextlib.contextmanager
-    def _masked_attention(self, masked: bool) -> Iterator[None]:
-        # flash-attn takes no arbitrary mask: a stepwise encoder call runs through torch SDPA
-        # (the encoder reads l + m tokens, so its attention is a small part of its cost);
-        # the decoder keeps the configured kernel.
-        config = self.base.config
-        switch = masked and config._attn_implementation == "flash_attention_2"
-        if switch:
-            config._attn_implementation = "sdpa"
-        try:
-            yield
-        finally:
-            if switch:
-                config._attn_implementation = "flash_attention_2"
 
     # ------------------------------------------------------------------ transfer head
 
@@ -359,42 +345,8 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         unless it is read-only (``build_cache(..., read_only=True)``). ``positions`` and
         ``attention_mask``: for rows padded to one cache length (``forward_after_cache``).
         """
-        with self.adapter(self.decoder_adapter), self._recomputed_layers():
+        with self.adapter(self.decoder_adapter), recomputed_layers(self):
             return forward_after_cache(self.base, input_ids, cache, logits_to_keep, positions, attention_mask)
-
-    @contextlib.contextmanager
-    def _recomputed_layers(self) -> Iterator[None]:
-        """With ``decoder_recompute`` under autograd: every decoder layer runs inside a
-        non-reentrant ``torch.utils.checkpoint``, which keeps the layer's inputs and runs it again
-        at backward time. transformers' own gradient checkpointing drops the KV cache, which here
-        holds the memory, hence this: the cache must be read-only (a rerun must not extend it),
-        and the rerun, which happens after this pass has left its adapter, sets that adapter
-        again for its duration."""
-        if not (self.config.decoder_recompute and torch.is_grad_enabled()):
-            yield
-            return
-        from torch.utils.checkpoint import checkpoint
-
-        adapter = self._active_adapter
-
-        def recomputed(forward):
-            def run(*args, **kwargs):
-                previous = self._active_adapter
-                self._set_adapter(adapter)
-                try:
-                    return forward(*args, **kwargs)
-                finally:
-                    self._set_adapter(previous)
-
-            return lambda *args, **kwargs: checkpoint(run, *args, use_reentrant=False, **kwargs)
-
-        for layer in self.layers:  # an instance attribute shadows the class's forward
-            layer.forward = recomputed(layer.forward)
-        try:
-            yield
-        finally:
-            for layer in self.layers:
-                del layer.forward
 
     def decode(
         self,
