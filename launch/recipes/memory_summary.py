@@ -10,6 +10,8 @@ sinks, memory window and raw window, so a fixed number of K/V entries at any len
 * ``smollm2_release_long.json`` / ``smollm2_release_long_window.json``: the same at 16K / 32K,
   with the decoder without memory;
 * ``smollm2_release_reading_fluency.json`` / ``smollm2_release_window_fluency.json``: fluency;
+* ``smollm2_release_baselines.json``: facts for the decoder without memory and full attention on
+  the same records (``benchmarks/data/facts_held_out_2k.jsonl.gz``);
 
 and from the levers recipe the decoder without memory and full attention at 4K / 8K (within
 SmolLM2's 8,192 positions), and the released arm's training and reconstruction. Writes
@@ -39,6 +41,12 @@ PERPLEXITY = {
     "smollm2_release_long_window": {"uio": "window"},
     "smollm2_levers_baselines": {"no_memory": "no_memory", "full": "full"},
 }
+# facts, all on the committed records (benchmarks/data/facts_held_out_2k.jsonl.gz)
+FACTS = {
+    "smollm2_release_reading": {"uio": "uio", "streaming": "streaming"},
+    "smollm2_release_window": {"uio": "window"},
+    "smollm2_release_baselines": {"no_memory": "no_memory", "full": "full"},
+}
 FLUENCY = {
     "smollm2_release_reading_fluency": {"uio": "uio", "streaming": "streaming"},
     "smollm2_release_window_fluency": {"uio": "window"},
@@ -65,7 +73,13 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
                 continue
             for n, v in later_perplexity(r, method).items():
                 out["perplexity"][row][n] = {"perplexity": v, "kv_entries": r["kv_entries"][method].get(n)}
-            out["facts"][row] = out["facts"][row] or facts_entry(r, method)
+    for name, methods in FACTS.items():
+        r = load_json(os.path.join(results, f"{name}.json"))
+        for method, row in methods.items():
+            if r and method in r.get("facts", {}).get("methods", {}):
+                out["facts"][row] = facts_entry(r, method)
+    digests = {f["records_sha1"] for f in out["facts"].values() if f and f["records_sha1"]}  # None: not recorded
+    out["facts_same_records"] = len(digests) <= 1
     for name, methods in FLUENCY.items():
         r = load_json(os.path.join(results, f"{name}.json"))
         for method, row in methods.items():
@@ -127,6 +141,8 @@ def print_summary(s: dict) -> None:
         flu = s["fluency"].get(method) or {}
         print(f"  {method:12s} facts {fmt((f or {}).get('accuracy'), 5)} (answer loss {fmt((f or {}).get('answer_loss'), 5)})"
               f"  fluency x full {fmt(flu.get('ratio_to_full'), 5)}, distinct-3 {fmt(flu.get('distinct_3'), 5)}")
+    if not s["facts_same_records"]:
+        print("  (the facts rows read different records: they do not compare)")
     print("goals:")
     for g in s["goals"]:
         state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]

@@ -18,7 +18,8 @@
 #                   frozen decoder answers held-out wording no better than the base reading it all,
 #                   so this is the lever for facts (compare with facts_varied)
 # Each arm is evaluated on the held-out books (perplexity of segments 2..T at 4K and 8K tokens),
-# on fact retrieval in held-out wording over a held-out haystack (licence texts) at 2K tokens,
+# on fact retrieval in held-out wording over a held-out haystack (licence texts) at 2K tokens
+# (benchmarks/data/facts_held_out_2k.jsonl.gz),
 # on reconstruction of held-out segments, and on fluency (a held-out text continued with memory,
 # judged by the frozen base reading everything; its own stage, so arms evaluated before it was
 # added get it without a new evaluation); the baselines (the decoder without memory,
@@ -32,7 +33,6 @@ OUT=${OUT:-runs/levers}
 RECIPE=levers-recipe
 STEPS=${STEPS:-100}
 ARMS=${ARMS:-lm distill ae_then_lm distill_facts recent sinks facts_narrow facts_varied decoder_lora}
-FACT_RECORDS=${FACT_RECORDS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
 EVAL_LENGTHS=${EVAL_LENGTHS:-4096 8192}
@@ -49,7 +49,6 @@ stage "data: varied facts for training" "$DATA/facts_varied.jsonl" \
 stage "data: narrow facts for training" "$DATA/facts_narrow.jsonl" \
     make_facts "$DATA/facts_narrow.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
     --haystacks books --templates pass_key --key-kinds digits --facts 1 1 --questions 1 1
-stage "data: held-out facts for evaluation" "$DATA/facts_held_out.jsonl" held_out_facts "$DATA/facts_held_out.jsonl"
 
 books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": 0.7}'
 mix() { echo "data.sources=[$books, {\"path\": \"$DATA/$1.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false, \"name\": \"$1\", \"weight\": 0.3}]"; }
@@ -96,7 +95,7 @@ evaluate() {  # evaluate PARTS NAME METHODS...
     # shellcheck disable=SC2086  # the lengths are a list
     $PY launch/eval.py --model models/smollm2 "${uio[@]}" --data data/kjv --split eval --tasks "${tasks[@]}" \
         --lengths $EVAL_LENGTHS --max-doc-tokens 8192 --max-documents "$EVAL_DOCS" \
-        --facts "$DATA/facts_held_out.jsonl" --ae-segments "$AE_SEGMENTS" --streaming-window "$STREAM_WINDOW" \
+        --facts "$HELD_OUT_FACTS" --ae-segments "$AE_SEGMENTS" --streaming-window "$STREAM_WINDOW" \
         --methods "$@" --out "$RESULTS" --name "$name" "${EVAL_OPTS[@]}"
 }
 stage "baselines: no memory, StreamingLLM at the memory's budget, full attention" \

@@ -8,7 +8,8 @@
 #      RECENT_TOKENS and the segment: 1,220 K/V entries at any length) on the held-out books at 4K
 #      and 8K tokens (perplexity of segments 2..T, facts in held-out wording over a held-out haystack,
 #      fluency), against StreamingLLM at the same K/V budget and the same reading without memory
-#      (memory window 0: what the memory adds to its raw window); no memory and full attention come
+#      (memory window 0: what the memory adds to its raw window), facts for no memory and full
+#      attention (benchmarks/data/facts_held_out_2k.jsonl.gz); their perplexity at 4K and 8K comes
 #      from the levers recipe's baselines;
 #   3. perplexity at 16K and 32K tokens (the held-out books that long: 4 and 2), the same methods and
 #      the decoder without memory;
@@ -35,9 +36,6 @@ if [[ ! -e $parts/uio_config.json || ! -e $RESULTS/smollm2_levers_$RELEASE_ARM.j
         env ARMS="$RELEASE_ARM" OUT="$OUT/levers" bash "$(dirname "$0")/smollm2_levers.sh"
     [[ -e $parts/uio_config.json ]] || parts=$OUT/levers/$RELEASE_ARM/final
 fi
-FACTS=$OUT/data/facts_held_out.jsonl
-mkdir -p "$OUT/data"
-stage "data: held-out facts for evaluation" "$FACTS" held_out_facts "$FACTS"
 
 # l = 256 tokens, 32 memory slots a segment: the K/V entries a query reads at most, at any length
 BUDGET=$(( SINK_TOKENS + MEMORY_WINDOW * 32 + RECENT_TOKENS + 256 ))
@@ -49,12 +47,14 @@ evaluate() {  # evaluate NAME "TASKS" "LENGTHS" MAX_DOC_TOKENS OPTIONS...
     local name=$1 tasks=$2 lengths=$3 max_doc=$4; shift 4
     # shellcheck disable=SC2086  # the tasks and lengths are lists
     $PY launch/eval.py --model models/smollm2 --uio "$parts" --data data/kjv --split eval --tasks $tasks \
-        --lengths $lengths --max-doc-tokens "$max_doc" --max-documents "$EVAL_DOCS" --facts "$FACTS" \
+        --lengths $lengths --max-doc-tokens "$max_doc" --max-documents "$EVAL_DOCS" --facts "$HELD_OUT_FACTS" \
         --fluency-prompt 2000 --fluency-tokens 64 --streaming-window "$STREAM_WINDOW" \
         --out "$RESULTS" --name "$name" "$@"
 }
 stage "2. the release's reading at 4K and 8K ($BUDGET K/V entries)" "$RESULTS/smollm2_release_reading.json" \
     evaluate smollm2_release_reading "perplexity facts" "4096 8192" 8192 "${READING[@]}" --methods uio streaming
+stage "2. facts: no memory and full attention" "$RESULTS/smollm2_release_baselines.json" \
+    evaluate smollm2_release_baselines facts "4096" 8192 --methods no_memory full
 stage "2. the same reading without memory" "$RESULTS/smollm2_release_window.json" \
     evaluate smollm2_release_window "perplexity facts" "4096 8192" 8192 "${WINDOW[@]}" --methods uio
 stage "2. fluency of the release's reading" "$RESULTS/smollm2_release_reading_fluency.json" \

@@ -68,7 +68,9 @@ def facts_entry(report: dict, method: str) -> dict | None:
     if "facts" not in report:
         return None
     cells = report["facts"]["methods"][method]["cells"]
-    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"]}
+    # the digest of the records (reports older than it have none): rows compare only on the same records
+    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"],
+            "records_sha1": report["facts"].get("records_sha1")}
 
 
 def fluency_entry(report: dict | None, method: str) -> dict | None:

@@ -1,5 +1,6 @@
 """Evaluation harness on the tiny models: documents independent, methods consistent, files checked."""
 
+import gzip
 import json
 import re
 
@@ -216,6 +217,18 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
     assert cells["all"]["n"] == 8 and 0 <= cells["all"]["accuracy"] <= 1 and cells["all"]["answer_loss"] > 0
     assert sum(c["n"] for name, c in cells.items() if name.startswith("wording:")) == 8
     assert sum(c["n"] for name, c in cells.items() if name.startswith("depth:")) == 8
+    # the same records gzip-compressed: the same digest and figures; other records: another digest
+    with gzip.open(tmp_path / "facts.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(path.read_text())
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(path.read_text().splitlines(keepends=True)[:7]))
+    for name, file in (("g", "facts.jsonl.gz"), ("o", "other.jsonl")):
+        assert main(["--model", tiny_dirs["llama"], "--segment-length", "32", "--compression-ratio", "8", "--tasks",
+                     "facts", "--facts", str(tmp_path / file), "--methods", "full", "--out", str(tmp_path),
+                     "--name", name]) == 0
+    again, fewer = (json.loads((tmp_path / f"{n}.json").read_text())["facts"] for n in ("g", "o"))
+    assert again["records_sha1"] == report["records_sha1"] != fewer["records_sha1"]
+    assert again["methods"]["full"] == report["methods"]["full"] and fewer["records"] == 7
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x"}) + "\n")
     assert main(["--model", tiny_dirs["llama"], "--tasks", "facts", "--facts", str(bad), "--methods", "full"]) == 2

@@ -212,6 +212,8 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     window = ["--memory-window", "0", "--recent-tokens", "32", "--sink-tokens", "4"]
     assert evaluate(common + tasks + reading + ["--methods", "uio", "streaming", "--name", "smollm2_release_reading"]) == 0
     assert evaluate(common + tasks + window + ["--methods", "uio", "--name", "smollm2_release_window"]) == 0
+    assert evaluate(common + ["--tasks", "facts", "--facts", str(facts), "--methods", "no_memory", "full",
+                              "--name", "smollm2_release_baselines"]) == 0
     fluency = ["--tasks", "fluency", "--fluency-prompt", "64", "--fluency-tokens", "8"]
     assert evaluate(common + fluency + reading + ["--methods", "uio", "--name", "smollm2_release_reading_fluency"]) == 0
     assert evaluate(common + fluency + ["--methods", "full", "--name", "smollm2_levers_baselines_fluency"]) == 0
@@ -242,6 +244,9 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
         assert s["perplexity"]["streaming"][n]["kv_entries"] <= s["perplexity"]["uio"][n]["kv_entries"]
         assert s["perplexity"]["window"][n]["kv_entries"] == 4 + 32 + 32
     assert s["facts"]["uio"]["n"] == 2 and s["facts"]["window"]["n"] == 2
+    baselines = read("smollm2_release_baselines")["facts"]
+    assert s["facts"]["full"]["accuracy"] == baselines["methods"]["full"]["cells"]["all"]["accuracy"]
+    assert s["facts"]["full"]["records_sha1"] == s["facts"]["uio"]["records_sha1"] and s["facts_same_records"]
     assert s["fluency"]["full"]["ratio_to_full"] == pytest.approx(1.0) and s["fluency"]["window"] is None
     assert s["fluency"]["uio"]["judge_perplexity"] == \
         read("smollm2_release_reading_fluency")["fluency"]["methods"]["uio"]["judge_perplexity"]

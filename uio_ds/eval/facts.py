@@ -11,6 +11,8 @@ are reported apart from what training saw.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import math
 from collections import defaultdict
@@ -25,9 +27,10 @@ DEPTH_BUCKETS = ("0-1/3", "1/3-2/3", "2/3-1")
 
 
 def load_fact_records(path: str) -> list[dict]:
-    """Records of a fact jsonl, checked before any generation (file and line named)."""
+    """Records of a fact jsonl (gzip-compressed when the name ends in ``.gz``), checked before any
+    generation (file and line named)."""
     records = []
-    with open(path) as f:
+    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -43,6 +46,14 @@ def load_fact_records(path: str) -> list[dict]:
     if not records:
         raise ValueError(f"{path} holds no fact record")
     return records
+
+
+def records_digest(records: Sequence[dict]) -> str:
+    """A short digest of the records' content: reports on the same records carry the same one.
+    (Generated records depend on the machine where their haystack does: the ``licenses`` haystack
+    is the licence files installed there.)"""
+    text = json.dumps(list(records), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def _asked(record: dict) -> dict:
@@ -81,7 +92,8 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             "skipped_too_long": skipped,
             "cells": {name: {"n": len(v["right"]), "accuracy": sum(v["right"]) / len(v["right"]),
                              "answer_loss": sum(v["loss"]) / len(v["loss"])} for name, v in sorted(cells.items())}}
-    return {"records": len(records), "answer_tokens": answer_tokens, "methods": report}
+    return {"records": len(records), "records_sha1": records_digest(records), "answer_tokens": answer_tokens,
+            "methods": report}
 
 
 def length_bucket(tokens: int) -> str:
