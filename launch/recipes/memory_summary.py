@@ -40,6 +40,8 @@ PERPLEXITY = {
     "smollm2_release_long": {"uio": "uio", "no_memory": "no_memory", "streaming": "streaming"},
     "smollm2_release_long_window": {"uio": "window"},
     "smollm2_levers_baselines": {"no_memory": "no_memory", "full": "full"},
+    # a bf16 rerun of those where the levers baselines ran in float32 (later files override)
+    "smollm2_levers_baselines_bf16_perplexity": {"no_memory": "no_memory", "full": "full"},
 }
 # facts, all on the committed records (benchmarks/data/facts_held_out_2k.jsonl.gz)
 FACTS = {
