@@ -36,6 +36,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # evaluation file -> {method in the file: the summary's row}
 PERPLEXITY = {
     "smollm2_release_reading": {"uio": "uio", "streaming": "streaming"},
+    # the same reading without memory, first run by the levers recipe's split study
+    "smollm2_levers_window768": {"uio": "window"},
     "smollm2_release_window": {"uio": "window"},
     "smollm2_release_long": {"uio": "uio", "no_memory": "no_memory", "streaming": "streaming"},
     "smollm2_release_long_window": {"uio": "window"},
