@@ -29,7 +29,7 @@ import os
 import sys
 
 from levers_summary import summarize as levers_summary
-from summary_common import facts_entry, fluency_entry, later_perplexity, load_json, summary_main
+from summary_common import facts_entry, fluency_entry, later_perplexity, load_json, run_summary, summary_main
 
 ARM = "sinks"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,6 +93,7 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
         if f and full:  # the judge's perplexity as a multiple of full attention's own continuation
             f["ratio_to_full"] = f["judge_perplexity"] / full["judge_perplexity"]
     milestone = os.path.join(REPO, "release", "milestones", "levers", arm)  # wherever the summary runs from
+    out["training"] = out["training"] or run_summary(milestone)  # a committed arm keeps its metrics.jsonl
     for parts in (milestone, os.path.join(runs, arm, "final")):
         saved = load_json(os.path.join(parts, "uio_config.json"))
         if saved:
