@@ -63,6 +63,9 @@ def test_release_has_its_card_and_a_config_that_reads_any_length(released):
     # call within SmolLM2's 8,192 positions whatever the length
     assert released.max_tokens_supported() is None
     assert released.peak_positions(1_000_000) <= released.max_positions
+    # its reading: 4 sinks + 6 memories of 32 slots + 768 raw tokens + a segment, at any length
+    assert (saved["sink_tokens"], saved["memory_window"], saved["recent_tokens"]) == (4, 6, 768)
+    assert released.peak_positions(8192) == released.peak_positions(1_000_000) == 4 + 6 * 32 + 768 + 256
 
 
 @pytest.mark.slow
@@ -70,7 +73,8 @@ def test_release_memory_adds_to_its_raw_window_on_held_out_books(released, smoll
     """The first 4,096 tokens of the three longest held-out books, segments after the first: the
     release's reading (sinks, its memories, a raw window, the segment) against the same reading
     without memory (memory window 0), so the raw window is not credited to the memory; and both
-    against the decoder reading each segment alone (measured MEMORY against WINDOW, ALONE)."""
+    against the decoder reading each segment alone (measured 13.26 against 13.38 and 22.14: the
+    memory's share is small, 0.9%, and it lowers every held-out book long enough to read one)."""
     docs, _ = held_out
     window = UIOMemoryModel.from_pretrained(smollm2_dir, dataclasses.replace(released.config, memory_window=0))
     window.load_trained(RELEASE)
@@ -89,9 +93,9 @@ def test_release_memory_adds_to_its_raw_window_on_held_out_books(released, smoll
 def test_generate_with_the_release_writes_language(released, held_out, smollm2_dir, tmp_path, capsys):
     """`uio-ds generate` continues 1,500 tokens of a held-out book by 32 greedy tokens; the frozen
     base reading everything judges the continuation, as a multiple of the judge's perplexity of
-    the base's own greedy continuation (measured 1.00 and 1.76; distinct 3-grams 0.58 and 0.87).
-    The pass-key specialist this release replaced answered "The sea is 06152. The sea is 06152.
-    ..." and scored a perplexity of 150K on text."""
+    the base's own greedy continuation (measured 1.41 and 1.14; distinct 3-grams 0.58 and 0.68).
+    The pass-key specialist released first answered "The sea is 06152. The sea is 06152. ..." and
+    scored a perplexity of 150K on text."""
     from uio_ds.cli import main
 
     docs, tok = held_out
