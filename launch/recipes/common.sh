@@ -52,10 +52,5 @@ ds_train() {
     $DEEPSPEED --num_gpus "$RANKS" --master_port "$(free_port)" launch/train.py --deepspeed ds_configs/zero2.json \
         --config "$config" --resume auto --set output_dir="$run" "$@" "${scaled[@]}"
 }
-# make_facts FILE make-fact-data options...: fact-retrieval records over SmolLM2's tokenizer
-make_facts() {
-    local file=$1; shift
-    $PY -m uio_ds make-fact-data --out "$file" --tokenizer models/smollm2 "$@"
-}
 # the recipes' fact evaluation, committed (benchmarks/data/README.md: generated records depend on the machine)
 HELD_OUT_FACTS=benchmarks/data/facts_held_out_2k.jsonl.gz

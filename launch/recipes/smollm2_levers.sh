@@ -43,6 +43,10 @@ source "$(dirname "$0")/common.sh"
 DATA=$OUT/data
 mkdir -p "$DATA"
 
+make_facts() {  # make_facts FILE make-fact-data options...: training records over SmolLM2's tokenizer
+    local file=$1; shift
+    $PY -m uio_ds make-fact-data --out "$file" --tokenizer models/smollm2 "$@"
+}
 stage "data: varied facts for training" "$DATA/facts_varied.jsonl" \
     make_facts "$DATA/facts_varied.jsonl" --tokens 512 1024 1792 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
     --haystacks books story code --templates train --facts 1 3 --questions 1 2
