@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from summary_common import (
+    add_ratio_to_full,
     facts_entry,
     fluency_entry,
     later_perplexity,
@@ -81,9 +82,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
             entry["gap_closed"] = gaps
         out["arms"][arm] = entry
     full = ((out.get("baselines") or {}).get("full") or {}).get("fluency")
-    for entry in [*(out.get("baselines") or {}).values(), *out["arms"].values()]:
-        if entry.get("fluency") and full:  # the judge's perplexity as a multiple of full attention's own text
-            entry["fluency"]["ratio_to_full"] = entry["fluency"]["judge_perplexity"] / full["judge_perplexity"]
+    add_ratio_to_full([e.get("fluency") for e in [*(out.get("baselines") or {}).values(), *out["arms"].values()]], full)
     return out
 
 

@@ -29,7 +29,15 @@ import os
 import sys
 
 from levers_summary import summarize as levers_summary
-from summary_common import facts_entry, fluency_entry, later_perplexity, load_json, run_summary, summary_main
+from summary_common import (
+    add_ratio_to_full,
+    facts_entry,
+    fluency_entry,
+    later_perplexity,
+    load_json,
+    run_summary,
+    summary_main,
+)
 
 ARM = "sinks"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,10 +96,7 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
         r = load_json(os.path.join(results, f"{name}.json"))
         for method, row in methods.items():
             out["fluency"][row] = fluency_entry(r, method)
-    full = out["fluency"]["full"]
-    for f in out["fluency"].values():
-        if f and full:  # the judge's perplexity as a multiple of full attention's own continuation
-            f["ratio_to_full"] = f["judge_perplexity"] / full["judge_perplexity"]
+    add_ratio_to_full(list(out["fluency"].values()), out["fluency"]["full"])
     milestone = os.path.join(REPO, "release", "milestones", "levers", arm)  # wherever the summary runs from
     out["training"] = out["training"] or run_summary(milestone)  # a committed arm keeps its metrics.jsonl
     for parts in (milestone, os.path.join(runs, arm, "final")):

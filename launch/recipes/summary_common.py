@@ -82,6 +82,14 @@ def fluency_entry(report: dict | None, method: str) -> dict | None:
     return {k: m[k] for k in ("judge_perplexity", "distinct_3")}
 
 
+def add_ratio_to_full(fluency: list[dict | None], full: dict | None) -> None:
+    """Set each fluency entry's ``ratio_to_full``: the judge's perplexity of its continuation as a
+    multiple of its perplexity of full attention's own (``full``; nothing without it)."""
+    for f in fluency:
+        if f and full:
+            f["ratio_to_full"] = f["judge_perplexity"] / full["judge_perplexity"]
+
+
 def passkey_entry(p: dict) -> dict:
     """An evaluation report's passkey section, per method: accuracy and answer loss by length
     (means over depths; None where the method cannot read that length)."""
