@@ -6,8 +6,12 @@ Reads what ``launch/recipes/smollm2_levers.sh`` wrote (``smollm2_levers_*.json``
 the held-out books at each length (next to the decoder without memory, StreamingLLM at the
 memory's K/V budget and full attention), the share of the gap from no memory to full attention
 the arm closes, fact retrieval in held-out wording over a held-out haystack (accuracy and answer
-loss), reconstruction, fluency (a held-out text continued with memory, judged by the frozen base:
-perplexity as a multiple of full attention's own continuation, distinct 3-grams) and the training cost (seconds per step). Arms not run yet are left out.
+loss, each also against the decoder without memory on the same records: the held-out records
+were regenerated once, see ``over_no_memory``), reconstruction, fluency (a held-out text
+continued with memory, judged by the frozen base: perplexity as a multiple of full attention's
+own continuation, distinct 3-grams) and the training cost (seconds per step; from the committed
+milestone's metrics.jsonl where the run is not on this machine). Arms not run yet are left out;
+stage times add to those of the summary written before (a recipe continued on another machine).
 
     python launch/recipes/levers_summary.py --results benchmarks/results --runs runs/levers
 """
@@ -42,21 +46,44 @@ ARMS = {
 }
 
 
+# committed arms keep their training log here, so a summary on another machine still shows it
+MILESTONES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "release", "milestones", "levers")
+
+
 def _fluency(results: str, name: str, method: str) -> dict | None:
     return fluency_entry(load_json(os.path.join(results, f"smollm2_levers_{name}_fluency.json")), method)
 
 
+def _add_gain_over_no_memory(facts: list[dict | None], no_memory: dict[str | None, dict]) -> None:
+    """Set each facts entry's ``over_no_memory``: accuracy above, and answer loss below, the decoder
+    without memory on the same records (``no_memory``: records digest -> its entry; None where
+    the decoder without memory was not evaluated on them). Reports written before the records
+    were committed have no digest (None): they share one set of records among themselves."""
+    for f in facts:
+        if f:
+            base = no_memory.get(f["records_sha1"])
+            f["over_no_memory"] = None if base is None else {
+                "accuracy": f["accuracy"] - base["accuracy"], "answer_loss": base["answer_loss"] - f["answer_loss"]}
+
+
 def summarize(results: str, runs: str, times: str | None) -> dict:
     out: dict = {"command": "make levers-recipe"}
-    out["stages_s"], total = stage_times(times)
+    earlier = (load_json(os.path.join(results, "smollm2_levers.json")) or {}).get("stages_s")
+    out["stages_s"], total = stage_times(times, earlier)
     if total is not None:
         out["total_s"] = total
     base = load_json(os.path.join(results, "smollm2_levers_baselines.json"))
+    # the baselines' facts again on the committed held-out records, where the first run used others
+    base_facts = load_json(os.path.join(results, "smollm2_levers_baselines_facts.json"))
     if base:
         out["machine"] = base["machine"]
         out["baselines"] = {m: {"perplexity": later_perplexity(base, m), "facts": facts_entry(base, m),
                                 "kv_entries": base["kv_entries"][m], "fluency": _fluency(results, "baselines", m)}
                             for m in base["perplexity"]}
+        for m, b in out["baselines"].items():
+            if base_facts and m in base_facts["facts"]["methods"]:
+                b["facts_other_records"], b["facts"] = b["facts"], facts_entry(base_facts, m)
         # the sinks arm's raw reading without memory (4 sinks + 512 raw tokens): what memory adds to it
         window = load_json(os.path.join(results, "smollm2_levers_window.json"))
         if window:
@@ -68,8 +95,9 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         r = load_json(os.path.join(results, f"smollm2_levers_{arm}.json"))
         if not r:
             continue
+        training = run_summary(os.path.join(runs, arm)) or run_summary(os.path.join(MILESTONES, arm))
         entry = {"label": label, "perplexity": later_perplexity(r, "uio"), "facts": facts_entry(r, "uio"),
-                 "kv_entries": r["kv_entries"]["uio"], "training": run_summary(os.path.join(runs, arm)),
+                 "kv_entries": r["kv_entries"]["uio"], "training": training,
                  "fluency": _fluency(results, arm, "uio")}
         if "autoencode" in r:
             entry["reconstruction"] = {k: r["autoencode"][k] for k in ("bleu4", "rouge_l", "loss")}
@@ -81,27 +109,35 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 gaps[n] = (none - value) / (none - full) if value is not None and none != full else None
             entry["gap_closed"] = gaps
         out["arms"][arm] = entry
+    rows = [*(out.get("baselines") or {}).values(), *out["arms"].values()]
+    no_memory = (out.get("baselines") or {}).get("no_memory") or {}
+    _add_gain_over_no_memory([r["facts"] for r in rows] + [r.get("facts_other_records") for r in rows],
+                             {f["records_sha1"]: f for f in (no_memory.get("facts"), no_memory.get("facts_other_records")) if f})
     full = ((out.get("baselines") or {}).get("full") or {}).get("fluency")
-    add_ratio_to_full([e.get("fluency") for e in [*(out.get("baselines") or {}).values(), *out["arms"].values()]], full)
+    add_ratio_to_full([e.get("fluency") for e in rows], full)
     return out
 
 
 def print_summary(s: dict) -> None:
     fmt = lambda v, w=7: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
     lengths = list(s["baselines"]["no_memory"]["perplexity"])
-    print("perplexity of segments 2..T on the held-out books (K/V entries read at the longest length)")
+    print("perplexity of segments 2..T on the held-out books (K/V entries read at the longest length); facts as\n"
+          "accuracy and answer loss, each also against the decoder without memory on the same records\n"
+          "(records: the digest of the held-out fact records, 'first' for the set used before they were committed)")
     print(f"  {'':48s} " + " ".join(f"@{n:>6}" for n in lengths)
-          + "   K/V   facts acc  answer loss  fluency x full  distinct-3")
+          + "   K/V  facts  +acc   loss  -loss  records   fluency x full  distinct-3")
     rows = [(f"baseline {m}", b) for m, b in s["baselines"].items()]
     rows += [(f"{arm}: {a['label']}", a) for arm, a in s["arms"].items()]
     for label, r in rows:
         facts, fluency, kv = r["facts"], r.get("fluency"), r["kv_entries"]
-        acc = fmt(facts["accuracy"], 9) if facts else fmt(None, 9)
-        loss = fmt(facts["answer_loss"], 11) if facts else fmt(None, 11)
+        gain = (facts or {}).get("over_no_memory") or {}
+        records = "-" if not facts else (facts["records_sha1"] or "first")[:8]
+        cells = (fmt(facts and facts["accuracy"], 6), fmt(gain.get("accuracy"), 5),
+                 fmt(facts and facts["answer_loss"], 6), fmt(gain.get("answer_loss"), 6), f"{records:>8}")
         flu = fmt(fluency.get("ratio_to_full"), 14) if fluency else fmt(None, 14)
         distinct = fmt(fluency["distinct_3"], 10) if fluency else fmt(None, 10)
         print(f"  {label[:48]:48s} " + " ".join(fmt(r["perplexity"].get(n)) for n in lengths)
-              + f" {kv.get(lengths[-1], 0) or 0:>5} {acc} {loss} {flu} {distinct}")
+              + f" {kv.get(lengths[-1], 0) or 0:>5} " + " ".join(cells) + f"  {flu} {distinct}")
     for arm, a in s["arms"].items():
         t = a.get("training")
         if t:
@@ -130,13 +166,16 @@ def plot(s: dict, results: str) -> str | None:
     axes[0].set_ylabel("perplexity, segments 2..T (held-out books)")
     axes[0].set_title("Perplexity by arm against the baselines")
     axes[0].legend(fontsize=7, ncol=2)
-    facts = [(a, s["arms"][a]["facts"]) for a in names if s["arms"][a]["facts"]]
-    axes[1].bar([a for a, _ in facts], [f["answer_loss"] for _, f in facts], color="C2")
+    # answer loss below the decoder without memory on the same records: comparable across record sets
+    gains = [(a, s["arms"][a]["facts"]["over_no_memory"]) for a in names
+             if (s["arms"][a]["facts"] or {}).get("over_no_memory")]
+    axes[1].bar([a for a, _ in gains], [g["answer_loss"] for _, g in gains], color="C2")
     for m, style in lines:
-        f = s["baselines"][m]["facts"]
-        if f:
-            axes[1].axhline(f["answer_loss"], linestyle=style, color="k", linewidth=1, label=m)
-    axes[1].set_ylabel("answer loss, nats/token (lower is better)")
+        g = (s["baselines"][m]["facts"] or {}).get("over_no_memory")
+        if g and m != "no_memory":
+            axes[1].axhline(g["answer_loss"], linestyle=style, color="k", linewidth=1, label=m)
+    axes[1].axhline(0, color="k", linewidth=0.5)
+    axes[1].set_ylabel("answer loss below no memory, nats/token (higher is better)")
     axes[1].set_title("Facts in held-out wording over held-out text")
     axes[1].tick_params(axis="x", rotation=30)
     axes[1].legend(fontsize=8)

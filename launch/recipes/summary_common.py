@@ -14,11 +14,14 @@ def load_json(path: str) -> dict | None:
         return json.load(f)
 
 
-def stage_times(path: str | None) -> tuple[dict, int | None]:
-    """Stage name -> seconds from a recipe's times.tsv, and their total (None without the file)."""
+def stage_times(path: str | None, earlier: dict | None = None) -> tuple[dict, int | None]:
+    """Stage name -> seconds from a recipe's times.tsv, and their total (None without either).
+
+    ``earlier``: the stage times of the summary written before (a recipe continued on another
+    machine keeps the stages it ran there); a stage the file names again takes the file's time."""
+    stages = dict(earlier or {})
     if not path or not os.path.isfile(path):
-        return {}, None
-    stages = {}
+        return stages, sum(stages.values()) if stages else None
     with open(path) as f:
         for line in f:
             name, seconds = line.rstrip("\n").split("\t")

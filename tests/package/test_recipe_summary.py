@@ -163,6 +163,12 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     raw = ["--memory-window", "0", "--recent-tokens", "32", "--sink-tokens", "4"]
     assert evaluate(common + tasks + raw + ["--methods", "uio", "--name", "smollm2_levers_window"]) == 0
     _write_metrics(runs / "distill", [3.0, 2.0, 1.5, 1.0], seconds=2.0, tokens=100)
+    # the decoder without memory again on other records: arms compare with it on their own records
+    other = tmp_path / "other_facts.jsonl"
+    write_fact_jsonl(str(other), 2, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [240], ["story"],
+                     templates="held_out", seed=7, log=lambda _: None)
+    assert evaluate(common + ["--tasks", "facts", "--facts", str(other), "--methods", "no_memory",
+                              "--name", "smollm2_levers_baselines_facts"]) == 0
 
     mod = _summary_module("levers_summary")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
@@ -178,6 +184,15 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
         assert got["perplexity"][n] == want
         assert got["gap_closed"][n] == pytest.approx((none - want) / (none - full))
     assert got["facts"]["n"] == 3 and got["kv_entries"] == arm["kv_entries"]["uio"]
+    # facts: the baseline row on the records evaluated last, the arm against no memory on its own
+    first_none = base["facts"]["methods"]["no_memory"]["cells"]["all"]
+    none = s["baselines"]["no_memory"]
+    assert none["facts"]["n"] == 2 and none["facts_other_records"]["n"] == 3
+    assert none["facts"]["records_sha1"] != got["facts"]["records_sha1"] == none["facts_other_records"]["records_sha1"]
+    assert got["facts"]["over_no_memory"] == pytest.approx({
+        "accuracy": got["facts"]["accuracy"] - first_none["accuracy"],
+        "answer_loss": first_none["answer_loss"] - got["facts"]["answer_loss"]})
+    assert none["facts"]["over_no_memory"] == {"accuracy": 0.0, "answer_loss": 0.0}
     fluency = json.loads((results / "smollm2_levers_distill_fluency.json").read_text())["fluency"]["methods"]["uio"]
     assert got["fluency"]["judge_perplexity"] == fluency["judge_perplexity"]
     full = json.loads((results / "smollm2_levers_baselines_fluency.json").read_text())["fluency"]["methods"]["full"]
@@ -288,3 +303,14 @@ def test_release_parts_ship_the_reading_and_keep_the_old_release_on_error(tiny_d
     assert release.main(["--model", tiny_dirs["llama"], "--parts", str(parts), "--out", str(out),
                          "--memory-window", "2", "--recent-tokens", "20"]) == 2  # not a multiple of l
     assert "recent_tokens" in capsys.readouterr().err and (out / "uio_config.json").read_text() == before
+
+
+def test_stage_times_keep_the_stages_run_elsewhere(tmp_path):
+    common = _summary_module("summary_common")
+    times = tmp_path / "times.tsv"
+    times.write_text("arm b (100 steps)\t50\narm a: evaluation\t7\n")
+    # a recipe continued on another machine: earlier stages stay, a stage run again takes its new time
+    stages, total = common.stage_times(str(times), {"arm a (100 steps)": 100, "arm a: evaluation": 30})
+    assert stages == {"arm a (100 steps)": 100, "arm a: evaluation": 7, "arm b (100 steps)": 50} and total == 157
+    assert common.stage_times(None, {"x": 3}) == ({"x": 3}, 3)
+    assert common.stage_times(str(tmp_path / "none.tsv")) == ({}, None)
