@@ -46,6 +46,8 @@ ARMS = {
 }
 
 
+# an arm trained in two stages: the run of its first stage (its training is the second's)
+WARM_STARTS = {"ae_then_lm": "ae_warm"}
 # committed arms keep their training log here, so a summary on another machine still shows it
 MILESTONES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "release", "milestones", "levers")
@@ -95,10 +97,13 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         r = load_json(os.path.join(results, f"smollm2_levers_{arm}.json"))
         if not r:
             continue
-        training = run_summary(os.path.join(runs, arm)) or run_summary(os.path.join(MILESTONES, arm))
+        training = {name: run_summary(os.path.join(runs, name)) or run_summary(os.path.join(MILESTONES, name))
+                    for name in (arm, WARM_STARTS.get(arm)) if name}
         entry = {"label": label, "perplexity": later_perplexity(r, "uio"), "facts": facts_entry(r, "uio"),
-                 "kv_entries": r["kv_entries"]["uio"], "training": training,
+                 "kv_entries": r["kv_entries"]["uio"], "training": training[arm],
                  "fluency": _fluency(results, arm, "uio")}
+        if arm in WARM_STARTS:
+            entry["warm_start"] = training[WARM_STARTS[arm]]
         if "autoencode" in r:
             entry["reconstruction"] = {k: r["autoencode"][k] for k in ("bleu4", "rouge_l", "loss")}
             entry["reconstruction"]["no_memory_loss"] = r["autoencode"]["no_memory"]["loss"]
@@ -141,7 +146,9 @@ def print_summary(s: dict) -> None:
     for arm, a in s["arms"].items():
         t = a.get("training")
         if t:
-            print(f"  {arm:14s} {t['steps']} steps, {t['seconds_per_step']:.1f} s/step, loss {t['loss_first']:.3f} -> "
+            w = a.get("warm_start")
+            first = f"after {w['steps']} warm-start steps ({w['seconds_per_step']:.1f} s/step), " if w else ""
+            print(f"  {arm:14s} {first}{t['steps']} steps, {t['seconds_per_step']:.1f} s/step, loss {t['loss_first']:.3f} -> "
                   f"{t['loss_last']:.3f}; gap closed " + ", ".join(
                       f"@{n}: {fmt(g, 4)}" for n, g in (a.get("gap_closed") or {}).items()))
 

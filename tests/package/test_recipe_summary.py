@@ -163,6 +163,10 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     raw = ["--memory-window", "0", "--recent-tokens", "32", "--sink-tokens", "4"]
     assert evaluate(common + tasks + raw + ["--methods", "uio", "--name", "smollm2_levers_window"]) == 0
     _write_metrics(runs / "distill", [3.0, 2.0, 1.5, 1.0], seconds=2.0, tokens=100)
+    # an arm trained in two stages (auto-encoding, then the next-token loss): both runs reported
+    (results / "smollm2_levers_ae_then_lm.json").write_text((results / "smollm2_levers_distill.json").read_text())
+    _write_metrics(runs / "ae_warm", [5.0, 4.0], seconds=1.0, tokens=64)
+    _write_metrics(runs / "ae_then_lm", [3.0, 2.5, 2.0, 2.0], seconds=3.0, tokens=100)
     # the decoder without memory again on other records: arms compare with it on their own records
     other = tmp_path / "other_facts.jsonl"
     write_fact_jsonl(str(other), 2, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [240], ["story"],
@@ -176,7 +180,10 @@ def test_levers_summary_reports_each_arm_against_the_baselines(tiny_dirs, tmp_pa
     arm = json.loads((results / "smollm2_levers_distill.json").read_text())
     base = json.loads((results / "smollm2_levers_baselines.json").read_text())
     got = s["arms"]["distill"]
-    assert list(s["arms"]) == ["distill"] and got["training"]["seconds_per_step"] == 2.0
+    assert list(s["arms"]) == ["distill", "ae_then_lm"] and got["training"]["seconds_per_step"] == 2.0
+    two = s["arms"]["ae_then_lm"]
+    assert (two["training"]["steps"], two["warm_start"]["steps"], two["warm_start"]["loss_first"]) == (4, 2, 5.0)
+    assert "warm_start" not in got
     for n in ("64", "128"):
         want = arm["perplexity"]["uio"]["by_length"][n]["later_perplexity"]
         none = base["perplexity"]["no_memory"]["by_length"][n]["later_perplexity"]
