@@ -124,7 +124,7 @@ memory-recipe: prepare
 passkey-specialist-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_passkey_specialist.sh
 
-# Which levers make a memory generalise: seven arms at equal steps on SmolLM2 (hours on 2 cores);
+# Which levers make a memory generalise: nine arms at equal steps on SmolLM2 (hours on 2 cores);
 # stages done are skipped. ARMS="lm distill" runs a subset.
 levers-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_levers.sh
