@@ -35,7 +35,6 @@ from summary_common import (
     fluency_entry,
     later_perplexity,
     load_json,
-    run_summary,
     summary_main,
 )
 
@@ -98,7 +97,6 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
             out["fluency"][row] = fluency_entry(r, method)
     add_ratio_to_full(list(out["fluency"].values()), out["fluency"]["full"])
     milestone = os.path.join(REPO, "release", "milestones", "levers", arm)  # wherever the summary runs from
-    out["training"] = out["training"] or run_summary(milestone)  # a committed arm keeps its metrics.jsonl
     for parts in (milestone, os.path.join(runs, arm, "final")):
         saved = load_json(os.path.join(parts, "uio_config.json"))
         if saved:
