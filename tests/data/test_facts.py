@@ -63,6 +63,14 @@ def test_held_out_wording_and_bad_arguments(tiny_dirs, tmp_path):
         write_fact_jsonl(str(out), 1, tokenizer, [256], ["books"], templates=["nope"], log=lambda _: None)
     with pytest.raises(ValueError, match="unknown haystack 'tweets'"):
         write_fact_jsonl(str(out), 1, tokenizer, [256], ["tweets"], log=lambda _: None)
-    with pytest.raises(ValueError, match="fact document needs a haystack text"):
+    with pytest.raises(ValueError, match=r"--tokens 100000 is longer than any text of the 'licenses' haystack"):
+        write_fact_jsonl(str(tmp_path / "long.jsonl"), 1, tokenizer, [256, 100_000], ["licenses"], log=lambda _: None)
+    with pytest.raises(ValueError, match="leaves .* tokens of haystack beside its facts and questions"):
+        # a length too short for its record's facts fails when that record is drawn (with seed 2, after
+        # five records were written): nothing is left behind
+        write_fact_jsonl(str(tmp_path / "long.jsonl"), 40, tokenizer, [256, 20], ["story"], seed=2,
+                         log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["held.jsonl"]
+    with pytest.raises(ValueError, match=r"needs a haystack text of \d+ tokens \(the longest here has 100\)"):
         fact_document(random.Random(0), tokenizer, [[5] * 100], 4000, ["pass_key"], ["digits"])
     assert set(HAYSTACKS) == {"books", "story", "code", "licenses"}

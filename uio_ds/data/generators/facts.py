@@ -97,9 +97,13 @@ def fact_document(rng: random.Random, tokenizer, haystack: Sequence[list[int]], 
     extra = " ".join(p["fact"] for p in placed) + " ".join(f"\n{p['question']} {p['key']}." for p in asked)
     budget = tokens - len(tokenizer(extra, add_special_tokens=False)["input_ids"]) - 2
     fits = [ids for ids in haystack if len(ids) >= budget]
-    if budget < 16 or not fits:
-        raise ValueError(f"a {tokens}-token fact document needs a haystack text of {max(budget, 16)} tokens: give "
-                         "longer lengths or a haystack with longer texts")
+    if budget < 16:
+        raise ValueError(f"a {tokens}-token fact document leaves {budget} tokens of haystack beside its facts and "
+                         "questions: give longer lengths (--tokens)")
+    if not fits:
+        longest = max((len(ids) for ids in haystack), default=0)
+        raise ValueError(f"a {tokens}-token fact document needs a haystack text of {budget} tokens (the longest "
+                         f"here has {longest}): give shorter lengths (--tokens), or a haystack with longer texts")
     ids = rng.choice(fits)
     start = rng.randrange(len(ids) - budget + 1)
     body = tokenizer.decode(ids[start : start + budget])
@@ -137,19 +141,30 @@ def write_fact_jsonl(path: str, documents: int, tokenizer, lengths: Sequence[int
     for kind in haystacks:
         texts = haystack_texts(kind, corpus, corpus_split)
         stacks[kind] = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        longest = max((len(ids) for ids in stacks[kind]), default=0)
+        if max(lengths) > longest + 64:  # checked before the file is opened: a bad length leaves nothing behind
+            raise ValueError(f"--tokens {max(lengths)} is longer than any text of the {kind!r} haystack (the longest "
+                             f"has {longest} tokens): give shorter lengths, or a haystack with longer texts "
+                             "(e.g. books from a corpus)")
     rng = random.Random(seed)
     counts = {"templates": Counter(), "key_kinds": Counter(), "haystacks": Counter()}
-    with open(path, "w") as f:
-        for _ in range(documents):
-            kind = rng.choice(list(haystacks))
-            record = fact_document(rng, tokenizer, stacks[kind], rng.choice(list(lengths)), names, key_kinds,
-                                   facts, questions, depths)
-            record["haystack"] = kind
-            f.write(json.dumps(record) + "\n")
-            counts["haystacks"][kind] += 1
-            for fact in record["facts"]:
-                counts["templates"][fact["template"]] += 1
-                counts["key_kinds"][fact["key_kind"]] += 1
+    partial = f"{path}.partial"  # renamed into place when whole: a failure never leaves half a file at path
+    try:
+        with open(partial, "w") as f:
+            for _ in range(documents):
+                kind = rng.choice(list(haystacks))
+                record = fact_document(rng, tokenizer, stacks[kind], rng.choice(list(lengths)), names, key_kinds,
+                                       facts, questions, depths)
+                record["haystack"] = kind
+                f.write(json.dumps(record) + "\n")
+                counts["haystacks"][kind] += 1
+                for fact in record["facts"]:
+                    counts["templates"][fact["template"]] += 1
+                    counts["key_kinds"][fact["key_kind"]] += 1
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     report = {k: dict(sorted(v.items())) for k, v in counts.items()}
     log(f"wrote {documents} fact documents to {path}: {json.dumps(report)}")
     return report
