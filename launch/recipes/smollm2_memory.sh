@@ -12,7 +12,9 @@
 #      attention (benchmarks/data/facts_held_out_2k.jsonl.gz); their perplexity at 4K and 8K comes
 #      from the levers recipe's baselines;
 #   3. perplexity at 16K and 32K tokens (the held-out books that long: 4 and 2), the same methods and
-#      the decoder without memory;
+#      the decoder without memory; facts at 4K, 8K, 16K and 32K tokens, each in the first half of its
+#      prompt, beyond the raw window (benchmarks/data/facts_held_out_long.jsonl.gz), for the memory,
+#      StreamingLLM, the decoder without memory and full attention (to 8K);
 #   4. the release: those parts with that reading as their defaults (every decoder call within
 #      SmolLM2's 8,192 positions, so `uio-ds serve` and `chat` never refuse a long conversation), and
 #      the card (release/smollm2-uio/README.md, written by hand from the figures
@@ -47,7 +49,7 @@ evaluate() {  # evaluate NAME "TASKS" "LENGTHS" MAX_DOC_TOKENS OPTIONS...
     local name=$1 tasks=$2 lengths=$3 max_doc=$4; shift 4
     # shellcheck disable=SC2086  # the tasks and lengths are lists
     $PY launch/eval.py --model models/smollm2 --uio "$parts" --data data/kjv --split eval --tasks $tasks \
-        --lengths $lengths --max-doc-tokens "$max_doc" --max-documents "$EVAL_DOCS" --facts "$HELD_OUT_FACTS" \
+        --lengths $lengths --max-doc-tokens "$max_doc" --max-documents "$EVAL_DOCS" --facts "${FACTS:-$HELD_OUT_FACTS}" \
         --fluency-prompt 2000 --fluency-tokens 64 --streaming-window "$STREAM_WINDOW" \
         --out "$RESULTS" --name "$name" "$@"
 }
@@ -65,6 +67,9 @@ stage "3. perplexity at 16K and 32K tokens" "$RESULTS/smollm2_release_long.json"
     evaluate smollm2_release_long perplexity "16384 32768" 32768 "${READING[@]}" --methods uio no_memory streaming
 stage "3. the same reading without memory at 16K and 32K" "$RESULTS/smollm2_release_long_window.json" \
     evaluate smollm2_release_long_window perplexity "16384 32768" 32768 "${WINDOW[@]}" --methods uio
+long_facts() { FACTS=benchmarks/data/facts_held_out_long.jsonl.gz evaluate "$@"; }
+stage "3. facts at 4K to 32K tokens" "$RESULTS/smollm2_release_long_facts.json" \
+    long_facts smollm2_release_long_facts facts "4096" 32768 "${READING[@]}" --methods uio streaming no_memory full
 
 stage "4. release: $parts -> $RELEASE" "$RELEASE/uio_config.json" \
     $PY "$(dirname "$0")/release_parts.py" --model models/smollm2 --parts "$parts" --out "$RELEASE" "${READING[@]}"

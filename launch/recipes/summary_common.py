@@ -76,6 +76,16 @@ def facts_entry(report: dict, method: str) -> dict | None:
             "records_sha1": report["facts"].get("records_sha1")}
 
 
+def facts_by_length(report: dict | None, method: str) -> dict:
+    """One method's fact retrieval per prompt length ("4K", "8K", ...: the report's length cells),
+    empty where the report is missing or did not run the method."""
+    m = (report or {}).get("facts", {}).get("methods", {}).get(method)
+    if m is None:
+        return {}
+    return {cell.split(":", 1)[1]: {"accuracy": v["accuracy"], "answer_loss": v["answer_loss"], "n": v["n"]}
+            for cell, v in m["cells"].items() if cell.startswith("length:")}
+
+
 def fluency_entry(report: dict | None, method: str) -> dict | None:
     """One method's fluency (the judge's perplexity of its continuation, distinct 3-grams), or
     None where the report (a fluency run) is missing or did not run the method."""

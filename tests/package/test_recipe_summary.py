@@ -243,6 +243,11 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     assert evaluate(common + long + reading + ["--methods", "uio", "no_memory", "streaming",
                                                "--name", "smollm2_release_long"]) == 0
     assert evaluate(common + long + window + ["--methods", "uio", "--name", "smollm2_release_long_window"]) == 0
+    long_facts = tmp_path / "long_facts.jsonl"  # two lengths, bucketed as 128 and 256 tokens
+    write_fact_jsonl(str(long_facts), 4, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [120, 240], ["story"],
+                     templates="held_out", log=lambda _: None)
+    assert evaluate(common + reading + ["--tasks", "facts", "--facts", str(long_facts), "--methods", "uio",
+                                        "streaming", "no_memory", "--name", "smollm2_release_long_facts"]) == 0
 
     mod = _summary_module("memory_summary")
     assert mod.main(["--arm", "sinks", "--results", str(results), "--runs", str(runs)]) == 1  # no sinks arm yet
@@ -269,6 +274,12 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     baselines = read("smollm2_release_baselines")["facts"]
     assert s["facts"]["full"]["accuracy"] == baselines["methods"]["full"]["cells"]["all"]["accuracy"]
     assert s["facts"]["full"]["records_sha1"] == s["facts"]["uio"]["records_sha1"] and s["facts_same_records"]
+    cells = read("smollm2_release_long_facts")["facts"]["methods"]["streaming"]["cells"]
+    assert s["facts_by_length"]["streaming"] == {
+        c.split(":")[1]: {k: v[k] for k in ("accuracy", "answer_loss", "n")} for c, v in cells.items()
+        if c.startswith("length:")}
+    assert sum(v["n"] for v in s["facts_by_length"]["uio"].values()) == 4 and s["facts_by_length"]["full"] == {}
+    assert s["facts_by_length_records"] == read("smollm2_release_long_facts")["facts"]["records_sha1"]
     assert s["fluency"]["full"]["ratio_to_full"] == pytest.approx(1.0) and s["fluency"]["window"] is None
     assert s["fluency"]["uio"]["judge_perplexity"] == \
         read("smollm2_release_reading_fluency")["fluency"]["methods"]["uio"]["judge_perplexity"]
@@ -279,13 +290,22 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     figures = {"perplexity": {"uio": {"8192": at(16.0), "16384": at(12.0)}, "streaming": {"8192": at(13.4), "16384": at(14.0)},
                               "no_memory": {"8192": at(21.0)}, "full": {"8192": at(13.0)}},
                "facts": {"uio": {"accuracy": 0.95}}, "reconstruction": {"rouge_l": 0.93}}
-    streaming8k, streaming16k, streaming32k, gap, base, facts, autoencode = mod.goals(figures)
+    streaming8k, streaming16k, streaming32k, gap, base, facts, far, outside, autoencode = mod.goals(figures)
     assert base["met"] is None  # not known to be frozen: not measured
     assert mod.goals({**figures, "frozen_decoder": True})[4]["met"] is True
     assert "StreamingLLM" in streaming8k["goal"] and (streaming8k["met"], streaming16k["met"]) == (False, True)
     assert streaming32k["met"] is None
     assert gap["value"] == pytest.approx(5 / 8) and gap["met"] is True
-    assert facts["met"] is None  # 2K alone cannot say whether 4K..32K reach 90%
+    assert facts["met"] is None and far["met"] is None  # 2K alone cannot say whether 4K..32K reach 90%
+    assert outside["met"] is None  # no figures by length
+    low = mod.goals({**figures, "facts": {"uio": {"accuracy": 0.25}}})
+    assert (low[5]["met"], low[6]["met"]) == (False, False)  # 25% at 2K: every length missed
+    # by length: 4K..16K at 90% or more, 32K below 70%; StreamingLLM reads one fact beyond its window
+    acc = lambda *v: {n: {"accuracy": a} for n, a in zip(("4K", "8K", "16K", "32K"), v)}  # noqa: E731
+    by_length = {"uio": acc(1.0, 0.95, 0.9, 0.6), "streaming": acc(0.0, 0.0, 0.1), "no_memory": acc(0.0)}
+    facts, far, outside = mod.goals({**figures, "facts_by_length": by_length})[5:8]
+    assert (facts["value"], facts["met"], far["value"], far["met"]) == (0.9, True, 0.6, False)
+    assert (outside["value"], outside["met"]) == (0.1, False)
     assert autoencode["met"] is True
     assert mod.main(["--results", str(tmp_path / "none"), "--runs", str(runs)]) == 1
     assert "make memory-recipe" in capsys.readouterr().err
