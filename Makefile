@@ -22,7 +22,7 @@ TINY_MODEL := models/tiny-llama
 ACCELERATOR ?= $(shell $(BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 RANKS ?= $(shell $(BIN)/python -c "import torch; print(torch.cuda.device_count() or 2)")
 
-.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe passkey-specialist-recipe levers-recipe test test-latest test-oldest clean
+.PHONY: install lock prepare train demo tiny-recipe real-recipe memory-recipe passkey-specialist-recipe levers-recipe fidelity-recipe test test-latest test-oldest clean
 
 # torch first (TORCH_SPEC), then every locked version, checked to be what is installed.
 $(STAMP): pyproject.toml $(LOCK)
@@ -51,7 +51,12 @@ lock:
 # launcher runs): run it whenever dependencies or the code change. It first prints how the
 # versions it got differ from the lock. The eager upgrade takes torch's newest allowed release too.
 LATEST := .venv-latest
-test-latest: prepare
+test-la# A memory that holds its text: auto-encoding continued from the levers warm start, and its
+# reconstruction of held-out segments (about 2 hours on 2 cores); stages done are skipped.
+fidelity-recipe: prepare
+	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_fidelity.sh
+
+test: prepare
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
