@@ -11,7 +11,16 @@ from __future__ import annotations
 import json
 import os
 
-from summary_common import load_json, passkey_entry, run_summary, save_figure, stage_times, subplots, summary_main
+from summary_common import (
+    autoencode_entry,
+    load_json,
+    passkey_entry,
+    run_summary,
+    save_figure,
+    stage_times,
+    subplots,
+    summary_main,
+)
 
 AUTOENCODERS = {"ae_stepwise_ratio8": "stepwise, ratio 8", "ae_appended_ratio8": "appended, ratio 8",
                 "ae_stepwise_ratio32": "stepwise, ratio 32", "ae_long": "best of the above, trained further"}
@@ -29,12 +38,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))
         if r:
             out.setdefault("machine", r["machine"])
-            a = r["autoencode"]
-            out["autoencode"][run] = {
-                "layout": r["config"]["memory_layout"], "ratio": r["config"]["compression_ratio"],
-                "memory_tokens": a["memory_tokens"], "segment_length": a["segment_length"], "segments": a["segments"],
-                "bleu4": a["bleu4"], "rouge_l": a["rouge_l"], "loss": a["loss"], "no_memory": a["no_memory"],
-                "example": a["example"]}
+            out["autoencode"][run] = autoencode_entry(r)
     out["passkey"] = {}
     for run in PASSKEY:
         r = load_json(os.path.join(results, f"smollm2_memory_{run}.json"))

@@ -86,6 +86,15 @@ def facts_by_length(report: dict | None, method: str) -> dict:
             for cell, v in m["cells"].items() if cell.startswith("length:")}
 
 
+def autoencode_entry(report: dict) -> dict:
+    """Reconstruction figures of an evaluation report's autoencode task, with the parts' layout and
+    ratio: ROUGE-L, BLEU-4 and the teacher-forced loss with memory and without (``no_memory``)."""
+    a = report["autoencode"]
+    return {"layout": report["config"]["memory_layout"], "ratio": report["config"]["compression_ratio"],
+            **{k: a[k] for k in ("memory_tokens", "segment_length", "segments", "bleu4", "rouge_l", "loss",
+                                 "no_memory", "example")}}
+
+
 def fluency_entry(report: dict | None, method: str) -> dict | None:
     """One method's fluency (the judge's perplexity of its continuation, distinct 3-grams), or
     None where the report (a fluency run) is missing or did not run the method."""

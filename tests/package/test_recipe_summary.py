@@ -341,3 +341,30 @@ def test_stage_times_keep_the_stages_run_elsewhere(tmp_path):
     assert stages == {"arm a (100 steps)": 100, "arm a: evaluation": 7, "arm b (100 steps)": 50} and total == 157
     assert common.stage_times(None, {"x": 3}) == ({"x": 3}, 3)
     assert common.stage_times(str(tmp_path / "none.tsv")) == ({}, None)
+
+
+def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_path, capsys):
+    evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
+    mod = _summary_module("fidelity_summary")
+    # committed milestones come first; here every stage reads the runs under --runs
+    mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), run, evaluation)
+                  for name, (_, run, evaluation) in mod.STAGES.items()}
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
+    assert "make fidelity-recipe" in capsys.readouterr().err
+    assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3",
+                              "--name", "smollm2_levers_ae_warm_autoencode"]) == 0
+    _write_metrics(runs / "ae_warm", [4.0, 3.5, 3.0], seconds=1.0, tokens=64)
+    _write_metrics(runs / "ae_long", [3.0, 2.5, 2.0, 1.5, 1.0], seconds=2.0, tokens=64)
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    warm, long = s["stages"]["ae_warm"], s["stages"]["ae_long"]
+    ae = json.loads((results / "smollm2_levers_ae_warm_autoencode.json").read_text())["autoencode"]
+    assert warm["reconstruction"]["rouge_l"] == ae["rouge_l"] and warm["reconstruction"]["no_memory"] == ae["no_memory"]
+    assert (warm["steps_before"], long["steps_before"]) == (0, 3)  # the second stage continues the first
+    assert long["reconstruction"] is None and long["training"]["steps"] == 5
+    assert s["goal"]["value"] == ae["rouge_l"] and s["goal"]["met"] is False  # untrained parts: far below 0.9
+    assert "not evaluated" in capsys.readouterr().out
+    assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3", "--name", "smollm2_fidelity_ae_long"]) == 0
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    assert s["stages"]["ae_long"]["reconstruction"]["segments"] == 3 and (results / "smollm2_fidelity.png").exists()

@@ -1,0 +1,126 @@
+"""Collect the fidelity recipe's results: how well the memory holds its text, step by step.
+
+Reads what ``launch/recipes/smollm2_fidelity.sh`` wrote: the reconstruction of held-out segments
+by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_autoencode.json``)
+and by the parts trained further (``smollm2_fidelity_ae_long.json``), and both training runs'
+metrics (the committed milestones', else the recipe's run directory). Writes
+``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out loss
+with and without memory; the goal of ROUGE-L 0.9 at ratio 8) and ``smollm2_fidelity.png``
+(training loss by step against the held-out loss without memory; reconstruction by stage).
+
+    python launch/recipes/fidelity_summary.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from summary_common import autoencode_entry, load_json, run_summary, save_figure, stage_times, subplots, summary_main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MILESTONES = os.path.join(REPO, "release", "milestones")
+# stage -> (its parts' committed milestone, its run under --runs, its evaluation file)
+STAGES = {
+    "ae_warm": (os.path.join(MILESTONES, "levers", "ae_warm"), "ae_warm", "smollm2_levers_ae_warm_autoencode"),
+    "ae_long": (os.path.join(MILESTONES, "fidelity", "ae_long"), "ae_long", "smollm2_fidelity_ae_long"),
+}
+GOAL_ROUGE_L = 0.9
+
+
+def _metrics_dir(milestone: str, run: str) -> str | None:
+    """Where a stage's metrics.jsonl is: its committed milestone, else its run directory."""
+    for folder in (milestone, run):
+        if os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+            return folder
+    return None
+
+
+def summarize(results: str, runs: str, times: str | None) -> dict:
+    out: dict = {"command": "make fidelity-recipe", "stages": {}}
+    out["stages_s"], total = stage_times(times, (load_json(os.path.join(results, "smollm2_fidelity.json")) or {})
+                                         .get("stages_s"))
+    if total is not None:
+        out["total_s"] = total
+    steps_before = 0
+    for name, (milestone, run, evaluation) in STAGES.items():
+        r = load_json(os.path.join(results, f"{evaluation}.json"))
+        metrics = _metrics_dir(milestone, os.path.join(runs, run))
+        training = run_summary(metrics) if metrics else None
+        if r is None and training is None:
+            continue
+        if r:
+            out.setdefault("machine", r["machine"])
+        out["stages"][name] = {"training": training, "metrics": metrics, "steps_before": steps_before,
+                               "reconstruction": autoencode_entry(r) if r else None}
+        steps_before += training["steps"] if training else 0
+    last = next((s["reconstruction"] for s in reversed(out["stages"].values()) if s["reconstruction"]), None)
+    out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio 8", "target": GOAL_ROUGE_L,
+                   "value": last["rouge_l"] if last else None,
+                   "met": None if last is None else last["rouge_l"] >= GOAL_ROUGE_L}
+    return out
+
+
+def print_summary(s: dict) -> None:
+    print("auto-encoding of 256-token held-out book segments at ratio 8 (32 memory slots; rebuilt greedily "
+          "from the memory and the first token; steps counted from the warm start's first)")
+    print(f"  {'stage':8s} {'steps':>6} {'train loss':>17} | {'ROUGE-L':>7} {'BLEU-4':>6} {'loss':>6} | "
+          f"no memory: {'ROUGE-L':>7} {'loss':>6}")
+    for name, st in s["stages"].items():
+        t, a = st["training"], st["reconstruction"]
+        train = f"{t['loss_first']:.2f} -> {t['loss_last']:.2f}" if t else "-"
+        steps = f"{st['steps_before'] + t['steps']:>6}" if t else f"{'-':>6}"
+        recon = (f"{a['rouge_l']:>7.3f} {a['bleu4']:>6.3f} {a['loss']:>6.3f} | {'':11s}{a['no_memory']['rouge_l']:>7.3f} "
+                 f"{a['no_memory']['loss']:>6.3f}") if a else "not evaluated"
+        print(f"  {name:8s} {steps} {train:>17} | {recon}")
+    g = s["goal"]
+    state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
+    print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")
+
+
+def plot(s: dict, results: str) -> str | None:
+    if not s["stages"]:
+        return None
+    fig, axes = subplots(1, 2, figsize=(13, 4.5))
+    ax = axes[0]
+    for i, (name, st) in enumerate(s["stages"].items()):
+        if st["metrics"]:
+            with open(os.path.join(st["metrics"], "metrics.jsonl")) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            rows = [r for r in rows if "loss" in r and not r.get("skipped")]
+            ax.plot([st["steps_before"] + r["step"] for r in rows], [r["loss"] for r in rows], lw=0.7, color=f"C{i}",
+                    alpha=0.8, label=f"{name}: training loss (on the copy)")
+        a, t = st["reconstruction"], st["training"]
+        if a and t:
+            ax.plot([st["steps_before"] + t["steps"]], [a["loss"]], "o", color=f"C{i}",
+                    label=f"{name}: held-out loss with memory")
+            ax.axhline(a["no_memory"]["loss"], color="k", ls=":", lw=1,
+                       label="held-out loss without memory" if i == 0 else None)
+    ax.set_xlabel("step (8 documents of [x ; x], 256 tokens each copy)")
+    ax.set_ylabel("nats/token of the copy")
+    ax.set_title("Auto-encoding: loss of the copy given the memory")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    names = [n for n, st in s["stages"].items() if st["reconstruction"]]
+    x = range(len(names))
+    recon = [s["stages"][n]["reconstruction"] for n in names]
+    ax.bar([i - 0.2 for i in x], [a["rouge_l"] for a in recon], width=0.4, label="ROUGE-L with memory")
+    ax.bar([i + 0.2 for i in x], [a["no_memory"]["rouge_l"] for a in recon], width=0.4, label="ROUGE-L without")
+    ax.axhline(GOAL_ROUGE_L, color="k", ls="--", lw=1, label="goal")
+    ax.set_xticks(list(x), [f"{n}\n({s['stages'][n]['steps_before'] + (s['stages'][n]['training'] or {}).get('steps', 0)} steps)"
+                            for n in names])
+    ax.set_ylim(0, 1)
+    ax.set_title("Reconstruction of 32 held-out segments")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"SmolLM2-135M fidelity recipe ({s.get('machine', {}).get('cpu', 'CPU')})", fontsize=10)
+    return save_figure(fig, os.path.join(results, "smollm2_fidelity.png"))
+
+
+def main(argv=None) -> int:
+    return summary_main(argv, __doc__.splitlines()[0], "runs/fidelity", summarize,
+                        ("stages", "smollm2_levers_ae_warm_autoencode.json", "fidelity-recipe"), print_summary,
+                        "smollm2_fidelity", plot)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
