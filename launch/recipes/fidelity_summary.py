@@ -3,10 +3,13 @@
 Reads what ``launch/recipes/smollm2_fidelity.sh`` wrote: the reconstruction of held-out segments
 by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_autoencode.json``)
 and by the parts trained further (``smollm2_fidelity_ae_long.json``), and both training runs'
-metrics (the committed milestones', else the recipe's run directory). Writes
-``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out loss
-with and without memory; the goal of ROUGE-L 0.9 at ratio 8) and ``smollm2_fidelity.png``
-(training loss by step against the held-out loss without memory; reconstruction by stage).
+metrics (the committed milestones', else the recipe's run directory); and the reader of facts
+trained from those parts (``smollm2_fidelity_reader.json``, ``smollm2_fidelity_reader_window.json``:
+facts in held-out wording by depth, and perplexity, with memory and the same reading without).
+Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
+loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
+``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
+reconstruction by stage).
 
     python launch/recipes/fidelity_summary.py
 """
@@ -16,7 +19,17 @@ from __future__ import annotations
 import json
 import os
 
-from summary_common import autoencode_entry, load_json, run_summary, save_figure, stage_times, subplots, summary_main
+from summary_common import (
+    autoencode_entry,
+    facts_entry,
+    later_perplexity,
+    load_json,
+    run_summary,
+    save_figure,
+    stage_times,
+    subplots,
+    summary_main,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MILESTONES = os.path.join(REPO, "release", "milestones")
@@ -26,6 +39,9 @@ STAGES = {
     "ae_long": (os.path.join(MILESTONES, "fidelity", "ae_long"), "ae_long", "smollm2_fidelity_ae_long"),
 }
 GOAL_ROUGE_L = 0.9
+# the reader of facts: its reading with memory, and the same reading without (memory window 0)
+READER = {"memory": "smollm2_fidelity_reader", "window": "smollm2_fidelity_reader_window"}
+DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -54,6 +70,14 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         out["stages"][name] = {"training": training, "metrics": metrics, "steps_before": steps_before,
                                "reconstruction": autoencode_entry(r) if r else None}
         steps_before += training["steps"] if training else 0
+    out["reader"] = {}
+    for row, evaluation in READER.items():
+        r = load_json(os.path.join(results, f"{evaluation}.json"))
+        if r:
+            cells = r["facts"]["methods"]["uio"]["cells"]
+            out["reader"][row] = {"facts": facts_entry(r, "uio"), "perplexity": later_perplexity(r, "uio"),
+                                  "facts_by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS
+                                                     if f"depth:{d}" in cells}}
     last = next((s["reconstruction"] for s in reversed(out["stages"].values()) if s["reconstruction"]), None)
     out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio 8", "target": GOAL_ROUGE_L,
                    "value": last["rouge_l"] if last else None,
@@ -73,6 +97,14 @@ def print_summary(s: dict) -> None:
         recon = (f"{a['rouge_l']:>7.3f} {a['bleu4']:>6.3f} {a['loss']:>6.3f} | {'':11s}{a['no_memory']['rouge_l']:>7.3f} "
                  f"{a['no_memory']['loss']:>6.3f}") if a else "not evaluated"
         print(f"  {name:8s} {steps} {train:>17} | {recon}")
+    if s["reader"]:
+        print("the reader of facts (4 sinks, 6 memories, 768 raw tokens): facts in held-out wording at 2K tokens, "
+              "exact by depth of the fact (thirds), and perplexity of segments 2..T")
+        for row, r in s["reader"].items():
+            f, ppl = r["facts"], r["perplexity"]
+            depth = " / ".join(f"{r['facts_by_depth'].get(d, float('nan')):.2f}" for d in DEPTHS)
+            print(f"  {row:8s} facts {f['accuracy']:.2f} (answer loss {f['answer_loss']:.2f}; by depth {depth})  "
+                  + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")

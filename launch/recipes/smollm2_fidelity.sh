@@ -8,7 +8,14 @@
 #      (release/milestones/levers/ae_warm) for AE_STEPS steps of 4 documents a rank
 #      (launch/configs/smollm2_levers.json: ratio 8, LoRA rank 8, lr 1e-3 with a cosine to 0.1);
 #   2. reconstruction of 32 held-out segments from their memory alone (ROUGE-L, BLEU-4, and the
-#      teacher-forced loss with and without memory), for the warm start and for the parts of step 1.
+#      teacher-forced loss with and without memory), for the warm start and for the parts of step 1;
+#   3. a reader of facts from those parts: the release's reading (4 sinks, the 6 most recent memories,
+#      768 raw tokens, the segment) trained READER_STEPS steps by distillation on the training books
+#      (70% of documents) and on fact records in the 8 training wordings (30%; 1,984 tokens, the fact
+#      in the first 45% of the text, so beyond the raw window when the question is read; the answer
+#      scored by the next-token loss and distillation);
+#   4. its facts on the committed held-out records (held-out wording over licence text, 2K tokens),
+#      next to the same reading without memory, and its perplexity at 4K / 8K tokens.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -17,6 +24,8 @@ OUT=${OUT:-runs/fidelity}
 RECIPE=fidelity-recipe
 AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
+READER_STEPS=${READER_STEPS:-150}
+FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 CONFIG=launch/configs/smollm2_levers.json
 WARM=release/milestones/levers/ae_warm
 MILESTONES=${MILESTONES:-release/milestones/fidelity}
@@ -37,4 +46,33 @@ stage "2. reconstruction: the warm start" "$RESULTS/smollm2_levers_ae_warm_autoe
     reconstruct "$WARM" smollm2_levers_ae_warm_autoencode
 stage "2. reconstruction: after auto-encoding" "$RESULTS/smollm2_fidelity_ae_long.json" \
     reconstruct "$parts" smollm2_fidelity_ae_long
-stamp "done: $parts; reconstruction in $RESULTS/smollm2_fidelity_ae_long.json"
+
+DATA=$OUT/data
+mkdir -p "$DATA"
+stage "3. data: facts beyond the window, training wordings" "$DATA/facts_far.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_far.jsonl" --tokenizer models/smollm2 --tokens 1984 \
+    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
+    --facts 1 1 --questions 1 1 --depth 0 0.45
+reader=$MILESTONES/reader
+if [[ ! -e $reader/uio_config.json ]]; then
+    books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": 0.7}'
+    facts="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+        \"name\": \"facts_far\", \"weight\": 0.3, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+    stage "3. a reader of facts from $parts ($READER_STEPS steps)" "$OUT/reader/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/reader" steps="$READER_STEPS" init_from="$parts" objective.lm=0 objective.distill=1 \
+        uio.sink_tokens=4 uio.recent_tokens=768 uio.memory_window=6 "data.sources=[$books, $facts]"
+    reader=$OUT/reader/final
+fi
+READING=(--memory-window 6 --recent-tokens 768 --sink-tokens 4)
+WINDOW=(--memory-window 0 --recent-tokens 768 --sink-tokens 4)
+read_facts() {  # read_facts NAME OPTIONS...
+    local name=$1; shift
+    $PY launch/eval.py --model models/smollm2 --uio "$reader" --data data/kjv --split eval --tasks perplexity facts \
+        --lengths 4096 8192 --max-doc-tokens 8192 --facts "$HELD_OUT_FACTS" --methods uio --out "$RESULTS" \
+        --name "$name" "$@"
+}
+stage "4. the reader: facts and perplexity" "$RESULTS/smollm2_fidelity_reader.json" \
+    read_facts smollm2_fidelity_reader "${READING[@]}"
+stage "4. the reader without memory" "$RESULTS/smollm2_fidelity_reader_window.json" \
+    read_facts smollm2_fidelity_reader_window "${WINDOW[@]}"
+stamp "done: figures: $PY launch/recipes/fidelity_summary.py"

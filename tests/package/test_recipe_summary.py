@@ -368,3 +368,26 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     assert s["stages"]["ae_long"]["reconstruction"]["segments"] == 3 and (results / "smollm2_fidelity.png").exists()
+    assert s["reader"] == {}
+    # the reader of facts, with memory and the same reading without
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.generators.facts import write_fact_jsonl
+
+    facts = tmp_path / "facts.jsonl"
+    write_fact_jsonl(str(facts), 3, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [240], ["story"],
+                     templates="held_out", log=lambda _: None)
+    tasks = ["--tasks", "perplexity", "facts", "--facts", str(facts), "--lengths", "64", "--methods", "uio",
+             "--recent-tokens", "32", "--sink-tokens", "4"]
+    assert evaluate(common + tasks + ["--memory-window", "1", "--name", "smollm2_fidelity_reader"]) == 0
+    assert evaluate(common + tasks + ["--memory-window", "0", "--name", "smollm2_fidelity_reader_window"]) == 0
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    reader = json.loads((results / "smollm2_fidelity_reader.json").read_text())
+    cells = reader["facts"]["methods"]["uio"]["cells"]
+    assert s["reader"]["memory"]["facts"]["n"] == 3 and s["reader"]["window"]["facts"]["n"] == 3
+    assert s["reader"]["memory"]["facts_by_depth"] == {
+        c.split(":")[1]: v["accuracy"] for c, v in cells.items() if c.startswith("depth:")}
+    assert s["reader"]["memory"]["perplexity"]["64"] == \
+        reader["perplexity"]["uio"]["by_length"]["64"]["later_perplexity"]
+    assert "the reader of facts" in capsys.readouterr().out
