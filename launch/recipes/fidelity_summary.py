@@ -48,7 +48,9 @@ def _metrics_dir(milestone: str, run: str) -> str | None:
     """Where a stage's metrics.jsonl is: its committed milestone, else its run directory."""
     for folder in (milestone, run):
         if os.path.isfile(os.path.join(folder, "metrics.jsonl")):
-            return folder
+            # named from the repository where it lies there: the summary names no machine's paths
+            inside = os.path.abspath(folder).startswith(REPO + os.sep)
+            return os.path.relpath(os.path.abspath(folder), REPO) if inside else os.path.abspath(folder)
     return None
 
 
@@ -117,7 +119,7 @@ def plot(s: dict, results: str) -> str | None:
     ax = axes[0]
     for i, (name, st) in enumerate(s["stages"].items()):
         if st["metrics"]:
-            with open(os.path.join(st["metrics"], "metrics.jsonl")) as f:
+            with open(os.path.join(REPO, st["metrics"], "metrics.jsonl")) as f:  # REPO: unless absolute
                 rows = [json.loads(line) for line in f if line.strip()]
             rows = [r for r in rows if "loss" in r and not r.get("skipped")]
             ax.plot([st["steps_before"] + r["step"] for r in rows], [r["loss"] for r in rows], lw=0.7, color=f"C{i}",
