@@ -51,12 +51,7 @@ lock:
 # launcher runs): run it whenever dependencies or the code change. It first prints how the
 # versions it got differ from the lock. The eager upgrade takes torch's newest allowed release too.
 LATEST := .venv-latest
-test-la# A memory that holds its text: auto-encoding continued from the levers warm start, and its
-# reconstruction of held-out segments (about 2 hours on 2 cores); stages done are skipped.
-fidelity-recipe: prepare
-	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_fidelity.sh
-
-test: prepare
+test-latest: prepare
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install --quiet --upgrade pip
@@ -133,6 +128,12 @@ passkey-specialist-recipe: prepare
 # stages done are skipped. ARMS="lm distill" runs a subset.
 levers-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_levers.sh
+
+# A memory that holds its text: auto-encoding continued from the levers warm start (about 2 hours
+# on 2 cores), its reconstruction of held-out segments, then a reader of facts trained from it and
+# measured on held-out facts; stages done (or committed) are skipped.
+fidelity-recipe: prepare
+	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_fidelity.sh
 
 test: prepare
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
