@@ -381,6 +381,9 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
              "--recent-tokens", "32", "--sink-tokens", "4"]
     assert evaluate(common + tasks + ["--memory-window", "1", "--name", "smollm2_fidelity_reader"]) == 0
     assert evaluate(common + tasks + ["--memory-window", "0", "--name", "smollm2_fidelity_reader_window"]) == 0
+    import matplotlib.pyplot as plt
+
+    assert (results / "smollm2_fidelity_reader_perplexity.png").exists() and not plt.get_fignums()  # none left open
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     reader = json.loads((results / "smollm2_fidelity_reader.json").read_text())

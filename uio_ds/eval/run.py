@@ -122,6 +122,7 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
             ax.legend()
         fig.tight_layout()
         fig.savefig(path_prefix + "_perplexity.png", dpi=110)
+        plt.close(fig)  # pyplot keeps every figure until closed: a process that evaluates often would pile them up
         written.append(path_prefix + "_perplexity.png")
     if "passkey" in report:
         pk = report["passkey"]
@@ -140,6 +141,7 @@ def _plots(report: dict, path_prefix: str) -> list[str]:
         fig.colorbar(im, ax=axes[0].tolist(), label="exact-match accuracy")
         fig.suptitle("passkey retrieval")
         fig.savefig(path_prefix + "_passkey.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)  # pyplot keeps every figure until closed: a process that evaluates often would pile them up
         written.append(path_prefix + "_passkey.png")
     return written
 
