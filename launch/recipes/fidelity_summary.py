@@ -41,6 +41,7 @@ STAGES = {
 GOAL_ROUGE_L = 0.9
 # the reader of facts: its reading with memory, and the same reading without (memory window 0)
 READER = {"memory": "smollm2_fidelity_reader", "window": "smollm2_fidelity_reader_window"}
+READER_PARTS = (os.path.join(MILESTONES, "fidelity", "reader"), "reader")  # its milestone, its run under --runs
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 
 
@@ -73,6 +74,9 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                                "reconstruction": autoencode_entry(r) if r else None}
         steps_before += training["steps"] if training else 0
     out["reader"] = {}
+    metrics = _metrics_dir(READER_PARTS[0], os.path.join(runs, READER_PARTS[1]))
+    if metrics:
+        out["reader_training"] = {"metrics": metrics, **run_summary(metrics)}
     for row, evaluation in READER.items():
         r = load_json(os.path.join(results, f"{evaluation}.json"))
         if r:
@@ -99,6 +103,10 @@ def print_summary(s: dict) -> None:
         recon = (f"{a['rouge_l']:>7.3f} {a['bleu4']:>6.3f} {a['loss']:>6.3f} | {'':11s}{a['no_memory']['rouge_l']:>7.3f} "
                  f"{a['no_memory']['loss']:>6.3f}") if a else "not evaluated"
         print(f"  {name:8s} {steps} {train:>17} | {recon}")
+    if s.get("reader_training"):
+        t = s["reader_training"]
+        print(f"the reader's training: {t['steps']} steps from ae_long, {t['seconds_per_step']:.1f} s a step, "
+              f"loss {t['loss_first']:.3f} -> {t['loss_last']:.3f} (books by distillation, fact answers by both)")
     if s["reader"]:
         print("the reader of facts (4 sinks, 6 memories, 768 raw tokens): facts in held-out wording at 2K tokens, "
               "exact by depth of the fact (thirds), and perplexity of segments 2..T")

@@ -349,6 +349,7 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     # committed milestones come first; here every stage reads the runs under --runs
     mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), run, evaluation)
                   for name, (_, run, evaluation) in mod.STAGES.items()}
+    mod.READER_PARTS = (str(tmp_path / "no_milestone" / "reader"), "reader")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
     assert "make fidelity-recipe" in capsys.readouterr().err
     assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3",
@@ -368,7 +369,7 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     assert s["stages"]["ae_long"]["reconstruction"]["segments"] == 3 and (results / "smollm2_fidelity.png").exists()
-    assert s["reader"] == {}
+    assert s["reader"] == {} and "reader_training" not in s
     # the reader of facts, with memory and the same reading without
     from transformers import AutoTokenizer
 
@@ -384,8 +385,11 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     import matplotlib.pyplot as plt
 
     assert (results / "smollm2_fidelity_reader_perplexity.png").exists() and not plt.get_fignums()  # none left open
+    _write_metrics(runs / "reader", [0.5, 8.0, 0.25, 0.125], seconds=3.0, tokens=2048)
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
+    assert s["reader_training"]["steps"] == 4 and s["reader_training"]["loss_last"] == 0.125
+    assert s["reader_training"]["metrics"] == str(runs / "reader")
     reader = json.loads((results / "smollm2_fidelity_reader.json").read_text())
     cells = reader["facts"]["methods"]["uio"]["cells"]
     assert s["reader"]["memory"]["facts"]["n"] == 3 and s["reader"]["window"]["facts"]["n"] == 3
