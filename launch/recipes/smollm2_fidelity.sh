@@ -10,10 +10,13 @@
 #   2. reconstruction of 32 held-out segments from their memory alone (ROUGE-L, BLEU-4, and the
 #      teacher-forced loss with and without memory), for the warm start and for the parts of step 1;
 #   3. a reader of facts from those parts: the release's reading (4 sinks, the 6 most recent memories,
-#      768 raw tokens, the segment) trained READER_STEPS steps by distillation on the training books
-#      (70% of documents) and on fact records in the 8 training wordings (30%; 1,984 tokens, the fact
-#      in the first 45% of the text, so beyond the raw window when the question is read; the answer
-#      scored by the next-token loss and distillation);
+#      768 raw tokens, the segment) trained READER_STEPS steps on fact records in the 8 training
+#      wordings (FACT_WEIGHT, 70% of documents; 1,984 tokens, the fact in the first 45% of the text,
+#      so beyond the raw window when the question is read; the answer scored by the next-token loss
+#      and distillation) and by distillation on the training books (BOOK_WEIGHT, 30%). Facts weigh most: the
+#      decoder is frozen, so the books only keep the memory useful to perplexity, and the loss is a
+#      mean over the step's scored tokens, where a record's few answer tokens weigh next to nothing
+#      beside a book's 2,048: only steps whose documents are all fact records teach facts;
 #   4. its facts on the committed held-out records (held-out wording over licence text, 2K tokens),
 #      next to the same reading without memory, and its perplexity at 4K / 8K tokens.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
@@ -26,6 +29,8 @@ AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
+FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
+BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
 CONFIG=launch/configs/smollm2_levers.json
 WARM=release/milestones/levers/ae_warm
 MILESTONES=${MILESTONES:-release/milestones/fidelity}
@@ -55,9 +60,9 @@ stage "3. data: facts beyond the window, training wordings" "$DATA/facts_far.jso
     --facts 1 1 --questions 1 1 --depth 0 0.45
 reader=$MILESTONES/reader
 if [[ ! -e $reader/uio_config.json ]]; then
-    books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": 0.7}'
+    books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": '"$BOOK_WEIGHT"'}'
     facts="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
-        \"name\": \"facts_far\", \"weight\": 0.3, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+        \"name\": \"facts_far\", \"weight\": $FACT_WEIGHT, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
     stage "3. a reader of facts from $parts ($READER_STEPS steps)" "$OUT/reader/final/uio_config.json" \
         ds_train "$CONFIG" "$OUT/reader" steps="$READER_STEPS" init_from="$parts" objective.lm=0 objective.distill=1 \
         uio.sink_tokens=4 uio.recent_tokens=768 uio.memory_window=6 "data.sources=[$books, $facts]"
