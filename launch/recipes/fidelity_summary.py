@@ -1,8 +1,9 @@
 """Collect the fidelity recipe's results: how well the memory holds its text, step by step.
 
 Reads what ``launch/recipes/smollm2_fidelity.sh`` wrote: the reconstruction of held-out segments
-by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_autoencode.json``)
-and by the parts trained further (``smollm2_fidelity_ae_long.json``), and both training runs'
+by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_autoencode.json``),
+by the parts trained further (``smollm2_fidelity_ae_long.json``) and by a second cycle from
+those (``smollm2_fidelity_ae_cycle2.json``), and the training runs'
 metrics (the committed milestones', else the recipe's run directory); and the reader of facts
 trained from those parts (``smollm2_fidelity_reader.json``, ``smollm2_fidelity_reader_window.json``:
 facts in held-out wording by depth, and perplexity, with memory and the same reading without).
@@ -37,6 +38,7 @@ MILESTONES = os.path.join(REPO, "release", "milestones")
 STAGES = {
     "ae_warm": (os.path.join(MILESTONES, "levers", "ae_warm"), "ae_warm", "smollm2_levers_ae_warm_autoencode"),
     "ae_long": (os.path.join(MILESTONES, "fidelity", "ae_long"), "ae_long", "smollm2_fidelity_ae_long"),
+    "ae_cycle2": (os.path.join(MILESTONES, "fidelity", "ae_cycle2"), "ae_cycle2", "smollm2_fidelity_ae_cycle2"),
 }
 GOAL_ROUGE_L = 0.9
 # the reader of facts: its reading with memory, and the same reading without (memory window 0)

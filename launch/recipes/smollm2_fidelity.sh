@@ -18,7 +18,10 @@
 #      mean over the step's scored tokens, where a record's few answer tokens weigh next to nothing
 #      beside a book's 2,048: only steps whose documents are all fact records teach facts;
 #   4. its facts on the committed held-out records (held-out wording over licence text, 2K tokens),
-#      next to the same reading without memory, and its perplexity at 4K / 8K tokens.
+#      next to the same reading without memory, and its perplexity at 4K / 8K tokens;
+#   5. a second auto-encoding cycle from the parts of step 1 (AE2_STEPS steps, the learning rate
+#      back at 1e-3 with its cosine, the documents in another order: data.seed=1), whose loss had
+#      been flat for its last 200 steps as the first cycle's rate decayed; and its reconstruction.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -27,6 +30,7 @@ OUT=${OUT:-runs/fidelity}
 RECIPE=fidelity-recipe
 AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
+AE2_STEPS=${AE2_STEPS:-300}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
@@ -80,4 +84,13 @@ stage "4. the reader: facts and perplexity" "$RESULTS/smollm2_fidelity_reader.js
     read_facts smollm2_fidelity_reader "${READING[@]}"
 stage "4. the reader without memory" "$RESULTS/smollm2_fidelity_reader_window.json" \
     read_facts smollm2_fidelity_reader_window "${WINDOW[@]}"
+cycle2=$MILESTONES/ae_cycle2
+if [[ ! -e $cycle2/uio_config.json ]]; then
+    stage "5. auto-encoding, a second cycle from $parts ($AE2_STEPS steps)" "$OUT/ae_cycle2/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/ae_cycle2" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
+        data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
+    cycle2=$OUT/ae_cycle2/final
+fi
+stage "5. reconstruction after the second cycle" "$RESULTS/smollm2_fidelity_ae_cycle2.json" \
+    reconstruct "$cycle2" smollm2_fidelity_ae_cycle2
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
