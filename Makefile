@@ -130,8 +130,8 @@ levers-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_levers.sh
 
 # A memory that holds its text: auto-encoding continued from the levers warm start (about 2 hours
-# on 2 cores), its reconstruction of held-out segments, then a reader of facts trained from it and
-# measured on held-out facts; stages done (or committed) are skipped.
+# on 2 cores), its reconstruction of held-out segments, a reader of facts trained from it and
+# measured on held-out facts, a second auto-encoding cycle; stages done (or committed) are skipped.
 fidelity-recipe: prepare
 	PY=$(BIN)/python DEEPSPEED=$(BIN)/deepspeed bash launch/recipes/smollm2_fidelity.sh
 
