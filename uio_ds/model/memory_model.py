@@ -21,7 +21,7 @@ This module is the passes themselves (encode, memory_kv / compress, decode / for
 contracts; their helpers live beside it: ``adapters`` (peft), ``positions`` (segments, layouts,
 position ranges), ``parts`` (files and checks), ``budget`` (the encoder's memory), ``outputs``
 (results and loss terms), ``kv`` (caches), ``attention`` (kernels), ``recompute`` (the decoder's
-activation recompute). About 490 lines: the passes share the model's state and each states its
+activation recompute). About 480 lines: the passes share the model's state and each states its
 exact contract (shapes, positions, what it caches), which is most of the length.
 """
 
@@ -391,22 +391,9 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
             recent.add(found[0])
         out = DecoderOutput(logits=logits, memory_tokens=memory.num_tokens if memory is not None else 0)
         if targets is not None:
-            if targets.shape != input_ids.shape:
-                raise ValueError(f"targets shape {tuple(targets.shape)} differs from input shape {tuple(input_ids.shape)}")
-            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            out.lm_loss_sum = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                              reduction="sum")
-            out.num_tokens = int((targets != IGNORE_INDEX).sum().item())
-            out.loss_sum = out.lm_loss_sum if lm_weight == 1.0 else lm_weight * out.lm_loss_sum
-            if teacher_logprobs is not None:
-                if teacher_logprobs.shape[:2] != input_ids.shape:
-                    raise ValueError(f"teacher_logprobs of shape {tuple(teacher_logprobs.shape)} do not cover the "
-                                     f"segment's {tuple(input_ids.shape)} positions")
-                out.distill_sum = distillation_sum(wide, teacher_logprobs, targets != IGNORE_INDEX)
-                out.loss_sum = out.loss_sum + distill_weight * out.distill_sum
+            out.score(targets, teacher_logprobs, lm_weight, distill_weight)
             if regularize_weight and self.decoder_adapter is not None:
-                out.regularize_sum = self._regularization_sum(input_ids, targets != IGNORE_INDEX)
-                out.loss_sum = out.loss_sum + regularize_weight * out.regularize_sum
+                out.add_regularization(self._regularization_sum(input_ids, targets != IGNORE_INDEX), regularize_weight)
         return out
 
     def _regularization_sum(self, input_ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:

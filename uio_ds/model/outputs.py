@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from uio_ds.formats import IGNORE_INDEX
+
 
 @dataclass
 class DecoderOutput:
     """What ``decode`` returns: logits, and the summed loss over ``num_tokens`` targets.
 
-    ``loss_sum`` is the training objective: the next-token loss, or with a teacher
-    ``lm_weight * lm_loss_sum + distill_weight * distill_sum``."""
+    ``loss_sum`` is the training objective (``score``): the next-token loss, or with a teacher
+    ``lm_weight * lm_loss_sum + distill_weight * distill_sum``, plus any regularisation term."""
 
     logits: torch.Tensor
     loss_sum: torch.Tensor | None = None
@@ -32,6 +34,33 @@ class DecoderOutput:
         if self.loss_sum is None:
             return None
         return self.loss_sum / max(self.num_tokens, 1)
+
+    def score(self, targets: torch.Tensor, teacher_logprobs: torch.Tensor | None = None, lm_weight: float = 1.0,
+              distill_weight: float = 1.0) -> None:
+        """Fill the loss terms from ``self.logits`` (B, n, V): the next-token loss at ``targets``
+        (B, n; ``IGNORE_INDEX`` where unscored), with ``teacher_logprobs`` (B, n, V) the KL to the
+        teacher at the same positions; ``loss_sum`` is their sum weighted by ``lm_weight`` and
+        ``distill_weight``. Sums are taken in at least float32."""
+        if targets.shape != self.logits.shape[:2]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} differs from input shape "
+                             f"{tuple(self.logits.shape[:2])}")
+        wide = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
+        scored = targets != IGNORE_INDEX
+        self.lm_loss_sum = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                           reduction="sum")
+        self.num_tokens = int(scored.sum().item())
+        self.loss_sum = self.lm_loss_sum if lm_weight == 1.0 else lm_weight * self.lm_loss_sum
+        if teacher_logprobs is not None:
+            if teacher_logprobs.shape[:2] != targets.shape:
+                raise ValueError(f"teacher_logprobs of shape {tuple(teacher_logprobs.shape)} do not cover the "
+                                 f"segment's {tuple(targets.shape)} positions")
+            self.distill_sum = distillation_sum(wide, teacher_logprobs, scored)
+            self.loss_sum = self.loss_sum + distill_weight * self.distill_sum
+
+    def add_regularization(self, regularize_sum: torch.Tensor, weight: float) -> None:
+        """Add ``weight`` x ``regularize_sum`` (KL(base || decoder) without memory) to the objective."""
+        self.regularize_sum = regularize_sum
+        self.loss_sum = self.loss_sum + weight * regularize_sum
 
 
 @dataclass
