@@ -288,9 +288,10 @@ def _evaluate(args) -> int:
     # what each method reads at each length: comparisons are fair at equal decoder K/V entries
     lengths = _lengths_read(args)
     report["kv_entries"] = {m.name: {n: m.kv_entries(n) for n in lengths} for m in methods}
-    print("decoder K/V entries per query, at most, by length: " + "; ".join(
-        f"{name} " + ", ".join(f"{n}: {v}" for n, v in per.items() if v is not None)
-        for name, per in report["kv_entries"].items()))
+    if lengths:  # none to state when every task's records bring their own lengths
+        print("decoder K/V entries per query, at most, by length: " + "; ".join(
+            f"{name} " + ", ".join(f"{n}: {v}" for n, v in per.items() if v is not None)
+            for name, per in report["kv_entries"].items()))
     docs = _documents(args, tokenizer, texts) if texts else []
     for task in args.tasks:
         start = time.perf_counter()
