@@ -347,8 +347,7 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     evaluate, common, results, runs = _evaluation_setup(tiny_dirs, tmp_path)
     mod = _summary_module("fidelity_summary")
     # committed milestones come first; here every stage reads the runs under --runs
-    mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), run, evaluation)
-                  for name, (_, run, evaluation) in mod.STAGES.items()}
+    mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.STAGES.items()}
     mod.READER_PARTS = (str(tmp_path / "no_milestone" / "reader"), "reader")
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
     assert "make fidelity-recipe" in capsys.readouterr().err
@@ -369,6 +368,13 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     assert s["stages"]["ae_long"]["reconstruction"]["segments"] == 3 and (results / "smollm2_fidelity.png").exists()
+    # a stage trained from scratch counts its steps from 0; the goal takes the best stage
+    _write_metrics(runs / "ae_wide", [2.0, 1.5], seconds=2.0, tokens=64)
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    assert (s["stages"]["ae_wide"]["steps_before"], s["stages"]["ae_wide"]["from"]) == (0, None)
+    assert "ae_cycle2" not in s["stages"] and s["stages"]["ae_long"]["from"] == "ae_warm"
+    assert s["goal"]["value"] == max(st["reconstruction"]["rouge_l"] for st in s["stages"].values() if st["reconstruction"])
     assert s["reader"] == {} and "reader_training" not in s
     # the reader of facts, with memory and the same reading without
     from transformers import AutoTokenizer
