@@ -416,6 +416,36 @@ def test_decoder_lora_added_on_top_of_trained_parts(tiny_dirs, tmp_path):
         other.load_trained(str(tmp_path / "parts"), new_adapters=("decoder",))
 
 
+def test_encoder_lora_widened_to_more_modules_continues_trained_parts(tiny_dirs, tmp_path):
+    """load_trained(new_targets=True): parts whose encoder LoRA sat on q_proj / v_proj load into a
+    model whose encoder LoRA also covers the MLP; the saved tensors are restored, the new modules
+    keep their zero start (the model computes exactly what the saved parts did) and then train.
+    Without the flag, or with another rank, the differing config is refused."""
+    from uio_ds.config import LoRAConfig
+
+    trained = load(tiny_dirs["llama"])
+    perturb_trainable(trained, seed=23)
+    trained.save_trained(str(tmp_path / "parts"))
+    wide = LoRAConfig(rank=4, alpha=8.0, target_modules=("q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))
+    model = load(tiny_dirs["llama"], encoder_lora=wide)
+    with pytest.raises(ValueError, match=r"differs from this model's in \['encoder_lora'\]"):
+        model.load_trained(str(tmp_path / "parts"))
+    model.load_trained(str(tmp_path / "parts"), new_targets=True)
+    ids = random_ids(2, 40, seed=24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).loss, trained(ids).loss, rtol=0, atol=0)
+    kept = {n: p for n, p in trained.named_parameters() if p.requires_grad}
+    mine = dict(model.named_parameters())
+    assert all(torch.equal(mine[n], p) for n, p in kept.items())  # every saved tensor, by name
+    added = {n: p for n, p in mine.items() if p.requires_grad and n not in kept}
+    assert added and all(".mlp." in n for n in added)
+    grads = torch.autograd.grad(model(ids).loss, [p for n, p in added.items() if "lora_B" in n])
+    assert all(g.abs().sum() > 0 for g in grads)  # the new modules learn from the first step
+    other = load(tiny_dirs["llama"], encoder_lora=LoRAConfig(rank=8, alpha=8.0, target_modules=wide.target_modules))
+    with pytest.raises(ValueError, match=r"differs from this model's in \['encoder_lora'\]"):
+        other.load_trained(str(tmp_path / "parts"), new_targets=True)
+
+
 def test_weights_probe_indices_stay_inside_large_tensors():
     """A real model's embedding matrix passes 2**24 elements (SmolLM2: 49,152 x 576), where a
     float32 linspace put the last probe index one past the end and the export of a trained run

@@ -113,13 +113,28 @@ def check_model_dir(base_path: str, config: UIOConfig):
     return base_config
 
 
-def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = ()) -> None:
+def widened_targets(saved: dict | None, here: dict | None) -> list[str]:
+    """The target modules the LoRA config ``here`` adds to ``saved`` (both as in ``UIOConfig.to_dict``)
+    when it is otherwise equal (rank, alpha, dropout); [] otherwise."""
+    if saved is None or here is None:
+        return []
+    rest = [{k: v for k, v in lora.items() if k != "target_modules"} for lora in (saved, here)]
+    added = [t for t in here["target_modules"] if t not in saved["target_modules"]]
+    keeps_all = set(saved["target_modules"]) <= set(here["target_modules"])
+    return added if rest[0] == rest[1] and keeps_all else []
+
+
+def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = (),
+                        new_targets: bool = False) -> None:
     """The checks of ``load_trained`` that need only ``uio_config.json``: the saved UIO config
-    equals ``config`` (but for runtime options and ``new_adapters`` added now) and the parts
-    were trained on a base model of this shape. Raises ValueError / FileNotFoundError."""
+    equals ``config`` (but for runtime options, ``new_adapters`` added now and, with
+    ``new_targets``, target modules an adapter adds) and the parts were trained on a base model
+    of this shape. Raises ValueError / FileNotFoundError."""
     saved_config, meta = UIOConfig.load(directory)
     saved, here = saved_config.to_dict(), config.to_dict()
     added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
+    if new_targets:
+        added |= {k for k in ("encoder_lora", "transfer_lora", "decoder_lora") if widened_targets(saved[k], here[k])}
     differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
     if differ:
         raise ValueError(
@@ -162,20 +177,25 @@ def save_trained(model, directory: str) -> str:
                                        "weights_probe": model._weights_probe or weights_probe(model.base)})
     return directory
 
-def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False) -> None:
+def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False,
+                 new_targets: bool = False) -> None:
     """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
     saved config must equal this model's except for the runtime options (dtype, attention,
     position_overflow, memory_window).
 
     ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved without
     them: they keep their initial values (a decoder LoRA on top of a trained memory).
+    ``new_targets``: an adapter may add target modules to those it was saved with (e.g. the
+    encoder's MLP): their LoRA keeps its initial values, B = 0, so the model computes at first
+    exactly what the saved parts did.
     ``allow_other_weights``: load onto base weights other than those the parts were trained on
     (same shape), which is refused by default."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    check_trained_parts(directory, model.config, model.base.config, new_adapters)
+    check_trained_parts(directory, model.config, model.base.config, new_adapters, new_targets)
     config, meta = UIOConfig.load(directory)
+    saved, here = config.to_dict(), model.config.to_dict()
     added = [name for name in new_adapters if name in model.adapter_names and config.to_dict().get(f"{name}_lora") is None]
     if not allow_other_weights:
         check_weights(meta.get("weights_probe"), model.base, directory)
@@ -187,6 +207,10 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
             raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
         state = {k.removeprefix("base_model.model."): v for k, v in load_file(path).items()}
         expected = get_peft_model_state_dict(model.base, adapter_name=name)
+        widened = widened_targets(saved[f"{name}_lora"], here[f"{name}_lora"]) if new_targets else []
+        for key in set(expected) - set(state):  # the modules added now keep their initial values
+            if any(f".{target}." in key for target in widened):
+                state[key] = expected[key]
         if set(state) != set(expected):
             raise ValueError(
                 f"{path}: adapter tensors do not match the model (missing {sorted(set(expected) - set(state))[:3]}, "
