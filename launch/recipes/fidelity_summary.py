@@ -3,8 +3,8 @@
 Reads what ``launch/recipes/smollm2_fidelity.sh`` wrote: the reconstruction of held-out segments
 by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_autoencode.json``),
 by the parts trained further (``smollm2_fidelity_ae_long.json``), by a second cycle from
-those (``smollm2_fidelity_ae_cycle2.json``) and by a wider encoder trained from scratch
-(``smollm2_fidelity_ae_wide.json``), and the training runs'
+those (``smollm2_fidelity_ae_cycle2.json``) and by the same cycle with the encoder's LoRA on
+every linear layer (``smollm2_fidelity_ae_wide.json``), and the training runs'
 metrics (the committed milestones', else the recipe's run directory); and the reader of facts
 trained from those parts (``smollm2_fidelity_reader.json``, ``smollm2_fidelity_reader_window.json``:
 facts in held-out wording by depth, and perplexity, with memory and the same reading without).
@@ -42,7 +42,7 @@ STAGES = {
     "ae_long": (os.path.join(MILESTONES, "fidelity", "ae_long"), "ae_long", "smollm2_fidelity_ae_long", "ae_warm"),
     "ae_cycle2": (os.path.join(MILESTONES, "fidelity", "ae_cycle2"), "ae_cycle2", "smollm2_fidelity_ae_cycle2",
                   "ae_long"),
-    "ae_wide": (os.path.join(MILESTONES, "fidelity", "ae_wide"), "ae_wide", "smollm2_fidelity_ae_wide", None),
+    "ae_wide": (os.path.join(MILESTONES, "fidelity", "ae_wide"), "ae_wide", "smollm2_fidelity_ae_wide", "ae_long"),
 }
 GOAL_ROUGE_L = 0.9
 # the reader of facts: its reading with memory, and the same reading without (memory window 0)

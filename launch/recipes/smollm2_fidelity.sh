@@ -22,10 +22,11 @@
 #   5. a second auto-encoding cycle from the parts of step 1 (AE2_STEPS steps, the learning rate
 #      back at 1e-3 with its cosine, the documents in another order: data.seed=1), whose loss had
 #      been flat for its last 200 steps as the first cycle's rate decayed; and its reconstruction;
-#   6. a wider encoder from scratch: the encoder LoRA (rank 8) on all seven linear layers of every
-#      block (attention and MLP) instead of q_proj / v_proj, AE_WIDE_STEPS steps of the same
-#      auto-encoding, no warm start; and its reconstruction. The loader needs parts of the config's
-#      shapes, so this arm cannot continue from ae_long.
+#   6. a wider encoder: the parts of step 1 with their encoder LoRA (rank 8) widened from q_proj /
+#      v_proj to all seven linear layers of every block (attention and MLP; the new modules start
+#      as a no-op), trained as the second cycle of step 5 is (AE2_STEPS steps, the rate back at
+#      1e-3, data.seed=1): the same start, steps and documents, so the two compare the encoder's
+#      width alone; and its reconstruction.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -35,7 +36,6 @@ RECIPE=fidelity-recipe
 AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
 AE2_STEPS=${AE2_STEPS:-250}
-AE_WIDE_STEPS=${AE_WIDE_STEPS:-300}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
@@ -100,9 +100,9 @@ stage "5. reconstruction after the second cycle" "$RESULTS/smollm2_fidelity_ae_c
     reconstruct "$cycle2" smollm2_fidelity_ae_cycle2
 wide=$MILESTONES/ae_wide
 if [[ ! -e $wide/uio_config.json ]]; then
-    stage "6. auto-encoding with the encoder LoRA on every linear layer ($AE_WIDE_STEPS steps)" \
+    stage "6. auto-encoding from $parts, the encoder LoRA on every linear layer ($AE2_STEPS steps)" \
         "$OUT/ae_wide/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/ae_wide" steps="$AE_WIDE_STEPS" save_every=25 \
+        ds_train "$CONFIG" "$OUT/ae_wide" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
         'uio.encoder_lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]' \
         data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
     wide=$OUT/ae_wide/final

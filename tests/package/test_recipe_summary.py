@@ -368,12 +368,13 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     assert s["stages"]["ae_long"]["reconstruction"]["segments"] == 3 and (results / "smollm2_fidelity.png").exists()
-    # a stage trained from scratch counts its steps from 0; the goal takes the best stage
+    # a stage counts its steps within its own lineage (ae_wide continues ae_long, as ae_cycle2 would
+    # have); the goal takes the best stage
     _write_metrics(runs / "ae_wide", [2.0, 1.5], seconds=2.0, tokens=64)
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
-    assert (s["stages"]["ae_wide"]["steps_before"], s["stages"]["ae_wide"]["from"]) == (0, None)
-    assert "ae_cycle2" not in s["stages"] and s["stages"]["ae_long"]["from"] == "ae_warm"
+    assert (s["stages"]["ae_wide"]["steps_before"], s["stages"]["ae_wide"]["from"]) == (3 + 5, "ae_long")
+    assert "ae_cycle2" not in s["stages"] and s["stages"]["ae_warm"]["from"] is None
     assert s["goal"]["value"] == max(st["reconstruction"]["rouge_l"] for st in s["stages"].values() if st["reconstruction"])
     assert s["reader"] == {} and "reader_training" not in s
     # the reader of facts, with memory and the same reading without
