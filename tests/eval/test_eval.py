@@ -10,7 +10,7 @@ from helpers import load, perturb_trainable, random_ids
 
 from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct
 from uio_ds.eval.longbench import evaluate_longbench, load_records
-from uio_ds.eval.methods import build_methods
+from uio_ds.eval.methods import StreamingMethod, build_methods
 from uio_ds.eval.passkey import evaluate_passkey
 from uio_ds.eval.perplexity import evaluate_perplexity
 from uio_ds.formats import passkey_prompt
@@ -247,6 +247,34 @@ def test_uio_answer_reads_the_prompt_once_and_equals_greedy_and_answer_loss(tiny
         tokens, losses = method.answer(prompt, answer, 6)
         assert tokens == method.greedy(prompt, 6)
         assert losses == pytest.approx(method.last_losses(torch.cat([prompt, answer], 1), n), rel=1e-4, abs=1e-5)
+
+
+def test_streaming_answer_reads_the_prompt_once(tiny_dirs):
+    """StreamingLLM's one reading of a prompt: the greedy continuation of ``greedy``, and the answer
+    scored read after the prompt: token by token (chunk 1) what feeding it one token at a time
+    gives, and while nothing is dropped what full attention gives."""
+    import torch.nn.functional as F
+
+    model = load(tiny_dirs["llama"])
+    base = model.base
+    for chunk, window in ((1, 12), (5, 12), (7, 200)):
+        method = StreamingMethod(base, sink_tokens=2, window_tokens=window, chunk_tokens=chunk)
+        for length, n in ((30, 4), (41, 1), (13, 6)):
+            prompt, answer = random_ids(1, length, seed=length), random_ids(1, n, seed=50 + length)
+            tokens, losses = method.answer(prompt, answer, 5)
+            assert tokens == method.greedy(prompt, 5)
+            s = method.streaming
+            s.reset()
+            logits = [s.prefill(prompt)] + [s.step(answer[:, i : i + 1]) for i in range(n - 1)]
+            fed = F.cross_entropy(torch.stack(logits, 1)[0].float(), answer[0], reduction="none").tolist()
+            if chunk == 1:
+                assert losses == pytest.approx(fed, rel=1e-4, abs=1e-5)
+            if window == 200:  # nothing dropped: full attention
+                with torch.no_grad():
+                    full = base(torch.cat([prompt, answer], 1)).logits[0, length - 1 : -1]
+                want = F.cross_entropy(full.float(), answer[0], reduction="none").tolist()
+                assert losses == pytest.approx(want, rel=1e-4, abs=1e-4)
+                assert losses == pytest.approx(method.last_losses(torch.cat([prompt, answer], 1), n), rel=1e-4, abs=1e-4)
 
 
 def test_fact_prompts_are_grouped_by_the_nearest_power_of_two():

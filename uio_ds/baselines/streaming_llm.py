@@ -77,6 +77,20 @@ class StreamingLLM:
         return logits[:, -1]
 
     @torch.no_grad()
+    def read(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Read (B, n) more tokens chunk by chunk, as ``prefill`` does; returns the logits at every
+        one of them (B, n, vocab)."""
+        return torch.cat([self._read(input_ids[:, start : start + self.chunk_tokens])
+                          for start in range(0, input_ids.shape[1], self.chunk_tokens)], dim=1)
+
+    def state(self) -> tuple:
+        """What has been read, to come back to with ``restore`` (the K/V are never changed in place)."""
+        return self.sinks, self.recent, self.tokens_seen
+
+    def restore(self, state: tuple) -> None:
+        self.sinks, self.recent, self.tokens_seen = state
+
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Read (B, k) more tokens; returns the logits after the last one."""
         return self._read(tokens, logits_to_keep=1)[:, -1]

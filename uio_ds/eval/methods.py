@@ -157,13 +157,32 @@ class StreamingMethod(Method):
     @torch.no_grad()
     def greedy(self, ids, max_new_tokens):
         self.streaming.reset()
-        logits = self.streaming.prefill(ids.to(self.streaming.base.device))
+        return self._continue(self.streaming.prefill(ids.to(self.streaming.base.device)), max_new_tokens)
+
+    def _continue(self, logits, max_new_tokens):
         out = []
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             token = logits.argmax(-1, keepdim=True)
             out.append(int(token))
-            logits = self.streaming.step(token)
+            if step + 1 < max_new_tokens:
+                logits = self.streaming.step(token)
         return out
+
+    @torch.no_grad()
+    def answer(self, prompt, answer, max_new_tokens):
+        """The prompt is read once: the answer is scored read after it (as a reply is read), then
+        the reading goes back to the prompt's end and continues greedily."""
+        s = self.streaming
+        s.reset()
+        logits = s.prefill(prompt.to(s.base.device))
+        after_prompt = s.state()
+        answer = answer.to(s.base.device)
+        scored = [logits[:, None]]
+        if answer.shape[1] > 1:
+            scored.append(s.read(answer[:, :-1]))
+        losses = F.cross_entropy(torch.cat(scored, dim=1)[0].float(), answer[0], reduction="none").tolist()
+        s.restore(after_prompt)
+        return self._continue(logits, max_new_tokens), losses
 
 
 class FullAttention(Method):
