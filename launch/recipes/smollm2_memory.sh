@@ -14,7 +14,8 @@
 #   3. perplexity at 16K and 32K tokens (the held-out books that long: 4 and 2), the same methods and
 #      the decoder without memory; facts at 4K, 8K, 16K and 32K tokens, each in the first half of its
 #      prompt, beyond the raw window (benchmarks/data/facts_held_out_long.jsonl.gz), for the memory,
-#      StreamingLLM, the decoder without memory and full attention (to 8K);
+#      StreamingLLM, the decoder without memory and full attention (to 8K), in two stages of about
+#      an hour each on 2 CPU cores;
 #   4. the release: those parts with that reading as their defaults (every decoder call within
 #      SmolLM2's 8,192 positions, so `uio-ds serve` and `chat` never refuse a long conversation), and
 #      the card (release/smollm2-uio/README.md, written by hand from the figures
@@ -68,8 +69,11 @@ stage "3. perplexity at 16K and 32K tokens" "$RESULTS/smollm2_release_long.json"
 stage "3. the same reading without memory at 16K and 32K" "$RESULTS/smollm2_release_long_window.json" \
     evaluate smollm2_release_long_window perplexity "16384 32768" 32768 "${WINDOW[@]}" --methods uio
 long_facts() { FACTS=benchmarks/data/facts_held_out_long.jsonl.gz evaluate "$@"; }
-stage "3. facts at 4K to 32K tokens" "$RESULTS/smollm2_release_long_facts.json" \
-    long_facts smollm2_release_long_facts facts "4096" 32768 "${READING[@]}" --methods uio streaming no_memory full
+stage "3. facts at 4K to 32K tokens: the memory" "$RESULTS/smollm2_release_long_facts.json" \
+    long_facts smollm2_release_long_facts facts "4096" 32768 "${READING[@]}" --methods uio
+stage "3. facts at 4K to 32K tokens: StreamingLLM, no memory, full attention" \
+    "$RESULTS/smollm2_release_long_facts_baselines.json" \
+    long_facts smollm2_release_long_facts_baselines facts "4096" 32768 "${READING[@]}" --methods streaming no_memory full
 
 stage "4. release: $parts -> $RELEASE" "$RELEASE/uio_config.json" \
     $PY "$(dirname "$0")/release_parts.py" --model models/smollm2 --parts "$parts" --out "$RELEASE" "${READING[@]}"

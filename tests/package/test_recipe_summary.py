@@ -247,7 +247,9 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     write_fact_jsonl(str(long_facts), 4, AutoTokenizer.from_pretrained(tiny_dirs["llama"]), [120, 240], ["story"],
                      templates="held_out", log=lambda _: None)
     assert evaluate(common + reading + ["--tasks", "facts", "--facts", str(long_facts), "--methods", "uio",
-                                        "streaming", "no_memory", "--name", "smollm2_release_long_facts"]) == 0
+                                        "--name", "smollm2_release_long_facts"]) == 0
+    assert evaluate(common + reading + ["--tasks", "facts", "--facts", str(long_facts), "--methods", "streaming",
+                                        "no_memory", "--name", "smollm2_release_long_facts_baselines"]) == 0
 
     mod = _summary_module("memory_summary")
     assert mod.main(["--arm", "sinks", "--results", str(results), "--runs", str(runs)]) == 1  # no sinks arm yet
@@ -274,7 +276,7 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     baselines = read("smollm2_release_baselines")["facts"]
     assert s["facts"]["full"]["accuracy"] == baselines["methods"]["full"]["cells"]["all"]["accuracy"]
     assert s["facts"]["full"]["records_sha1"] == s["facts"]["uio"]["records_sha1"] and s["facts_same_records"]
-    cells = read("smollm2_release_long_facts")["facts"]["methods"]["streaming"]["cells"]
+    cells = read("smollm2_release_long_facts_baselines")["facts"]["methods"]["streaming"]["cells"]
     assert s["facts_by_length"]["streaming"] == {
         c.split(":")[1]: {k: v[k] for k in ("accuracy", "answer_loss", "n")} for c, v in cells.items()
         if c.startswith("length:")}
