@@ -18,11 +18,10 @@ the root ``forward`` (which a DeepSpeed engine hooks); ``forward`` is the
 plain full-BPTT document loss, the reference the algorithms are checked against.
 
 This module is the passes themselves (encode, memory_kv / compress, decode / forward) with their
-contracts; their helpers live beside it: ``adapters`` (peft), ``positions`` (segments, layouts,
-position ranges), ``parts`` (files and checks), ``budget`` (the encoder's memory), ``outputs``
-(results and loss terms), ``kv`` (caches), ``attention`` (kernels), ``recompute`` (the decoder's
-activation recompute). About 480 lines: the passes share the model's state and each states its
-exact contract (shapes, positions, what it caches), which is most of the length.
+contracts; their helpers live beside it: ``adapters`` (peft), ``shapes`` (layers, heads, sizes),
+``positions`` (segments, layouts, position ranges), ``parts`` (files and checks), ``budget`` (the
+encoder's memory), ``outputs`` (results and loss terms), ``kv`` (caches), ``attention`` (kernels),
+``recompute`` (the decoder's activation recompute).
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from uio_ds.model.kv import MemoryKV, RecentKV, capture_kv, forward_after_cache,
 from uio_ds.model.outputs import DecoderOutput, DocumentOutput, distillation_sum
 from uio_ds.model.positions import PositionRangeError, segment_targets, split_segments
 from uio_ds.model.recompute import recomputed_layers
+from uio_ds.model.shapes import ModelShapes
 from uio_ds.utils.devices import resolve_device
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +54,7 @@ class _EncoderDone(Exception):
     """Raised by the encoder's capture hook once the last layer's memory is taken."""
 
 
-class UIOMemoryModel(AdapterMixin, nn.Module):
+class UIOMemoryModel(ModelShapes, AdapterMixin, nn.Module):
     """Encoder, transfer head and decoder of UIO-LLMs over one frozen base causal LM. Its adapters
     are ``AdapterMixin``'s, its positions ``uio_ds.model.positions``', its files ``uio_ds.model.parts``'."""
 
@@ -132,43 +132,7 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
         gen = torch.Generator().manual_seed(self.config.seed)
         return torch.randn(m, hidden, generator=gen, device="cpu").to(table.device) * table.std()
 
-    # ------------------------------------------------------------------ shapes
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.base.model.layers
-
-    @property
-    def num_layers(self) -> int:
-        return self.base.config.num_hidden_layers
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self.base.config.num_key_value_heads
-
-    @property
-    def head_dim(self) -> int:
-        cfg = self.base.config
-        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-    @property
-    def num_mem_tokens(self) -> int:
-        return self.config.num_mem_tokens
-
-    @property
-    def segment_length(self) -> int:
-        return self.config.segment_length
-
-    @property
-    def recent_segments(self) -> int:
-        """k: segments the decoder reads raw before its own (``recent_tokens / segment_length``)."""
-        return self.config.recent_tokens // self.segment_length
-
-    @property
-    def reads_memory(self) -> bool:
-        """False under ``memory_window=0``: the decoder reads only the raw window and sinks, so no
-        segment needs compressing."""
-        return self.config.memory_window != 0
+    # ------------------------------------------------------------------ shapes (and ``ModelShapes``)
 
     def recent_kv(self) -> RecentKV | None:
         """A fresh raw recent window and sinks for one batch of texts, or None without either."""
@@ -178,15 +142,6 @@ class UIOMemoryModel(AdapterMixin, nn.Module):
     def read_memories(self, t: int) -> tuple[int, int]:
         """(first, stop): the memories that segment t's decoder reads (``positions.read_memories``)."""
         return positions.read_memories(self.config, t, self.max_positions)
-
-    @property
-    def max_positions(self) -> int:
-        return self.base.config.max_position_embeddings
-
-    @property
-    def vocab_size(self) -> int:
-        """Rows of the input embedding: every token id must be below it."""
-        return self.base.get_input_embeddings().num_embeddings
 
     @property
     def device(self) -> torch.device:
