@@ -43,6 +43,8 @@ STAGES = {
     "ae_cycle2": (os.path.join(MILESTONES, "fidelity", "ae_cycle2"), "ae_cycle2", "smollm2_fidelity_ae_cycle2",
                   "ae_long"),
     "ae_wide": (os.path.join(MILESTONES, "fidelity", "ae_wide"), "ae_wide", "smollm2_fidelity_ae_wide", "ae_long"),
+    "ae_rank32": (os.path.join(MILESTONES, "fidelity", "ae_rank32"), "ae_rank32", "smollm2_fidelity_ae_rank32",
+                  "ae_long"),
 }
 GOAL_ROUGE_L = 0.9
 # the reader of facts: its reading with memory, and the same reading without (memory window 0)

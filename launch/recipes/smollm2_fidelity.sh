@@ -26,7 +26,10 @@
 #      v_proj to all seven linear layers of every block (attention and MLP; the new modules start
 #      as a no-op), trained as the second cycle of step 5 is (AE2_STEPS steps, the rate back at
 #      1e-3, data.seed=1): the same start, steps and documents, so the two compare the encoder's
-#      width alone; and its reconstruction.
+#      width alone; and its reconstruction;
+#   7. a larger rank: the same as step 6 with the encoder's and the transfer head's LoRA grown from
+#      rank 8 to GROW_RANK (alpha 2 x rank, the same scale; the saved rank fills the first rows and
+#      columns and the rest starts as a no-op), so steps 6 and 7 compare the rank alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -36,6 +39,7 @@ RECIPE=fidelity-recipe
 AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
 AE2_STEPS=${AE2_STEPS:-250}
+GROW_RANK=${GROW_RANK:-32}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
@@ -98,15 +102,29 @@ if [[ ! -e $cycle2/uio_config.json ]]; then
 fi
 stage "5. reconstruction after the second cycle" "$RESULTS/smollm2_fidelity_ae_cycle2.json" \
     reconstruct "$cycle2" smollm2_fidelity_ae_cycle2
+ALL_LINEAR='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
 wide=$MILESTONES/ae_wide
 if [[ ! -e $wide/uio_config.json ]]; then
     stage "6. auto-encoding from $parts, the encoder LoRA on every linear layer ($AE2_STEPS steps)" \
         "$OUT/ae_wide/final/uio_config.json" \
         ds_train "$CONFIG" "$OUT/ae_wide" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        'uio.encoder_lora.target_modules=["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]' \
+        "uio.encoder_lora.target_modules=$ALL_LINEAR" \
         data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
     wide=$OUT/ae_wide/final
 fi
 stage "6. reconstruction with the wider encoder" "$RESULTS/smollm2_fidelity_ae_wide.json" \
     reconstruct "$wide" smollm2_fidelity_ae_wide
+rank=$MILESTONES/ae_rank$GROW_RANK
+if [[ ! -e $rank/uio_config.json ]]; then
+    stage "7. auto-encoding from $parts, every linear layer, LoRA rank $GROW_RANK ($AE2_STEPS steps)" \
+        "$OUT/ae_rank$GROW_RANK/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/ae_rank$GROW_RANK" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
+        "uio.encoder_lora.target_modules=$ALL_LINEAR" uio.encoder_lora.rank="$GROW_RANK" \
+        uio.encoder_lora.alpha=$((2 * GROW_RANK)) uio.transfer_lora.rank="$GROW_RANK" \
+        uio.transfer_lora.alpha=$((2 * GROW_RANK)) data.autoencode_tokens=256 data.max_tokens=null \
+        data.documents_per_step=4
+    rank=$OUT/ae_rank$GROW_RANK/final
+fi
+stage "7. reconstruction with LoRA rank $GROW_RANK" "$RESULTS/smollm2_fidelity_ae_rank$GROW_RANK.json" \
+    reconstruct "$rank" smollm2_fidelity_ae_rank$GROW_RANK
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"

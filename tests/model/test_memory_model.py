@@ -417,7 +417,7 @@ def test_decoder_lora_added_on_top_of_trained_parts(tiny_dirs, tmp_path):
 
 
 def test_encoder_lora_widened_to_more_modules_continues_trained_parts(tiny_dirs, tmp_path):
-    """load_trained(new_targets=True): parts whose encoder LoRA sat on q_proj / v_proj load into a
+    """load_trained(grow=True): parts whose encoder LoRA sat on q_proj / v_proj load into a
     model whose encoder LoRA also covers the MLP; the saved tensors are restored, the new modules
     keep their zero start (the model computes exactly what the saved parts did) and then train.
     Without the flag, or with another rank, the differing config is refused."""
@@ -430,7 +430,7 @@ def test_encoder_lora_widened_to_more_modules_continues_trained_parts(tiny_dirs,
     model = load(tiny_dirs["llama"], encoder_lora=wide)
     with pytest.raises(ValueError, match=r"differs from this model's in \['encoder_lora'\]"):
         model.load_trained(str(tmp_path / "parts"))
-    model.load_trained(str(tmp_path / "parts"), new_targets=True)
+    model.load_trained(str(tmp_path / "parts"), grow=True)
     ids = random_ids(2, 40, seed=24)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).loss, trained(ids).loss, rtol=0, atol=0)
@@ -443,7 +443,53 @@ def test_encoder_lora_widened_to_more_modules_continues_trained_parts(tiny_dirs,
     assert all(g.abs().sum() > 0 for g in grads)  # the new modules learn from the first step
     other = load(tiny_dirs["llama"], encoder_lora=LoRAConfig(rank=8, alpha=8.0, target_modules=wide.target_modules))
     with pytest.raises(ValueError, match=r"differs from this model's in \['encoder_lora'\]"):
-        other.load_trained(str(tmp_path / "parts"), new_targets=True)
+        other.load_trained(str(tmp_path / "parts"), grow=True)
+
+
+def test_lora_rank_grown_continues_trained_parts(tiny_dirs, tmp_path):
+    """load_trained(grow=True) onto adapters of twice the rank and alpha (the same scale): the
+    saved A fills the first rows and B the first columns, the new columns of B are 0, so the model
+    computes exactly what the saved parts did, and the new rank learns from the first step."""
+    from uio_ds.config import LoRAConfig
+
+    trained = load(tiny_dirs["llama"])
+    perturb_trainable(trained, seed=25)
+    trained.save_trained(str(tmp_path / "parts"))
+    cfg = trained.config
+    grown = {k: LoRAConfig(rank=2 * c.rank, alpha=2 * c.alpha, target_modules=c.target_modules)
+             for k, c in (("encoder_lora", cfg.encoder_lora), ("transfer_lora", cfg.transfer_lora))}
+    model = load(tiny_dirs["llama"], **grown)
+    model.load_trained(str(tmp_path / "parts"), grow=True)
+    ids = random_ids(2, 40, seed=26)
+    with torch.no_grad():  # the same sums, with zeros added: equal up to the kernels' summation order
+        torch.testing.assert_close(model(ids).loss, trained(ids).loss)
+    mine = dict(model.named_parameters())
+    saved = {n: p for n, p in trained.named_parameters() if p.requires_grad and "lora_" in n}
+    assert saved
+    for n, p in saved.items():
+        if "lora_A" in n:
+            assert torch.equal(mine[n][: p.shape[0]], p) and mine[n].shape[0] == 2 * p.shape[0]
+        else:
+            assert torch.equal(mine[n][:, : p.shape[1]], p) and not mine[n][:, p.shape[1]:].any()
+    new_b = [mine[n] for n in saved if "lora_B" in n]
+    grads = torch.autograd.grad(model(ids).loss, new_b, allow_unused=True)
+    assert any(g is not None and g[:, g.shape[1] // 2:].abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("change, grows", [
+    ({"rank": 8, "alpha": 16.0}, True),  # rank raised, scale kept
+    ({"target_modules": ["q_proj", "v_proj", "o_proj"]}, True),
+    ({"rank": 8}, False),  # the scale alpha / rank would halve
+    ({"rank": 2, "alpha": 4.0}, False),  # a smaller rank drops what was trained
+    ({"target_modules": ["q_proj"]}, False),  # a target dropped
+    ({"dropout": 0.1}, False),
+    ({}, False),  # nothing grows
+])
+def test_lora_growth_keeps_what_was_trained_and_its_scale(change, grows):
+    from uio_ds.model.parts import lora_growth
+
+    saved = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    assert (lora_growth(saved, {**saved, **change}) is not None) == grows
 
 
 def test_weights_probe_indices_stay_inside_large_tensors():

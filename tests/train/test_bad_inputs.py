@@ -220,6 +220,15 @@ def test_init_from_other_shape_is_refused_before_loading(run_config, earlier_run
     assert code == 2 and "does not fit the config's 'uio'" in err and "compression_ratio" in err, err
 
 
+def test_init_from_rank_without_its_alpha_names_the_growth_rule(run_config, earlier_run, tmp_path, capsys, no_setup):
+    """A larger rank over trained parts must keep alpha / rank (the update's scale): the message says so."""
+    config, _ = run_config
+    code = train_entry.main(["--config", config, "--set", f"output_dir={tmp_path / 'out'}",
+                             f"init_from={earlier_run}/final", "uio.encoder_lora.rank=64"])
+    err = capsys.readouterr().err
+    assert code == 2 and "encoder_lora" in err and "alpha / rank unchanged" in err, err
+
+
 def test_missing_corpus_split_is_refused_before_loading(run_config, tmp_path, capsys, no_setup):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -409,13 +409,13 @@ class UIOMemoryModel(ModelShapes, AdapterMixin, nn.Module):
         return parts.save_trained(self, directory)
 
     def load_trained(self, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False,
-                     new_targets: bool = False) -> None:
+                     grow: bool = False) -> None:
         """Load what ``save_trained`` wrote (``uio_ds.model.parts.load_trained``): every tensor must
         match by name and shape, and the saved config must equal this model's but for the runtime
         options. ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved
-        without them, ``new_targets`` target modules an adapter adds (both start as a no-op);
-        ``allow_other_weights`` loads onto other base weights of the same shape."""
-        parts.load_trained(self, directory, new_adapters, allow_other_weights, new_targets)
+        without them; with ``grow`` an adapter may add target modules or raise its rank (what is new
+        starts as a no-op); ``allow_other_weights`` loads onto other base weights of the same shape."""
+        parts.load_trained(self, directory, new_adapters, allow_other_weights, grow)
 
 
 def largest_trainable_numel(base_config, config: UIOConfig) -> int:

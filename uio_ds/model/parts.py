@@ -6,6 +6,7 @@ files alone (a model directory, a saved config) before any weights are loaded.""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -113,33 +114,63 @@ def check_model_dir(base_path: str, config: UIOConfig):
     return base_config
 
 
-def widened_targets(saved: dict | None, here: dict | None) -> list[str]:
-    """The target modules the LoRA config ``here`` adds to ``saved`` (both as in ``UIOConfig.to_dict``)
-    when it is otherwise equal (rank, alpha, dropout); [] otherwise."""
-    if saved is None or here is None:
-        return []
-    rest = [{k: v for k, v in lora.items() if k != "target_modules"} for lora in (saved, here)]
-    added = [t for t in here["target_modules"] if t not in saved["target_modules"]]
-    keeps_all = set(saved["target_modules"]) <= set(here["target_modules"])
-    return added if rest[0] == rest[1] and keeps_all else []
+@dataclass(frozen=True)
+class LoRAGrowth:
+    """How one LoRA config grows a saved one: target modules added, the rank raised."""
+
+    targets: tuple[str, ...]
+    """Target modules added (their LoRA starts at its initial values, B = 0)."""
+    rank: tuple[int, int]
+    """(saved rank, new rank); the saved A and B fill the first rows / columns, the rest of B is 0."""
+
+
+def lora_growth(saved: dict | None, here: dict | None) -> LoRAGrowth | None:
+    """How the LoRA config ``here`` grows ``saved`` (both as in ``UIOConfig.to_dict``), so that the
+    grown adapter first computes exactly what the saved one does: it keeps every saved target
+    module and may add others, and it may raise the rank with alpha / rank (the update's scale)
+    unchanged; dropout equal. None when it is not such a growth, or the two are equal."""
+    if saved is None or here is None or saved == here:
+        return None
+    if saved["dropout"] != here["dropout"] or not set(saved["target_modules"]) <= set(here["target_modules"]):
+        return None
+    if here["rank"] < saved["rank"] or here["alpha"] * saved["rank"] != saved["alpha"] * here["rank"]:
+        return None
+    added = tuple(t for t in here["target_modules"] if t not in saved["target_modules"])
+    return LoRAGrowth(added, (saved["rank"], here["rank"]))
+
+
+def _grown_tensor(key: str, saved: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """A saved LoRA matrix placed in the grown one's shape: A (rank, in) fills the first rows and
+    the new rows keep their initial values; B (out, rank) fills the first columns, the rest 0."""
+    out = initial.clone()
+    if ".lora_A." in key and saved.shape[1:] == initial.shape[1:]:
+        out[: saved.shape[0]] = saved
+        return out
+    if ".lora_B." in key and saved.shape[0] == initial.shape[0]:
+        out.zero_()
+        out[:, : saved.shape[1]] = saved
+        return out
+    raise ValueError(f"shape mismatch for {key}: saved {tuple(saved.shape)}, model {tuple(initial.shape)}")
 
 
 def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = (),
-                        new_targets: bool = False) -> None:
+                        grow: bool = False) -> None:
     """The checks of ``load_trained`` that need only ``uio_config.json``: the saved UIO config
-    equals ``config`` (but for runtime options, ``new_adapters`` added now and, with
-    ``new_targets``, target modules an adapter adds) and the parts were trained on a base model
-    of this shape. Raises ValueError / FileNotFoundError."""
+    equals ``config`` (but for runtime options, ``new_adapters`` added now and, with ``grow``,
+    adapters grown by ``lora_growth``) and the parts were trained on a base model of this shape.
+    Raises ValueError / FileNotFoundError."""
     saved_config, meta = UIOConfig.load(directory)
     saved, here = saved_config.to_dict(), config.to_dict()
     added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
-    if new_targets:
-        added |= {k for k in ("encoder_lora", "transfer_lora", "decoder_lora") if widened_targets(saved[k], here[k])}
+    if grow:
+        added |= {k for k in ("encoder_lora", "transfer_lora", "decoder_lora") if lora_growth(saved[k], here[k])}
     differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
     if differ:
+        grows = ("; an adapter may grow: keep its target modules and dropout, add modules, raise the rank "
+                 "with alpha / rank unchanged" if grow and any(k.endswith("_lora") for k in differ) else "")
         raise ValueError(
             f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
-            f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r})"
+            f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r}){grows}"
         )
     check_fingerprint(meta, base_config, directory, getattr(base_config, "_name_or_path", "?"))
 
@@ -178,22 +209,22 @@ def save_trained(model, directory: str) -> str:
     return directory
 
 def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allow_other_weights: bool = False,
-                 new_targets: bool = False) -> None:
+                 grow: bool = False) -> None:
     """Load what ``save_trained`` wrote; every tensor must match by name and shape, and the
     saved config must equal this model's except for the runtime options (dtype, attention,
     position_overflow, memory_window).
 
     ``new_adapters`` (e.g. ``("decoder",)``) are adapters this model adds to parts saved without
     them: they keep their initial values (a decoder LoRA on top of a trained memory).
-    ``new_targets``: an adapter may add target modules to those it was saved with (e.g. the
-    encoder's MLP): their LoRA keeps its initial values, B = 0, so the model computes at first
-    exactly what the saved parts did.
+    ``grow``: an adapter may add target modules to those it was saved with (e.g. the encoder's
+    MLP) and raise its rank with alpha / rank unchanged (``lora_growth``): what is new starts with
+    B = 0, so the model computes at first exactly what the saved parts did.
     ``allow_other_weights``: load onto base weights other than those the parts were trained on
     (same shape), which is refused by default."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    check_trained_parts(directory, model.config, model.base.config, new_adapters, new_targets)
+    check_trained_parts(directory, model.config, model.base.config, new_adapters, grow)
     config, meta = UIOConfig.load(directory)
     saved, here = config.to_dict(), model.config.to_dict()
     added = [name for name in new_adapters if name in model.adapter_names and config.to_dict().get(f"{name}_lora") is None]
@@ -207,10 +238,14 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
             raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
         state = {k.removeprefix("base_model.model."): v for k, v in load_file(path).items()}
         expected = get_peft_model_state_dict(model.base, adapter_name=name)
-        widened = widened_targets(saved[f"{name}_lora"], here[f"{name}_lora"]) if new_targets else []
-        for key in set(expected) - set(state):  # the modules added now keep their initial values
-            if any(f".{target}." in key for target in widened):
-                state[key] = expected[key]
+        growth = lora_growth(saved[f"{name}_lora"], here[f"{name}_lora"]) if grow else None
+        if growth is not None:
+            for key in set(expected) - set(state):  # the modules added now keep their initial values
+                if any(f".{target}." in key for target in growth.targets):
+                    state[key] = expected[key]
+            if growth.rank[1] > growth.rank[0]:
+                state = {k: _grown_tensor(k, v, expected[k]) if k in expected and v.shape != expected[k].shape else v
+                         for k, v in state.items()}
         if set(state) != set(expected):
             raise ValueError(
                 f"{path}: adapter tensors do not match the model (missing {sorted(set(expected) - set(state))[:3]}, "

@@ -84,7 +84,7 @@ class Trainer:
         base_config = check_model_dir(cfg.model_path, cfg.uio)
         if cfg.init_from and not resuming:
             try:
-                check_trained_parts(cfg.init_from, cfg.uio, base_config, new_adapters=("decoder",), new_targets=True)
+                check_trained_parts(cfg.init_from, cfg.uio, base_config, new_adapters=("decoder",), grow=True)
             except (ValueError, FileNotFoundError) as err:
                 raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
         longest = 2 * cfg.data.autoencode_tokens if cfg.data.autoencode_tokens else cfg.data.max_tokens
@@ -148,9 +148,9 @@ class Trainer:
         model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=None if zero3 else process_group.device())
         if cfg.init_from:
             # the saved config must equal 'uio' but for runtime options, a decoder LoRA added now and
-            # target modules an adapter adds (each starts as a no-op: training continues the parts)
+            # adapters grown by target modules or rank (each starts as a no-op: training continues the parts)
             try:
-                model.load_trained(cfg.init_from, new_adapters=("decoder",), new_targets=True)
+                model.load_trained(cfg.init_from, new_adapters=("decoder",), grow=True)
             except ValueError as err:
                 raise ValueError(f"init_from={cfg.init_from!r} does not fit the config's 'uio': {err}") from None
         self.model = model
