@@ -88,11 +88,14 @@ def facts_by_length(report: dict | None, method: str) -> dict:
 
 def autoencode_entry(report: dict) -> dict:
     """Reconstruction figures of an evaluation report's autoencode task, with the parts' layout and
-    ratio: ROUGE-L, BLEU-4 and the teacher-forced loss with memory and without (``no_memory``)."""
+    ratio: ROUGE-L, BLEU-4 and the teacher-forced loss with memory and without (``no_memory``), and
+    where the report has them (evaluations since they were added) the share of first choices
+    under teacher forcing and the tokens rebuilt right before the first error."""
     a = report["autoencode"]
     return {"layout": report["config"]["memory_layout"], "ratio": report["config"]["compression_ratio"],
             **{k: a[k] for k in ("memory_tokens", "segment_length", "segments", "bleu4", "rouge_l", "loss",
-                                 "no_memory", "example")}}
+                                 "no_memory", "example")},
+            **{k: a[k] for k in ("token_accuracy", "correct_prefix") if k in a}}
 
 
 def fluency_entry(report: dict | None, method: str) -> dict | None:

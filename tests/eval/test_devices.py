@@ -16,7 +16,7 @@ import torch
 from helpers import perturb_trainable, random_ids, small_config
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct, reconstruction_loss
+from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct, teacher_forced
 from uio_ds.eval.methods import build_methods
 from uio_ds.eval.passkey import evaluate_passkey
 from uio_ds.eval.perplexity import evaluate_perplexity
@@ -90,7 +90,7 @@ def test_generation_and_auto_encoding_run_on_the_model_device(fake_model):
     assert tuple(out.sequences.shape) == (2, 43)
     rebuilt = _on_fake_device(fake_model, lambda m: reconstruct(m, segments))
     assert tuple(rebuilt.shape) == (3, 15)
-    _on_fake_device(fake_model, lambda m: reconstruction_loss(m, segments))
+    _on_fake_device(fake_model, lambda m: teacher_forced(m, segments))
 
 
 def test_the_check_catches_ids_left_on_the_host(fake_model):

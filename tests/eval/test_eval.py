@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import load, perturb_trainable, random_ids
 
-from uio_ds.eval.autoencode import evaluate_autoencoding, reconstruct
+from uio_ds.eval.autoencode import correct_prefix, evaluate_autoencoding, reconstruct
 from uio_ds.eval.longbench import evaluate_longbench, load_records
 from uio_ds.eval.methods import StreamingMethod, build_methods
 from uio_ds.eval.passkey import evaluate_passkey
@@ -117,6 +117,19 @@ def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):
         plain = model.decode(segments, None, targets).loss.item()
     assert report["no_memory"]["loss"] == pytest.approx(plain, rel=1e-5)
     assert report["loss"] != pytest.approx(plain, rel=1e-3)
+    with torch.no_grad():
+        first_choice = model.decode(segments, None).logits[:, :-1].argmax(-1)
+    assert report["no_memory"]["token_accuracy"] == pytest.approx((first_choice == segments[:, 1:]).float().mean().item())
+    # greedy's first token is teacher forcing's first choice: the same test decides both
+    greedy = reconstruct(model, segments, with_memory=False)
+    assert torch.equal(greedy[:, 0], first_choice[:, 0])
+    assert report["no_memory"]["correct_prefix"] == correct_prefix(greedy, segments)
+
+
+def test_correct_prefix_counts_tokens_before_the_first_error():
+    segments = torch.tensor([[9, 1, 2, 3, 4], [9, 1, 2, 3, 4], [9, 1, 2, 3, 4]])
+    rebuilt = torch.tensor([[1, 2, 3, 4], [1, 7, 3, 4], [5, 2, 3, 4]])  # all right; 1 right; none right
+    assert correct_prefix(rebuilt, segments) == pytest.approx((4 + 1 + 0) / 3)
 
 
 def test_longbench_records_are_checked_with_file_and_line(tmp_path, model, tokenizer):

@@ -131,6 +131,7 @@ def test_passkey_specialist_summary_reports_autoencoding_and_passkey(tiny_dirs, 
     assert (got["rouge_l"], got["bleu4"], got["loss"], got["no_memory"]) == (ae["rouge_l"], ae["bleu4"], ae["loss"],
                                                                             ae["no_memory"])
     assert got["layout"] == "appended" and got["memory_tokens"] == 4 and got["segments"] == 3
+    assert (got["token_accuracy"], got["correct_prefix"]) == (ae["token_accuracy"], ae["correct_prefix"])
     assert list(s["autoencode"]) == ["ae_stepwise_ratio8", "ae_appended_ratio8"]
     pk = json.loads((results / "smollm2_memory_passkey_short.json").read_text())["passkey"]["methods"]
     assert s["passkey"]["passkey_short"]["methods"]["no_memory"]["accuracy_by_length"] == \

@@ -35,31 +35,43 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
 
 
 @torch.no_grad()
-def reconstruction_loss(model: UIOMemoryModel, segments: torch.Tensor, with_memory: bool = True,
-                        batch_size: int = 8) -> float:
+def teacher_forced(model: UIOMemoryModel, segments: torch.Tensor, with_memory: bool = True,
+                   batch_size: int = 8) -> tuple[float, float]:
     """Mean teacher-forced loss (nats/token) of tokens 1..l-1 of ``segments`` given the segment's
-    memory (or none) and its first token: the graded signal behind the greedy reconstruction."""
-    total, count, segments = 0.0, 0, segments.to(model.device)
+    memory (or none) and its first token, and the share of those tokens that are the decoder's
+    first choice: the graded signals behind the greedy reconstruction."""
+    total, right, count, segments = 0.0, 0, 0, segments.to(model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
         targets = torch.cat([seg[:, 1:], torch.full_like(seg[:, :1], IGNORE_INDEX)], dim=1)
         out = model.decode(seg, memory, targets)
         total, count = total + out.loss_sum.item(), count + out.num_tokens
-    return total / count
+        right += int((out.logits[:, :-1].argmax(-1) == seg[:, 1:]).sum())
+    return total / count, right / count
+
+
+def correct_prefix(rebuilt: torch.Tensor, segments: torch.Tensor) -> float:
+    """Mean number of tokens a greedy reconstruction (N, l-1) gets right before its first error."""
+    wrong = rebuilt != segments[:, 1:].to(rebuilt.device)
+    first = torch.where(wrong.any(1), wrong.int().argmax(1), torch.full_like(wrong[:, 0], wrong.shape[1], dtype=torch.long))
+    return float(first.float().mean())
 
 
 def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tensor) -> dict:
     """BLEU-4 (corpus) and ROUGE-L (mean) of greedy reconstructions of ``segments`` (N, l) from
     their memories, the same scores for the decoder without memory (which can only guess the
-    text from its first token), and the teacher-forced loss of the text with and without memory."""
+    text from its first token), the teacher-forced loss of the text and the share of its tokens
+    that are the decoder's first choice (``token_accuracy``), and the tokens rebuilt right before
+    the first error (``correct_prefix``), with and without memory."""
     refs = [tokenizer.decode(s[1:], skip_special_tokens=True) for s in segments]
     report = {"segments": len(refs), "segment_length": segments.shape[1], "memory_tokens": model.num_mem_tokens}
     for name, memory in (("memory", True), ("no_memory", False)):
         rebuilt = reconstruct(model, segments, with_memory=memory)
         hyps = [tokenizer.decode(r, skip_special_tokens=True) for r in rebuilt]
-        scores = {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs),
-                  "loss": reconstruction_loss(model, segments, with_memory=memory)}
+        loss, accuracy = teacher_forced(model, segments, with_memory=memory)
+        scores = {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs), "loss": loss,
+                  "token_accuracy": accuracy, "correct_prefix": correct_prefix(rebuilt, segments)}
         if memory:
             report.update(scores)
             report["example"] = {"reference": refs[0], "reconstruction": hyps[0]}

@@ -338,8 +338,10 @@ def print_report(report: dict) -> None:
         ae = report["autoencode"]
         base = ae["no_memory"]
         print(f"\nauto-encoding ({ae['segments']} segments of {ae['segment_length']} tokens, {ae['memory_tokens']} memory "
-              f"tokens): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}; without memory "
-              f"BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}")
+              f"tokens): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}, first choice "
+              f"{ae['token_accuracy']:.3f}, right before the first error {ae['correct_prefix']:.1f} tokens; without "
+              f"memory BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}, first "
+              f"choice {base['token_accuracy']:.3f}, {base['correct_prefix']:.1f} tokens")
     if "fluency" in report:
         fl = report["fluency"]
         print(f"\nfluency ({fl['documents']} documents, {fl['new_tokens']} new tokens after {fl['prompt_tokens']}): "
