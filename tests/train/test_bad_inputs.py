@@ -212,21 +212,21 @@ def test_unfit_model_directory_is_refused_before_loading(run_config, tiny_dirs, 
     assert "Traceback" not in err
 
 
-def test_init_from_other_shape_is_refused_before_loading(run_config, earlier_run, tmp_path, capsys, no_setup):
-    config, _ = run_config
-    code = train_entry.main(["--config", config, "--set", f"output_dir={tmp_path / 'out'}",
-                             f"init_from={earlier_run}/final", "uio.compression_ratio=4"])
-    err = capsys.readouterr().err
-    assert code == 2 and "does not fit the config's 'uio'" in err and "compression_ratio" in err, err
+INIT_FROM_CASES = [
+    ("other_shape", "uio.compression_ratio=4", ["compression_ratio"]),
+    # a larger rank over trained parts must keep alpha / rank (the update's scale): the message says so
+    ("rank_without_alpha", "uio.encoder_lora.rank=64", ["encoder_lora", "alpha / rank unchanged"]),
+]
 
 
-def test_init_from_rank_without_its_alpha_names_the_growth_rule(run_config, earlier_run, tmp_path, capsys, no_setup):
-    """A larger rank over trained parts must keep alpha / rank (the update's scale): the message says so."""
+@pytest.mark.parametrize("case, change, words", INIT_FROM_CASES, ids=[c[0] for c in INIT_FROM_CASES])
+def test_init_from_that_does_not_fit_is_refused_before_loading(run_config, earlier_run, tmp_path, capsys, no_setup,
+                                                               case, change, words):
     config, _ = run_config
     code = train_entry.main(["--config", config, "--set", f"output_dir={tmp_path / 'out'}",
-                             f"init_from={earlier_run}/final", "uio.encoder_lora.rank=64"])
+                             f"init_from={earlier_run}/final", change])
     err = capsys.readouterr().err
-    assert code == 2 and "encoder_lora" in err and "alpha / rank unchanged" in err, err
+    assert code == 2 and "does not fit the config's 'uio'" in err and all(w in err for w in words), err
 
 
 def test_missing_corpus_split_is_refused_before_loading(run_config, tmp_path, capsys, no_setup):
