@@ -54,7 +54,7 @@ def teacher_forced(model: UIOMemoryModel, segments: torch.Tensor, with_memory: b
 def correct_prefix(rebuilt: torch.Tensor, segments: torch.Tensor) -> float:
     """Mean number of tokens a greedy reconstruction (N, l-1) gets right before its first error."""
     wrong = rebuilt != segments[:, 1:].to(rebuilt.device)
-    first = torch.where(wrong.any(1), wrong.int().argmax(1), torch.full_like(wrong[:, 0], wrong.shape[1], dtype=torch.long))
+    first = torch.where(wrong.any(1), wrong.int().argmax(1), wrong.shape[1])  # argmax: the first True
     return float(first.float().mean())
 
 
