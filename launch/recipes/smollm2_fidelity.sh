@@ -29,7 +29,10 @@
 #      width alone; and its reconstruction;
 #   7. a larger rank: the same as step 6 with the encoder's and the transfer head's LoRA grown from
 #      rank 8 to GROW_RANK (alpha 2 x rank, the same scale; the saved rank fills the first rows and
-#      columns and the rest starts as a no-op), so steps 6 and 7 compare the rank alone.
+#      columns and the rest starts as a no-op), so steps 6 and 7 compare the rank alone;
+#   8. a lower compression ratio: the same as step 7 at ratio LOW_RATIO (4: 64 slots a segment
+#      instead of 32), each saved <mem> row starting the slots that cover its chunk, so steps 7
+#      and 8 compare the memory's size alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -40,6 +43,7 @@ AE_STEPS=${AE_STEPS:-700}
 AE_SEGMENTS=${AE_SEGMENTS:-32}
 AE2_STEPS=${AE2_STEPS:-250}
 GROW_RANK=${GROW_RANK:-32}
+LOW_RATIO=${LOW_RATIO:-4}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
@@ -114,17 +118,28 @@ if [[ ! -e $wide/uio_config.json ]]; then
 fi
 stage "6. reconstruction with the wider encoder" "$RESULTS/smollm2_fidelity_ae_wide.json" \
     reconstruct "$wide" smollm2_fidelity_ae_wide
+GROWN=("uio.encoder_lora.target_modules=$ALL_LINEAR" uio.encoder_lora.rank="$GROW_RANK"
+    uio.encoder_lora.alpha=$((2 * GROW_RANK)) uio.transfer_lora.rank="$GROW_RANK"
+    uio.transfer_lora.alpha=$((2 * GROW_RANK)))
 rank=$MILESTONES/ae_rank$GROW_RANK
 if [[ ! -e $rank/uio_config.json ]]; then
     stage "7. auto-encoding from $parts, every linear layer, LoRA rank $GROW_RANK ($AE2_STEPS steps)" \
         "$OUT/ae_rank$GROW_RANK/final/uio_config.json" \
         ds_train "$CONFIG" "$OUT/ae_rank$GROW_RANK" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        "uio.encoder_lora.target_modules=$ALL_LINEAR" uio.encoder_lora.rank="$GROW_RANK" \
-        uio.encoder_lora.alpha=$((2 * GROW_RANK)) uio.transfer_lora.rank="$GROW_RANK" \
-        uio.transfer_lora.alpha=$((2 * GROW_RANK)) data.autoencode_tokens=256 data.max_tokens=null \
-        data.documents_per_step=4
+        "${GROWN[@]}" data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
     rank=$OUT/ae_rank$GROW_RANK/final
 fi
 stage "7. reconstruction with LoRA rank $GROW_RANK" "$RESULTS/smollm2_fidelity_ae_rank$GROW_RANK.json" \
     reconstruct "$rank" smollm2_fidelity_ae_rank$GROW_RANK
+ratio=$MILESTONES/ae_ratio$LOW_RATIO
+if [[ ! -e $ratio/uio_config.json ]]; then
+    stage "8. auto-encoding from $parts as step 7, at compression ratio $LOW_RATIO ($AE2_STEPS steps)" \
+        "$OUT/ae_ratio$LOW_RATIO/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/ae_ratio$LOW_RATIO" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
+        "${GROWN[@]}" uio.compression_ratio="$LOW_RATIO" data.autoencode_tokens=256 data.max_tokens=null \
+        data.documents_per_step=4
+    ratio=$OUT/ae_ratio$LOW_RATIO/final
+fi
+stage "8. reconstruction at compression ratio $LOW_RATIO" "$RESULTS/smollm2_fidelity_ae_ratio$LOW_RATIO.json" \
+    reconstruct "$ratio" smollm2_fidelity_ae_ratio$LOW_RATIO
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"

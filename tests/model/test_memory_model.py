@@ -492,6 +492,38 @@ def test_lora_growth_keeps_what_was_trained_and_its_scale(change, grows):
     assert (lora_growth(saved, {**saved, **change}) is not None) == grows
 
 
+def test_lower_compression_ratio_starts_each_slot_from_its_chunks_saved_row(tiny_dirs, tmp_path):
+    """load_trained(grow=True) onto a model with half the compression ratio (twice the <mem> slots):
+    the adapters load as saved and each saved <mem> row starts both slots that now cover its
+    chunk; every slot then learns. Without the flag the other ratio is refused."""
+    trained = load(tiny_dirs["llama"])  # ratio 4: 4 slots for 16 tokens
+    perturb_trainable(trained, seed=27)
+    trained.save_trained(str(tmp_path / "parts"))
+    model = load(tiny_dirs["llama"], compression_ratio=2)
+    with pytest.raises(ValueError, match=r"differs from this model's in \['compression_ratio'\]"):
+        model.load_trained(str(tmp_path / "parts"))
+    model.load_trained(str(tmp_path / "parts"), grow=True)
+    torch.testing.assert_close(model.mem_embeddings, trained.mem_embeddings.repeat_interleave(2, dim=0), rtol=0, atol=0)
+    mine = dict(model.named_parameters())
+    assert all(torch.equal(mine[n], p) for n, p in trained.named_parameters() if p.requires_grad and "lora_" in n)
+    model.train()
+    (grad,) = torch.autograd.grad(model(random_ids(2, 40, seed=28)).loss, [model.mem_embeddings])
+    assert grad.shape[0] == 8 and bool((grad.abs().sum(1) > 0).all())
+
+
+@pytest.mark.parametrize("saved, here, factor", [
+    ((16, 8), (16, 4), 2), ((16, 8), (16, 2), 4),
+    ((16, 8), (16, 8), None), ((16, 4), (16, 8), None),  # the same, or fewer slots
+    ((24, 8), (24, 3), None),  # 3 does not divide 8
+    ((16, 8), (32, 4), None),  # another segment length
+])
+def test_memory_growth_only_lowers_the_ratio_to_a_divisor(saved, here, factor):
+    from uio_ds.model.parts import memory_growth
+
+    saved, here = ({"segment_length": l, "compression_ratio": r} for l, r in (saved, here))
+    assert memory_growth(saved, here) == factor
+
+
 def test_weights_probe_indices_stay_inside_large_tensors():
     """A real model's embedding matrix passes 2**24 elements (SmolLM2: 49,152 x 576), where a
     float32 linspace put the last probe index one past the end and the export of a trained run

@@ -213,7 +213,8 @@ def test_unfit_model_directory_is_refused_before_loading(run_config, tiny_dirs, 
 
 
 INIT_FROM_CASES = [
-    ("other_shape", "uio.compression_ratio=4", ["compression_ratio"]),
+    # fewer <mem> slots than the parts were trained with: a ratio may only be lowered to a divisor
+    ("fewer_slots", "uio.compression_ratio=16", ["compression_ratio", "divides the saved 8"]),
     # a larger rank over trained parts must keep alpha / rank (the update's scale): the message says so
     ("rank_without_alpha", "uio.encoder_lora.rank=64", ["encoder_lora", "alpha / rank unchanged"]),
 ]

@@ -139,6 +139,18 @@ def lora_growth(saved: dict | None, here: dict | None) -> LoRAGrowth | None:
     return LoRAGrowth(added, (saved["rank"], here["rank"]))
 
 
+def memory_growth(saved: dict, here: dict) -> int | None:
+    """How many ``<mem>`` rows the UIO config ``here`` gives each row of ``saved`` (both as in
+    ``UIOConfig.to_dict``): a compression ratio that divides the saved one at the same segment
+    length (8 -> 4: twice the slots). Each saved row then starts the slots that cover its chunk
+    (``repeat_interleave``); unlike a grown LoRA this changes what the model computes at once, as
+    the decoder reads more slots. None when the ratio is not so lowered."""
+    r, s = here["compression_ratio"], saved["compression_ratio"]
+    if here["segment_length"] != saved["segment_length"] or not 0 < r < s or s % r:
+        return None
+    return s // r
+
+
 def _grown_tensor(key: str, saved: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
     """A saved LoRA matrix placed in the grown one's shape: A (rank, in) fills the first rows and
     the new rows keep their initial values; B (out, rank) fills the first columns, the rest 0."""
@@ -164,10 +176,14 @@ def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adap
     added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
     if grow:
         added |= {k for k in ("encoder_lora", "transfer_lora", "decoder_lora") if lora_growth(saved[k], here[k])}
+        added |= {"compression_ratio"} if memory_growth(saved, here) else set()
     differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
     if differ:
         grows = ("; an adapter may grow: keep its target modules and dropout, add modules, raise the rank "
                  "with alpha / rank unchanged" if grow and any(k.endswith("_lora") for k in differ) else "")
+        if grow and "compression_ratio" in differ:
+            grows += (f"; the compression ratio may only be lowered to one that divides the saved "
+                      f"{saved['compression_ratio']} (more <mem> slots), at the same segment_length")
         raise ValueError(
             f"the UIO config saved in {directory} differs from this model's in {differ}: build the model with "
             f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r}){grows}"
@@ -218,7 +234,9 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
     them: they keep their initial values (a decoder LoRA on top of a trained memory).
     ``grow``: an adapter may add target modules to those it was saved with (e.g. the encoder's
     MLP) and raise its rank with alpha / rank unchanged (``lora_growth``): what is new starts with
-    B = 0, so the model computes at first exactly what the saved parts did.
+    B = 0, so the model computes at first exactly what the saved parts did; and the compression
+    ratio may be lowered to one dividing the saved ratio (``memory_growth``): each saved ``<mem>``
+    row is repeated for the slots that now cover its chunk.
     ``allow_other_weights``: load onto base weights other than those the parts were trained on
     (same shape), which is refused by default."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -256,6 +274,9 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
             raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
         set_peft_model_state_dict(model.base, state, adapter_name=name)
     mem = load_file(os.path.join(directory, MEM_EMBEDDINGS_FILE))["mem_embeddings"]
+    factor = memory_growth(saved, here) if grow else None
+    if factor:
+        mem = mem.repeat_interleave(factor, dim=0)
     if mem.shape != model.mem_embeddings.shape:
         raise ValueError(f"saved <mem> embeddings have shape {tuple(mem.shape)}, expected {tuple(model.mem_embeddings.shape)}")
     with torch.no_grad():

@@ -147,8 +147,9 @@ class Trainer:
         zero3 = ds_config["zero_optimization"].get("stage") == 3
         model = UIOMemoryModel.from_pretrained(cfg.model_path, cfg.uio, device=None if zero3 else process_group.device())
         if cfg.init_from:
-            # the saved config must equal 'uio' but for runtime options, a decoder LoRA added now and
-            # adapters grown by target modules or rank (each starts as a no-op: training continues the parts)
+            # the saved config must equal 'uio' but for runtime options, a decoder LoRA added now,
+            # adapters grown by target modules or rank (each starts as a no-op: training continues the
+            # parts) and a compression ratio lowered to a divisor of the saved one (<mem> rows repeated)
             try:
                 model.load_trained(cfg.init_from, new_adapters=("decoder",), grow=True)
             except ValueError as err:
