@@ -126,6 +126,28 @@ def test_autoencoding_reconstructs_from_memory_alone(model, tokenizer):
     assert report["no_memory"]["correct_prefix"] == correct_prefix(greedy, segments)
 
 
+def test_autoencoding_after_more_of_the_start_scores_only_the_rest(model, tokenizer):
+    """given=k: the decoder reads the memory and the segment's first k tokens and rebuilds the
+    other l-k; the loss, first choices and references are those of tokens k..l-1."""
+    segments = random_ids(3, 16, seed=6)
+    rebuilt = reconstruct(model, segments, given=4)
+    assert rebuilt.shape == (3, 12)
+    with torch.no_grad():
+        memory = model.memory_kv(model.encode(segments)).per_text(3)
+        targets = torch.cat([segments[:, 1:], torch.full_like(segments[:, :1], -100)], dim=1)
+        targets[:, :3] = -100
+        out = model.decode(segments, memory, targets)
+    first_choice = out.logits[:, 3:-1].argmax(-1)
+    assert torch.equal(rebuilt[:, 0], first_choice[:, 0])  # the first rebuilt token follows the 4 given
+    report = evaluate_autoencoding(model, tokenizer, segments, given=4)
+    assert report["given"] == 4 and report["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
+    assert report["token_accuracy"] == pytest.approx((first_choice == segments[:, 4:]).float().mean().item())
+    assert report["correct_prefix"] == correct_prefix(rebuilt, segments) <= 12
+    assert report["example"]["reference"] == tokenizer.decode(segments[0, 4:], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="given=16"):
+        evaluate_autoencoding(model, tokenizer, segments, given=16)
+
+
 def test_correct_prefix_counts_tokens_before_the_first_error():
     segments = torch.tensor([[9, 1, 2, 3, 4], [9, 1, 2, 3, 4], [9, 1, 2, 3, 4]])
     rebuilt = torch.tensor([[1, 2, 3, 4], [1, 7, 3, 4], [5, 2, 3, 4]])  # all right; 1 right; none right

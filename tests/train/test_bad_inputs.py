@@ -390,6 +390,10 @@ EVAL_CASES = [
     ("longbench_without_file", ["--uio", "__PARTS__", "--tasks", "longbench"], ["needs --longbench FILE"]),
     ("absent_device", ["--uio", "__PARTS__", "--device", "cuda:99"], ["--device", "'cuda:99'", "CUDA device"]),
     ("not_a_device", ["--uio", "__PARTS__", "--device", "gpu7"], ["--device", "not a device name"]),
+    ("ae_given_nothing", ["--uio", "__PARTS__", "--tasks", "autoencode", "--ae-given", "0"],
+     ["--ae-given 0", "first token"]),
+    ("ae_given_everything", ["--uio", "__PARTS__", "--tasks", "autoencode", "--ae-given", "32"],
+     ["--ae-given 32", "32-token segments"]),
 ]
 
 

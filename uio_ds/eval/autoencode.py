@@ -1,7 +1,8 @@
 """Auto-encoding (the paper's Table 1): compress a segment, reconstruct it from its memory alone.
 
-The decoder sees only the segment's memory and the segment's first token, and generates
-the rest greedily; BLEU-4 and ROUGE-L compare the reconstruction with the original text.
+The decoder sees only the segment's memory and the segment's first token (or its first ``given``
+tokens), and generates the rest greedily; BLEU-4 and ROUGE-L compare the reconstruction with the
+original text.
 Training for this task is ordinary UIO training on two-segment documents [x ; x]
 (``data.autoencode_tokens``), scored on the copy only: reconstruction from the memory of the
 first segment.
@@ -18,16 +19,16 @@ from uio_ds.model.memory_model import UIOMemoryModel
 
 @torch.no_grad()
 def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int = 8,
-                with_memory: bool = True) -> torch.Tensor:
-    """Greedy reconstructions (N, l-1) of segments (N, l) from their memories and first tokens
-    (``with_memory=False``: from the first tokens alone, the baseline)."""
+                with_memory: bool = True, given: int = 1) -> torch.Tensor:
+    """Greedy reconstructions (N, l-given) of segments (N, l) from their memories and first
+    ``given`` tokens (``with_memory=False``: from those tokens alone, the baseline)."""
     outs, segments = [], segments.to(model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
         cache = model.build_cache(memory)
-        token, generated = seg[:, :1], []
-        for _ in range(seg.shape[1] - 1):
+        token, generated = seg[:, :given], []
+        for _ in range(seg.shape[1] - given):
             token = model.decoder_forward(token, cache, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
             generated.append(token)
         outs.append(torch.cat(generated, dim=1))
@@ -36,40 +37,48 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
 
 @torch.no_grad()
 def teacher_forced(model: UIOMemoryModel, segments: torch.Tensor, with_memory: bool = True,
-                   batch_size: int = 8) -> tuple[float, float]:
-    """Mean teacher-forced loss (nats/token) of tokens 1..l-1 of ``segments`` given the segment's
-    memory (or none) and its first token, and the share of those tokens that are the decoder's
-    first choice: the graded signals behind the greedy reconstruction."""
+                   batch_size: int = 8, given: int = 1) -> tuple[float, float]:
+    """Mean teacher-forced loss (nats/token) of tokens given..l-1 of ``segments`` given the
+    segment's memory (or none) and its first ``given`` tokens, and the share of those tokens that
+    are the decoder's first choice: the graded signals behind the greedy reconstruction."""
     total, right, count, segments = 0.0, 0, 0, segments.to(model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
         targets = torch.cat([seg[:, 1:], torch.full_like(seg[:, :1], IGNORE_INDEX)], dim=1)
+        targets[:, : given - 1] = IGNORE_INDEX
         out = model.decode(seg, memory, targets)
         total, count = total + out.loss_sum.item(), count + out.num_tokens
-        right += int((out.logits[:, :-1].argmax(-1) == seg[:, 1:]).sum())
+        right += int((out.logits[:, given - 1 : -1].argmax(-1) == seg[:, given:]).sum())
     return total / count, right / count
 
 
 def correct_prefix(rebuilt: torch.Tensor, segments: torch.Tensor) -> float:
-    """Mean number of tokens a greedy reconstruction (N, l-1) gets right before its first error."""
-    wrong = rebuilt != segments[:, 1:].to(rebuilt.device)
+    """Mean number of tokens a greedy reconstruction (N, l-given) of ``segments`` (N, l) gets right
+    before its first error."""
+    wrong = rebuilt != segments[:, segments.shape[1] - rebuilt.shape[1] :].to(rebuilt.device)
     first = torch.where(wrong.any(1), wrong.int().argmax(1), wrong.shape[1])  # argmax: the first True
     return float(first.float().mean())
 
 
-def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tensor) -> dict:
+def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tensor, given: int = 1) -> dict:
     """BLEU-4 (corpus) and ROUGE-L (mean) of greedy reconstructions of ``segments`` (N, l) from
-    their memories, the same scores for the decoder without memory (which can only guess the
-    text from its first token), the teacher-forced loss of the text and the share of its tokens
-    that are the decoder's first choice (``token_accuracy``), and the tokens rebuilt right before
-    the first error (``correct_prefix``), with and without memory."""
-    refs = [tokenizer.decode(s[1:], skip_special_tokens=True) for s in segments]
-    report = {"segments": len(refs), "segment_length": segments.shape[1], "memory_tokens": model.num_mem_tokens}
+    their memories and first ``given`` tokens, the same scores for the decoder without memory
+    (which can only guess the text from those tokens), the teacher-forced loss of the text and
+    the share of its tokens that are the decoder's first choice (``token_accuracy``), and the
+    tokens rebuilt right before the first error (``correct_prefix``), with and without memory.
+    ``given`` > 1 hands the decoder more of the text's start: where the rebuild derails at the
+    start, its scores rise with it."""
+    if not 1 <= given < segments.shape[1]:
+        raise ValueError(f"given={given}: hand the decoder at least 1 and fewer than the segment's "
+                         f"{segments.shape[1]} tokens")
+    refs = [tokenizer.decode(s[given:], skip_special_tokens=True) for s in segments]
+    report = {"segments": len(refs), "segment_length": segments.shape[1], "memory_tokens": model.num_mem_tokens,
+              "given": given}
     for name, memory in (("memory", True), ("no_memory", False)):
-        rebuilt = reconstruct(model, segments, with_memory=memory)
+        rebuilt = reconstruct(model, segments, with_memory=memory, given=given)
         hyps = [tokenizer.decode(r, skip_special_tokens=True) for r in rebuilt]
-        loss, accuracy = teacher_forced(model, segments, with_memory=memory)
+        loss, accuracy = teacher_forced(model, segments, with_memory=memory, given=given)
         scores = {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs), "loss": loss,
                   "token_accuracy": accuracy, "correct_prefix": correct_prefix(rebuilt, segments)}
         if memory:

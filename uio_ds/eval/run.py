@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--passkey-depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     p.add_argument("--passkey-trials", type=int, default=3)
     p.add_argument("--ae-segments", type=int, default=16, help="segments to reconstruct (autoencode)")
+    p.add_argument("--ae-given", type=int, default=1,
+                   help="autoencode: tokens of each segment's start the decoder reads before it rebuilds the rest")
     p.add_argument("--fluency-prompt", type=int, default=2000,
                    help="fluency: tokens of each document read before the continuation")
     p.add_argument("--fluency-tokens", type=int, default=64, help="fluency: tokens each method continues with")
@@ -163,6 +165,8 @@ def _argument_problem(args) -> str | None:
                 "both count tokens, so pass at least 1")
     if "facts" in args.tasks and not args.facts:
         return "the facts task needs --facts FILE (write one with uio-ds make-fact-data)"
+    if "autoencode" in args.tasks and args.ae_given < 1:
+        return f"--ae-given {args.ae_given}: the decoder needs at least the segment's first token"
     return None
 
 
@@ -228,7 +232,8 @@ def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) 
         # so a small sample spans every held-out document
         per_doc = [[d[i : i + l] for i in range(0, len(d) - l + 1, l)] for d in docs]
         segments = [p[k] for k in range(max(map(len, per_doc), default=0)) for p in per_doc if k < len(p)]
-        return evaluate_autoencoding(model, tokenizer, torch.stack(segments[: args.ae_segments]))
+        return evaluate_autoencoding(model, tokenizer, torch.stack(segments[: args.ae_segments]),
+                                     given=args.ae_given)
     if task == "fluency":
         from uio_ds.eval.fluency import evaluate_fluency
 
@@ -272,6 +277,9 @@ def _evaluate(args) -> int:
         raise ValueError(problem)
     records = _records(args)
     config = _uio_config(args)
+    if "autoencode" in args.tasks and args.ae_given >= config.segment_length:
+        raise ValueError(f"--ae-given {args.ae_given}: leaves nothing of the {config.segment_length}-token "
+                         "segments to rebuild; pass fewer tokens")
     names, texts = ([], [])
     if {"perplexity", "passkey", "autoencode", "fluency"} & set(args.tasks):
         names, texts = _texts(args)
@@ -337,8 +345,9 @@ def print_report(report: dict) -> None:
     if "autoencode" in report:
         ae = report["autoencode"]
         base = ae["no_memory"]
+        given = f", rebuilt after their first {ae['given']}" if ae.get("given", 1) > 1 else ""
         print(f"\nauto-encoding ({ae['segments']} segments of {ae['segment_length']} tokens, {ae['memory_tokens']} memory "
-              f"tokens): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}, first choice "
+              f"tokens{given}): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}, first choice "
               f"{ae['token_accuracy']:.3f}, right before the first error {ae['correct_prefix']:.1f} tokens; without "
               f"memory BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}, first "
               f"choice {base['token_accuracy']:.3f}, {base['correct_prefix']:.1f} tokens")
