@@ -379,6 +379,14 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert (s["stages"]["ae_wide"]["steps_before"], s["stages"]["ae_wide"]["from"]) == (3 + 5, "ae_long")
     assert "ae_cycle2" not in s["stages"] and s["stages"]["ae_warm"]["from"] is None
     assert s["goal"]["value"] == max(st["reconstruction"]["rouge_l"] for st in s["stages"].values() if st["reconstruction"])
+    # a stage at another compression ratio is shown, but the goal is set at ratio 8
+    other = json.loads((results / "smollm2_fidelity_ae_long.json").read_text())
+    other["config"]["compression_ratio"], other["autoencode"]["rouge_l"] = 4, 0.99
+    (results / "smollm2_fidelity_ae_ratio4.json").write_text(json.dumps(other))
+    best = s["goal"]["value"]
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    assert s["stages"]["ae_ratio4"]["reconstruction"]["ratio"] == 4 and s["goal"]["value"] == best < 0.99
     assert s["reader"] == {} and "reader_training" not in s
     # the reader of facts, with memory and the same reading without
     from transformers import AutoTokenizer
