@@ -32,7 +32,11 @@
 #      columns and the rest starts as a no-op), so steps 6 and 7 compare the rank alone;
 #   8. a lower compression ratio: the same as step 7 at ratio LOW_RATIO (4: 64 slots a segment
 #      instead of 32), each saved <mem> row starting the slots that cover its chunk, so steps 7
-#      and 8 compare the memory's size alone.
+#      and 8 compare the memory's size alone;
+#   9. a reader of facts from the parts of step 8, trained as step 3 (the same data and objective)
+#      with RATIO_WINDOW (3) memories of 64 slots, the release's number of slots (6 x 32), so its
+#      reading holds the same K/V entries; its facts and perplexity as in step 4, with and without
+#      memory.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -44,6 +48,7 @@ AE_SEGMENTS=${AE_SEGMENTS:-32}
 AE2_STEPS=${AE2_STEPS:-250}
 GROW_RANK=${GROW_RANK:-32}
 LOW_RATIO=${LOW_RATIO:-4}
+RATIO_WINDOW=${RATIO_WINDOW:-3}
 READER_STEPS=${READER_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
@@ -75,11 +80,11 @@ stage "3. data: facts beyond the window, training wordings" "$DATA/facts_far.jso
     $PY -m uio_ds make-fact-data --out "$DATA/facts_far.jsonl" --tokenizer models/smollm2 --tokens 1984 \
     --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
     --facts 1 1 --questions 1 1 --depth 0 0.45
+books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": '"$BOOK_WEIGHT"'}'
+facts="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+    \"name\": \"facts_far\", \"weight\": $FACT_WEIGHT, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
 reader=$MILESTONES/reader
 if [[ ! -e $reader/uio_config.json ]]; then
-    books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": '"$BOOK_WEIGHT"'}'
-    facts="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
-        \"name\": \"facts_far\", \"weight\": $FACT_WEIGHT, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
     stage "3. a reader of facts from $parts ($READER_STEPS steps)" "$OUT/reader/final/uio_config.json" \
         ds_train "$CONFIG" "$OUT/reader" steps="$READER_STEPS" init_from="$parts" objective.lm=0 objective.distill=1 \
         uio.sink_tokens=4 uio.recent_tokens=768 uio.memory_window=6 "data.sources=[$books, $facts]"
@@ -87,16 +92,16 @@ if [[ ! -e $reader/uio_config.json ]]; then
 fi
 READING=(--memory-window 6 --recent-tokens 768 --sink-tokens 4)
 WINDOW=(--memory-window 0 --recent-tokens 768 --sink-tokens 4)
-read_facts() {  # read_facts NAME OPTIONS...
-    local name=$1; shift
-    $PY launch/eval.py --model models/smollm2 --uio "$reader" --data data/kjv --split eval --tasks perplexity facts \
+read_facts() {  # read_facts PARTS NAME OPTIONS...
+    local parts=$1 name=$2; shift 2
+    $PY launch/eval.py --model models/smollm2 --uio "$parts" --data data/kjv --split eval --tasks perplexity facts \
         --lengths 4096 8192 --max-doc-tokens 8192 --facts "$HELD_OUT_FACTS" --methods uio --out "$RESULTS" \
         --name "$name" "$@"
 }
 stage "4. the reader: facts and perplexity" "$RESULTS/smollm2_fidelity_reader.json" \
-    read_facts smollm2_fidelity_reader "${READING[@]}"
+    read_facts "$reader" smollm2_fidelity_reader "${READING[@]}"
 stage "4. the reader without memory" "$RESULTS/smollm2_fidelity_reader_window.json" \
-    read_facts smollm2_fidelity_reader_window "${WINDOW[@]}"
+    read_facts "$reader" smollm2_fidelity_reader_window "${WINDOW[@]}"
 cycle2=$MILESTONES/ae_cycle2
 if [[ ! -e $cycle2/uio_config.json ]]; then
     stage "5. auto-encoding, a second cycle from $parts ($AE2_STEPS steps)" "$OUT/ae_cycle2/final/uio_config.json" \
@@ -142,4 +147,19 @@ if [[ ! -e $ratio/uio_config.json ]]; then
 fi
 stage "8. reconstruction at compression ratio $LOW_RATIO" "$RESULTS/smollm2_fidelity_ae_ratio$LOW_RATIO.json" \
     reconstruct "$ratio" smollm2_fidelity_ae_ratio$LOW_RATIO
+reader4=$MILESTONES/reader_ratio$LOW_RATIO
+if [[ ! -e $reader4/uio_config.json ]]; then
+    stage "9. a reader of facts from $ratio ($READER_STEPS steps, $RATIO_WINDOW memories)" \
+        "$OUT/reader_ratio$LOW_RATIO/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/reader_ratio$LOW_RATIO" steps="$READER_STEPS" init_from="$ratio" objective.lm=0 \
+        objective.distill=1 "${GROWN[@]}" uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=4 \
+        uio.recent_tokens=768 uio.memory_window="$RATIO_WINDOW" "data.sources=[$books, $facts]"
+    reader4=$OUT/reader_ratio$LOW_RATIO/final
+fi
+stage "10. the ratio-$LOW_RATIO reader: facts and perplexity" "$RESULTS/smollm2_fidelity_reader_ratio$LOW_RATIO.json" \
+    read_facts "$reader4" smollm2_fidelity_reader_ratio$LOW_RATIO --memory-window "$RATIO_WINDOW" --recent-tokens 768 \
+    --sink-tokens 4
+stage "10. the ratio-$LOW_RATIO reader without memory" \
+    "$RESULTS/smollm2_fidelity_reader_ratio${LOW_RATIO}_window.json" \
+    read_facts "$reader4" smollm2_fidelity_reader_ratio${LOW_RATIO}_window "${WINDOW[@]}"
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
