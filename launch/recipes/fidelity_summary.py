@@ -6,9 +6,10 @@ by the parts trained further (``smollm2_fidelity_ae_long.json``), by a second cy
 those (``smollm2_fidelity_ae_cycle2.json``) and by the same cycle with the encoder's LoRA on
 every linear layer (``smollm2_fidelity_ae_wide.json``), with LoRA rank 32
 (``smollm2_fidelity_ae_rank32.json``) and at compression ratio 4 (``smollm2_fidelity_ae_ratio4.json``;
-the goal counts ratio 8 only), and the training runs' metrics (the committed milestones', else the recipe's run directory); and the reader of facts
-trained from those parts (``smollm2_fidelity_reader.json``, ``smollm2_fidelity_reader_window.json``:
-facts in held-out wording by depth, and perplexity, with memory and the same reading without).
+the goal counts ratio 8 only), and the training runs' metrics (the committed milestones', else the recipe's run directory); and the readers of facts
+trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio4].json``,
+``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
+reading without).
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
@@ -51,9 +52,14 @@ STAGES = {
 }
 GOAL_RATIO = 8
 GOAL_ROUGE_L = 0.9
-# the reader of facts: its reading with memory, and the same reading without (memory window 0)
-READER = {"memory": "smollm2_fidelity_reader", "window": "smollm2_fidelity_reader_window"}
-READER_PARTS = (os.path.join(MILESTONES, "fidelity", "reader"), "reader")  # its milestone, its run under --runs
+# the readers of facts: reader -> (its milestone, its run under --runs, the auto-encoder it starts
+# from, its evaluation files: its reading with memory, the same reading without (memory window 0))
+READERS = {
+    "reader": (os.path.join(MILESTONES, "fidelity", "reader"), "reader", "ae_long",
+               {"memory": "smollm2_fidelity_reader", "window": "smollm2_fidelity_reader_window"}),
+    "reader_ratio4": (os.path.join(MILESTONES, "fidelity", "reader_ratio4"), "reader_ratio4", "ae_ratio4",
+                      {"memory": "smollm2_fidelity_reader_ratio4", "window": "smollm2_fidelity_reader_ratio4_window"}),
+}
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 
 
@@ -84,18 +90,22 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         before = out["stages"].get(parent)
         steps_before = before["steps_before"] + (before["training"] or {}).get("steps", 0) if before else 0
         out["stages"][name] = {"training": training, "metrics": metrics, "steps_before": steps_before,
-                               "from": parent, "reconstruction": autoencode_entry(r) if r else None}
-    out["reader"] = {}
-    metrics = _metrics_dir(READER_PARTS[0], os.path.join(runs, READER_PARTS[1]))
-    if metrics:
-        out["reader_training"] = {"metrics": metrics, **run_summary(metrics)}
-    for row, evaluation in READER.items():
-        r = load_json(os.path.join(results, f"{evaluation}.json"))
-        if r:
-            cells = r["facts"]["methods"]["uio"]["cells"]
-            out["reader"][row] = {"facts": facts_entry(r, "uio"), "perplexity": later_perplexity(r, "uio"),
-                                  "facts_by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS
-                                                     if f"depth:{d}" in cells}}
+                               "from": parent, "reconstruction": autoencode_entry(r) if r else None,
+                               "cpu": r["machine"]["cpu"] if r else None}
+    out["readers"] = {}
+    for name, (milestone, run, parent, evaluations) in READERS.items():
+        metrics = _metrics_dir(milestone, os.path.join(runs, run))
+        reader = {"from": parent, "training": {"metrics": metrics, **run_summary(metrics)} if metrics else None}
+        for row, evaluation in evaluations.items():
+            r = load_json(os.path.join(results, f"{evaluation}.json"))
+            if r:
+                cells = r["facts"]["methods"]["uio"]["cells"]
+                reader[row] = {"facts": facts_entry(r, "uio"), "perplexity": later_perplexity(r, "uio"),
+                               "facts_by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS
+                                                  if f"depth:{d}" in cells},
+                               "memory_window": r["config"]["memory_window"], "cpu": r["machine"]["cpu"]}
+        if reader["training"] or len(reader) > 2:
+            out["readers"][name] = reader
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
                 if s["reconstruction"] and s["reconstruction"]["ratio"] == GOAL_RATIO), default=None)
     out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio {GOAL_RATIO}", "target": GOAL_ROUGE_L,
@@ -116,18 +126,23 @@ def print_summary(s: dict) -> None:
                  f"{a['no_memory']['loss']:>6.3f}") if a else "not evaluated"
         ratio = f"{a['ratio']:>5}" if a else f"{'-':>5}"
         print(f"  {name:9s} {ratio} {steps} {train:>17} | {recon}" + (f"   (from {st['from']})" if st["from"] else ""))
-    if s.get("reader_training"):
-        t = s["reader_training"]
-        print(f"the reader's training: {t['steps']} steps from ae_long, {t['seconds_per_step']:.1f} s a step, "
-              f"loss {t['loss_first']:.3f} -> {t['loss_last']:.3f} (books by distillation, fact answers by both)")
-    if s["reader"]:
-        print("the reader of facts (4 sinks, 6 memories, 768 raw tokens): facts in held-out wording at 2K tokens, "
-              "exact by depth of the fact (thirds), and perplexity of segments 2..T")
-        for row, r in s["reader"].items():
-            f, ppl = r["facts"], r["perplexity"]
-            depth = " / ".join(f"{r['facts_by_depth'].get(d, float('nan')):.2f}" for d in DEPTHS)
-            print(f"  {row:8s} facts {f['accuracy']:.2f} (answer loss {f['answer_loss']:.2f}; by depth {depth})  "
-                  + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
+    cpus = sorted({st["cpu"] for st in s["stages"].values() if st["cpu"]})
+    if len(cpus) > 1:
+        print("  reconstructions measured on " + ", ".join(
+            f"{cpu} ({', '.join(n for n, st in s['stages'].items() if st['cpu'] == cpu)})" for cpu in cpus))
+    for name, reader in s["readers"].items():
+        t = reader["training"]
+        if t:
+            print(f"{name}: {t['steps']} steps from {reader['from']}, {t['seconds_per_step']:.1f} s a step, loss "
+                  f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} (books by distillation, fact answers by both)")
+        for row in ("memory", "window"):
+            if row in reader:
+                r = reader[row]
+                f, ppl = r["facts"], r["perplexity"]
+                depth = " / ".join(f"{r['facts_by_depth'].get(d, float('nan')):.2f}" for d in DEPTHS)
+                print(f"  {row:6s} ({r['memory_window']} memories, 4 sinks, 768 raw) facts at 2K {f['accuracy']:.2f} "
+                      f"(answer loss {f['answer_loss']:.2f}; by depth of the fact {depth})  "
+                      + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")
@@ -161,13 +176,14 @@ def plot(s: dict, results: str) -> str | None:
     recon = [s["stages"][n]["reconstruction"] for n in names]
     ax.bar([i - 0.2 for i in x], [a["rouge_l"] for a in recon], width=0.4, label="ROUGE-L with memory")
     ax.bar([i + 0.2 for i in x], [a["no_memory"]["rouge_l"] for a in recon], width=0.4, label="ROUGE-L without")
-    ax.axhline(GOAL_ROUGE_L, color="k", ls="--", lw=1, label="goal")
-    ax.set_xticks(list(x), [f"{n}\n({s['stages'][n]['steps_before'] + (s['stages'][n]['training'] or {}).get('steps', 0)} steps)"
-                            for n in names])
+    ax.axhline(GOAL_ROUGE_L, color="k", ls="--", lw=1, label=f"goal (ratio {GOAL_RATIO})")
+    ax.set_xticks(list(x), [f"{n}\nratio {a['ratio']}\n{st['steps_before'] + (st['training'] or {}).get('steps', 0)} steps"
+                            for n, a, st in zip(names, recon, (s["stages"][n] for n in names))], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title("Reconstruction of 32 held-out segments")
     ax.legend(fontsize=7)
-    fig.suptitle(f"SmolLM2-135M fidelity recipe ({s.get('machine', {}).get('cpu', 'CPU')})", fontsize=10)
+    cpus = sorted({st["cpu"] for st in s["stages"].values() if st["cpu"]}) or ["CPU"]
+    fig.suptitle(f"SmolLM2-135M fidelity recipe ({' / '.join(cpus)})", fontsize=10)
     return save_figure(fig, os.path.join(results, "smollm2_fidelity.png"))
 
 

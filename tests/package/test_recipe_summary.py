@@ -351,7 +351,7 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     mod = _summary_module("fidelity_summary")
     # committed milestones come first; here every stage reads the runs under --runs
     mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.STAGES.items()}
-    mod.READER_PARTS = (str(tmp_path / "no_milestone" / "reader"), "reader")
+    mod.READERS = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.READERS.items()}
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
     assert "make fidelity-recipe" in capsys.readouterr().err
     assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3",
@@ -387,7 +387,7 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
     assert s["stages"]["ae_ratio4"]["reconstruction"]["ratio"] == 4 and s["goal"]["value"] == best < 0.99
-    assert s["reader"] == {} and "reader_training" not in s
+    assert s["readers"] == {}
     # the reader of facts, with memory and the same reading without
     from transformers import AutoTokenizer
 
@@ -406,13 +406,16 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     _write_metrics(runs / "reader", [0.5, 8.0, 0.25, 0.125], seconds=3.0, tokens=2048)
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
-    assert s["reader_training"]["steps"] == 4 and s["reader_training"]["loss_last"] == 0.125
-    assert s["reader_training"]["metrics"] == str(runs / "reader")
+    trained = s["readers"]["reader"]["training"]
+    assert trained["steps"] == 4 and trained["loss_last"] == 0.125 and trained["metrics"] == str(runs / "reader")
+    assert "reader_ratio4" not in s["readers"]  # neither trained nor evaluated
     reader = json.loads((results / "smollm2_fidelity_reader.json").read_text())
     cells = reader["facts"]["methods"]["uio"]["cells"]
-    assert s["reader"]["memory"]["facts"]["n"] == 3 and s["reader"]["window"]["facts"]["n"] == 3
-    assert s["reader"]["memory"]["facts_by_depth"] == {
+    got = s["readers"]["reader"]
+    assert got["memory"]["facts"]["n"] == 3 and got["window"]["facts"]["n"] == 3
+    assert (got["memory"]["memory_window"], got["window"]["memory_window"]) == (1, 0)
+    assert got["memory"]["facts_by_depth"] == {
         c.split(":")[1]: v["accuracy"] for c, v in cells.items() if c.startswith("depth:")}
-    assert s["reader"]["memory"]["perplexity"]["64"] == \
+    assert got["memory"]["perplexity"]["64"] == \
         reader["perplexity"]["uio"]["by_length"]["64"]["later_perplexity"]
-    assert "the reader of facts" in capsys.readouterr().out
+    assert "reader: 4 steps from ae_long" in capsys.readouterr().out
