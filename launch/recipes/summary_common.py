@@ -95,7 +95,7 @@ def autoencode_entry(report: dict) -> dict:
     return {"layout": report["config"]["memory_layout"], "ratio": report["config"]["compression_ratio"],
             **{k: a[k] for k in ("memory_tokens", "segment_length", "segments", "bleu4", "rouge_l", "loss",
                                  "no_memory", "example")},
-            **{k: a[k] for k in ("token_accuracy", "correct_prefix") if k in a}}
+            **{k: a[k] for k in ("token_accuracy", "token_accuracy_start", "correct_prefix", "given") if k in a}}
 
 
 def fluency_entry(report: dict | None, method: str) -> dict | None:

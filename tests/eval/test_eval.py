@@ -142,6 +142,8 @@ def test_autoencoding_after_more_of_the_start_scores_only_the_rest(model, tokeni
     report = evaluate_autoencoding(model, tokenizer, segments, given=4)
     assert report["given"] == 4 and report["loss"] == pytest.approx(out.loss.item(), rel=1e-5)
     assert report["token_accuracy"] == pytest.approx((first_choice == segments[:, 4:]).float().mean().item())
+    start = (first_choice == segments[:, 4:]).float().mean(0)[:8]  # the first 8 rebuilt tokens, one by one
+    assert report["token_accuracy_start"] == pytest.approx(start.tolist(), abs=1e-4)
     assert report["correct_prefix"] == correct_prefix(rebuilt, segments) <= 12
     assert report["example"]["reference"] == tokenizer.decode(segments[0, 4:], skip_special_tokens=True)
     with pytest.raises(ValueError, match="given=16"):

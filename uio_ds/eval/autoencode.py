@@ -16,6 +16,8 @@ from uio_ds.eval.metrics import bleu4, mean_rouge_l
 from uio_ds.formats import IGNORE_INDEX
 from uio_ds.model.memory_model import UIOMemoryModel
 
+START = 8  # the first rebuilt tokens, whose first choices are reported one by one
+
 
 @torch.no_grad()
 def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int = 8,
@@ -37,11 +39,13 @@ def reconstruct(model: UIOMemoryModel, segments: torch.Tensor, batch_size: int =
 
 @torch.no_grad()
 def teacher_forced(model: UIOMemoryModel, segments: torch.Tensor, with_memory: bool = True,
-                   batch_size: int = 8, given: int = 1) -> tuple[float, float]:
+                   batch_size: int = 8, given: int = 1) -> tuple[float, float, list[float]]:
     """Mean teacher-forced loss (nats/token) of tokens given..l-1 of ``segments`` given the
-    segment's memory (or none) and its first ``given`` tokens, and the share of those tokens that
-    are the decoder's first choice: the graded signals behind the greedy reconstruction."""
+    segment's memory (or none) and its first ``given`` tokens, the share of those tokens that are
+    the decoder's first choice, and that share at each of the first ``START`` of them (where the
+    decoder has read the least of the text): the graded signals behind the greedy rebuild."""
     total, right, count, segments = 0.0, 0, 0, segments.to(model.device)
+    start = torch.zeros(min(START, segments.shape[1] - given), device=model.device)
     for i in range(0, segments.shape[0], batch_size):
         seg = segments[i : i + batch_size]
         memory = model.memory_kv(model.encode(seg)).per_text(seg.shape[0]) if with_memory else None
@@ -49,8 +53,9 @@ def teacher_forced(model: UIOMemoryModel, segments: torch.Tensor, with_memory: b
         targets[:, : given - 1] = IGNORE_INDEX
         out = model.decode(seg, memory, targets)
         total, count = total + out.loss_sum.item(), count + out.num_tokens
-        right += int((out.logits[:, given - 1 : -1].argmax(-1) == seg[:, given:]).sum())
-    return total / count, right / count
+        hits = out.logits[:, given - 1 : -1].argmax(-1) == seg[:, given:]
+        right, start = right + int(hits.sum()), start + hits[:, : len(start)].sum(0)
+    return total / count, right / count, (start / segments.shape[0]).tolist()
 
 
 def correct_prefix(rebuilt: torch.Tensor, segments: torch.Tensor) -> float:
@@ -65,8 +70,9 @@ def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tens
     """BLEU-4 (corpus) and ROUGE-L (mean) of greedy reconstructions of ``segments`` (N, l) from
     their memories and first ``given`` tokens, the same scores for the decoder without memory
     (which can only guess the text from those tokens), the teacher-forced loss of the text and
-    the share of its tokens that are the decoder's first choice (``token_accuracy``), and the
-    tokens rebuilt right before the first error (``correct_prefix``), with and without memory.
+    the share of its tokens that are the decoder's first choice (``token_accuracy``; at each of
+    the first ``START`` rebuilt tokens: ``token_accuracy_start``), and the tokens rebuilt right
+    before the first error (``correct_prefix``), with and without memory.
     ``given`` > 1 hands the decoder more of the text's start: where the rebuild derails at the
     start, its scores rise with it."""
     if not 1 <= given < segments.shape[1]:
@@ -78,9 +84,10 @@ def evaluate_autoencoding(model: UIOMemoryModel, tokenizer, segments: torch.Tens
     for name, memory in (("memory", True), ("no_memory", False)):
         rebuilt = reconstruct(model, segments, with_memory=memory, given=given)
         hyps = [tokenizer.decode(r, skip_special_tokens=True) for r in rebuilt]
-        loss, accuracy = teacher_forced(model, segments, with_memory=memory, given=given)
+        loss, accuracy, start = teacher_forced(model, segments, with_memory=memory, given=given)
         scores = {"bleu4": bleu4(hyps, refs), "rouge_l": mean_rouge_l(hyps, refs), "loss": loss,
-                  "token_accuracy": accuracy, "correct_prefix": correct_prefix(rebuilt, segments)}
+                  "token_accuracy": accuracy, "token_accuracy_start": [round(a, 4) for a in start],
+                  "correct_prefix": correct_prefix(rebuilt, segments)}
         if memory:
             report.update(scores)
             report["example"] = {"reference": refs[0], "reconstruction": hyps[0]}

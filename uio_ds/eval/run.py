@@ -348,7 +348,8 @@ def print_report(report: dict) -> None:
         given = f", rebuilt after their first {ae['given']}" if ae.get("given", 1) > 1 else ""
         print(f"\nauto-encoding ({ae['segments']} segments of {ae['segment_length']} tokens, {ae['memory_tokens']} memory "
               f"tokens{given}): BLEU-4 {ae['bleu4']:.3f}, ROUGE-L {ae['rouge_l']:.3f}, loss {ae['loss']:.3f}, first choice "
-              f"{ae['token_accuracy']:.3f}, right before the first error {ae['correct_prefix']:.1f} tokens; without "
+              f"{ae['token_accuracy']:.3f} ({' '.join(f'{v:.2f}' for v in ae.get('token_accuracy_start', []))} at the "
+              f"first tokens), right before the first error {ae['correct_prefix']:.1f} tokens; without "
               f"memory BLEU-4 {base['bleu4']:.3f}, ROUGE-L {base['rouge_l']:.3f}, loss {base['loss']:.3f}, first "
               f"choice {base['token_accuracy']:.3f}, {base['correct_prefix']:.1f} tokens")
     if "fluency" in report:
