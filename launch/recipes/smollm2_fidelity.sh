@@ -102,51 +102,31 @@ stage "4. the reader: facts and perplexity" "$RESULTS/smollm2_fidelity_reader.js
     read_facts "$reader" smollm2_fidelity_reader "${READING[@]}"
 stage "4. the reader without memory" "$RESULTS/smollm2_fidelity_reader_window.json" \
     read_facts "$reader" smollm2_fidelity_reader_window "${WINDOW[@]}"
-cycle2=$MILESTONES/ae_cycle2
-if [[ ! -e $cycle2/uio_config.json ]]; then
-    stage "5. auto-encoding, a second cycle from $parts ($AE2_STEPS steps)" "$OUT/ae_cycle2/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/ae_cycle2" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
-    cycle2=$OUT/ae_cycle2/final
-fi
-stage "5. reconstruction after the second cycle" "$RESULTS/smollm2_fidelity_ae_cycle2.json" \
-    reconstruct "$cycle2" smollm2_fidelity_ae_cycle2
+# ae_stage NUMBER NAME WHAT OVERRIDES...: a cycle of AE2_STEPS auto-encoding steps from $parts (the
+# learning rate back at 1e-3 with its cosine, the documents in another order: data.seed=1), unless
+# its milestone $MILESTONES/NAME is committed, and its reconstruction; sets $trained to its parts
+ae_stage() {
+    local number=$1 name=$2 what=$3; shift 3
+    trained=$MILESTONES/$name
+    if [[ ! -e $trained/uio_config.json ]]; then
+        stage "$number. auto-encoding from $parts: $what ($AE2_STEPS steps)" "$OUT/$name/final/uio_config.json" \
+            ds_train "$CONFIG" "$OUT/$name" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 "$@" \
+            data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
+        trained=$OUT/$name/final
+    fi
+    stage "$number. reconstruction: $what" "$RESULTS/smollm2_fidelity_$name.json" \
+        reconstruct "$trained" "smollm2_fidelity_$name"
+}
+ae_stage 5 ae_cycle2 "a second cycle"
 ALL_LINEAR='["q_proj","k_proj","v_proj","o_proj","gate_proj","up_proj","down_proj"]'
-wide=$MILESTONES/ae_wide
-if [[ ! -e $wide/uio_config.json ]]; then
-    stage "6. auto-encoding from $parts, the encoder LoRA on every linear layer ($AE2_STEPS steps)" \
-        "$OUT/ae_wide/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/ae_wide" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        "uio.encoder_lora.target_modules=$ALL_LINEAR" \
-        data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
-    wide=$OUT/ae_wide/final
-fi
-stage "6. reconstruction with the wider encoder" "$RESULTS/smollm2_fidelity_ae_wide.json" \
-    reconstruct "$wide" smollm2_fidelity_ae_wide
+ae_stage 6 ae_wide "the encoder LoRA on every linear layer" "uio.encoder_lora.target_modules=$ALL_LINEAR"
 GROWN=("uio.encoder_lora.target_modules=$ALL_LINEAR" uio.encoder_lora.rank="$GROW_RANK"
     uio.encoder_lora.alpha=$((2 * GROW_RANK)) uio.transfer_lora.rank="$GROW_RANK"
     uio.transfer_lora.alpha=$((2 * GROW_RANK)))
-rank=$MILESTONES/ae_rank$GROW_RANK
-if [[ ! -e $rank/uio_config.json ]]; then
-    stage "7. auto-encoding from $parts, every linear layer, LoRA rank $GROW_RANK ($AE2_STEPS steps)" \
-        "$OUT/ae_rank$GROW_RANK/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/ae_rank$GROW_RANK" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        "${GROWN[@]}" data.autoencode_tokens=256 data.max_tokens=null data.documents_per_step=4
-    rank=$OUT/ae_rank$GROW_RANK/final
-fi
-stage "7. reconstruction with LoRA rank $GROW_RANK" "$RESULTS/smollm2_fidelity_ae_rank$GROW_RANK.json" \
-    reconstruct "$rank" smollm2_fidelity_ae_rank$GROW_RANK
-ratio=$MILESTONES/ae_ratio$LOW_RATIO
-if [[ ! -e $ratio/uio_config.json ]]; then
-    stage "8. auto-encoding from $parts as step 7, at compression ratio $LOW_RATIO ($AE2_STEPS steps)" \
-        "$OUT/ae_ratio$LOW_RATIO/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/ae_ratio$LOW_RATIO" steps="$AE2_STEPS" save_every=25 init_from="$parts" data.seed=1 \
-        "${GROWN[@]}" uio.compression_ratio="$LOW_RATIO" data.autoencode_tokens=256 data.max_tokens=null \
-        data.documents_per_step=4
-    ratio=$OUT/ae_ratio$LOW_RATIO/final
-fi
-stage "8. reconstruction at compression ratio $LOW_RATIO" "$RESULTS/smollm2_fidelity_ae_ratio$LOW_RATIO.json" \
-    reconstruct "$ratio" smollm2_fidelity_ae_ratio$LOW_RATIO
+ae_stage 7 "ae_rank$GROW_RANK" "every linear layer, LoRA rank $GROW_RANK" "${GROWN[@]}"
+ae_stage 8 "ae_ratio$LOW_RATIO" "as step 7, at compression ratio $LOW_RATIO" "${GROWN[@]}" \
+    uio.compression_ratio="$LOW_RATIO"
+ratio=$trained
 reader4=$MILESTONES/reader_ratio$LOW_RATIO
 if [[ ! -e $reader4/uio_config.json ]]; then
     stage "9. a reader of facts from $ratio ($READER_STEPS steps, $RATIO_WINDOW memories)" \
