@@ -5,8 +5,9 @@ by the levers ablation's auto-encoding warm start (``smollm2_levers_ae_warm_auto
 by the parts trained further (``smollm2_fidelity_ae_long.json``), by a second cycle from
 those (``smollm2_fidelity_ae_cycle2.json``) and by the same cycle with the encoder's LoRA on
 every linear layer (``smollm2_fidelity_ae_wide.json``), with LoRA rank 32
-(``smollm2_fidelity_ae_rank32.json``) and at compression ratio 4 (``smollm2_fidelity_ae_ratio4.json``;
-the goal counts ratio 8 only), and the training runs' metrics (the committed milestones', else the recipe's run directory); and the readers of facts
+(``smollm2_fidelity_ae_rank32.json``) and at compression ratio 4
+(``smollm2_fidelity_ae_ratio4.json``; the goal counts ratio 8 only), and the training runs'
+metrics (the committed milestones', else the recipe's run directory); and the readers of facts
 trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio4].json``,
 ``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
 reading without).
@@ -103,8 +104,9 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 reader[row] = {"facts": facts_entry(r, "uio"), "perplexity": later_perplexity(r, "uio"),
                                "facts_by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS
                                                   if f"depth:{d}" in cells},
-                               "memory_window": r["config"]["memory_window"], "cpu": r["machine"]["cpu"]}
-        if reader["training"] or len(reader) > 2:
+                               **{k: r["config"][k] for k in ("memory_window", "sink_tokens", "recent_tokens")},
+                               "cpu": r["machine"]["cpu"]}
+        if reader["training"] or any(row in reader for row in evaluations):
             out["readers"][name] = reader
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
                 if s["reconstruction"] and s["reconstruction"]["ratio"] == GOAL_RATIO), default=None)
@@ -140,7 +142,8 @@ def print_summary(s: dict) -> None:
                 r = reader[row]
                 f, ppl = r["facts"], r["perplexity"]
                 depth = " / ".join(f"{r['facts_by_depth'].get(d, float('nan')):.2f}" for d in DEPTHS)
-                print(f"  {row:6s} ({r['memory_window']} memories, 4 sinks, 768 raw) facts at 2K {f['accuracy']:.2f} "
+                print(f"  {row:6s} ({r['memory_window']} memories, {r['sink_tokens']} sinks, {r['recent_tokens']} raw) "
+                      f"facts at 2K {f['accuracy']:.2f} "
                       f"(answer loss {f['answer_loss']:.2f}; by depth of the fact {depth})  "
                       + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
     g = s["goal"]
