@@ -36,7 +36,14 @@
 #   9. a reader of facts from the parts of step 8, trained as step 3 (the same data and objective)
 #      with RATIO_WINDOW (3) memories of 64 slots, the release's number of slots (6 x 32), so its
 #      reading holds the same K/V entries; its facts and perplexity as in step 4, with and without
-#      memory.
+#      memory;
+#  11. the hand-over alone: a reader of facts from the parts of step 8 on short fact records (480
+#      tokens of the training wordings over books, stories and code, the fact in the first 45%, so in
+#      the first of the two 256-token segments, the question at the end of the second) read with no
+#      raw window and no sinks, so the answer can come only from the first segment's memory;
+#      NEAR_STEPS steps of fact records alone (lm and distillation on the answer);
+#  12. its facts on the committed short held-out records (held-out wording over licence text), next
+#      to no memory and full attention, and the parts of step 8 read the same way.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -50,6 +57,7 @@ GROW_RANK=${GROW_RANK:-32}
 LOW_RATIO=${LOW_RATIO:-4}
 RATIO_WINDOW=${RATIO_WINDOW:-3}
 READER_STEPS=${READER_STEPS:-150}
+NEAR_STEPS=${NEAR_STEPS:-200}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -142,4 +150,28 @@ stage "10. the ratio-$LOW_RATIO reader: facts and perplexity" "$RESULTS/smollm2_
 stage "10. the ratio-$LOW_RATIO reader without memory" \
     "$RESULTS/smollm2_fidelity_reader_ratio${LOW_RATIO}_window.json" \
     read_facts "$reader4" smollm2_fidelity_reader_ratio${LOW_RATIO}_window "${WINDOW[@]}"
+near="{\"path\": \"$DATA/facts_near.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+    \"name\": \"facts_near\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_near.jsonl" --tokenizer models/smollm2 --tokens 480 \
+    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
+    --facts 1 1 --questions 1 1 --depth 0 0.45
+handover=$MILESTONES/reader_near
+if [[ ! -e $handover/uio_config.json ]]; then
+    stage "11. a reader of facts one segment back from $ratio ($NEAR_STEPS steps, memory alone)" \
+        "$OUT/reader_near/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/reader_near" steps="$NEAR_STEPS" save_every=25 init_from="$ratio" "${GROWN[@]}" \
+        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 data.documents_per_step=4 \
+        "data.sources=[$near]"
+    handover=$OUT/reader_near/final
+fi
+read_near() {  # read_near PARTS NAME METHODS...
+    local parts=$1 name=$2; shift 2
+    $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$NEAR_FACTS" --recent-tokens 0 \
+        --sink-tokens 0 --methods "$@" --out "$RESULTS" --name "$name"
+}
+stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fidelity_near_ae_ratio$LOW_RATIO.json" \
+    read_near "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
+stage "12. facts one segment back: the hand-over reader" "$RESULTS/smollm2_fidelity_near_reader.json" \
+    read_near "$handover" smollm2_fidelity_near_reader uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
