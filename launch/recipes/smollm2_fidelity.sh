@@ -43,7 +43,11 @@
 #      raw window and no sinks, so the answer can come only from the first segment's memory;
 #      NEAR_STEPS steps of fact records alone (lm and distillation on the answer);
 #  12. its facts on the committed short held-out records (held-out wording over licence text), next
-#      to no memory and full attention, and the parts of step 8 read the same way.
+#      to no memory and full attention, and the parts of step 8 read the same way;
+#  13. facts further back: the reader of step 11 trained FAR_STEPS steps on the fact records of step 3
+#      (1,984 tokens, the fact in the first 45%), still from memory alone, reading every memory;
+#  14. facts on the committed 2K held-out records read the same way (every memory, no raw window, no
+#      sinks), by the readers of steps 13 and 11.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -58,6 +62,7 @@ LOW_RATIO=${LOW_RATIO:-4}
 RATIO_WINDOW=${RATIO_WINDOW:-3}
 READER_STEPS=${READER_STEPS:-150}
 NEAR_STEPS=${NEAR_STEPS:-200}
+FAR_STEPS=${FAR_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -174,4 +179,22 @@ stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fideli
     read_near "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
 stage "12. facts one segment back: the hand-over reader" "$RESULTS/smollm2_fidelity_near_reader.json" \
     read_near "$handover" smollm2_fidelity_near_reader uio
+far="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+    \"name\": \"facts_far\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+far_reader=$MILESTONES/reader_far
+if [[ ! -e $far_reader/uio_config.json ]]; then
+    stage "13. a reader of facts further back from $handover ($FAR_STEPS steps, memory alone)" \
+        "$OUT/reader_far/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/reader_far" steps="$FAR_STEPS" save_every=25 init_from="$handover" "${GROWN[@]}" \
+        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "data.sources=[$far]"
+    far_reader=$OUT/reader_far/final
+fi
+read_memory_facts() {  # read_memory_facts PARTS NAME: the 2K held-out facts from every memory alone
+    $PY launch/eval.py --model models/smollm2 --uio "$1" --tasks facts --facts "$HELD_OUT_FACTS" --recent-tokens 0 \
+        --sink-tokens 0 --methods uio --out "$RESULTS" --name "$2"
+}
+stage "14. facts at 2K from memory alone: the reader of step 13" "$RESULTS/smollm2_fidelity_far_reader.json" \
+    read_memory_facts "$far_reader" smollm2_fidelity_far_reader
+stage "14. facts at 2K from memory alone: the hand-over reader" "$RESULTS/smollm2_fidelity_far_reader_near.json" \
+    read_memory_facts "$handover" smollm2_fidelity_far_reader_near
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
