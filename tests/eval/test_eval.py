@@ -254,6 +254,14 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
     assert cells["all"]["n"] == 8 and 0 <= cells["all"]["accuracy"] <= 1 and cells["all"]["answer_loss"] > 0
     assert sum(c["n"] for name, c in cells.items() if name.startswith("wording:")) == 8
     assert sum(c["n"] for name, c in cells.items() if name.startswith("depth:")) == 8
+    # what each method said, record by record: right exactly where the key is in the answer's first line
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for method in ("uio", "full"):
+        m = report["methods"][method]
+        assert [s["key"] for s in m["said"]] == [r["answers"][0] for r in records]
+        assert all("\n" not in s["said"] for s in m["said"])
+        assert all(s["right"] == (s["key"] in s["said"]) for s in m["said"] if len(s["said"]) < 80)
+        assert sum(s["right"] for s in m["said"]) == round(m["cells"]["all"]["accuracy"] * 8)
     # the same records gzip-compressed: the same digest and figures; other records: another digest
     with gzip.open(tmp_path / "facts.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(path.read_text())

@@ -6,7 +6,8 @@ answers greedily; an answer is right when its first line holds the key. The answ
 per token of " key") is reported next to accuracy, a graded signal where accuracy is still 0.
 Results are broken down by template (its ``train`` or ``held_out`` split named), key kind,
 haystack, the asked fact's depth (thirds of the prompt) and length, so held-out wording and text
-are reported apart from what training saw.
+are reported apart from what training saw. Each method's report also lists what it said, record
+by record (the key, its kind, whether it was right, and the answer's first line), to tell a near miss from noise.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from uio_ds.eval.methods import Method
 from uio_ds.formats import FACT_TEMPLATES
 
 DEPTH_BUCKETS = ("0-1/3", "1/3-2/3", "2/3-1")
+SAID_CHARS = 80  # of each answer's first line kept in the report
 
 
 def load_fact_records(path: str) -> list[dict]:
@@ -69,6 +71,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
     for method in methods:
         cells: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         skipped = 0
+        said = []
         for record in tqdm(records, desc=f"facts {method.name}", leave=False):
             prompt = tokenizer(record["prompt"], return_tensors="pt")["input_ids"]
             if method.max_tokens is not None and prompt.shape[1] + answer_tokens > method.max_tokens:
@@ -78,9 +81,11 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             answer = tokenizer(f" {key}", add_special_tokens=False, return_tensors="pt")["input_ids"]
             tokens, losses = method.answer(prompt, answer, answer_tokens)
             text = tokenizer.decode(tokens, skip_special_tokens=True)
-            right = float(key in text.strip().split("\n")[0])
+            first_line = text.strip().split("\n")[0]
+            right = float(key in first_line)
             loss = sum(losses) / len(losses)
             fact = _asked(record)
+            said.append({"key": key, "key_kind": fact["key_kind"], "right": bool(right), "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
@@ -89,7 +94,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                 cells[cell]["right"].append(right)
                 cells[cell]["loss"].append(loss)
         report[method.name] = {
-            "skipped_too_long": skipped,
+            "skipped_too_long": skipped, "said": said,
             "cells": {name: {"n": len(v["right"]), "accuracy": sum(v["right"]) / len(v["right"]),
                              "answer_loss": sum(v["loss"]) / len(v["loss"])} for name, v in sorted(cells.items())}}
     return {"records": len(records), "records_sha1": records_digest(records), "answer_tokens": answer_tokens,
