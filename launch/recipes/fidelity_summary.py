@@ -10,9 +10,9 @@ every linear layer (``smollm2_fidelity_ae_wide.json``), with LoRA rank 32
 metrics (the committed milestones', else the recipe's run directory); and the readers of facts
 trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio4].json``,
 ``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
-reading without); and the hand-over test (``smollm2_fidelity_near_*.json``: facts one segment
-back on short held-out records, read from memory alone, by the ratio-4 parts and by a reader
-trained on such records, against no memory and full attention).
+reading without); and facts read from memory alone, by readers trained to (``smollm2_fidelity_near_*``:
+one segment back on short held-out records; ``smollm2_fidelity_far_*``: the 2K held-out records),
+against no memory and full attention.
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
@@ -64,15 +64,24 @@ READERS = {
                       {"memory": "smollm2_fidelity_reader_ratio4", "window": "smollm2_fidelity_reader_ratio4_window"}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
-# the hand-over test: row -> (its evaluation file, the method read there); the reader's training
-# (milestone, run) and the parts it starts from
-NEAR = {
-    "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
-    "ae_ratio4": ("smollm2_fidelity_near_ae_ratio4", "uio"),
-    "reader_near": ("smollm2_fidelity_near_reader", "uio"),
-    "full attention": ("smollm2_fidelity_near_ae_ratio4", "full"),
+# facts read from memory alone (no raw window, no sinks): test -> (what it reads, its rows: row ->
+# (evaluation file, method)), the readers trained for it (milestone, run, the parts it starts from)
+MEMORY_ALONE = {
+    "near": ("short held-out records (480 tokens), the fact one segment back", {
+        "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
+        "ae_ratio4": ("smollm2_fidelity_near_ae_ratio4", "uio"),
+        "reader_near": ("smollm2_fidelity_near_reader", "uio"),
+        "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}),
+    "far": ("the 2K held-out records, every memory", {
+        "no memory": ("smollm2_release_baselines", "no_memory"),
+        "reader_near": ("smollm2_fidelity_far_reader_near", "uio"),
+        "reader_far": ("smollm2_fidelity_far_reader", "uio"),
+        "full attention": ("smollm2_release_baselines", "full")}),
 }
-NEAR_READER = (os.path.join(MILESTONES, "fidelity", "reader_near"), "reader_near", "ae_ratio4")
+MEMORY_ALONE_READERS = {
+    "reader_near": (os.path.join(MILESTONES, "fidelity", "reader_near"), "reader_near", "ae_ratio4"),
+    "reader_far": (os.path.join(MILESTONES, "fidelity", "reader_far"), "reader_far", "reader_near"),
+}
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -119,16 +128,22 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                                "cpu": r["machine"]["cpu"]}
         if reader["training"] or any(row in reader for row in evaluations):
             out["readers"][name] = reader
-    near = {}
-    for row, (evaluation, method) in NEAR.items():
-        r = load_json(os.path.join(results, f"{evaluation}.json"))
-        if r and method in r.get("facts", {}).get("methods", {}):
-            near[row] = facts_entry(r, method)
-    if near:
-        milestone, run, parent = NEAR_READER
+    out["memory_alone"] = {}
+    for test, (what, rows) in MEMORY_ALONE.items():
+        found = {}
+        for row, (evaluation, method) in rows.items():
+            r = load_json(os.path.join(results, f"{evaluation}.json"))
+            if r and method in r.get("facts", {}).get("methods", {}):
+                cells = r["facts"]["methods"][method]["cells"]
+                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"],
+                              "by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}}
+        if any(row in found for row in MEMORY_ALONE_READERS):
+            out["memory_alone"][test] = {"reads": what, "rows": found}
+    for name, (milestone, run, parent) in MEMORY_ALONE_READERS.items():
         metrics = _metrics_dir(milestone, os.path.join(runs, run))
-        out["near"] = {"rows": near, "from": parent,
-                       "training": {"metrics": metrics, **run_summary(metrics)} if metrics else None}
+        if metrics:
+            out["readers"][name] = {"from": parent, "training": {"metrics": metrics, **run_summary(metrics)},
+                                    "reading": "memory alone"}
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
                 if s["reconstruction"] and s["reconstruction"]["ratio"] == GOAL_RATIO), default=None)
     out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio {GOAL_RATIO}", "target": GOAL_ROUGE_L,
@@ -157,7 +172,9 @@ def print_summary(s: dict) -> None:
         t = reader["training"]
         if t:
             print(f"{name}: {t['steps']} steps from {reader['from']}, {t['seconds_per_step']:.1f} s a step, loss "
-                  f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} (books by distillation, fact answers by both)")
+                  f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} ("
+                  + ("fact records alone, read from memory alone)" if reader.get("reading") == "memory alone"
+                     else "books by distillation, fact answers by both)"))
         for row in ("memory", "window"):
             if row in reader:
                 r = reader[row]
@@ -167,14 +184,12 @@ def print_summary(s: dict) -> None:
                       f"facts at 2K {f['accuracy']:.2f} "
                       f"(answer loss {f['answer_loss']:.2f}; by depth of the fact {depth})  "
                       + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
-    if "near" in s:
-        t = s["near"]["training"]
-        print("the hand-over: facts one segment back on short held-out records (480 tokens, held-out wording), "
-              "read from memory alone (no raw window, no sinks)"
-              + (f"; reader_near: {t['steps']} steps from {s['near']['from']}, loss {t['loss_first']:.3f} -> "
-                 f"{t['loss_last']:.3f}" if t else ""))
-        for row, f in s["near"]["rows"].items():
-            print(f"  {row:15s} exact {f['accuracy']:.2f}  answer loss {f['answer_loss']:.2f}  (n={f['n']})")
+    for test in s.get("memory_alone", {}).values():
+        print(f"facts from memory alone (no raw window, no sinks): {test['reads']}")
+        for row, f in test["rows"].items():
+            depth = " / ".join(f"{f['by_depth'][d]:.2f}" if d in f["by_depth"] else "-" for d in DEPTHS)
+            print(f"  {row:15s} exact {f['accuracy']:.2f}  answer loss {f['answer_loss']:.2f}  by depth {depth}  "
+                  f"(n={f['n']}, {f['cpu']})")
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")

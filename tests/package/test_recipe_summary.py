@@ -352,6 +352,8 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     # committed milestones come first; here every stage reads the runs under --runs
     mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.STAGES.items()}
     mod.READERS = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.READERS.items()}
+    mod.MEMORY_ALONE_READERS = {name: (str(tmp_path / "no_milestone" / name), *rest)
+                                for name, (_, *rest) in mod.MEMORY_ALONE_READERS.items()}
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
     assert "make fidelity-recipe" in capsys.readouterr().err
     assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3",
@@ -419,3 +421,22 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert got["memory"]["perplexity"]["64"] == \
         reader["perplexity"]["uio"]["by_length"]["64"]["later_perplexity"]
     assert "reader: 4 steps from ae_long" in capsys.readouterr().out
+    # facts from memory alone: a test is shown once a reader trained for it is there, beside the
+    # baselines of its records
+    alone = ["--tasks", "facts", "--facts", str(facts), "--recent-tokens", "0", "--sink-tokens", "0"]
+    assert evaluate(common + alone + ["--methods", "uio", "no_memory", "full",
+                                      "--name", "smollm2_fidelity_near_ae_ratio4"]) == 0
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    assert json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"] == {}  # no reader yet
+    assert evaluate(common + alone + ["--methods", "uio", "--name", "smollm2_fidelity_near_reader"]) == 0
+    _write_metrics(runs / "reader_near", [4.0, 2.0], seconds=3.0, tokens=16)
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    s = json.loads((results / "smollm2_fidelity.json").read_text())
+    near = s["memory_alone"]["near"]["rows"]
+    assert list(near) == ["no memory", "ae_ratio4", "reader_near", "full attention"] and "far" not in s["memory_alone"]
+    base = json.loads((results / "smollm2_fidelity_near_ae_ratio4.json").read_text())["facts"]["methods"]
+    assert near["full attention"]["accuracy"] == base["full"]["cells"]["all"]["accuracy"] and near["reader_near"]["n"] == 3
+    assert s["readers"]["reader_near"]["training"]["steps"] == 2 and s["readers"]["reader_near"]["from"] == "ae_ratio4"
+    out = capsys.readouterr().out
+    assert "reader_near: 2 steps from ae_ratio4" in out and "fact records alone, read from memory alone" in out
+    assert "facts from memory alone (no raw window, no sinks): short held-out records" in out
