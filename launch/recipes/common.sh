@@ -55,3 +55,4 @@ ds_train() {
 # the recipes' fact evaluation, committed (benchmarks/data/README.md: generated records depend on the machine)
 HELD_OUT_FACTS=benchmarks/data/facts_held_out_2k.jsonl.gz
 NEAR_FACTS=benchmarks/data/facts_held_out_near.jsonl.gz
+MID_FACTS=benchmarks/data/facts_held_out_mid.jsonl.gz

@@ -47,7 +47,11 @@
 #  13. facts further back: the reader of step 11 trained FAR_STEPS steps on the fact records of step 3
 #      (1,984 tokens, the fact in the first 45%), still from memory alone, reading every memory;
 #  14. facts on the committed 2K held-out records read the same way (every memory, no raw window, no
-#      sinks), by the readers of steps 13 and 11.
+#      sinks), by the readers of steps 13 and 11;
+#  15. a shorter way back: the reader of step 11 trained MID_STEPS steps on fact records of 480, 736
+#      and 992 tokens (the fact 1-3 segments before the question's), from memory alone;
+#  16. facts 1-3 segments back on the committed held-out records of 736 and 992 tokens, by the
+#      readers of steps 15 and 11, and the reader of step 15 one segment back and at 2K.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -63,6 +67,7 @@ RATIO_WINDOW=${RATIO_WINDOW:-3}
 READER_STEPS=${READER_STEPS:-150}
 NEAR_STEPS=${NEAR_STEPS:-200}
 FAR_STEPS=${FAR_STEPS:-150}
+MID_STEPS=${MID_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -170,15 +175,15 @@ if [[ ! -e $handover/uio_config.json ]]; then
         "data.sources=[$near]"
     handover=$OUT/reader_near/final
 fi
-read_near() {  # read_near PARTS NAME METHODS...
-    local parts=$1 name=$2; shift 2
-    $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$NEAR_FACTS" --recent-tokens 0 \
+read_alone() {  # read_alone RECORDS PARTS NAME METHODS...: facts read from every memory alone (no raw window, no sinks)
+    local records=$1 parts=$2 name=$3; shift 3
+    $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$records" --recent-tokens 0 \
         --sink-tokens 0 --methods "$@" --out "$RESULTS" --name "$name"
 }
 stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fidelity_near_ae_ratio$LOW_RATIO.json" \
-    read_near "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
+    read_alone "$NEAR_FACTS" "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
 stage "12. facts one segment back: the hand-over reader" "$RESULTS/smollm2_fidelity_near_reader.json" \
-    read_near "$handover" smollm2_fidelity_near_reader uio
+    read_alone "$NEAR_FACTS" "$handover" smollm2_fidelity_near_reader uio
 far="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
     \"name\": \"facts_far\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
 far_reader=$MILESTONES/reader_far
@@ -189,12 +194,31 @@ if [[ ! -e $far_reader/uio_config.json ]]; then
         uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "data.sources=[$far]"
     far_reader=$OUT/reader_far/final
 fi
-read_memory_facts() {  # read_memory_facts PARTS NAME: the 2K held-out facts from every memory alone
-    $PY launch/eval.py --model models/smollm2 --uio "$1" --tasks facts --facts "$HELD_OUT_FACTS" --recent-tokens 0 \
-        --sink-tokens 0 --methods uio --out "$RESULTS" --name "$2"
-}
 stage "14. facts at 2K from memory alone: the reader of step 13" "$RESULTS/smollm2_fidelity_far_reader.json" \
-    read_memory_facts "$far_reader" smollm2_fidelity_far_reader
+    read_alone "$HELD_OUT_FACTS" "$far_reader" smollm2_fidelity_far_reader uio
 stage "14. facts at 2K from memory alone: the hand-over reader" "$RESULTS/smollm2_fidelity_far_reader_near.json" \
-    read_memory_facts "$handover" smollm2_fidelity_far_reader_near
+    read_alone "$HELD_OUT_FACTS" "$handover" smollm2_fidelity_far_reader_near uio
+mid="{\"path\": \"$DATA/facts_mid.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+    \"name\": \"facts_mid\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+stage "15. data: facts 1-3 segments back, training wordings" "$DATA/facts_mid.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_mid.jsonl" --tokenizer models/smollm2 --tokens 480 736 992 \
+    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
+    --facts 1 1 --questions 1 1 --depth 0 0.45
+mid_reader=$MILESTONES/reader_mid
+if [[ ! -e $mid_reader/uio_config.json ]]; then
+    stage "15. a reader of facts 1-3 segments back from $handover ($MID_STEPS steps, memory alone)" \
+        "$OUT/reader_mid/final/uio_config.json" \
+        ds_train "$CONFIG" "$OUT/reader_mid" steps="$MID_STEPS" save_every=25 init_from="$handover" "${GROWN[@]}" \
+        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 data.documents_per_step=4 \
+        "data.sources=[$mid]"
+    mid_reader=$OUT/reader_mid/final
+fi
+stage "16. facts 1-3 segments back: the reader of step 15" "$RESULTS/smollm2_fidelity_mid_reader.json" \
+    read_alone "$MID_FACTS" "$mid_reader" smollm2_fidelity_mid_reader uio
+stage "16. facts 1-3 segments back: the hand-over reader" "$RESULTS/smollm2_fidelity_mid_reader_near.json" \
+    read_alone "$MID_FACTS" "$handover" smollm2_fidelity_mid_reader_near uio no_memory full
+stage "16. facts one segment back: the reader of step 15" "$RESULTS/smollm2_fidelity_near_reader_mid.json" \
+    read_alone "$NEAR_FACTS" "$mid_reader" smollm2_fidelity_near_reader_mid uio
+stage "16. facts at 2K from memory alone: the reader of step 15" "$RESULTS/smollm2_fidelity_far_reader_mid.json" \
+    read_alone "$HELD_OUT_FACTS" "$mid_reader" smollm2_fidelity_far_reader_mid uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"

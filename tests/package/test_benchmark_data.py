@@ -17,6 +17,7 @@ DATA = os.path.join(REPO, "benchmarks", "data")
     ("facts_held_out_2k.jsonl.gz", (2048,), 150, (0.0, 1.0)),
     ("facts_held_out_long.jsonl.gz", (4096, 8192, 16384, 32768), 16, (0.0, 0.5)),
     ("facts_held_out_near.jsonl.gz", (480,), 100, (0.0, 0.45)),
+    ("facts_held_out_mid.jsonl.gz", (736, 992), 50, (0.0, 0.45)),
 ])
 def test_committed_fact_records_match_their_readme(name, lengths, per_length, depths):
     records = load_fact_records(os.path.join(DATA, name))
