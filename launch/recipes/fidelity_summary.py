@@ -11,8 +11,8 @@ metrics (the committed milestones', else the recipe's run directory); and the re
 trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio4].json``,
 ``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
 reading without); and facts read from memory alone, by readers trained to (``smollm2_fidelity_near_*``:
-one segment back on short held-out records; ``smollm2_fidelity_far_*``: the 2K held-out records),
-against no memory and full attention.
+one segment back on short held-out records; ``..._mid_*``: 1-3 segments back; ``..._far_*``: the
+2K held-out records), against no memory and full attention.
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
@@ -71,16 +71,24 @@ MEMORY_ALONE = {
         "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
         "ae_ratio4": ("smollm2_fidelity_near_ae_ratio4", "uio"),
         "reader_near": ("smollm2_fidelity_near_reader", "uio"),
+        "reader_mid": ("smollm2_fidelity_near_reader_mid", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}),
+    "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", {
+        "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
+        "reader_near": ("smollm2_fidelity_mid_reader_near", "uio"),
+        "reader_mid": ("smollm2_fidelity_mid_reader", "uio"),
+        "full attention": ("smollm2_fidelity_mid_reader_near", "full")}),
     "far": ("the 2K held-out records, every memory", {
         "no memory": ("smollm2_release_baselines", "no_memory"),
         "reader_near": ("smollm2_fidelity_far_reader_near", "uio"),
+        "reader_mid": ("smollm2_fidelity_far_reader_mid", "uio"),
         "reader_far": ("smollm2_fidelity_far_reader", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}),
 }
 MEMORY_ALONE_READERS = {
     "reader_near": (os.path.join(MILESTONES, "fidelity", "reader_near"), "reader_near", "ae_ratio4"),
     "reader_far": (os.path.join(MILESTONES, "fidelity", "reader_far"), "reader_far", "reader_near"),
+    "reader_mid": (os.path.join(MILESTONES, "fidelity", "reader_mid"), "reader_mid", "reader_near"),
 }
 
 
