@@ -160,65 +160,57 @@ stage "10. the ratio-$LOW_RATIO reader: facts and perplexity" "$RESULTS/smollm2_
 stage "10. the ratio-$LOW_RATIO reader without memory" \
     "$RESULTS/smollm2_fidelity_reader_ratio${LOW_RATIO}_window.json" \
     read_facts "$reader4" smollm2_fidelity_reader_ratio${LOW_RATIO}_window "${WINDOW[@]}"
-near="{\"path\": \"$DATA/facts_near.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
-    \"name\": \"facts_near\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
-stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_near.jsonl" --tokenizer models/smollm2 --tokens 480 \
-    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
-    --facts 1 1 --questions 1 1 --depth 0 0.45
-handover=$MILESTONES/reader_near
-if [[ ! -e $handover/uio_config.json ]]; then
-    stage "11. a reader of facts one segment back from $ratio ($NEAR_STEPS steps, memory alone)" \
-        "$OUT/reader_near/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/reader_near" steps="$NEAR_STEPS" save_every=25 init_from="$ratio" "${GROWN[@]}" \
-        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 data.documents_per_step=4 \
-        "data.sources=[$near]"
-    handover=$OUT/reader_near/final
-fi
+# fact_source NAME: the training source $DATA/NAME.jsonl of fact records, the answer scored by the
+# next-token loss and by distillation
+fact_source() {
+    echo "{\"path\": \"$DATA/$1.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
+    \"name\": \"$1\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
+}
+# alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: a reader of facts from the parts FROM,
+# trained STEPS steps on the fact records DATA alone and read from memory alone (no raw window, no
+# sinks), unless its milestone $MILESTONES/NAME is committed; sets $trained to its parts
+alone_stage() {
+    local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6; shift 6
+    trained=$MILESTONES/$name
+    if [[ ! -e $trained/uio_config.json ]]; then
+        stage "$number. a reader of facts $what from $from ($steps steps, memory alone)" "$OUT/$name/final/uio_config.json" \
+            ds_train "$CONFIG" "$OUT/$name" steps="$steps" save_every=25 init_from="$from" "${GROWN[@]}" \
+            uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "$@" \
+            "data.sources=[$(fact_source "$data")]"
+        trained=$OUT/$name/final
+    fi
+}
 read_alone() {  # read_alone RECORDS PARTS NAME METHODS...: facts read from every memory alone (no raw window, no sinks)
     local records=$1 parts=$2 name=$3; shift 3
     $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$records" --recent-tokens 0 \
         --sink-tokens 0 --methods "$@" --out "$RESULTS" --name "$name"
 }
+stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_near.jsonl" --tokenizer models/smollm2 --tokens 480 \
+    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
+    --facts 1 1 --questions 1 1 --depth 0 0.45
+alone_stage 11 reader_near "$ratio" "$NEAR_STEPS" facts_near "one segment back" data.documents_per_step=4
+handover=$trained
 stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fidelity_near_ae_ratio$LOW_RATIO.json" \
     read_alone "$NEAR_FACTS" "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
 stage "12. facts one segment back: the hand-over reader" "$RESULTS/smollm2_fidelity_near_reader.json" \
     read_alone "$NEAR_FACTS" "$handover" smollm2_fidelity_near_reader uio
-far="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
-    \"name\": \"facts_far\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
-far_reader=$MILESTONES/reader_far
-if [[ ! -e $far_reader/uio_config.json ]]; then
-    stage "13. a reader of facts further back from $handover ($FAR_STEPS steps, memory alone)" \
-        "$OUT/reader_far/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/reader_far" steps="$FAR_STEPS" save_every=25 init_from="$handover" "${GROWN[@]}" \
-        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "data.sources=[$far]"
-    far_reader=$OUT/reader_far/final
-fi
+alone_stage 13 reader_far "$handover" "$FAR_STEPS" facts_far "further back"
 stage "14. facts at 2K from memory alone: the reader of step 13" "$RESULTS/smollm2_fidelity_far_reader.json" \
-    read_alone "$HELD_OUT_FACTS" "$far_reader" smollm2_fidelity_far_reader uio
+    read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader uio
 stage "14. facts at 2K from memory alone: the hand-over reader" "$RESULTS/smollm2_fidelity_far_reader_near.json" \
     read_alone "$HELD_OUT_FACTS" "$handover" smollm2_fidelity_far_reader_near uio
-mid="{\"path\": \"$DATA/facts_mid.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
-    \"name\": \"facts_mid\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
 stage "15. data: facts 1-3 segments back, training wordings" "$DATA/facts_mid.jsonl" \
     $PY -m uio_ds make-fact-data --out "$DATA/facts_mid.jsonl" --tokenizer models/smollm2 --tokens 480 736 992 \
     --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
     --facts 1 1 --questions 1 1 --depth 0 0.45
-mid_reader=$MILESTONES/reader_mid
-if [[ ! -e $mid_reader/uio_config.json ]]; then
-    stage "15. a reader of facts 1-3 segments back from $handover ($MID_STEPS steps, memory alone)" \
-        "$OUT/reader_mid/final/uio_config.json" \
-        ds_train "$CONFIG" "$OUT/reader_mid" steps="$MID_STEPS" save_every=25 init_from="$handover" "${GROWN[@]}" \
-        uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 data.documents_per_step=4 \
-        "data.sources=[$mid]"
-    mid_reader=$OUT/reader_mid/final
-fi
+alone_stage 15 reader_mid "$handover" "$MID_STEPS" facts_mid "1-3 segments back" data.documents_per_step=4
 stage "16. facts 1-3 segments back: the reader of step 15" "$RESULTS/smollm2_fidelity_mid_reader.json" \
-    read_alone "$MID_FACTS" "$mid_reader" smollm2_fidelity_mid_reader uio
+    read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader uio
 stage "16. facts 1-3 segments back: the hand-over reader" "$RESULTS/smollm2_fidelity_mid_reader_near.json" \
     read_alone "$MID_FACTS" "$handover" smollm2_fidelity_mid_reader_near uio no_memory full
 stage "16. facts one segment back: the reader of step 15" "$RESULTS/smollm2_fidelity_near_reader_mid.json" \
-    read_alone "$NEAR_FACTS" "$mid_reader" smollm2_fidelity_near_reader_mid uio
+    read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_mid uio
 stage "16. facts at 2K from memory alone: the reader of step 15" "$RESULTS/smollm2_fidelity_far_reader_mid.json" \
-    read_alone "$HELD_OUT_FACTS" "$mid_reader" smollm2_fidelity_far_reader_mid uio
+    read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_mid uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
