@@ -7,7 +7,8 @@ per token of " key") is reported next to accuracy, a graded signal where accurac
 Results are broken down by template (its ``train`` or ``held_out`` split named), key kind,
 haystack, the asked fact's depth (thirds of the prompt) and length, so held-out wording and text
 are reported apart from what training saw. Each method's report also lists what it said, record
-by record (the key, its kind, whether it was right, and the answer's first line), to tell a near miss from noise.
+by record (the key, its kind, whether it was right, and the answer's first line), to tell a near
+miss from noise.
 """
 
 from __future__ import annotations
