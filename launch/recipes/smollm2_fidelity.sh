@@ -51,7 +51,11 @@
 #  15. a shorter way back: the reader of step 11 trained MID_STEPS steps on fact records of 480, 736
 #      and 992 tokens (the fact 1-3 segments before the question's), from memory alone;
 #  16. facts 1-3 segments back on the committed held-out records of 736 and 992 tokens, by the
-#      readers of steps 15 and 11, and the reader of step 15 one segment back and at 2K.
+#      readers of steps 15 and 11, and the reader of step 15 one segment back and at 2K;
+#  17. every distance up to 2K: the reader of step 15 trained SPAN_STEPS steps on fact records of
+#      480 to 1,984 tokens in 256-token steps (the fact 1-7 segments before the question's), 8 a
+#      step, from memory alone: the hand-over was learnt only at the distances it was trained on;
+#  18. its facts at 2K, 1-3 segments back and one segment back, read from memory alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -68,6 +72,7 @@ READER_STEPS=${READER_STEPS:-150}
 NEAR_STEPS=${NEAR_STEPS:-200}
 FAR_STEPS=${FAR_STEPS:-150}
 MID_STEPS=${MID_STEPS:-150}
+SPAN_STEPS=${SPAN_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -213,4 +218,15 @@ stage "16. facts one segment back: the reader of step 15" "$RESULTS/smollm2_fide
     read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_mid uio
 stage "16. facts at 2K from memory alone: the reader of step 15" "$RESULTS/smollm2_fidelity_far_reader_mid.json" \
     read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_mid uio
+stage "17. data: facts 1-7 segments back, training wordings" "$DATA/facts_span.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_span.jsonl" --tokenizer models/smollm2 \
+    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 0.45
+alone_stage 17 reader_span "$trained" "$SPAN_STEPS" facts_span "1-7 segments back" data.documents_per_step=4
+stage "18. facts at 2K from memory alone: the reader of step 17" "$RESULTS/smollm2_fidelity_far_reader_span.json" \
+    read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_span uio
+stage "18. facts 1-3 segments back: the reader of step 17" "$RESULTS/smollm2_fidelity_mid_reader_span.json" \
+    read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader_span uio
+stage "18. facts one segment back: the reader of step 17" "$RESULTS/smollm2_fidelity_near_reader_span.json" \
+    read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_span uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
