@@ -40,55 +40,57 @@ from summary_common import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MILESTONES = os.path.join(REPO, "release", "milestones")
-# stage -> (its parts' committed milestone, its run under --runs, its evaluation file, the stage it
-# continues or None: its steps are counted from the first of that lineage)
+FIDELITY = os.path.join(MILESTONES, "fidelity")
+# stage -> (its parts' committed milestone, its evaluation file, the stage it continues or None: its
+# steps are counted from the first of that lineage); a stage's run under --runs is named for it
 STAGES = {
-    "ae_warm": (os.path.join(MILESTONES, "levers", "ae_warm"), "ae_warm", "smollm2_levers_ae_warm_autoencode", None),
-    "ae_long": (os.path.join(MILESTONES, "fidelity", "ae_long"), "ae_long", "smollm2_fidelity_ae_long", "ae_warm"),
-    "ae_cycle2": (os.path.join(MILESTONES, "fidelity", "ae_cycle2"), "ae_cycle2", "smollm2_fidelity_ae_cycle2",
-                  "ae_long"),
-    "ae_wide": (os.path.join(MILESTONES, "fidelity", "ae_wide"), "ae_wide", "smollm2_fidelity_ae_wide", "ae_long"),
-    "ae_rank32": (os.path.join(MILESTONES, "fidelity", "ae_rank32"), "ae_rank32", "smollm2_fidelity_ae_rank32",
-                  "ae_long"),
-    "ae_ratio4": (os.path.join(MILESTONES, "fidelity", "ae_ratio4"), "ae_ratio4", "smollm2_fidelity_ae_ratio4",
-                  "ae_long"),
+    "ae_warm": (os.path.join(MILESTONES, "levers", "ae_warm"), "smollm2_levers_ae_warm_autoencode", None),
+    "ae_long": (os.path.join(FIDELITY, "ae_long"), "smollm2_fidelity_ae_long", "ae_warm"),
+    "ae_cycle2": (os.path.join(FIDELITY, "ae_cycle2"), "smollm2_fidelity_ae_cycle2", "ae_long"),
+    "ae_wide": (os.path.join(FIDELITY, "ae_wide"), "smollm2_fidelity_ae_wide", "ae_long"),
+    "ae_rank32": (os.path.join(FIDELITY, "ae_rank32"), "smollm2_fidelity_ae_rank32", "ae_long"),
+    "ae_ratio4": (os.path.join(FIDELITY, "ae_ratio4"), "smollm2_fidelity_ae_ratio4", "ae_long"),
 }
 GOAL_RATIO = 8
 GOAL_ROUGE_L = 0.9
-# the readers of facts: reader -> (its milestone, its run under --runs, the auto-encoder it starts
-# from, its evaluation files: its reading with memory, the same reading without (memory window 0))
+# the readers of facts: reader -> (its milestone, the parts it starts from, how it reads, its
+# evaluation files: its reading with memory and the same reading without (memory window 0); the
+# memory-alone readers' evaluations are the MEMORY_ALONE tests); a reader's run is named for it
+WINDOW, ALONE = "books by distillation, fact answers by both", "fact records alone, read from memory alone"
 READERS = {
-    "reader": (os.path.join(MILESTONES, "fidelity", "reader"), "reader", "ae_long",
+    "reader": (os.path.join(FIDELITY, "reader"), "ae_long", WINDOW,
                {"memory": "smollm2_fidelity_reader", "window": "smollm2_fidelity_reader_window"}),
-    "reader_ratio4": (os.path.join(MILESTONES, "fidelity", "reader_ratio4"), "reader_ratio4", "ae_ratio4",
+    "reader_ratio4": (os.path.join(FIDELITY, "reader_ratio4"), "ae_ratio4", WINDOW,
                       {"memory": "smollm2_fidelity_reader_ratio4", "window": "smollm2_fidelity_reader_ratio4_window"}),
+    "reader_near": (os.path.join(FIDELITY, "reader_near"), "ae_ratio4", ALONE, {}),
+    "reader_far": (os.path.join(FIDELITY, "reader_far"), "reader_near", ALONE, {}),
+    "reader_mid": (os.path.join(FIDELITY, "reader_mid"), "reader_near", ALONE, {}),
+    "reader_span": (os.path.join(FIDELITY, "reader_span"), "reader_mid", ALONE, {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts read from memory alone (no raw window, no sinks): test -> (what it reads, its rows: row ->
-# (evaluation file, method)), the readers trained for it (milestone, run, the parts it starts from)
+# (evaluation file, method))
 MEMORY_ALONE = {
     "near": ("short held-out records (480 tokens), the fact one segment back", {
         "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
         "ae_ratio4": ("smollm2_fidelity_near_ae_ratio4", "uio"),
         "reader_near": ("smollm2_fidelity_near_reader", "uio"),
         "reader_mid": ("smollm2_fidelity_near_reader_mid", "uio"),
+        "reader_span": ("smollm2_fidelity_near_reader_span", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}),
     "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
         "reader_near": ("smollm2_fidelity_mid_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_mid_reader", "uio"),
+        "reader_span": ("smollm2_fidelity_mid_reader_span", "uio"),
         "full attention": ("smollm2_fidelity_mid_reader_near", "full")}),
     "far": ("the 2K held-out records, every memory", {
         "no memory": ("smollm2_release_baselines", "no_memory"),
         "reader_near": ("smollm2_fidelity_far_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_far_reader_mid", "uio"),
         "reader_far": ("smollm2_fidelity_far_reader", "uio"),
+        "reader_span": ("smollm2_fidelity_far_reader_span", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}),
-}
-MEMORY_ALONE_READERS = {
-    "reader_near": (os.path.join(MILESTONES, "fidelity", "reader_near"), "reader_near", "ae_ratio4"),
-    "reader_far": (os.path.join(MILESTONES, "fidelity", "reader_far"), "reader_far", "reader_near"),
-    "reader_mid": (os.path.join(MILESTONES, "fidelity", "reader_mid"), "reader_mid", "reader_near"),
 }
 
 
@@ -108,9 +110,9 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                                          .get("stages_s"))
     if total is not None:
         out["total_s"] = total
-    for name, (milestone, run, evaluation, parent) in STAGES.items():
+    for name, (milestone, evaluation, parent) in STAGES.items():
         r = load_json(os.path.join(results, f"{evaluation}.json"))
-        metrics = _metrics_dir(milestone, os.path.join(runs, run))
+        metrics = _metrics_dir(milestone, os.path.join(runs, name))
         training = run_summary(metrics) if metrics else None
         if r is None and training is None:
             continue
@@ -122,9 +124,10 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                                "from": parent, "reconstruction": autoencode_entry(r) if r else None,
                                "cpu": r["machine"]["cpu"] if r else None}
     out["readers"] = {}
-    for name, (milestone, run, parent, evaluations) in READERS.items():
-        metrics = _metrics_dir(milestone, os.path.join(runs, run))
-        reader = {"from": parent, "training": {"metrics": metrics, **run_summary(metrics)} if metrics else None}
+    for name, (milestone, parent, reading, evaluations) in READERS.items():
+        metrics = _metrics_dir(milestone, os.path.join(runs, name))
+        reader = {"from": parent, "reading": reading,
+                  "training": {"metrics": metrics, **run_summary(metrics)} if metrics else None}
         for row, evaluation in evaluations.items():
             r = load_json(os.path.join(results, f"{evaluation}.json"))
             if r:
@@ -145,13 +148,8 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 cells = r["facts"]["methods"][method]["cells"]
                 found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"],
                               "by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}}
-        if any(row in found for row in MEMORY_ALONE_READERS):
+        if any(row in found for row in READERS):
             out["memory_alone"][test] = {"reads": what, "rows": found}
-    for name, (milestone, run, parent) in MEMORY_ALONE_READERS.items():
-        metrics = _metrics_dir(milestone, os.path.join(runs, run))
-        if metrics:
-            out["readers"][name] = {"from": parent, "training": {"metrics": metrics, **run_summary(metrics)},
-                                    "reading": "memory alone"}
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
                 if s["reconstruction"] and s["reconstruction"]["ratio"] == GOAL_RATIO), default=None)
     out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio {GOAL_RATIO}", "target": GOAL_ROUGE_L,
@@ -180,9 +178,7 @@ def print_summary(s: dict) -> None:
         t = reader["training"]
         if t:
             print(f"{name}: {t['steps']} steps from {reader['from']}, {t['seconds_per_step']:.1f} s a step, loss "
-                  f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} ("
-                  + ("fact records alone, read from memory alone)" if reader.get("reading") == "memory alone"
-                     else "books by distillation, fact answers by both)"))
+                  f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} ({reader['reading']})")
         for row in ("memory", "window"):
             if row in reader:
                 r = reader[row]

@@ -352,8 +352,6 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     # committed milestones come first; here every stage reads the runs under --runs
     mod.STAGES = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.STAGES.items()}
     mod.READERS = {name: (str(tmp_path / "no_milestone" / name), *rest) for name, (_, *rest) in mod.READERS.items()}
-    mod.MEMORY_ALONE_READERS = {name: (str(tmp_path / "no_milestone" / name), *rest)
-                                for name, (_, *rest) in mod.MEMORY_ALONE_READERS.items()}
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 1
     assert "make fidelity-recipe" in capsys.readouterr().err
     assert evaluate(common + ["--tasks", "autoencode", "--ae-segments", "3",
