@@ -165,19 +165,37 @@ def _grown_tensor(key: str, saved: torch.Tensor, initial: torch.Tensor) -> torch
     raise ValueError(f"shape mismatch for {key}: saved {tuple(saved.shape)}, model {tuple(initial.shape)}")
 
 
+@dataclass(frozen=True)
+class SavedParts:
+    """What ``check_trained_parts`` found in a directory of trained parts, for ``load_trained``."""
+
+    config: UIOConfig
+    """The UIO config they were saved with."""
+    meta: dict
+    """What was saved beside it (the base model's shape, the weights probe)."""
+    new: tuple[str, ...]
+    """Adapters of this model the parts were saved without: they keep their initial values."""
+    lora: dict[str, LoRAGrowth]
+    """Adapter name -> how this model's LoRA grows the saved one (with ``grow`` only)."""
+    mem_factor: int | None
+    """``<mem>`` rows this model gives each saved row (``memory_growth``, with ``grow`` only)."""
+
+
 def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adapters: tuple[str, ...] = (),
-                        grow: bool = False) -> None:
+                        grow: bool = False) -> SavedParts:
     """The checks of ``load_trained`` that need only ``uio_config.json``: the saved UIO config
     equals ``config`` (but for runtime options, ``new_adapters`` added now and, with ``grow``,
-    adapters grown by ``lora_growth``) and the parts were trained on a base model of this shape.
-    Raises ValueError / FileNotFoundError."""
+    adapters grown by ``lora_growth`` and a ratio lowered by ``memory_growth``) and the parts were
+    trained on a base model of this shape. Returns what was found; raises ValueError /
+    FileNotFoundError."""
     saved_config, meta = UIOConfig.load(directory)
     saved, here = saved_config.to_dict(), config.to_dict()
-    added = {f"{name}_lora" for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora")}
-    if grow:
-        added |= {k for k in ("encoder_lora", "transfer_lora", "decoder_lora") if lora_growth(saved[k], here[k])}
-        added |= {"compression_ratio"} if memory_growth(saved, here) else set()
-    differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in added)
+    new = tuple(name for name in new_adapters if saved.get(f"{name}_lora") is None and here.get(f"{name}_lora"))
+    lora = {name: g for name in ("encoder", "transfer", "decoder")
+            if grow and (g := lora_growth(saved[f"{name}_lora"], here[f"{name}_lora"])) is not None}
+    mem_factor = memory_growth(saved, here) if grow else None
+    allowed = {f"{name}_lora" for name in (*new, *lora)} | ({"compression_ratio"} if mem_factor else set())
+    differ = sorted(k for k in saved if k not in RUNTIME_OPTIONS and saved[k] != here[k] and k not in allowed)
     if differ:
         grows = ("; an adapter may grow: keep its target modules and dropout, add modules, raise the rank "
                  "with alpha / rank unchanged" if grow and any(k.endswith("_lora") for k in differ) else "")
@@ -189,6 +207,7 @@ def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adap
             f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r}){grows}"
         )
     check_fingerprint(meta, base_config, directory, getattr(base_config, "_name_or_path", "?"))
+    return SavedParts(saved_config, meta, new, lora, mem_factor)
 
 
 def check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
@@ -242,21 +261,18 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    check_trained_parts(directory, model.config, model.base.config, new_adapters, grow)
-    config, meta = UIOConfig.load(directory)
-    saved, here = config.to_dict(), model.config.to_dict()
-    added = [name for name in new_adapters if name in model.adapter_names and config.to_dict().get(f"{name}_lora") is None]
+    parts = check_trained_parts(directory, model.config, model.base.config, new_adapters, grow)
     if not allow_other_weights:
-        check_weights(meta.get("weights_probe"), model.base, directory)
+        check_weights(parts.meta.get("weights_probe"), model.base, directory)
     for name in model.adapter_names:
-        if name in added:
+        if name in parts.new:
             continue
         path = os.path.join(directory, name, "adapter_model.safetensors")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} is missing: {directory} is not a complete save_trained output")
         state = {k.removeprefix("base_model.model."): v for k, v in load_file(path).items()}
         expected = get_peft_model_state_dict(model.base, adapter_name=name)
-        growth = lora_growth(saved[f"{name}_lora"], here[f"{name}_lora"]) if grow else None
+        growth = parts.lora.get(name)
         if growth is not None:
             for key in set(expected) - set(state):  # the modules added now keep their initial values
                 if any(f".{target}." in key for target in growth.targets):
@@ -274,9 +290,8 @@ def load_trained(model, directory: str, new_adapters: tuple[str, ...] = (), allo
             raise ValueError(f"{path}: shape mismatch for {bad[:3]}")
         set_peft_model_state_dict(model.base, state, adapter_name=name)
     mem = load_file(os.path.join(directory, MEM_EMBEDDINGS_FILE))["mem_embeddings"]
-    factor = memory_growth(saved, here) if grow else None
-    if factor:
-        mem = mem.repeat_interleave(factor, dim=0)
+    if parts.mem_factor:
+        mem = mem.repeat_interleave(parts.mem_factor, dim=0)
     if mem.shape != model.mem_embeddings.shape:
         raise ValueError(f"saved <mem> embeddings have shape {tuple(mem.shape)}, expected {tuple(model.mem_embeddings.shape)}")
     with torch.no_grad():
