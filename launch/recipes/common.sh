@@ -56,3 +56,4 @@ ds_train() {
 HELD_OUT_FACTS=benchmarks/data/facts_held_out_2k.jsonl.gz
 NEAR_FACTS=benchmarks/data/facts_held_out_near.jsonl.gz
 MID_FACTS=benchmarks/data/facts_held_out_mid.jsonl.gz
+LONG_FACTS=benchmarks/data/facts_held_out_long.jsonl.gz

@@ -12,7 +12,8 @@ trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio
 ``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
 reading without); and facts read from memory alone, by readers trained to (``smollm2_fidelity_near_*``:
 one segment back on short held-out records; ``..._mid_*``: 1-3 segments back; ``..._far_*``: the
-2K held-out records), against no memory and full attention.
+2K held-out records; ``..._long_*``: the long held-out records at 4K and 8K), against no memory and
+full attention.
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
@@ -28,6 +29,7 @@ import os
 
 from summary_common import (
     autoencode_entry,
+    facts_by_length,
     facts_entry,
     later_perplexity,
     load_json,
@@ -91,7 +93,14 @@ MEMORY_ALONE = {
         "reader_far": ("smollm2_fidelity_far_reader", "uio"),
         "reader_span": ("smollm2_fidelity_far_reader_span", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}),
+    "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
+             "baselines read 4 sinks and 768 raw tokens", {
+        "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
+        "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
+        "reader_span": ("smollm2_fidelity_long_reader_span", "uio"),
+        "full attention": ("smollm2_release_long_facts_baselines", "full")}),
 }
+LONG_LENGTHS = ("4K", "8K")  # the lengths of the long records that the memory-alone reading reads
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -148,6 +157,8 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 cells = r["facts"]["methods"][method]["cells"]
                 found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"],
                               "by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}}
+                if test == "long":  # the baselines read 4K to 32K: compare the lengths read here
+                    found[row]["by_length"] = {n: v for n, v in facts_by_length(r, method).items() if n in LONG_LENGTHS}
         if any(row in found for row in READERS):
             out["memory_alone"][test] = {"reads": what, "rows": found}
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
@@ -193,7 +204,8 @@ def print_summary(s: dict) -> None:
         for row, f in test["rows"].items():
             depth = " / ".join(f"{f['by_depth'][d]:.2f}" if d in f["by_depth"] else "-" for d in DEPTHS)
             print(f"  {row:15s} exact {f['accuracy']:.2f}  answer loss {f['answer_loss']:.2f}  by depth {depth}  "
-                  f"(n={f['n']}, {f['cpu']})")
+                  f"(n={f['n']}, {f['cpu']})" + "".join(f"  {n}: {v['accuracy']:.2f} ({v['answer_loss']:.2f}, n={v['n']})"
+                                                         for n, v in f.get("by_length", {}).items()))
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")

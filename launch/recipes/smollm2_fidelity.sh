@@ -55,7 +55,9 @@
 #  17. every distance up to 2K: the reader of step 15 trained SPAN_STEPS steps on fact records of
 #      480 to 1,984 tokens in 256-token steps (the fact 1-7 segments before the question's), 8 a
 #      step, from memory alone: the hand-over was learnt only at the distances it was trained on;
-#  18. its facts at 2K, 1-3 segments back and one segment back, read from memory alone.
+#  18. its facts at 2K, 1-3 segments back and one segment back, read from memory alone;
+#  19. its facts at 4K and 8K (the first 32 records of the committed long held-out records, the fact
+#      in the first half of the prompt), read from every memory alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -185,7 +187,7 @@ alone_stage() {
         trained=$OUT/$name/final
     fi
 }
-read_alone() {  # read_alone RECORDS PARTS NAME METHODS...: facts read from every memory alone (no raw window, no sinks)
+read_alone() {  # read_alone RECORDS PARTS NAME METHODS [OPTIONS]: facts read from every memory alone (no raw window, no sinks)
     local records=$1 parts=$2 name=$3; shift 3
     $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$records" --recent-tokens 0 \
         --sink-tokens 0 --methods "$@" --out "$RESULTS" --name "$name"
@@ -229,4 +231,6 @@ stage "18. facts 1-3 segments back: the reader of step 17" "$RESULTS/smollm2_fid
     read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader_span uio
 stage "18. facts one segment back: the reader of step 17" "$RESULTS/smollm2_fidelity_near_reader_span.json" \
     read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_span uio
+stage "19. facts at 4K and 8K from memory alone: the reader of step 17" "$RESULTS/smollm2_fidelity_long_reader_span.json" \
+    read_alone "$LONG_FACTS" "$trained" smollm2_fidelity_long_reader_span uio --facts-max 32
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"

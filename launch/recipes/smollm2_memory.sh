@@ -68,7 +68,7 @@ stage "3. perplexity at 16K and 32K tokens" "$RESULTS/smollm2_release_long.json"
     evaluate smollm2_release_long perplexity "16384 32768" 32768 "${READING[@]}" --methods uio no_memory streaming
 stage "3. the same reading without memory at 16K and 32K" "$RESULTS/smollm2_release_long_window.json" \
     evaluate smollm2_release_long_window perplexity "16384 32768" 32768 "${WINDOW[@]}" --methods uio
-long_facts() { FACTS=benchmarks/data/facts_held_out_long.jsonl.gz evaluate "$@"; }
+long_facts() { FACTS=$LONG_FACTS evaluate "$@"; }
 stage "3. facts at 4K to 32K tokens: the memory" "$RESULTS/smollm2_release_long_facts.json" \
     long_facts smollm2_release_long_facts facts "4096" 32768 "${READING[@]}" --methods uio
 stage "3. facts at 4K to 32K tokens: StreamingLLM, no memory, full attention" \

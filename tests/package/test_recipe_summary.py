@@ -438,3 +438,15 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     out = capsys.readouterr().out
     assert "reader_near: 2 steps from ae_ratio4" in out and "fact records alone, read from memory alone" in out
     assert "facts from memory alone (no raw window, no sinks): short held-out records" in out
+    # the long records: only the lengths read from memory alone (4K, 8K) are compared, not the
+    # baselines' 16K and 32K
+    report = json.loads((results / "smollm2_fidelity_near_reader.json").read_text())
+    cells = report["facts"]["methods"]["uio"]["cells"]
+    for cell in [c for c in cells if c.startswith("length:")]:
+        del cells[cell]
+    cells["length:4K"], cells["length:16K"] = dict(cells["all"], n=2), dict(cells["all"], n=1)
+    (results / "smollm2_fidelity_long_reader_span.json").write_text(json.dumps(report))
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    long = json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"]["long"]["rows"]
+    assert list(long) == ["reader_span"] and list(long["reader_span"]["by_length"]) == ["4K"]
+    assert "4K: " in capsys.readouterr().out
