@@ -17,7 +17,7 @@ full attention.
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
-reconstruction by stage).
+reconstruction by stage; facts read from memory alone by how far back they lie, per reader).
 
     python launch/recipes/fidelity_summary.py
 """
@@ -100,6 +100,8 @@ MEMORY_ALONE = {
         "reader_span": ("smollm2_fidelity_long_reader_span", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}),
 }
+TEST_LABELS = {"near": "one segment back\n(480 tokens)", "mid": "1-3 segments back\n(736, 992 tokens)",
+               "far": "1-7 segments back\n(2K)", "long": "8-31 segments back\n(4K, 8K)"}
 LONG_LENGTHS = ("4K", "8K")  # the lengths of the long records that the memory-alone reading reads
 
 
@@ -214,7 +216,7 @@ def print_summary(s: dict) -> None:
 def plot(s: dict, results: str) -> str | None:
     if not s["stages"]:
         return None
-    fig, axes = subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = subplots(1, 3, figsize=(19, 4.5))
     ax = axes[0]
     for i, (name, st) in enumerate(s["stages"].items()):
         if st["metrics"]:
@@ -245,9 +247,32 @@ def plot(s: dict, results: str) -> str | None:
     ax.set_ylim(0, 1)
     ax.set_title("Reconstruction of 32 held-out segments")
     ax.legend(fontsize=7)
+    _plot_memory_alone(axes[2], s.get("memory_alone", {}))
     cpus = sorted({st["cpu"] for st in s["stages"].values() if st["cpu"]}) or ["CPU"]
     fig.suptitle(f"SmolLM2-135M fidelity recipe ({' / '.join(cpus)})", fontsize=10)
     return save_figure(fig, os.path.join(results, "smollm2_fidelity.png"))
+
+
+def _plot_memory_alone(ax, tests: dict) -> None:
+    """Facts read from memory alone: exact answers per test (how far back the fact lies), a bar per
+    reader, full attention's as a dashed line."""
+    readers = [r for r in READERS if any(r in t["rows"] for t in tests.values())]
+    if not readers:
+        ax.set_axis_off()
+        return
+    width = 0.8 / len(readers)
+    for j, reader in enumerate(readers):
+        xs = [i for i, t in enumerate(tests.values()) if reader in t["rows"]]
+        ax.bar([i - 0.4 + width * (j + 0.5) for i in xs], [list(tests.values())[i]["rows"][reader]["accuracy"] for i in xs],
+               width=width, color=f"C{j}", label=reader)
+    full = [(i, t["rows"]["full attention"]["accuracy"]) for i, t in enumerate(tests.values()) if "full attention" in t["rows"]]
+    for k, (i, accuracy) in enumerate(full):
+        ax.hlines(accuracy, i - 0.45, i + 0.45, colors="k", linestyles="--", label="full attention" if k == 0 else None)
+    ax.set_xticks(range(len(tests)), [TEST_LABELS.get(name, name) for name in tests], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("exact answers")
+    ax.set_title("Facts in held-out wording, read from memory alone")
+    ax.legend(fontsize=7)
 
 
 def main(argv=None) -> int:
