@@ -71,7 +71,8 @@ READERS = {
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts read from memory alone (no raw window, no sinks): test -> (what it reads, its rows: row ->
-# (evaluation file, method))
+# (evaluation file, method), the lengths compared by length or None: the long records' baselines read
+# 4K to 32K, the memory-alone reading 4K and 8K)
 MEMORY_ALONE = {
     "near": ("short held-out records (480 tokens), the fact one segment back", {
         "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
@@ -79,30 +80,29 @@ MEMORY_ALONE = {
         "reader_near": ("smollm2_fidelity_near_reader", "uio"),
         "reader_mid": ("smollm2_fidelity_near_reader_mid", "uio"),
         "reader_span": ("smollm2_fidelity_near_reader_span", "uio"),
-        "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}),
+        "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}, None),
     "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
         "reader_near": ("smollm2_fidelity_mid_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_mid_reader", "uio"),
         "reader_span": ("smollm2_fidelity_mid_reader_span", "uio"),
-        "full attention": ("smollm2_fidelity_mid_reader_near", "full")}),
+        "full attention": ("smollm2_fidelity_mid_reader_near", "full")}, None),
     "far": ("the 2K held-out records, every memory", {
         "no memory": ("smollm2_release_baselines", "no_memory"),
         "reader_near": ("smollm2_fidelity_far_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_far_reader_mid", "uio"),
         "reader_far": ("smollm2_fidelity_far_reader", "uio"),
         "reader_span": ("smollm2_fidelity_far_reader_span", "uio"),
-        "full attention": ("smollm2_release_baselines", "full")}),
+        "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
              "baselines read 4 sinks and 768 raw tokens", {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_span": ("smollm2_fidelity_long_reader_span", "uio"),
-        "full attention": ("smollm2_release_long_facts_baselines", "full")}),
+        "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
 }
 TEST_LABELS = {"near": "one segment back\n(480 tokens)", "mid": "1-3 segments back\n(736, 992 tokens)",
                "far": "1-7 segments back\n(2K)", "long": "8-31 segments back\n(4K, 8K)"}
-LONG_LENGTHS = ("4K", "8K")  # the lengths of the long records that the memory-alone reading reads
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -113,6 +113,12 @@ def _metrics_dir(milestone: str, run: str) -> str | None:
             inside = os.path.abspath(folder).startswith(REPO + os.sep)
             return os.path.relpath(os.path.abspath(folder), REPO) if inside else os.path.abspath(folder)
     return None
+
+
+def _by_depth(report: dict, method: str) -> dict:
+    """A method's exact answers by the depth of the fact (thirds of the prompt) in a facts report."""
+    cells = report["facts"]["methods"][method]["cells"]
+    return {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -142,25 +148,21 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         for row, evaluation in evaluations.items():
             r = load_json(os.path.join(results, f"{evaluation}.json"))
             if r:
-                cells = r["facts"]["methods"]["uio"]["cells"]
                 reader[row] = {"facts": facts_entry(r, "uio"), "perplexity": later_perplexity(r, "uio"),
-                               "facts_by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS
-                                                  if f"depth:{d}" in cells},
+                               "facts_by_depth": _by_depth(r, "uio"),
                                **{k: r["config"][k] for k in ("memory_window", "sink_tokens", "recent_tokens")},
                                "cpu": r["machine"]["cpu"]}
         if reader["training"] or any(row in reader for row in evaluations):
             out["readers"][name] = reader
     out["memory_alone"] = {}
-    for test, (what, rows) in MEMORY_ALONE.items():
+    for test, (what, rows, lengths) in MEMORY_ALONE.items():
         found = {}
         for row, (evaluation, method) in rows.items():
             r = load_json(os.path.join(results, f"{evaluation}.json"))
             if r and method in r.get("facts", {}).get("methods", {}):
-                cells = r["facts"]["methods"][method]["cells"]
-                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"],
-                              "by_depth": {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}}
-                if test == "long":  # the baselines read 4K to 32K: compare the lengths read here
-                    found[row]["by_length"] = {n: v for n, v in facts_by_length(r, method).items() if n in LONG_LENGTHS}
+                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method)}
+                if lengths:
+                    found[row]["by_length"] = {n: v for n, v in facts_by_length(r, method).items() if n in lengths}
         if any(row in found for row in READERS):
             out["memory_alone"][test] = {"reads": what, "rows": found}
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()

@@ -169,8 +169,6 @@ def _grown_tensor(key: str, saved: torch.Tensor, initial: torch.Tensor) -> torch
 class SavedParts:
     """What ``check_trained_parts`` found in a directory of trained parts, for ``load_trained``."""
 
-    config: UIOConfig
-    """The UIO config they were saved with."""
     meta: dict
     """What was saved beside it (the base model's shape, the weights probe)."""
     new: tuple[str, ...]
@@ -207,7 +205,7 @@ def check_trained_parts(directory: str, config: UIOConfig, base_config, new_adap
             f"UIOMemoryModel.from_pretrained(base_path, trained_path={directory!r}){grows}"
         )
     check_fingerprint(meta, base_config, directory, getattr(base_config, "_name_or_path", "?"))
-    return SavedParts(saved_config, meta, new, lora, mem_factor)
+    return SavedParts(meta, new, lora, mem_factor)
 
 
 def check_fingerprint(meta: dict, base_config, trained_path: str, base_path: str) -> None:
