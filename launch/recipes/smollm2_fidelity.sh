@@ -58,6 +58,10 @@
 #  18. its facts at 2K, 1-3 segments back and one segment back, read from memory alone;
 #  19. its facts at 4K and 8K (the first 32 records of the committed long held-out records, the fact
 #      in the first half of the prompt), read from every memory alone.
+#  20. more of step 17: its reader trained SPAN2_STEPS more steps on fresh fact records drawn as
+#      step 17's (another seed, so none was seen before), the learning rate back at 1e-3 with its
+#      cosine: step 17's loss was still falling when its rate had decayed;
+#  21. its facts at 2K, 4K and 8K, 1-3 segments back and one segment back, from memory alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -75,6 +79,7 @@ NEAR_STEPS=${NEAR_STEPS:-200}
 FAR_STEPS=${FAR_STEPS:-150}
 MID_STEPS=${MID_STEPS:-150}
 SPAN_STEPS=${SPAN_STEPS:-150}
+SPAN2_STEPS=${SPAN2_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -233,4 +238,19 @@ stage "18. facts one segment back: the reader of step 17" "$RESULTS/smollm2_fide
     read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_span uio
 stage "19. facts at 4K and 8K from memory alone: the reader of step 17" "$RESULTS/smollm2_fidelity_long_reader_span.json" \
     read_alone "$LONG_FACTS" "$trained" smollm2_fidelity_long_reader_span uio --facts-max 32
+stage "20. data: fresh facts 1-7 segments back, training wordings" "$DATA/facts_span2.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_span2.jsonl" --tokenizer models/smollm2 \
+    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 0.45 --seed 1
+alone_stage 20 reader_span2 "$trained" "$SPAN2_STEPS" facts_span2 "1-7 segments back, a second cycle" \
+    data.documents_per_step=4
+stage "21. facts at 2K from memory alone: the reader of step 20" "$RESULTS/smollm2_fidelity_far_reader_span2.json" \
+    read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_span2 uio
+stage "21. facts at 4K and 8K from memory alone: the reader of step 20" \
+    "$RESULTS/smollm2_fidelity_long_reader_span2.json" \
+    read_alone "$LONG_FACTS" "$trained" smollm2_fidelity_long_reader_span2 uio --facts-max 32
+stage "21. facts 1-3 segments back: the reader of step 20" "$RESULTS/smollm2_fidelity_mid_reader_span2.json" \
+    read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader_span2 uio
+stage "21. facts one segment back: the reader of step 20" "$RESULTS/smollm2_fidelity_near_reader_span2.json" \
+    read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_span2 uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
