@@ -204,15 +204,21 @@ def print_summary(s: dict) -> None:
                       f"(answer loss {f['answer_loss']:.2f}; by depth of the fact {depth})  "
                       + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
     for test in s.get("memory_alone", {}).values():
-        print(f"facts from memory alone (no raw window, no sinks): {test['reads']}")
+        print(f"facts from memory alone (no raw window, no sinks): {test['reads']}; exact answers, how much of the "
+              "key the answer spells (key match), the answer's loss")
         for row, f in test["rows"].items():
             depth = " / ".join(f"{f['by_depth'][d]:.2f}" if d in f["by_depth"] else "-" for d in DEPTHS)
-            print(f"  {row:15s} exact {f['accuracy']:.2f}  answer loss {f['answer_loss']:.2f}  by depth {depth}  "
-                  f"(n={f['n']}, {f['cpu']})" + "".join(f"  {n}: {v['accuracy']:.2f} ({v['answer_loss']:.2f}, n={v['n']})"
-                                                         for n, v in f.get("by_length", {}).items()))
+            print(f"  {row:15s} exact {f['accuracy']:.2f}  key match {_match(f['key_match'])}  answer loss "
+                  f"{f['answer_loss']:.2f}  by depth {depth}  (n={f['n']}, {f['cpu']})"
+                  + "".join(f"  {n}: {v['accuracy']:.2f} / {_match(v['key_match'])} ({v['answer_loss']:.2f}, n={v['n']})"
+                            for n, v in f.get("by_length", {}).items()))
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")
+
+
+def _match(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def plot(s: dict, results: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from uio_ds.eval.facts import key_match
+
 
 def load_json(path: str) -> dict | None:
     """The JSON object at ``path``, or None when the file does not exist (a stage not run)."""
@@ -70,10 +72,16 @@ def facts_entry(report: dict, method: str) -> dict | None:
     where the report has no facts task."""
     if "facts" not in report:
         return None
-    cells = report["facts"]["methods"][method]["cells"]
+    m = report["facts"]["methods"][method]
+    cells = m["cells"]
+    # reports from before the key match was scored have it from their record list (the first
+    # SAID_CHARS characters of each answer's first line, where the key stands when it is there)
+    match = cells["all"].get("key_match")
+    if match is None and m.get("said"):
+        match = sum(key_match(s["key"], s["said"]) for s in m["said"]) / len(m["said"])
     # the digest of the records (reports older than it have none): rows compare only on the same records
-    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "n": cells["all"]["n"],
-            "records_sha1": report["facts"].get("records_sha1")}
+    return {"accuracy": cells["all"]["accuracy"], "answer_loss": cells["all"]["answer_loss"], "key_match": match,
+            "n": cells["all"]["n"], "records_sha1": report["facts"].get("records_sha1")}
 
 
 def facts_by_length(report: dict | None, method: str) -> dict:
@@ -82,7 +90,8 @@ def facts_by_length(report: dict | None, method: str) -> dict:
     m = (report or {}).get("facts", {}).get("methods", {}).get(method)
     if m is None:
         return {}
-    return {cell.split(":", 1)[1]: {"accuracy": v["accuracy"], "answer_loss": v["answer_loss"], "n": v["n"]}
+    return {cell.split(":", 1)[1]: {"accuracy": v["accuracy"], "answer_loss": v["answer_loss"],
+                                    "key_match": v.get("key_match"), "n": v["n"]}
             for cell, v in m["cells"].items() if cell.startswith("length:")}
 
 

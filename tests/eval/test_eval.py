@@ -262,6 +262,12 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
         assert all("\n" not in s["said"] for s in m["said"])
         assert all(s["right"] == (s["key"] in s["said"]) for s in m["said"] if len(s["said"]) < 80)
         assert sum(s["right"] for s in m["said"]) == round(m["cells"]["all"]["accuracy"] * 8)
+        # the key match: 1 where the answer is right, its mean the cell's
+        assert all(s["key_match"] == 1 for s in m["said"] if s["right"])
+        assert all(0 <= s["key_match"] < 1 for s in m["said"] if not s["right"])
+        assert m["cells"]["all"]["key_match"] == pytest.approx(sum(s["key_match"] for s in m["said"]) / 8, abs=1e-3)
+        prompts = [len(tokenizer(r["prompt"])["input_ids"]) for r in records]
+        assert [s["tokens"] for s in m["said"]] == prompts
     # the same records gzip-compressed: the same digest and figures; other records: another digest
     with gzip.open(tmp_path / "facts.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(path.read_text())
@@ -320,6 +326,40 @@ def test_streaming_answer_reads_the_prompt_once(tiny_dirs):
                 want = F.cross_entropy(full.float(), answer[0], reduction="none").tolist()
                 assert losses == pytest.approx(want, rel=1e-4, abs=1e-4)
                 assert losses == pytest.approx(method.last_losses(torch.cat([prompt, answer], 1), n), rel=1e-4, abs=1e-4)
+
+
+def test_key_match_scores_how_much_of_the_key_the_answer_spells():
+    """Against a plain Levenshtein distance over every substring of the answer: the key is scored
+    in full, wherever it stands in the line."""
+    import itertools
+    import random
+
+    from uio_ds.eval.facts import key_match
+
+    def levenshtein(a, b):
+        row = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            new = [i]
+            for j, y in enumerate(b, 1):
+                new.append(min(row[j - 1] + (x != y), row[j] + 1, new[-1] + 1))
+            row = new
+        return row[-1]
+
+    def reference(key, line):
+        subs = {line[i:j] for i, j in itertools.combinations_with_replacement(range(len(line) + 1), 2)}
+        return 1 - min(levenshtein(key, s) for s in subs) / len(key)
+
+    assert key_match("4573013", "The code is 4573013.") == 1.0
+    assert key_match("4573013", "The code is 4573333.") == pytest.approx(5 / 7)  # two digits off
+    assert key_match("9695397", "9") == pytest.approx(1 / 7)  # not 1: the key is the needle
+    assert key_match("9695397", "") == 0.0 and key_match("abc", "xyz") == 0.0
+    rng = random.Random(0)
+    for _ in range(200):
+        key = "".join(rng.choices("0123ab", k=rng.randint(1, 7)))
+        line = "".join(rng.choices("0123ab -", k=rng.randint(0, 12)))
+        assert key_match(key, line) == pytest.approx(reference(key, line))
+    with pytest.raises(ValueError, match="non-empty key"):
+        key_match("", "x")
 
 
 def test_fact_prompts_are_grouped_by_the_nearest_power_of_two():

@@ -434,6 +434,19 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert list(near) == ["no memory", "ae_ratio4", "reader_near", "full attention"] and "far" not in s["memory_alone"]
     base = json.loads((results / "smollm2_fidelity_near_ae_ratio4.json").read_text())["facts"]["methods"]
     assert near["full attention"]["accuracy"] == base["full"]["cells"]["all"]["accuracy"] and near["reader_near"]["n"] == 3
+    assert near["full attention"]["key_match"] == base["full"]["cells"]["all"]["key_match"]
+    # a report from before the key match was scored: it is read from the answers listed
+    for method in base.values():
+        for cell in method["cells"].values():
+            del cell["key_match"]
+        for said in method["said"]:
+            said["key"], said["said"] = "1234", "it is 1294"  # 3 of 4
+    old = json.loads((results / "smollm2_fidelity_near_ae_ratio4.json").read_text())
+    (results / "smollm2_fidelity_near_ae_ratio4.json").write_text(json.dumps({**old, "facts": {**old["facts"],
+                                                                               "methods": base}}))
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    near = json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"]["near"]["rows"]
+    assert near["full attention"]["key_match"] == near["no memory"]["key_match"] == 0.75
     assert s["readers"]["reader_near"]["training"]["steps"] == 2 and s["readers"]["reader_near"]["from"] == "ae_ratio4"
     out = capsys.readouterr().out
     assert "reader_near: 2 steps from ae_ratio4" in out and "fact records alone, read from memory alone" in out
@@ -450,3 +463,4 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     long = json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"]["long"]["rows"]
     assert list(long) == ["reader_span"] and list(long["reader_span"]["by_length"]) == ["4K"]
     assert "4K: " in capsys.readouterr().out
+    assert long["reader_span"]["by_length"]["4K"]["key_match"] == cells["all"]["key_match"]

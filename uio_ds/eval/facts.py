@@ -3,12 +3,15 @@
 Records are those of ``uio-ds make-fact-data`` (``uio_ds.data.generators.facts``): a prompt holding one or
 more facts and ending with a question about one of them; ``answers[0]`` is its key. Each method
 answers greedily; an answer is right when its first line holds the key. The answer's loss (nats
-per token of " key") is reported next to accuracy, a graded signal where accuracy is still 0.
+per token of " key") is reported next to accuracy, a graded signal where accuracy is still 0, and
+so is the key's character match (``key_match``: how much of the key the answer's first line
+spells, 1 when it holds the key), which tells an answer that is off by a digit from one that is
+off altogether.
 Results are broken down by template (its ``train`` or ``held_out`` split named), key kind,
 haystack, the asked fact's depth (thirds of the prompt) and length, so held-out wording and text
 are reported apart from what training saw. Each method's report also lists what it said, record
-by record (the key, its kind, whether it was right, and the answer's first line), to tell a near
-miss from noise.
+by record (the key, its kind, the prompt's tokens, whether it was right, its key match, and the
+answer's first line), to tell a near miss from noise.
 """
 
 from __future__ import annotations
@@ -65,6 +68,29 @@ def _asked(record: dict) -> dict:
     return next(f for f in record["facts"] if f["key"] == key)
 
 
+def key_match(key: str, line: str) -> float:
+    """How much of ``key`` the stretch of ``line`` closest to it spells: 1 - (the fewest character
+    insertions, deletions and substitutions that turn some substring of ``line`` into ``key``) /
+    len(key). 1 when ``line`` holds the key; "4573333" for 4573013 scores 5/7; an empty line 0.
+
+    The key is the needle, scored in full: fuzzy "partial" ratios (rapidfuzz's ``partial_ratio``,
+    difflib's matching blocks) align the shorter string inside the longer, so a one-digit answer
+    would score 1 against a seven-digit key. Keys and first lines are short (under 100 characters),
+    so the quadratic dynamic programme costs nothing beside generation.
+    """
+    if not key:
+        raise ValueError("key_match needs a non-empty key")
+    # row[j]: the fewest edits turning some substring of line ending at j into the key's prefix;
+    # a substring may start anywhere (the first row is 0) and end anywhere (the last row's minimum)
+    row = [0] * (len(line) + 1)
+    for i, k in enumerate(key, 1):
+        new = [i]
+        for j, c in enumerate(line, 1):
+            new.append(min(row[j - 1] + (k != c), row[j] + 1, new[j - 1] + 1))
+        row = new
+    return 1.0 - min(row) / len(key)
+
+
 def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict], answer_tokens: int = 16,
                    max_tokens: int | None = None) -> dict:
     """Accuracy and answer loss per method, overall and per cell (see the module's docstring)."""
@@ -84,9 +110,11 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             first_line = text.strip().split("\n")[0]
             right = float(key in first_line)
+            match = key_match(key, first_line)
             loss = sum(losses) / len(losses)
             fact = _asked(record)
-            said.append({"key": key, "key_kind": fact["key_kind"], "right": bool(right), "said": first_line[:SAID_CHARS]})
+            said.append({"key": key, "key_kind": fact["key_kind"], "tokens": prompt.shape[1], "right": bool(right),
+                         "key_match": round(match, 4), "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
@@ -94,10 +122,12 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                          f"depth:{depth}", f"length:{length_bucket(prompt.shape[1])}"):
                 cells[cell]["right"].append(right)
                 cells[cell]["loss"].append(loss)
+                cells[cell]["match"].append(match)
         report[method.name] = {
             "skipped_too_long": skipped, "said": said,
             "cells": {name: {"n": len(v["right"]), "accuracy": sum(v["right"]) / len(v["right"]),
-                             "answer_loss": sum(v["loss"]) / len(v["loss"])} for name, v in sorted(cells.items())}}
+                             "answer_loss": sum(v["loss"]) / len(v["loss"]),
+                             "key_match": sum(v["match"]) / len(v["match"])} for name, v in sorted(cells.items())}}
     return {"records": len(records), "records_sha1": records_digest(records), "answer_tokens": answer_tokens,
             "methods": report}
 
