@@ -194,7 +194,7 @@ def print_summary(s: dict) -> None:
         if t:
             print(f"{name}: {t['steps']} steps from {reader['from']}, {t['seconds_per_step']:.1f} s a step, loss "
                   f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} ({reader['reading']})")
-        for row in ("memory", "window"):
+        for row in READERS[name][3]:  # its evaluations: with memory, and the same reading without
             if row in reader:
                 r = reader[row]
                 f, ppl = r["facts"], r["perplexity"]
