@@ -60,8 +60,13 @@
 #      in the first half of the prompt), read from every memory alone.
 #  20. more of step 17: its reader trained SPAN2_STEPS more steps on fresh fact records drawn as
 #      step 17's (another seed, so none was seen before), the learning rate back at 1e-3 with its
-#      cosine: step 17's loss was still falling when its rate had decayed;
-#  21. its facts at 2K, 4K and 8K, 1-3 segments back and one segment back, from memory alone.
+#      cosine: step 17's loss was still falling when its rate had decayed; and its facts at 2K;
+#  21. the same with exact gradients: every step so far kept a reservoir of S=2 memories
+#      (algorithm.window in the config), so the encoder of a fact's segment 5-7 segments back got
+#      its gradient in about 2 steps of 7 (scaled by up to 3.5 to stay unbiased), where the transfer
+#      head reading it got one every step; here S=8 holds every memory of a 2K record; and its
+#      facts at 2K, so steps 20 and 21 compare the window alone;
+#  22. the facts of both at 4K and 8K, 1-3 segments back and one segment back.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -79,7 +84,8 @@ NEAR_STEPS=${NEAR_STEPS:-200}
 FAR_STEPS=${FAR_STEPS:-150}
 MID_STEPS=${MID_STEPS:-150}
 SPAN_STEPS=${SPAN_STEPS:-150}
-SPAN2_STEPS=${SPAN2_STEPS:-150}
+SPAN2_STEPS=${SPAN2_STEPS:-75}
+EXACT_WINDOW=${EXACT_WINDOW:-8}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -242,15 +248,27 @@ stage "20. data: fresh facts 1-7 segments back, training wordings" "$DATA/facts_
     $PY -m uio_ds make-fact-data --out "$DATA/facts_span2.jsonl" --tokenizer models/smollm2 \
     --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
     --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 0.45 --seed 1
-alone_stage 20 reader_span2 "$trained" "$SPAN2_STEPS" facts_span2 "1-7 segments back, a second cycle" \
+span=$trained
+alone_stage 20 reader_span2 "$span" "$SPAN2_STEPS" facts_span2 "1-7 segments back, a second cycle" \
     data.documents_per_step=4
-stage "21. facts at 2K from memory alone: the reader of step 20" "$RESULTS/smollm2_fidelity_far_reader_span2.json" \
-    read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_span2 uio
-stage "21. facts at 4K and 8K from memory alone: the reader of step 20" \
-    "$RESULTS/smollm2_fidelity_long_reader_span2.json" \
-    read_alone "$LONG_FACTS" "$trained" smollm2_fidelity_long_reader_span2 uio --facts-max 32
-stage "21. facts 1-3 segments back: the reader of step 20" "$RESULTS/smollm2_fidelity_mid_reader_span2.json" \
-    read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader_span2 uio
-stage "21. facts one segment back: the reader of step 20" "$RESULTS/smollm2_fidelity_near_reader_span2.json" \
-    read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_span2 uio
+span2=$trained
+stage "20. facts at 2K from memory alone: the reader of step 20" "$RESULTS/smollm2_fidelity_far_reader_span2.json" \
+    read_alone "$HELD_OUT_FACTS" "$span2" smollm2_fidelity_far_reader_span2 uio
+alone_stage 21 reader_span_exact "$span" "$SPAN2_STEPS" facts_span2 \
+    "1-7 segments back, a second cycle with every memory's gradient (S=$EXACT_WINDOW)" data.documents_per_step=4 \
+    algorithm.window="$EXACT_WINDOW"
+exact=$trained
+stage "21. facts at 2K from memory alone: the reader of step 21" \
+    "$RESULTS/smollm2_fidelity_far_reader_span_exact.json" \
+    read_alone "$HELD_OUT_FACTS" "$exact" smollm2_fidelity_far_reader_span_exact uio
+for name in span2 span_exact; do
+    read=$span2
+    [[ $name == span_exact ]] && read=$exact
+    stage "22. facts at 4K and 8K from memory alone: reader_$name" "$RESULTS/smollm2_fidelity_long_reader_$name.json" \
+        read_alone "$LONG_FACTS" "$read" "smollm2_fidelity_long_reader_$name" uio --facts-max 32
+    stage "22. facts 1-3 segments back: reader_$name" "$RESULTS/smollm2_fidelity_mid_reader_$name.json" \
+        read_alone "$MID_FACTS" "$read" "smollm2_fidelity_mid_reader_$name" uio
+    stage "22. facts one segment back: reader_$name" "$RESULTS/smollm2_fidelity_near_reader_$name.json" \
+        read_alone "$NEAR_FACTS" "$read" "smollm2_fidelity_near_reader_$name" uio
+done
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
