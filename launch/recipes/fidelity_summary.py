@@ -68,6 +68,9 @@ READERS = {
     "reader_far": (os.path.join(FIDELITY, "reader_far"), "reader_near", ALONE, {}),
     "reader_mid": (os.path.join(FIDELITY, "reader_mid"), "reader_near", ALONE, {}),
     "reader_span": (os.path.join(FIDELITY, "reader_span"), "reader_mid", ALONE, {}),
+    "reader_span2": (os.path.join(FIDELITY, "reader_span2"), "reader_span", ALONE, {}),
+    "reader_span_exact": (os.path.join(FIDELITY, "reader_span_exact"), "reader_span",
+                          ALONE + ", every memory's encoder gradient (a window of 8)", {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts read from memory alone (no raw window, no sinks): test -> (what it reads, its rows: row ->
@@ -80,12 +83,16 @@ MEMORY_ALONE = {
         "reader_near": ("smollm2_fidelity_near_reader", "uio"),
         "reader_mid": ("smollm2_fidelity_near_reader_mid", "uio"),
         "reader_span": ("smollm2_fidelity_near_reader_span", "uio"),
+        "reader_span2": ("smollm2_fidelity_near_reader_span2", "uio"),
+        "reader_span_exact": ("smollm2_fidelity_near_reader_span_exact", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}, None),
     "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
         "reader_near": ("smollm2_fidelity_mid_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_mid_reader", "uio"),
         "reader_span": ("smollm2_fidelity_mid_reader_span", "uio"),
+        "reader_span2": ("smollm2_fidelity_mid_reader_span2", "uio"),
+        "reader_span_exact": ("smollm2_fidelity_mid_reader_span_exact", "uio"),
         "full attention": ("smollm2_fidelity_mid_reader_near", "full")}, None),
     "far": ("the 2K held-out records, every memory", {
         "no memory": ("smollm2_release_baselines", "no_memory"),
@@ -93,12 +100,16 @@ MEMORY_ALONE = {
         "reader_mid": ("smollm2_fidelity_far_reader_mid", "uio"),
         "reader_far": ("smollm2_fidelity_far_reader", "uio"),
         "reader_span": ("smollm2_fidelity_far_reader_span", "uio"),
+        "reader_span2": ("smollm2_fidelity_far_reader_span2", "uio"),
+        "reader_span_exact": ("smollm2_fidelity_far_reader_span_exact", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
              "baselines read 4 sinks and 768 raw tokens", {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_span": ("smollm2_fidelity_long_reader_span", "uio"),
+        "reader_span2": ("smollm2_fidelity_long_reader_span2", "uio"),
+        "reader_span_exact": ("smollm2_fidelity_long_reader_span_exact", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
 }
 TEST_LABELS = {"near": "one segment back\n(480 tokens)", "mid": "1-3 segments back\n(736, 992 tokens)",
@@ -208,7 +219,7 @@ def print_summary(s: dict) -> None:
               "key the answer spells (key match), the answer's loss")
         for row, f in test["rows"].items():
             depth = " / ".join(f"{f['by_depth'][d]:.2f}" if d in f["by_depth"] else "-" for d in DEPTHS)
-            print(f"  {row:15s} exact {f['accuracy']:.2f}  key match {_match(f['key_match'])}  answer loss "
+            print(f"  {row:17s} exact {f['accuracy']:.2f}  key match {_match(f['key_match'])}  answer loss "
                   f"{f['answer_loss']:.2f}  by depth {depth}  (n={f['n']}, {f['cpu']})"
                   + "".join(f"  {n}: {v['accuracy']:.2f} / {_match(v['key_match'])} ({v['answer_loss']:.2f}, n={v['n']})"
                             for n, v in f.get("by_length", {}).items()))
@@ -263,16 +274,21 @@ def plot(s: dict, results: str) -> str | None:
 
 def _plot_memory_alone(ax, tests: dict) -> None:
     """Facts read from memory alone: exact answers per test (how far back the fact lies), a bar per
-    reader, full attention's as a dashed line."""
+    reader with its key match as a dot, full attention's exact answers as a dashed line."""
     readers = [r for r in READERS if any(r in t["rows"] for t in tests.values())]
     if not readers:
         ax.set_axis_off()
         return
     width = 0.8 / len(readers)
+    rows = [t["rows"] for t in tests.values()]
     for j, reader in enumerate(readers):
-        xs = [i for i, t in enumerate(tests.values()) if reader in t["rows"]]
-        ax.bar([i - 0.4 + width * (j + 0.5) for i in xs], [list(tests.values())[i]["rows"][reader]["accuracy"] for i in xs],
-               width=width, color=f"C{j}", label=reader)
+        xs = [i for i, r in enumerate(rows) if reader in r]
+        at = [i - 0.4 + width * (j + 0.5) for i in xs]
+        ax.bar(at, [rows[i][reader]["accuracy"] for i in xs], width=width, color=f"C{j}", label=reader)
+        matched = [(x, rows[i][reader]["key_match"]) for x, i in zip(at, xs) if rows[i][reader]["key_match"] is not None]
+        if matched:
+            ax.plot(*zip(*matched), "o", ms=4, mfc=f"C{j}", mec="k", ls="none")
+    ax.plot([], [], "o", ms=4, mfc="w", mec="k", ls="none", label="key match (how much of the key the answer spells)")
     full = [(i, t["rows"]["full attention"]["accuracy"]) for i, t in enumerate(tests.values()) if "full attention" in t["rows"]]
     for k, (i, accuracy) in enumerate(full):
         ax.hlines(accuracy, i - 0.45, i + 0.45, colors="k", linestyles="--", label="full attention" if k == 0 else None)

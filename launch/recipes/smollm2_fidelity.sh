@@ -262,13 +262,13 @@ stage "21. facts at 2K from memory alone: the reader of step 21" \
     "$RESULTS/smollm2_fidelity_far_reader_span_exact.json" \
     read_alone "$HELD_OUT_FACTS" "$exact" smollm2_fidelity_far_reader_span_exact uio
 for name in span2 span_exact; do
-    read=$span2
-    [[ $name == span_exact ]] && read=$exact
+    reader_parts=$span2
+    [[ $name == span_exact ]] && reader_parts=$exact
     stage "22. facts at 4K and 8K from memory alone: reader_$name" "$RESULTS/smollm2_fidelity_long_reader_$name.json" \
-        read_alone "$LONG_FACTS" "$read" "smollm2_fidelity_long_reader_$name" uio --facts-max 32
+        read_alone "$LONG_FACTS" "$reader_parts" "smollm2_fidelity_long_reader_$name" uio --facts-max 32
     stage "22. facts 1-3 segments back: reader_$name" "$RESULTS/smollm2_fidelity_mid_reader_$name.json" \
-        read_alone "$MID_FACTS" "$read" "smollm2_fidelity_mid_reader_$name" uio
+        read_alone "$MID_FACTS" "$reader_parts" "smollm2_fidelity_mid_reader_$name" uio
     stage "22. facts one segment back: reader_$name" "$RESULTS/smollm2_fidelity_near_reader_$name.json" \
-        read_alone "$NEAR_FACTS" "$read" "smollm2_fidelity_near_reader_$name" uio
+        read_alone "$NEAR_FACTS" "$reader_parts" "smollm2_fidelity_near_reader_$name" uio
 done
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
