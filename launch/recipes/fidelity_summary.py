@@ -29,6 +29,7 @@ import os
 
 from summary_common import (
     autoencode_entry,
+    facts_by,
     facts_by_length,
     facts_entry,
     later_perplexity,
@@ -171,7 +172,8 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
         for row, (evaluation, method) in rows.items():
             r = load_json(os.path.join(results, f"{evaluation}.json"))
             if r and method in r.get("facts", {}).get("methods", {}):
-                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method)}
+                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method),
+                              "by_segments_back": dict(sorted(facts_by(r, method, "back").items(), key=lambda c: int(c[0])))}
                 if lengths:
                     found[row]["by_length"] = {n: v for n, v in facts_by_length(r, method).items() if n in lengths}
         if any(row in found for row in READERS):
@@ -223,6 +225,9 @@ def print_summary(s: dict) -> None:
                   f"{f['answer_loss']:.2f}  by depth {depth}  (n={f['n']}, {f['cpu']})"
                   + "".join(f"  {n}: {v['accuracy']:.2f} / {_match(v['key_match'])} ({v['answer_loss']:.2f}, n={v['n']})"
                             for n, v in f.get("by_length", {}).items()))
+            if f["by_segments_back"]:
+                print(f"  {'':17s} by segments back: " + "  ".join(
+                    f"{n}: {v['accuracy']:.2f} / {_match(v['key_match'])} (n={v['n']})" for n, v in f["by_segments_back"].items()))
     g = s["goal"]
     state = {True: "met", False: "MISSED", None: "not measured"}[g["met"]]
     print(f"goal [{state}] {g['goal']}: {g['value'] if g['value'] is None else round(g['value'], 3)}")

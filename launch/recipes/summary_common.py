@@ -87,12 +87,19 @@ def facts_entry(report: dict, method: str) -> dict | None:
 def facts_by_length(report: dict | None, method: str) -> dict:
     """One method's fact retrieval per prompt length ("4K", "8K", ...: the report's length cells),
     empty where the report is missing or did not run the method."""
+    return facts_by(report, method, "length")
+
+
+def facts_by(report: dict | None, method: str, kind: str) -> dict:
+    """One method's fact retrieval per cell of one kind (``length``: "4K", "8K", ...; ``back``:
+    segments before the question's, "0", "1", ...), empty where the report is missing, did not run
+    the method or has no such cells."""
     m = (report or {}).get("facts", {}).get("methods", {}).get(method)
     if m is None:
         return {}
     return {cell.split(":", 1)[1]: {"accuracy": v["accuracy"], "answer_loss": v["answer_loss"],
                                     "key_match": v.get("key_match"), "n": v["n"]}
-            for cell, v in m["cells"].items() if cell.startswith("length:")}
+            for cell, v in m["cells"].items() if cell.startswith(f"{kind}:")}
 
 
 def autoencode_entry(report: dict) -> dict:

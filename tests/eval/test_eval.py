@@ -268,6 +268,15 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
         assert m["cells"]["all"]["key_match"] == pytest.approx(sum(s["key_match"] for s in m["said"]) / 8, abs=1e-3)
         prompts = [len(tokenizer(r["prompt"])["input_ids"]) for r in records]
         assert [s["tokens"] for s in m["said"]] == prompts
+        # how many 32-token segments before the question's the key lies: against the token that
+        # holds the key's first character, found from the tokenizer's offsets
+        for s, r, n in zip(m["said"], records, prompts):
+            at = r["prompt"].find(s["key"])
+            offsets = tokenizer(r["prompt"], return_offsets_mapping=True)["offset_mapping"]
+            token = next(i for i, (a, b) in enumerate(offsets) if b > at)
+            assert s["back"] == (n - 1) // 32 - token // 32
+        assert sum(c["n"] for name, c in m["cells"].items() if name.startswith("back:")) == 8
+    assert report["segment_length"] == 32
     # the same records gzip-compressed: the same digest and figures; other records: another digest
     with gzip.open(tmp_path / "facts.jsonl.gz", "wt", encoding="utf-8") as f:
         f.write(path.read_text())

@@ -279,7 +279,7 @@ def test_memory_summary_reads_the_release_reading_beside_its_window(tiny_dirs, t
     assert s["facts"]["full"]["records_sha1"] == s["facts"]["uio"]["records_sha1"] and s["facts_same_records"]
     cells = read("smollm2_release_long_facts_baselines")["facts"]["methods"]["streaming"]["cells"]
     assert s["facts_by_length"]["streaming"] == {
-        c.split(":")[1]: {k: v[k] for k in ("accuracy", "answer_loss", "n")} for c, v in cells.items()
+        c.split(":")[1]: {k: v[k] for k in ("accuracy", "answer_loss", "key_match", "n")} for c, v in cells.items()
         if c.startswith("length:")}
     assert sum(v["n"] for v in s["facts_by_length"]["uio"].values()) == 4 and s["facts_by_length"]["full"] == {}
     assert s["facts_by_length_records"] == read("smollm2_release_long_facts")["facts"]["records_sha1"]
@@ -435,6 +435,9 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     base = json.loads((results / "smollm2_fidelity_near_ae_ratio4.json").read_text())["facts"]["methods"]
     assert near["full attention"]["accuracy"] == base["full"]["cells"]["all"]["accuracy"] and near["reader_near"]["n"] == 3
     assert near["full attention"]["key_match"] == base["full"]["cells"]["all"]["key_match"]
+    backs = {c.split(":")[1]: v["n"] for c, v in base["full"]["cells"].items() if c.startswith("back:")}
+    assert backs and {n: v["n"] for n, v in near["full attention"]["by_segments_back"].items()} == backs
+    assert list(near["full attention"]["by_segments_back"]) == sorted(backs, key=int)
     # a report from before the key match was scored: it is read from the answers listed
     for method in base.values():
         for cell in method["cells"].values():

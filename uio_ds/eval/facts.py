@@ -8,8 +8,10 @@ so is the key's character match (``key_match``: how much of the key the answer's
 spells, 1 when it holds the key), which tells an answer that is off by a digit from one that is
 off altogether.
 Results are broken down by template (its ``train`` or ``held_out`` split named), key kind,
-haystack, the asked fact's depth (thirds of the prompt) and length, so held-out wording and text
-are reported apart from what training saw. Each method's report also lists what it said, record
+haystack, the asked fact's depth (thirds of the prompt), length and, given the memory's segment
+length, how many segments before the question's the fact lies (``back:0`` is the question's own
+segment, read without memory), so held-out wording and text are reported apart from what
+training saw. Each method's report also lists what it said, record
 by record (the key, its kind, the prompt's tokens, whether it was right, its key match, and the
 answer's first line), to tell a near miss from noise.
 """
@@ -91,9 +93,21 @@ def key_match(key: str, line: str) -> float:
     return 1.0 - min(row) / len(key)
 
 
+def segments_back(tokenizer, prompt: str, key: str, prompt_tokens: int, segment_length: int) -> int | None:
+    """How many segments of ``segment_length`` tokens lie between the one holding ``key``'s first
+    occurrence in ``prompt`` and the prompt's last (0: the same segment); None where the prompt
+    does not hold the key."""
+    at = prompt.find(key)
+    if at < 0:
+        return None
+    before = len(tokenizer(prompt[:at])["input_ids"])  # the token where the key starts, give or take one
+    return (prompt_tokens - 1) // segment_length - min(before, prompt_tokens - 1) // segment_length
+
+
 def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict], answer_tokens: int = 16,
-                   max_tokens: int | None = None) -> dict:
-    """Accuracy and answer loss per method, overall and per cell (see the module's docstring)."""
+                   max_tokens: int | None = None, segment_length: int | None = None) -> dict:
+    """Accuracy, answer loss and key match per method, overall and per cell (see the module's
+    docstring); ``segment_length``: the memory's, for the cells of how far back the fact lies."""
     report = {}
     for method in methods:
         cells: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -117,9 +131,14 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                          "key_match": round(match, 4), "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
+            back = (segments_back(tokenizer, record["prompt"], key, prompt.shape[1], segment_length)
+                    if segment_length else None)
+            if back is not None:
+                said[-1]["back"] = back
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
                          f"key_kind:{fact['key_kind']}", f"haystack:{record.get('haystack', '?')}",
-                         f"depth:{depth}", f"length:{length_bucket(prompt.shape[1])}"):
+                         f"depth:{depth}", f"length:{length_bucket(prompt.shape[1])}",
+                         *((f"back:{back}",) if back is not None else ())):
                 cells[cell]["right"].append(right)
                 cells[cell]["loss"].append(loss)
                 cells[cell]["match"].append(match)
@@ -129,7 +148,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                              "answer_loss": sum(v["loss"]) / len(v["loss"]),
                              "key_match": sum(v["match"]) / len(v["match"])} for name, v in sorted(cells.items())}}
     return {"records": len(records), "records_sha1": records_digest(records), "answer_tokens": answer_tokens,
-            "methods": report}
+            "segment_length": segment_length, "methods": report}
 
 
 def length_bucket(tokens: int) -> str:

@@ -242,7 +242,7 @@ def _run_task(task: str, args, model, tokenizer, methods, docs, names, records) 
     if task == "facts":
         from uio_ds.eval.facts import evaluate_facts
 
-        return evaluate_facts(methods, tokenizer, records["facts"])
+        return evaluate_facts(methods, tokenizer, records["facts"], segment_length=model.segment_length)
     from uio_ds.eval.longbench import evaluate_longbench
 
     return evaluate_longbench(methods, tokenizer, records["longbench"], chat=args.longbench_chat,
