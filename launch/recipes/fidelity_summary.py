@@ -298,10 +298,11 @@ def _plot_memory_alone(ax, tests: dict) -> None:
     for k, (i, accuracy) in enumerate(full):
         ax.hlines(accuracy, i - 0.45, i + 0.45, colors="k", linestyles="--", label="full attention" if k == 0 else None)
     ax.set_xticks(range(len(tests)), [TEST_LABELS.get(name, name) for name in tests], fontsize=8)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.3)  # the legend above the dots
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("exact answers")
     ax.set_title("Facts in held-out wording, read from memory alone")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=3, loc="upper center")
 
 
 def main(argv=None) -> int:
