@@ -11,8 +11,8 @@ Results are broken down by template (its ``train`` or ``held_out`` split named),
 haystack, the asked fact's depth (thirds of the prompt), length and, given the memory's segment
 length, how many segments before the question's the fact lies (``back:0`` is the question's own
 segment, read without memory), so held-out wording and text are reported apart from what
-training saw. Each method's report also lists what it said, record
-by record (the key, its kind, the prompt's tokens, whether it was right, its key match, and the
+training saw. Each method's report also lists what it said, record by record (the key, its kind,
+the prompt's tokens, whether it was right, its key match, how far back the fact lies, and the
 answer's first line), to tell a near miss from noise.
 """
 
