@@ -109,11 +109,14 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
     """Accuracy, answer loss and key match per method, overall and per cell (see the module's
     docstring); ``segment_length``: the memory's, for the cells of how far back the fact lies."""
     report = {}
+    # how far back each record's fact lies: a property of the record, found once for every method
+    backs = [segments_back(tokenizer, r["prompt"], r["answers"][0], len(tokenizer(r["prompt"])["input_ids"]),
+                           segment_length) if segment_length else None for r in records]
     for method in methods:
         cells: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         skipped = 0
         said = []
-        for record in tqdm(records, desc=f"facts {method.name}", leave=False):
+        for record, back in zip(tqdm(records, desc=f"facts {method.name}", leave=False), backs):
             prompt = tokenizer(record["prompt"], return_tensors="pt")["input_ids"]
             if method.max_tokens is not None and prompt.shape[1] + answer_tokens > method.max_tokens:
                 skipped += 1
@@ -131,8 +134,6 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                          "key_match": round(match, 4), "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
-            back = (segments_back(tokenizer, record["prompt"], key, prompt.shape[1], segment_length)
-                    if segment_length else None)
             if back is not None:
                 said[-1]["back"] = back
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
