@@ -66,7 +66,13 @@
 #      its gradient in about 2 steps of 7 (scaled by up to 3.5 to stay unbiased), where the transfer
 #      head reading it got one every step; here S=8 holds every memory of a 2K record; and its
 #      facts at 2K, so steps 20 and 21 compare the window alone;
-#  22. the facts of both at 4K and 8K, 1-3 segments back and one segment back.
+#  22. the facts of both at 4K and 8K, 1-3 segments back and one segment back;
+#  23. facts at every depth: every record so far put its fact in the first 45% of the text, so never
+#      in the question's own segment, and no reader answered such a fact (its memory overrode the
+#      text beside the question, which the decoder alone reads); the reader of step 20 trained
+#      DEPTH_STEPS steps on fresh records drawn as step 20's with the fact anywhere (depth 0-1,
+#      another seed); its facts at 2K (the cells by segments back), 1-3 and one segment back, and at
+#      4K and 8K.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -86,6 +92,7 @@ MID_STEPS=${MID_STEPS:-150}
 SPAN_STEPS=${SPAN_STEPS:-150}
 SPAN2_STEPS=${SPAN2_STEPS:-75}
 EXACT_WINDOW=${EXACT_WINDOW:-8}
+DEPTH_STEPS=${DEPTH_STEPS:-150}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -271,4 +278,18 @@ for name in span2 span_exact; do
     stage "22. facts one segment back: reader_$name" "$RESULTS/smollm2_fidelity_near_reader_$name.json" \
         read_alone "$NEAR_FACTS" "$reader_parts" "smollm2_fidelity_near_reader_$name" uio
 done
+stage "23. data: fresh facts anywhere in 480-1,984 tokens, training wordings" "$DATA/facts_depth.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_depth.jsonl" --tokenizer models/smollm2 \
+    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 1 --seed 2
+alone_stage 23 reader_depth "$span2" "$DEPTH_STEPS" facts_depth "at every depth" data.documents_per_step=4
+depth=$trained
+stage "23. facts at 2K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_far_reader_depth.json" \
+    read_alone "$HELD_OUT_FACTS" "$depth" smollm2_fidelity_far_reader_depth uio
+stage "23. facts one segment back: reader_depth" "$RESULTS/smollm2_fidelity_near_reader_depth.json" \
+    read_alone "$NEAR_FACTS" "$depth" smollm2_fidelity_near_reader_depth uio
+stage "23. facts 1-3 segments back: reader_depth" "$RESULTS/smollm2_fidelity_mid_reader_depth.json" \
+    read_alone "$MID_FACTS" "$depth" smollm2_fidelity_mid_reader_depth uio
+stage "23. facts at 4K and 8K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_long_reader_depth.json" \
+    read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_long_reader_depth uio --facts-max 32
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
