@@ -295,6 +295,37 @@ def test_facts_task_reports_held_out_wording_apart(tiny_dirs, tmp_path, capsys):
     assert re.search(r"error: .*bad.jsonl:1: a fact record needs prompt, answers and facts", capsys.readouterr().err)
 
 
+def test_facts_lengths_selects_records_by_their_length_cell(tiny_dirs, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from uio_ds.data.generators.facts import write_fact_jsonl
+    from uio_ds.eval.facts import length_bucket
+    from uio_ds.eval.run import main
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs["llama"])
+    path = tmp_path / "facts.jsonl"
+    write_fact_jsonl(str(path), 12, tokenizer, [120, 240], ["story"], facts=(1, 1), seed=3, log=lambda _: None)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    short = [r["answers"][0] for r in records if length_bucket(r["tokens"]) == "128"]
+    assert 0 < len(short) < 12
+    base = ["--model", tiny_dirs["llama"], "--segment-length", "32", "--tasks", "facts", "--methods", "full",
+            "--out", str(tmp_path), "--facts", str(path)]
+    assert main(base + ["--facts-lengths", "128", "--name", "short"]) == 0
+    said = json.loads((tmp_path / "short.json").read_text())["facts"]["methods"]["full"]["said"]
+    assert [s["key"] for s in said] == short  # those records only, in file order
+    assert main(base + ["--facts-lengths", "128", "--facts-max", "1", "--name", "one"]) == 0
+    said = json.loads((tmp_path / "one.json").read_text())["facts"]["methods"]["full"]["said"]
+    assert [s["key"] for s in said] == short[:1]
+    capsys.readouterr()
+    assert main(base + ["--facts-lengths", "4096"]) == 2
+    assert re.search(r"error: .*facts.jsonl holds no fact record of 4K tokens \(it holds (128, 256|256, 128)\)",
+                     capsys.readouterr().err)
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "tokens"}) + "\n" for r in records))
+    assert main(base[:-1] + [str(bare), "--facts-lengths", "128"]) == 2
+    assert "record 1 has no 'tokens' count" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("recent", [0, 16])
 def test_uio_answer_reads_the_prompt_once_and_equals_greedy_and_answer_loss(tiny_dirs, recent):
     """The facts task's one reading of a prompt gives what ``greedy`` and ``last_losses`` give

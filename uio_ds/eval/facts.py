@@ -56,6 +56,26 @@ def load_fact_records(path: str) -> list[dict]:
     return records
 
 
+def records_of_lengths(records: Sequence[dict], lengths: Sequence[int], path: str) -> list[dict]:
+    """The records whose length (their ``tokens``, prompt and completion, written by ``uio-ds
+    make-fact-data``) has the nearest power of two of one of ``lengths``, as the report's length
+    cells do, in file order; none there, or a record without ``tokens``: refused, naming what the
+    file holds."""
+    wanted = {length_bucket(n) for n in lengths}
+    held = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record.get("tokens"), int):
+            raise ValueError(f"{path}: record {number} has no 'tokens' count, so --facts-lengths cannot select "
+                             "it: write the records with uio-ds make-fact-data, or leave --facts-lengths out")
+        held.append(length_bucket(record["tokens"]))
+    chosen = [r for r, cell in zip(records, held) if cell in wanted]
+    if not chosen:
+        have = ", ".join(sorted(set(held), key=held.index))
+        raise ValueError(f"{path} holds no fact record of {', '.join(sorted(wanted))} tokens (it holds {have}): "
+                         "pass one of those to --facts-lengths")
+    return chosen
+
+
 def records_digest(records: Sequence[dict]) -> str:
     """A short digest of the records' content: reports on the same records carry the same one.
     (Generated records depend on the machine where their haystack does: the ``licenses`` haystack

@@ -55,7 +55,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--longbench", default=None, help="LongBench jsonl file (THUDM/LongBench records, any datasets)")
     p.add_argument("--facts", default=None,
                    help="fact records (uio-ds make-fact-data; e.g. held-out wording over a held-out haystack)")
-    p.add_argument("--facts-max", type=int, default=None, help="evaluate the first N fact records only")
+    p.add_argument("--facts-lengths", type=int, nargs="+", default=None, metavar="TOKENS",
+                   help="evaluate only the fact records of these lengths, each matched as the report's length "
+                        "cells are, by the nearest power of two (e.g. 16384 selects 16,381-token records)")
+    p.add_argument("--facts-max", type=int, default=None,
+                   help="evaluate the first N fact records only (of --facts-lengths' where given)")
     p.add_argument("--longbench-chat", action="store_true",
                    help="wrap LongBench prompts in the tokenizer's chat template (as LongBench does for chat models)")
     p.add_argument("--longbench-max-new-tokens", type=int, default=None,
@@ -174,9 +178,12 @@ def _records(args) -> dict:
     """The records of the fact and LongBench tasks: a bad record stops the run before the model loads."""
     out = {}
     if "facts" in args.tasks:
-        from uio_ds.eval.facts import load_fact_records
+        from uio_ds.eval.facts import load_fact_records, records_of_lengths
 
-        out["facts"] = load_fact_records(args.facts)[: args.facts_max]
+        records = load_fact_records(args.facts)
+        if args.facts_lengths:
+            records = records_of_lengths(records, args.facts_lengths, args.facts)
+        out["facts"] = records[: args.facts_max]
     if "longbench" in args.tasks:
         from uio_ds.eval.longbench import load_records
 
