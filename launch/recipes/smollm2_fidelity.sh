@@ -72,7 +72,10 @@
 #      text beside the question, which the decoder alone reads); the reader of step 20 trained
 #      DEPTH_STEPS steps on fresh records drawn as step 20's with the fact anywhere (depth 0-1,
 #      another seed); its facts at 2K (the cells by segments back), 1-3 and one segment back, and at
-#      4K and 8K.
+#      4K and 8K;
+#  24. the goal's reading: the facts of step 23's reader at 4K, 8K and 16K read with 4 sinks and 768
+#      raw tokens before each segment beside every memory (it was trained on memory alone), next to
+#      the same sinks and raw tokens without memory; and from memory alone at 16K.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -205,10 +208,14 @@ alone_stage() {
         trained=$OUT/$name/final
     fi
 }
-read_alone() {  # read_alone RECORDS PARTS NAME METHODS [OPTIONS]: facts read from every memory alone (no raw window, no sinks)
-    local records=$1 parts=$2 name=$3; shift 3
-    $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$records" --recent-tokens 0 \
-        --sink-tokens 0 --methods "$@" --out "$RESULTS" --name "$name"
+read_on() {  # read_on RECORDS PARTS NAME "METHODS" OPTIONS...: the facts of RECORDS read by PARTS, the reading in OPTIONS
+    local records=$1 parts=$2 name=$3 methods=$4; shift 4
+    # shellcheck disable=SC2086  # METHODS is a list of words
+    $PY launch/eval.py --model models/smollm2 --uio "$parts" --tasks facts --facts "$records" --methods $methods \
+        --out "$RESULTS" --name "$name" "$@"
+}
+read_alone() {  # read_alone RECORDS PARTS NAME "METHODS" [OPTIONS...]: facts read from every memory alone (no raw window, no sinks)
+    read_on "$@" --recent-tokens 0 --sink-tokens 0
 }
 stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.jsonl" \
     $PY -m uio_ds make-fact-data --out "$DATA/facts_near.jsonl" --tokenizer models/smollm2 --tokens 480 \
@@ -217,7 +224,7 @@ stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.js
 alone_stage 11 reader_near "$ratio" "$NEAR_STEPS" facts_near "one segment back" data.documents_per_step=4
 handover=$trained
 stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fidelity_near_ae_ratio$LOW_RATIO.json" \
-    read_alone "$NEAR_FACTS" "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" uio no_memory full
+    read_alone "$NEAR_FACTS" "$ratio" "smollm2_fidelity_near_ae_ratio$LOW_RATIO" "uio no_memory full"
 stage "12. facts one segment back: the hand-over reader" "$RESULTS/smollm2_fidelity_near_reader.json" \
     read_alone "$NEAR_FACTS" "$handover" smollm2_fidelity_near_reader uio
 alone_stage 13 reader_far "$handover" "$FAR_STEPS" facts_far "further back"
@@ -233,7 +240,7 @@ alone_stage 15 reader_mid "$handover" "$MID_STEPS" facts_mid "1-3 segments back"
 stage "16. facts 1-3 segments back: the reader of step 15" "$RESULTS/smollm2_fidelity_mid_reader.json" \
     read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader uio
 stage "16. facts 1-3 segments back: the hand-over reader" "$RESULTS/smollm2_fidelity_mid_reader_near.json" \
-    read_alone "$MID_FACTS" "$handover" smollm2_fidelity_mid_reader_near uio no_memory full
+    read_alone "$MID_FACTS" "$handover" smollm2_fidelity_mid_reader_near "uio no_memory full"
 stage "16. facts one segment back: the reader of step 15" "$RESULTS/smollm2_fidelity_near_reader_mid.json" \
     read_alone "$NEAR_FACTS" "$trained" smollm2_fidelity_near_reader_mid uio
 stage "16. facts at 2K from memory alone: the reader of step 15" "$RESULTS/smollm2_fidelity_far_reader_mid.json" \
@@ -292,4 +299,15 @@ stage "23. facts 1-3 segments back: reader_depth" "$RESULTS/smollm2_fidelity_mid
     read_alone "$MID_FACTS" "$depth" smollm2_fidelity_mid_reader_depth uio
 stage "23. facts at 4K and 8K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_long_reader_depth.json" \
     read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_long_reader_depth uio --facts-max 32
+SINKS_WINDOW=(--sink-tokens 4 --recent-tokens 768)
+stage "24. facts at 4K-16K with sinks and a raw window: reader_depth" \
+    "$RESULTS/smollm2_fidelity_long_window_reader_depth.json" \
+    read_on "$LONG_FACTS" "$depth" smollm2_fidelity_long_window_reader_depth uio "${SINKS_WINDOW[@]}" \
+    --facts-lengths 4096 8192 16384
+stage "24. facts at 16K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_16k_reader_depth.json" \
+    read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_16k_reader_depth uio --facts-lengths 16384
+stage "24. facts at 4K-16K with sinks and a raw window, no memory" \
+    "$RESULTS/smollm2_fidelity_long_window_no_memory.json" \
+    read_on "$LONG_FACTS" "$depth" smollm2_fidelity_long_window_no_memory uio "${SINKS_WINDOW[@]}" \
+    --memory-window 0 --facts-lengths 4096 8192 16384
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
