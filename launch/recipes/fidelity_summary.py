@@ -72,13 +72,17 @@ READERS = {
     "reader_span2": (os.path.join(FIDELITY, "reader_span2"), "reader_span", ALONE, {}),
     "reader_span_exact": (os.path.join(FIDELITY, "reader_span_exact"), "reader_span",
                           ALONE + ", every memory's encoder gradient (a window of 8)", {}),
+    "reader_depth": (os.path.join(FIDELITY, "reader_depth"), "reader_span2", ALONE + ", the fact at any depth", {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
-# facts read from memory alone (no raw window, no sinks): test -> (what it reads, its rows: row ->
-# (evaluation file, method), the lengths compared by length or None: the long records' baselines read
-# 4K to 32K, the memory-alone reading 4K and 8K)
-MEMORY_ALONE = {
-    "near": ("short held-out records (480 tokens), the fact one segment back", {
+# facts in held-out wording: test -> (what it reads, how, its rows: row -> (evaluation file, method),
+# the lengths compared or None: a row's figures are then those of these lengths alone, and a row
+# with none of them is left out: the long records' baselines read 4K to 32K, the memory alone 4K
+# and 8K, or 16K)
+ALONE_READING = "memory alone (no raw window, no sinks)"
+GOAL_READING = "4 sinks, 768 raw tokens and every memory (the goal's reading)"
+FACT_TESTS = {
+    "near": ("short held-out records (480 tokens), the fact one segment back", ALONE_READING, {
         "no memory": ("smollm2_fidelity_near_ae_ratio4", "no_memory"),
         "ae_ratio4": ("smollm2_fidelity_near_ae_ratio4", "uio"),
         "reader_near": ("smollm2_fidelity_near_reader", "uio"),
@@ -86,16 +90,18 @@ MEMORY_ALONE = {
         "reader_span": ("smollm2_fidelity_near_reader_span", "uio"),
         "reader_span2": ("smollm2_fidelity_near_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_near_reader_span_exact", "uio"),
+        "reader_depth": ("smollm2_fidelity_near_reader_depth", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}, None),
-    "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", {
+    "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", ALONE_READING, {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
         "reader_near": ("smollm2_fidelity_mid_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_mid_reader", "uio"),
         "reader_span": ("smollm2_fidelity_mid_reader_span", "uio"),
         "reader_span2": ("smollm2_fidelity_mid_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_mid_reader_span_exact", "uio"),
+        "reader_depth": ("smollm2_fidelity_mid_reader_depth", "uio"),
         "full attention": ("smollm2_fidelity_mid_reader_near", "full")}, None),
-    "far": ("the 2K held-out records, every memory", {
+    "far": ("the 2K held-out records, every memory", ALONE_READING, {
         "no memory": ("smollm2_release_baselines", "no_memory"),
         "reader_near": ("smollm2_fidelity_far_reader_near", "uio"),
         "reader_mid": ("smollm2_fidelity_far_reader_mid", "uio"),
@@ -103,18 +109,31 @@ MEMORY_ALONE = {
         "reader_span": ("smollm2_fidelity_far_reader_span", "uio"),
         "reader_span2": ("smollm2_fidelity_far_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_far_reader_span_exact", "uio"),
+        "reader_depth": ("smollm2_fidelity_far_reader_depth", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
-             "baselines read 4 sinks and 768 raw tokens", {
+             "baselines read 4 sinks and 768 raw tokens", ALONE_READING, {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_span": ("smollm2_fidelity_long_reader_span", "uio"),
         "reader_span2": ("smollm2_fidelity_long_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_long_reader_span_exact", "uio"),
+        "reader_depth": ("smollm2_fidelity_long_reader_depth", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
+    "16K": ("the long held-out records at 16K, every memory; the baselines read 4 sinks and 768 raw tokens",
+            ALONE_READING, {
+        "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
+        "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
+        "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio")}, ("16K",)),
+    "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
+        "sinks and raw tokens, no memory": ("smollm2_fidelity_long_window_no_memory", "uio"),
+        "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
+        "reader_depth": ("smollm2_fidelity_long_window_reader_depth", "uio"),
+        "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K", "16K")),
 }
 TEST_LABELS = {"near": "one segment back\n(480 tokens)", "mid": "1-3 segments back\n(736, 992 tokens)",
-               "far": "1-7 segments back\n(2K)", "long": "8-31 segments back\n(4K, 8K)"}
+               "far": "1-7 segments back\n(2K)", "long": "8-31 segments back\n(4K, 8K)",
+               "16K": "32-63 segments back\n(16K)", "goal": "4K-16K, 4 sinks and\n768 raw tokens too"}
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -131,6 +150,17 @@ def _by_depth(report: dict, method: str) -> dict:
     """A method's exact answers by the depth of the fact (thirds of the prompt) in a facts report."""
     cells = report["facts"]["methods"][method]["cells"]
     return {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}
+
+
+def _pooled(cells) -> dict:
+    """The figures of several cells taken together (means weighted by their records)."""
+    cells = list(cells)
+    n = sum(c["n"] for c in cells)
+    pooled = {"n": n}
+    for key in ("accuracy", "answer_loss", "key_match"):
+        values = [(c.get(key), c["n"]) for c in cells]
+        pooled[key] = None if any(v is None for v, _ in values) else sum(v * k for v, k in values) / n
+    return pooled
 
 
 def summarize(results: str, runs: str, times: str | None) -> dict:
@@ -166,18 +196,27 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                                "cpu": r["machine"]["cpu"]}
         if reader["training"] or any(row in reader for row in evaluations):
             out["readers"][name] = reader
-    out["memory_alone"] = {}
-    for test, (what, rows, lengths) in MEMORY_ALONE.items():
+    out["fact_tests"] = {}
+    for test, (what, reading, rows, lengths) in FACT_TESTS.items():
         found = {}
         for row, (evaluation, method) in rows.items():
             r = load_json(os.path.join(results, f"{evaluation}.json"))
-            if r and method in r.get("facts", {}).get("methods", {}):
-                found[row] = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method),
-                              "by_segments_back": dict(sorted(facts_by(r, method, "back").items(), key=lambda c: int(c[0])))}
-                if lengths:
-                    found[row]["by_length"] = {n: v for n, v in facts_by_length(r, method).items() if n in lengths}
+            if not (r and method in r.get("facts", {}).get("methods", {})):
+                continue
+            entry = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method),
+                     "by_segments_back": dict(sorted(facts_by(r, method, "back").items(), key=lambda c: int(c[0])))}
+            if lengths:
+                by_length = facts_by_length(r, method)
+                entry["by_length"] = {n: by_length[n] for n in lengths if n in by_length}
+                if not entry["by_length"]:
+                    continue
+                pooled = _pooled(entry["by_length"].values())
+                if pooled["key_match"] is None and pooled["n"] == entry["n"]:  # an old report's, from its answers
+                    pooled["key_match"] = entry["key_match"]
+                entry.update(pooled)
+            found[row] = entry
         if any(row in found for row in READERS):
-            out["memory_alone"][test] = {"reads": what, "rows": found}
+            out["fact_tests"][test] = {"reads": what, "reading": reading, "rows": found}
     best = max((s["reconstruction"]["rouge_l"] for s in out["stages"].values()
                 if s["reconstruction"] and s["reconstruction"]["ratio"] == GOAL_RATIO), default=None)
     out["goal"] = {"goal": f"auto-encoding: ROUGE-L at least {GOAL_ROUGE_L} at ratio {GOAL_RATIO}", "target": GOAL_ROUGE_L,
@@ -216,8 +255,8 @@ def print_summary(s: dict) -> None:
                       f"facts at 2K {f['accuracy']:.2f} "
                       f"(answer loss {f['answer_loss']:.2f}; by depth of the fact {depth})  "
                       + "  ".join(f"@{n} {v:.2f}" for n, v in ppl.items()))
-    for test in s.get("memory_alone", {}).values():
-        print(f"facts from memory alone (no raw window, no sinks): {test['reads']}; exact answers, how much of the "
+    for test in s.get("fact_tests", {}).values():
+        print(f"facts read from {test['reading']}: {test['reads']}; exact answers, how much of the "
               "key the answer spells (key match), the answer's loss")
         for row, f in test["rows"].items():
             depth = " / ".join(f"{f['by_depth'][d]:.2f}" if d in f["by_depth"] else "-" for d in DEPTHS)
@@ -271,14 +310,14 @@ def plot(s: dict, results: str) -> str | None:
     ax.set_ylim(0, 1)
     ax.set_title("Reconstruction of 32 held-out segments")
     ax.legend(fontsize=7)
-    _plot_memory_alone(axes[2], s.get("memory_alone", {}))
+    _plot_facts(axes[2], s.get("fact_tests", {}))
     cpus = sorted({st["cpu"] for st in s["stages"].values() if st["cpu"]}) or ["CPU"]
     fig.suptitle(f"SmolLM2-135M fidelity recipe ({' / '.join(cpus)})", fontsize=10)
     return save_figure(fig, os.path.join(results, "smollm2_fidelity.png"))
 
 
-def _plot_memory_alone(ax, tests: dict) -> None:
-    """Facts read from memory alone: exact answers per test (how far back the fact lies), a bar per
+def _plot_facts(ax, tests: dict) -> None:
+    """Facts per test (how far back the fact lies, and how it is read): exact answers, a bar per
     reader with its key match as a dot, full attention's exact answers as a dashed line."""
     readers = [r for r in READERS if any(r in t["rows"] for t in tests.values())]
     if not readers:
@@ -301,7 +340,7 @@ def _plot_memory_alone(ax, tests: dict) -> None:
     ax.set_ylim(0, 1.3)  # the legend above the dots
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("exact answers")
-    ax.set_title("Facts in held-out wording, read from memory alone")
+    ax.set_title("Facts in held-out wording, read from memory alone unless named")
     ax.legend(fontsize=7, ncol=3, loc="upper center")
 
 

@@ -425,13 +425,13 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert evaluate(common + alone + ["--methods", "uio", "no_memory", "full",
                                       "--name", "smollm2_fidelity_near_ae_ratio4"]) == 0
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
-    assert json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"] == {}  # no reader yet
+    assert json.loads((results / "smollm2_fidelity.json").read_text())["fact_tests"] == {}  # no reader yet
     assert evaluate(common + alone + ["--methods", "uio", "--name", "smollm2_fidelity_near_reader"]) == 0
     _write_metrics(runs / "reader_near", [4.0, 2.0], seconds=3.0, tokens=16)
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     s = json.loads((results / "smollm2_fidelity.json").read_text())
-    near = s["memory_alone"]["near"]["rows"]
-    assert list(near) == ["no memory", "ae_ratio4", "reader_near", "full attention"] and "far" not in s["memory_alone"]
+    near = s["fact_tests"]["near"]["rows"]
+    assert list(near) == ["no memory", "ae_ratio4", "reader_near", "full attention"] and "far" not in s["fact_tests"]
     base = json.loads((results / "smollm2_fidelity_near_ae_ratio4.json").read_text())["facts"]["methods"]
     assert near["full attention"]["accuracy"] == base["full"]["cells"]["all"]["accuracy"] and near["reader_near"]["n"] == 3
     assert near["full attention"]["key_match"] == base["full"]["cells"]["all"]["key_match"]
@@ -448,12 +448,12 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     (results / "smollm2_fidelity_near_ae_ratio4.json").write_text(json.dumps({**old, "facts": {**old["facts"],
                                                                                "methods": base}}))
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
-    near = json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"]["near"]["rows"]
+    near = json.loads((results / "smollm2_fidelity.json").read_text())["fact_tests"]["near"]["rows"]
     assert near["full attention"]["key_match"] == near["no memory"]["key_match"] == 0.75
     assert s["readers"]["reader_near"]["training"]["steps"] == 2 and s["readers"]["reader_near"]["from"] == "ae_ratio4"
     out = capsys.readouterr().out
     assert "reader_near: 2 steps from ae_ratio4" in out and "fact records alone, read from memory alone" in out
-    assert "facts from memory alone (no raw window, no sinks): short held-out records" in out
+    assert "facts read from memory alone (no raw window, no sinks): short held-out records" in out
     # the long records: only the lengths read from memory alone (4K, 8K) are compared, not the
     # baselines' 16K and 32K
     report = json.loads((results / "smollm2_fidelity_near_reader.json").read_text())
@@ -463,7 +463,21 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     cells["length:4K"], cells["length:16K"] = dict(cells["all"], n=2), dict(cells["all"], n=1)
     (results / "smollm2_fidelity_long_reader_span.json").write_text(json.dumps(report))
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
-    long = json.loads((results / "smollm2_fidelity.json").read_text())["memory_alone"]["long"]["rows"]
+    long = json.loads((results / "smollm2_fidelity.json").read_text())["fact_tests"]["long"]["rows"]
     assert list(long) == ["reader_span"] and list(long["reader_span"]["by_length"]) == ["4K"]
     assert "4K: " in capsys.readouterr().out
     assert long["reader_span"]["by_length"]["4K"]["key_match"] == cells["all"]["key_match"]
+    # a row's figures are those of the test's lengths alone: 2 of the report's 3 records here
+    assert long["reader_span"]["n"] == 2 and long["reader_span"]["accuracy"] == cells["all"]["accuracy"]
+    # 16K from memory alone: only the 16K record; the goal's reading (sinks and raw tokens too): 4K and 16K
+    (results / "smollm2_fidelity_16k_reader_depth.json").write_text(json.dumps(report))
+    cells["length:8K"] = dict(cells["all"], n=1, accuracy=1.0, key_match=1.0, answer_loss=0.0)
+    (results / "smollm2_fidelity_long_window_reader_depth.json").write_text(json.dumps(report))
+    assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
+    tests = json.loads((results / "smollm2_fidelity.json").read_text())["fact_tests"]
+    assert tests["16K"]["rows"]["reader_depth"]["n"] == 1 and list(tests["16K"]["rows"]["reader_depth"]["by_length"]) == ["16K"]
+    goal = tests["goal"]["rows"]["reader_depth"]
+    assert goal["n"] == 4 and sorted(goal["by_length"]) == ["16K", "4K", "8K"]
+    assert goal["accuracy"] == pytest.approx((3 * cells["all"]["accuracy"] + 1.0) / 4)
+    assert "4 sinks, 768 raw tokens and every memory" in tests["goal"]["reading"]
+    assert "facts read from 4 sinks, 768 raw tokens and every memory" in capsys.readouterr().out
