@@ -126,7 +126,6 @@ FACT_TESTS = {
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio")}, ("16K",)),
     "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
-        "sinks and raw tokens, no memory": ("smollm2_fidelity_long_window_no_memory", "uio"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_depth": ("smollm2_fidelity_long_window_reader_depth", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K", "16K")),
