@@ -73,6 +73,8 @@ READERS = {
     "reader_span_exact": (os.path.join(FIDELITY, "reader_span_exact"), "reader_span",
                           ALONE + ", every memory's encoder gradient (a window of 8)", {}),
     "reader_depth": (os.path.join(FIDELITY, "reader_depth"), "reader_span2", ALONE + ", the fact at any depth", {}),
+    "reader_multi": (os.path.join(FIDELITY, "reader_multi"), "reader_depth",
+                     ALONE + ", 2-4 facts a record asked, every memory's encoder gradient (a window of 8)", {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts in held-out wording: test -> (what it reads, how, its rows: row -> (evaluation file, method),
@@ -91,6 +93,7 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_near_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_near_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_near_reader_depth", "uio"),
+        "reader_multi": ("smollm2_fidelity_near_reader_multi", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}, None),
     "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", ALONE_READING, {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
@@ -100,6 +103,7 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_mid_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_mid_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_mid_reader_depth", "uio"),
+        "reader_multi": ("smollm2_fidelity_mid_reader_multi", "uio"),
         "full attention": ("smollm2_fidelity_mid_reader_near", "full")}, None),
     "far": ("the 2K held-out records, every memory", ALONE_READING, {
         "no memory": ("smollm2_release_baselines", "no_memory"),
@@ -110,6 +114,7 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_far_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_far_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_far_reader_depth", "uio"),
+        "reader_multi": ("smollm2_fidelity_far_reader_multi", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
              "baselines read 4 sinks and 768 raw tokens", ALONE_READING, {
@@ -119,6 +124,7 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_long_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_long_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_long_reader_depth", "uio"),
+        "reader_multi": ("smollm2_fidelity_long_reader_multi", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
     "16K": ("the long held-out records at 16K, every memory; the baselines read 4 sinks and 768 raw tokens",
             ALONE_READING, {

@@ -76,7 +76,13 @@
 #  24. the goal's reading: the facts of step 23's reader at 4K, 8K and 16K read with 4 sinks and 768
 #      raw tokens before each segment beside every memory (it was trained on memory alone; without
 #      memory that reading is StreamingLLM's, which the release's baselines read: the fact lies in the
-#      first half of the prompt, beyond the raw tokens); and from memory alone at 16K.
+#      first half of the prompt, beyond the raw tokens); and from memory alone at 16K;
+#  25. several facts a record, exact gradients: fresh records drawn as step 23's but with 2-4 facts
+#      anywhere and questions about 2-4 of them (the answers after the first scored as the first
+#      is), so each record teaches 2-4 answers among facts that are not asked, and a window of
+#      EXACT_WINDOW memories (step 22: 1-3 segments back exact gradients answered 0.64 where the
+#      reservoir of 2 answered 0.46); step 23's reader trained MULTI_STEPS steps; its facts at 2K,
+#      one and 1-3 segments back, and at 4K and 8K.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -97,6 +103,7 @@ SPAN_STEPS=${SPAN_STEPS:-150}
 SPAN2_STEPS=${SPAN2_STEPS:-75}
 EXACT_WINDOW=${EXACT_WINDOW:-8}
 DEPTH_STEPS=${DEPTH_STEPS:-150}
+MULTI_STEPS=${MULTI_STEPS:-75}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -307,4 +314,20 @@ stage "24. facts at 4K-16K with sinks and a raw window: reader_depth" \
     --facts-lengths 4096 8192 16384
 stage "24. facts at 16K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_16k_reader_depth.json" \
     read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_16k_reader_depth uio --facts-lengths 16384
+stage "25. data: fresh records of 2-4 facts anywhere in 480-1,984 tokens, 2-4 asked" "$DATA/facts_multi.jsonl" \
+    $PY -m uio_ds make-fact-data --out "$DATA/facts_multi.jsonl" --tokenizer models/smollm2 \
+    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
+    --haystacks books story code --templates train --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
+alone_stage 25 reader_multi "$depth" "$MULTI_STEPS" facts_multi \
+    "2-4 to a record, with every memory's gradient (S=$EXACT_WINDOW)" data.documents_per_step=4 \
+    algorithm.window="$EXACT_WINDOW"
+multi=$trained
+stage "25. facts at 2K from memory alone: reader_multi" "$RESULTS/smollm2_fidelity_far_reader_multi.json" \
+    read_alone "$HELD_OUT_FACTS" "$multi" smollm2_fidelity_far_reader_multi uio
+stage "25. facts 1-3 segments back: reader_multi" "$RESULTS/smollm2_fidelity_mid_reader_multi.json" \
+    read_alone "$MID_FACTS" "$multi" smollm2_fidelity_mid_reader_multi uio
+stage "25. facts one segment back: reader_multi" "$RESULTS/smollm2_fidelity_near_reader_multi.json" \
+    read_alone "$NEAR_FACTS" "$multi" smollm2_fidelity_near_reader_multi uio
+stage "25. facts at 4K and 8K from memory alone: reader_multi" "$RESULTS/smollm2_fidelity_long_reader_multi.json" \
+    read_alone "$LONG_FACTS" "$multi" smollm2_fidelity_long_reader_multi uio --facts-max 32
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
