@@ -136,9 +136,8 @@ FACT_TESTS = {
         "reader_depth": ("smollm2_fidelity_long_window_reader_depth", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K", "16K")),
 }
-TEST_LABELS = {"near": "one segment back\n(480 tokens)", "mid": "1-3 segments back\n(736, 992 tokens)",
-               "far": "1-7 segments back\n(2K)", "long": "8-31 segments back\n(4K, 8K)",
-               "16K": "32-63 segments back\n(16K)", "goal": "4K-16K, 4 sinks and\n768 raw tokens too"}
+TEST_LABELS = {"near": "1 back\n(480 tokens)", "mid": "1-3 back\n(736, 992)", "far": "0-7 back\n(2K)",
+               "long": "8-31 back\n(4K, 8K)", "16K": "32-63 back\n(16K)", "goal": "4K-16K with\n4 sinks and\n768 raw tokens"}
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
@@ -284,7 +283,7 @@ def _match(value: float | None) -> str:
 def plot(s: dict, results: str) -> str | None:
     if not s["stages"]:
         return None
-    fig, axes = subplots(1, 3, figsize=(19, 4.5))
+    fig, axes = subplots(1, 3, figsize=(21, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     ax = axes[0]
     for i, (name, st) in enumerate(s["stages"].items()):
         if st["metrics"]:
@@ -345,7 +344,7 @@ def _plot_facts(ax, tests: dict) -> None:
     ax.set_ylim(0, 1.3)  # the legend above the dots
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("exact answers")
-    ax.set_title("Facts in held-out wording, read from memory alone unless named")
+    ax.set_title("Facts in held-out wording, read from memory alone unless named (segments back)")
     ax.legend(fontsize=7, ncol=3, loc="upper center")
 
 
