@@ -130,10 +130,16 @@ stage "2. reconstruction: after auto-encoding" "$RESULTS/smollm2_fidelity_ae_lon
 
 DATA=$OUT/data
 mkdir -p "$DATA"
+# fact_data NAME OPTIONS...: FACT_TRAIN_DOCS training records $DATA/NAME.jsonl, the training wordings
+# over the training books, stories and code; OPTIONS give the lengths, facts, questions, depths, seed
+fact_data() {
+    local name=$1; shift
+    $PY -m uio_ds make-fact-data --out "$DATA/$name.jsonl" --tokenizer models/smollm2 --documents "$FACT_TRAIN_DOCS" \
+        --corpus data/kjv --haystacks books story code --templates train "$@"
+}
+SPAN_TOKENS=(480 736 992 1248 1504 1760 1984)  # 1-7 segments before the question's
 stage "3. data: facts beyond the window, training wordings" "$DATA/facts_far.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_far.jsonl" --tokenizer models/smollm2 --tokens 1984 \
-    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
-    --facts 1 1 --questions 1 1 --depth 0 0.45
+    fact_data facts_far --tokens 1984 --facts 1 1 --questions 1 1 --depth 0 0.45
 books='{"path": "data/kjv", "split": "train", "name": "kjv", "weight": '"$BOOK_WEIGHT"'}'
 facts="{\"path\": \"$DATA/facts_far.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
     \"name\": \"facts_far\", \"weight\": $FACT_WEIGHT, \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
@@ -226,9 +232,7 @@ read_alone() {  # read_alone RECORDS PARTS NAME "METHODS" [OPTIONS...]: facts re
     read_on "$@" --recent-tokens 0 --sink-tokens 0
 }
 stage "11. data: facts one segment back, training wordings" "$DATA/facts_near.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_near.jsonl" --tokenizer models/smollm2 --tokens 480 \
-    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
-    --facts 1 1 --questions 1 1 --depth 0 0.45
+    fact_data facts_near --tokens 480 --facts 1 1 --questions 1 1 --depth 0 0.45
 alone_stage 11 reader_near "$ratio" "$NEAR_STEPS" facts_near "one segment back" data.documents_per_step=4
 handover=$trained
 stage "12. facts one segment back: the parts of step 8" "$RESULTS/smollm2_fidelity_near_ae_ratio$LOW_RATIO.json" \
@@ -241,9 +245,7 @@ stage "14. facts at 2K from memory alone: the reader of step 13" "$RESULTS/smoll
 stage "14. facts at 2K from memory alone: the hand-over reader" "$RESULTS/smollm2_fidelity_far_reader_near.json" \
     read_alone "$HELD_OUT_FACTS" "$handover" smollm2_fidelity_far_reader_near uio
 stage "15. data: facts 1-3 segments back, training wordings" "$DATA/facts_mid.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_mid.jsonl" --tokenizer models/smollm2 --tokens 480 736 992 \
-    --documents "$FACT_TRAIN_DOCS" --corpus data/kjv --haystacks books story code --templates train \
-    --facts 1 1 --questions 1 1 --depth 0 0.45
+    fact_data facts_mid --tokens 480 736 992 --facts 1 1 --questions 1 1 --depth 0 0.45
 alone_stage 15 reader_mid "$handover" "$MID_STEPS" facts_mid "1-3 segments back" data.documents_per_step=4
 stage "16. facts 1-3 segments back: the reader of step 15" "$RESULTS/smollm2_fidelity_mid_reader.json" \
     read_alone "$MID_FACTS" "$trained" smollm2_fidelity_mid_reader uio
@@ -254,9 +256,7 @@ stage "16. facts one segment back: the reader of step 15" "$RESULTS/smollm2_fide
 stage "16. facts at 2K from memory alone: the reader of step 15" "$RESULTS/smollm2_fidelity_far_reader_mid.json" \
     read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_mid uio
 stage "17. data: facts 1-7 segments back, training wordings" "$DATA/facts_span.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_span.jsonl" --tokenizer models/smollm2 \
-    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
-    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 0.45
+    fact_data facts_span --tokens "${SPAN_TOKENS[@]}" --facts 1 1 --questions 1 1 --depth 0 0.45
 alone_stage 17 reader_span "$trained" "$SPAN_STEPS" facts_span "1-7 segments back" data.documents_per_step=4
 stage "18. facts at 2K from memory alone: the reader of step 17" "$RESULTS/smollm2_fidelity_far_reader_span.json" \
     read_alone "$HELD_OUT_FACTS" "$trained" smollm2_fidelity_far_reader_span uio
@@ -267,9 +267,7 @@ stage "18. facts one segment back: the reader of step 17" "$RESULTS/smollm2_fide
 stage "19. facts at 4K and 8K from memory alone: the reader of step 17" "$RESULTS/smollm2_fidelity_long_reader_span.json" \
     read_alone "$LONG_FACTS" "$trained" smollm2_fidelity_long_reader_span uio --facts-max 32
 stage "20. data: fresh facts 1-7 segments back, training wordings" "$DATA/facts_span2.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_span2.jsonl" --tokenizer models/smollm2 \
-    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
-    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 0.45 --seed 1
+    fact_data facts_span2 --tokens "${SPAN_TOKENS[@]}" --facts 1 1 --questions 1 1 --depth 0 0.45 --seed 1
 span=$trained
 alone_stage 20 reader_span2 "$span" "$SPAN2_STEPS" facts_span2 "1-7 segments back, a second cycle" \
     data.documents_per_step=4
@@ -294,9 +292,7 @@ for name in span2 span_exact; do
         read_alone "$NEAR_FACTS" "$reader_parts" "smollm2_fidelity_near_reader_$name" uio
 done
 stage "23. data: fresh facts anywhere in 480-1,984 tokens, training wordings" "$DATA/facts_depth.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_depth.jsonl" --tokenizer models/smollm2 \
-    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
-    --haystacks books story code --templates train --facts 1 1 --questions 1 1 --depth 0 1 --seed 2
+    fact_data facts_depth --tokens "${SPAN_TOKENS[@]}" --facts 1 1 --questions 1 1 --depth 0 1 --seed 2
 alone_stage 23 reader_depth "$span2" "$DEPTH_STEPS" facts_depth "at every depth" data.documents_per_step=4
 depth=$trained
 stage "23. facts at 2K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_far_reader_depth.json" \
@@ -315,9 +311,7 @@ stage "24. facts at 4K-16K with sinks and a raw window: reader_depth" \
 stage "24. facts at 16K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_16k_reader_depth.json" \
     read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_16k_reader_depth uio --facts-lengths 16384
 stage "25. data: fresh records of 2-4 facts anywhere in 480-1,984 tokens, 2-4 asked" "$DATA/facts_multi.jsonl" \
-    $PY -m uio_ds make-fact-data --out "$DATA/facts_multi.jsonl" --tokenizer models/smollm2 \
-    --tokens 480 736 992 1248 1504 1760 1984 --documents "$FACT_TRAIN_DOCS" --corpus data/kjv \
-    --haystacks books story code --templates train --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
+    fact_data facts_multi --tokens "${SPAN_TOKENS[@]}" --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
 alone_stage 25 reader_multi "$depth" "$MULTI_STEPS" facts_multi \
     "2-4 to a record, with every memory's gradient (S=$EXACT_WINDOW)" data.documents_per_step=4 \
     algorithm.window="$EXACT_WINDOW"
