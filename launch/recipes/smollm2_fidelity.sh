@@ -77,12 +77,15 @@
 #      raw tokens before each segment beside every memory (it was trained on memory alone; without
 #      memory that reading is StreamingLLM's, which the release's baselines read: the fact lies in the
 #      first half of the prompt, beyond the raw tokens); and from memory alone at 16K;
-#  25. several facts a record, exact gradients: fresh records drawn as step 23's but with 2-4 facts
-#      anywhere and questions about 2-4 of them (the answers after the first scored as the first
-#      is), so each record teaches 2-4 answers among facts that are not asked, and a window of
-#      EXACT_WINDOW memories (step 22: 1-3 segments back exact gradients answered 0.64 where the
-#      reservoir of 2 answered 0.46); step 23's reader trained MULTI_STEPS steps; its facts at 2K,
-#      one and 1-3 segments back, and at 4K and 8K.
+#  25. training in the goal's reading: every reader since step 11 was trained and read from memory
+#      alone, and step 24 found it read worse beside the raw tokens it never saw; fresh records of
+#      1,984-4,032 tokens with 2-4 facts anywhere and questions about 2-4 of them (the answers after
+#      the first scored as the first is), read as the goal reads them (4 sinks, 768 raw tokens and
+#      every memory: a fact 3 segments or more before the question's is read through memory alone);
+#      step 23's reader trained GOAL_STEPS steps (a reservoir of 2 memories); its facts at 4K, 8K
+#      and 16K and on the 2K held-out records read the same way, beside StreamingLLM reading the
+#      raw tokens the goal's reading shows the question (4 sinks, 768 and the question's segment). It changes three things at once (the reading, longer
+#      records, several facts a record): a step towards the goal, not an ablation.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -103,7 +106,7 @@ SPAN_STEPS=${SPAN_STEPS:-150}
 SPAN2_STEPS=${SPAN2_STEPS:-75}
 EXACT_WINDOW=${EXACT_WINDOW:-8}
 DEPTH_STEPS=${DEPTH_STEPS:-150}
-MULTI_STEPS=${MULTI_STEPS:-75}
+GOAL_STEPS=${GOAL_STEPS:-60}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -211,16 +214,23 @@ fact_source() {
 # alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: a reader of facts from the parts FROM,
 # trained STEPS steps on the fact records DATA alone and read from memory alone (no raw window, no
 # sinks), unless its milestone $MILESTONES/NAME is committed; sets $trained to its parts
-alone_stage() {
-    local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6; shift 6
+# reader_stage NUMBER NAME FROM STEPS DATA WHAT READING OVERRIDES...: a reader of the fact records
+# $DATA/DATA.jsonl trained from FROM, read as READING says and OVERRIDES set (memory alone unless they
+# set a raw window or sinks), unless its milestone $MILESTONES/NAME is committed; sets $trained
+reader_stage() {
+    local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6 reading=$7; shift 7
     trained=$MILESTONES/$name
     if [[ ! -e $trained/uio_config.json ]]; then
-        stage "$number. a reader of facts $what from $from ($steps steps, memory alone)" "$OUT/$name/final/uio_config.json" \
+        stage "$number. a reader of facts $what from $from ($steps steps, $reading)" "$OUT/$name/final/uio_config.json" \
             ds_train "$CONFIG" "$OUT/$name" steps="$steps" save_every=25 init_from="$from" "${GROWN[@]}" \
             uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "$@" \
             "data.sources=[$(fact_source "$data")]"
         trained=$OUT/$name/final
     fi
+}
+alone_stage() {  # alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: reader_stage read from memory alone
+    local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6; shift 6
+    reader_stage "$number" "$name" "$from" "$steps" "$data" "$what" "memory alone" "$@"
 }
 read_on() {  # read_on RECORDS PARTS NAME "METHODS" OPTIONS...: the facts of RECORDS read by PARTS, the reading in OPTIONS
     local records=$1 parts=$2 name=$3 methods=$4; shift 4
@@ -310,18 +320,18 @@ stage "24. facts at 4K-16K with sinks and a raw window: reader_depth" \
     --facts-lengths 4096 8192 16384
 stage "24. facts at 16K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_16k_reader_depth.json" \
     read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_16k_reader_depth uio --facts-lengths 16384
-stage "25. data: fresh records of 2-4 facts anywhere in 480-1,984 tokens, 2-4 asked" "$DATA/facts_multi.jsonl" \
-    fact_data facts_multi --tokens "${SPAN_TOKENS[@]}" --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
-alone_stage 25 reader_multi "$depth" "$MULTI_STEPS" facts_multi \
-    "2-4 to a record, with every memory's gradient (S=$EXACT_WINDOW)" data.documents_per_step=4 \
-    algorithm.window="$EXACT_WINDOW"
-multi=$trained
-stage "25. facts at 2K from memory alone: reader_multi" "$RESULTS/smollm2_fidelity_far_reader_multi.json" \
-    read_alone "$HELD_OUT_FACTS" "$multi" smollm2_fidelity_far_reader_multi uio
-stage "25. facts 1-3 segments back: reader_multi" "$RESULTS/smollm2_fidelity_mid_reader_multi.json" \
-    read_alone "$MID_FACTS" "$multi" smollm2_fidelity_mid_reader_multi uio
-stage "25. facts one segment back: reader_multi" "$RESULTS/smollm2_fidelity_near_reader_multi.json" \
-    read_alone "$NEAR_FACTS" "$multi" smollm2_fidelity_near_reader_multi uio
-stage "25. facts at 4K and 8K from memory alone: reader_multi" "$RESULTS/smollm2_fidelity_long_reader_multi.json" \
-    read_alone "$LONG_FACTS" "$multi" smollm2_fidelity_long_reader_multi uio --facts-max 32
+GOAL_TOKENS=(1984 2496 3008 3520 4032)  # 7-15 segments before the question's
+stage "25. data: fresh records of 2-4 facts anywhere in 1,984-4,032 tokens, 2-4 asked" "$DATA/facts_goal.jsonl" \
+    fact_data facts_goal --tokens "${GOAL_TOKENS[@]}" --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
+reader_stage 25 reader_goal "$depth" "$GOAL_STEPS" facts_goal "2-4 to a record of 2K-4K tokens" \
+    "4 sinks, 768 raw tokens and every memory" data.documents_per_step=4 data.max_tokens=4096 uio.sink_tokens=4 \
+    uio.recent_tokens=768
+goal=$trained
+stage "25. facts at 2K in the goal's reading: reader_goal and StreamingLLM" \
+    "$RESULTS/smollm2_fidelity_far_window_reader_goal.json" \
+    read_on "$HELD_OUT_FACTS" "$goal" smollm2_fidelity_far_window_reader_goal "uio streaming" "${SINKS_WINDOW[@]}" \
+    --streaming-window 1028
+stage "25. facts at 4K-16K in the goal's reading: reader_goal" "$RESULTS/smollm2_fidelity_long_window_reader_goal.json" \
+    read_on "$LONG_FACTS" "$goal" smollm2_fidelity_long_window_reader_goal uio "${SINKS_WINDOW[@]}" \
+    --facts-lengths 4096 8192 16384
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
