@@ -73,8 +73,8 @@ READERS = {
     "reader_span_exact": (os.path.join(FIDELITY, "reader_span_exact"), "reader_span",
                           ALONE + ", every memory's encoder gradient (a window of 8)", {}),
     "reader_depth": (os.path.join(FIDELITY, "reader_depth"), "reader_span2", ALONE + ", the fact at any depth", {}),
-    "reader_multi": (os.path.join(FIDELITY, "reader_multi"), "reader_depth",
-                     ALONE + ", 2-4 facts a record asked, every memory's encoder gradient (a window of 8)", {}),
+    "reader_goal": (os.path.join(FIDELITY, "reader_goal"), "reader_depth",
+                    "fact records alone (2K-4K tokens, 2-4 facts asked), read in the goal's reading", {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts in held-out wording: test -> (what it reads, how, its rows: row -> (evaluation file, method),
@@ -93,7 +93,6 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_near_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_near_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_near_reader_depth", "uio"),
-        "reader_multi": ("smollm2_fidelity_near_reader_multi", "uio"),
         "full attention": ("smollm2_fidelity_near_ae_ratio4", "full")}, None),
     "mid": ("held-out records of 736 and 992 tokens, the fact 1-3 segments back", ALONE_READING, {
         "no memory": ("smollm2_fidelity_mid_reader_near", "no_memory"),
@@ -103,7 +102,6 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_mid_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_mid_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_mid_reader_depth", "uio"),
-        "reader_multi": ("smollm2_fidelity_mid_reader_multi", "uio"),
         "full attention": ("smollm2_fidelity_mid_reader_near", "full")}, None),
     "far": ("the 2K held-out records, every memory", ALONE_READING, {
         "no memory": ("smollm2_release_baselines", "no_memory"),
@@ -114,7 +112,6 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_far_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_far_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_far_reader_depth", "uio"),
-        "reader_multi": ("smollm2_fidelity_far_reader_multi", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
              "baselines read 4 sinks and 768 raw tokens", ALONE_READING, {
@@ -124,20 +121,24 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_long_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_long_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_long_reader_depth", "uio"),
-        "reader_multi": ("smollm2_fidelity_long_reader_multi", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
     "16K": ("the long held-out records at 16K, every memory; the baselines read 4 sinks and 768 raw tokens",
             ALONE_READING, {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio")}, ("16K",)),
+    "2K goal": ("the 2K held-out records; StreamingLLM reads 4 sinks and 1,024 raw tokens", GOAL_READING, {
+        "StreamingLLM": ("smollm2_fidelity_far_window_reader_goal", "streaming"),
+        "reader_goal": ("smollm2_fidelity_far_window_reader_goal", "uio")}, None),
     "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_depth": ("smollm2_fidelity_long_window_reader_depth", "uio"),
+        "reader_goal": ("smollm2_fidelity_long_window_reader_goal", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K", "16K")),
 }
 TEST_LABELS = {"near": "1 back\n(480 tokens)", "mid": "1-3 back\n(736, 992)", "far": "0-7 back\n(2K)",
-               "long": "8-31 back\n(4K, 8K)", "16K": "32-63 back\n(16K)", "goal": "4K-16K with\n4 sinks and\n768 raw tokens"}
+               "long": "8-31 back\n(4K, 8K)", "16K": "32-63 back\n(16K)", "goal": "4K-16K with\n4 sinks and\n768 raw tokens",
+               "2K goal": "2K with\n4 sinks and\n768 raw tokens"}
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
