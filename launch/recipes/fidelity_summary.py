@@ -30,7 +30,6 @@ import os
 from summary_common import (
     autoencode_entry,
     facts_by,
-    facts_by_length,
     facts_entry,
     later_perplexity,
     load_json,
@@ -211,7 +210,7 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
             entry = {**facts_entry(r, method), "cpu": r["machine"]["cpu"], "by_depth": _by_depth(r, method),
                      "by_segments_back": dict(sorted(facts_by(r, method, "back").items(), key=lambda c: int(c[0])))}
             if lengths:
-                by_length = facts_by_length(r, method)
+                by_length = facts_by(r, method, "length")
                 entry["by_length"] = {n: by_length[n] for n in lengths if n in by_length}
                 if not entry["by_length"]:
                     continue

@@ -35,7 +35,7 @@ import sys
 from levers_summary import summarize as levers_summary
 from summary_common import (
     add_ratio_to_full,
-    facts_by_length,
+    facts_by,
     facts_entry,
     fluency_entry,
     later_perplexity,
@@ -106,7 +106,7 @@ def summarize(results: str, runs: str, times: str | None, arm: str = ARM) -> dic
     for name, methods in LONG_FACTS.items():
         r = load_json(os.path.join(results, f"{name}.json"))
         for method, row in methods.items():
-            out["facts_by_length"][row].update(facts_by_length(r, method))
+            out["facts_by_length"][row].update(facts_by(r, method, "length"))
         if r:
             digests.add(r["facts"]["records_sha1"])
     if digests:

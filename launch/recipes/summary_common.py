@@ -84,12 +84,6 @@ def facts_entry(report: dict, method: str) -> dict | None:
             "n": cells["all"]["n"], "records_sha1": report["facts"].get("records_sha1")}
 
 
-def facts_by_length(report: dict | None, method: str) -> dict:
-    """One method's fact retrieval per prompt length ("4K", "8K", ...: the report's length cells),
-    empty where the report is missing or did not run the method."""
-    return facts_by(report, method, "length")
-
-
 def facts_by(report: dict | None, method: str, kind: str) -> dict:
     """One method's fact retrieval per cell of one kind (``length``: "4K", "8K", ...; ``back``:
     segments before the question's, "0", "1", ...), empty where the report is missing, did not run
