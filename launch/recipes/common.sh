@@ -10,7 +10,9 @@ if [[ $ACCELERATOR == cpu ]]; then
 else
     RANKS=${RANKS:-$($PY -c "import torch; print(torch.cuda.device_count())")}
 fi
-export DS_ACCELERATOR=$ACCELERATOR PATH="$(dirname "$PY"):$PATH"
+# PYTHONPATH: the launch/ scripts import uio_ds from this checkout, not from wherever the environment
+# installed it (an editable install points at one clone: a run in a worktree would use main's code)
+export DS_ACCELERATOR=$ACCELERATOR PATH="$(dirname "$PY"):$PATH" PYTHONPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUT" "$RESULTS"
 start=$(date +%s)
 stamp() { echo "[$RECIPE +$(( $(date +%s) - start ))s] $*"; }

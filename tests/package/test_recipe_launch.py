@@ -41,3 +41,17 @@ def test_ranks_that_cannot_share_a_step_are_refused(tmp_path):
     done = launch(tmp_path, 3, "steps=3")
     assert done.returncode != 0 and "--num_gpus" not in done.stdout  # refused before the launcher
     assert "RANKS=3: a step of this recipe reads 2 documents" in done.stderr
+
+
+def test_launched_scripts_import_the_recipes_own_checkout(tmp_path):
+    # another uio_ds first on the path (as an editable install of another clone would be): a script a
+    # recipe runs from its worktree must still import the worktree's
+    (tmp_path / "other" / "uio_ds").mkdir(parents=True)
+    (tmp_path / "other" / "uio_ds" / "__init__.py").write_text("")
+    (tmp_path / "which.py").write_text("import os, uio_ds\nprint(os.path.dirname(os.path.dirname(uio_ds.__file__)))\n")
+    script = f"set -euo pipefail; source {REPO}/launch/recipes/common.sh; $PY {tmp_path / 'which.py'}"
+    env = dict(os.environ, OUT=str(tmp_path / "out"), RESULTS=str(tmp_path / "results"), RECIPE="test",
+               ACCELERATOR="cpu", PY=sys.executable, PYTHONPATH=str(tmp_path / "other"))
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert os.path.realpath(done.stdout.split()[-1]) == os.path.realpath(REPO)
