@@ -83,7 +83,7 @@
 #      the first scored as the first is), read as the goal reads them (4 sinks, 768 raw tokens and
 #      every memory: a fact 3 segments or more before the question's is read through memory alone);
 #      step 23's reader trained GOAL_STEPS steps (a reservoir of 2 memories); its facts at 4K, 8K
-#      and 16K and on the 2K held-out records read the same way, beside StreamingLLM reading the
+#      and 16K, then on the 2K held-out records, read the same way, beside StreamingLLM reading the
 #      raw tokens the goal's reading shows the question (4 sinks, 768 and the question's segment). It changes three things at once (the reading, longer
 #      records, several facts a record): a step towards the goal, not an ablation.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
@@ -327,11 +327,11 @@ reader_stage 25 reader_goal "$depth" "$GOAL_STEPS" facts_goal "2-4 to a record o
     "4 sinks, 768 raw tokens and every memory" data.documents_per_step=4 data.max_tokens=4096 uio.sink_tokens=4 \
     uio.recent_tokens=768
 goal=$trained
+stage "25. facts at 4K-16K in the goal's reading: reader_goal" "$RESULTS/smollm2_fidelity_long_window_reader_goal.json" \
+    read_on "$LONG_FACTS" "$goal" smollm2_fidelity_long_window_reader_goal uio "${SINKS_WINDOW[@]}" \
+    --facts-lengths 4096 8192 16384
 stage "25. facts at 2K in the goal's reading: reader_goal and StreamingLLM" \
     "$RESULTS/smollm2_fidelity_far_window_reader_goal.json" \
     read_on "$HELD_OUT_FACTS" "$goal" smollm2_fidelity_far_window_reader_goal "uio streaming" "${SINKS_WINDOW[@]}" \
     --streaming-window 1028
-stage "25. facts at 4K-16K in the goal's reading: reader_goal" "$RESULTS/smollm2_fidelity_long_window_reader_goal.json" \
-    read_on "$LONG_FACTS" "$goal" smollm2_fidelity_long_window_reader_goal uio "${SINKS_WINDOW[@]}" \
-    --facts-lengths 4096 8192 16384
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
