@@ -128,6 +128,7 @@ FACT_TESTS = {
         "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio")}, ("16K",)),
     "2K goal": ("the 2K held-out records; StreamingLLM reads 4 sinks and 1,024 raw tokens", GOAL_READING, {
         "StreamingLLM": ("smollm2_fidelity_far_window_reader_goal", "streaming"),
+        "reader_depth": ("smollm2_fidelity_far_window_reader_depth", "uio"),
         "reader_goal": ("smollm2_fidelity_far_window_reader_goal", "uio")}, None),
     "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),

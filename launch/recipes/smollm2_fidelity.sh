@@ -84,7 +84,8 @@
 #      every memory: a fact 3 segments or more before the question's is read through memory alone);
 #      step 23's reader trained GOAL_STEPS steps (a reservoir of 2 memories); its facts at 4K, 8K
 #      and 16K, then on the 2K held-out records, read the same way, beside StreamingLLM reading the
-#      raw tokens the goal's reading shows the question (4 sinks, 768 and the question's segment). It changes three things at once (the reading, longer
+#      raw tokens the goal's reading shows the question (4 sinks, 768 and the question's segment)
+#      and step 23's reader read the same way. It changes three things at once (the reading, longer
 #      records, several facts a record): a step towards the goal, not an ablation.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
@@ -334,4 +335,6 @@ stage "25. facts at 2K in the goal's reading: reader_goal and StreamingLLM" \
     "$RESULTS/smollm2_fidelity_far_window_reader_goal.json" \
     read_on "$HELD_OUT_FACTS" "$goal" smollm2_fidelity_far_window_reader_goal "uio streaming" "${SINKS_WINDOW[@]}" \
     --streaming-window 1028
+stage "25. facts at 2K in the goal's reading: reader_depth" "$RESULTS/smollm2_fidelity_far_window_reader_depth.json" \
+    read_on "$HELD_OUT_FACTS" "$depth" smollm2_fidelity_far_window_reader_depth uio "${SINKS_WINDOW[@]}"
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
