@@ -212,26 +212,23 @@ fact_source() {
     echo "{\"path\": \"$DATA/$1.jsonl\", \"text_field\": \"prompt\", \"completion_field\": \"completion\", \"eos\": false,
     \"name\": \"$1\", \"objective\": {\"lm\": 1.0, \"distill\": 1.0}}"
 }
-# alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: a reader of facts from the parts FROM,
-# trained STEPS steps on the fact records DATA alone and read from memory alone (no raw window, no
-# sinks), unless its milestone $MILESTONES/NAME is committed; sets $trained to its parts
 # reader_stage NUMBER NAME FROM STEPS DATA WHAT READING OVERRIDES...: a reader of the fact records
-# $DATA/DATA.jsonl trained from FROM, read as READING says and OVERRIDES set (memory alone unless they
-# set a raw window or sinks), unless its milestone $MILESTONES/NAME is committed; sets $trained
+# $DATA/DATA.jsonl alone trained STEPS steps from the parts FROM, in the reading OVERRIDES set (READING
+# names it), unless its milestone $MILESTONES/NAME is committed; sets $trained to its parts
 reader_stage() {
     local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6 reading=$7; shift 7
     trained=$MILESTONES/$name
     if [[ ! -e $trained/uio_config.json ]]; then
         stage "$number. a reader of facts $what from $from ($steps steps, $reading)" "$OUT/$name/final/uio_config.json" \
             ds_train "$CONFIG" "$OUT/$name" steps="$steps" save_every=25 init_from="$from" "${GROWN[@]}" \
-            uio.compression_ratio="$LOW_RATIO" uio.sink_tokens=0 uio.recent_tokens=0 "$@" \
-            "data.sources=[$(fact_source "$data")]"
+            uio.compression_ratio="$LOW_RATIO" "$@" "data.sources=[$(fact_source "$data")]"
         trained=$OUT/$name/final
     fi
 }
-alone_stage() {  # alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: reader_stage read from memory alone
+alone_stage() {  # alone_stage NUMBER NAME FROM STEPS DATA WHAT OVERRIDES...: reader_stage from memory alone
     local number=$1 name=$2 from=$3 steps=$4 data=$5 what=$6; shift 6
-    reader_stage "$number" "$name" "$from" "$steps" "$data" "$what" "memory alone" "$@"
+    reader_stage "$number" "$name" "$from" "$steps" "$data" "$what" "memory alone" uio.sink_tokens=0 \
+        uio.recent_tokens=0 "$@"
 }
 read_on() {  # read_on RECORDS PARTS NAME "METHODS" OPTIONS...: the facts of RECORDS read by PARTS, the reading in OPTIONS
     local records=$1 parts=$2 name=$3 methods=$4; shift 4
@@ -325,8 +322,8 @@ GOAL_TOKENS=(1984 2496 3008 3520 4032)  # 7-15 segments before the question's
 stage "25. data: fresh records of 2-4 facts anywhere in 1,984-4,032 tokens, 2-4 asked" "$DATA/facts_goal.jsonl" \
     fact_data facts_goal --tokens "${GOAL_TOKENS[@]}" --facts 2 4 --questions 2 4 --depth 0 1 --seed 3
 reader_stage 25 reader_goal "$depth" "$GOAL_STEPS" facts_goal "2-4 to a record of 2K-4K tokens" \
-    "4 sinks, 768 raw tokens and every memory" data.documents_per_step=4 data.max_tokens=4096 uio.sink_tokens=4 \
-    uio.recent_tokens=768
+    "4 sinks, 768 raw tokens and every memory" uio.sink_tokens=4 uio.recent_tokens=768 data.documents_per_step=4 \
+    data.max_tokens=4096
 goal=$trained
 stage "25. facts at 4K-16K in the goal's reading: reader_goal" "$RESULTS/smollm2_fidelity_long_window_reader_goal.json" \
     read_on "$LONG_FACTS" "$goal" smollm2_fidelity_long_window_reader_goal uio "${SINKS_WINDOW[@]}" \
