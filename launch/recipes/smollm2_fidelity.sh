@@ -83,10 +83,14 @@
 #      the first scored as the first is), read as the goal reads them (4 sinks, 768 raw tokens and
 #      every memory: a fact 3 segments or more before the question's is read through memory alone);
 #      step 23's reader trained GOAL_STEPS steps (a reservoir of 2 memories); its facts at 4K, 8K
-#      and 16K, then on the 2K held-out records, read the same way, beside StreamingLLM reading the
-#      raw tokens the goal's reading shows the question (4 sinks, 768 and the question's segment)
-#      and step 23's reader read the same way. It changes three things at once (the reading, longer
-#      records, several facts a record): a step towards the goal, not an ablation.
+#      and 16K read the same way. It changes three things at once (the reading, longer records,
+#      several facts a record): a step towards the goal, not an ablation;
+#  26. longer records from memory alone: step 25 read worse than step 23's reader at every length,
+#      and step 23's reader reads worse the longer the record, from memory alone too (answer loss
+#      1.00 / 1.45 / 2.27 / 3.09 nats a token at 2K / 4K / 8K / 16K); so one lever: step 23's
+#      reader trained LONG_STEPS steps from memory alone on fresh records as step 23's (one fact
+#      anywhere, one question) but of step 25's lengths, 2 a rank and step (about as many tokens
+#      as step 23's 4 shorter ones); its facts at 4K-32K and at 2K, from memory alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -108,6 +112,7 @@ SPAN2_STEPS=${SPAN2_STEPS:-75}
 EXACT_WINDOW=${EXACT_WINDOW:-8}
 DEPTH_STEPS=${DEPTH_STEPS:-150}
 GOAL_STEPS=${GOAL_STEPS:-60}
+LONG_STEPS=${LONG_STEPS:-90}
 FACT_TRAIN_DOCS=${FACT_TRAIN_DOCS:-3000}
 FACT_WEIGHT=${FACT_WEIGHT:-0.7}  # relative weights of the two sources
 BOOK_WEIGHT=${BOOK_WEIGHT:-0.3}
@@ -328,10 +333,13 @@ goal=$trained
 stage "25. facts at 4K-16K in the goal's reading: reader_goal" "$RESULTS/smollm2_fidelity_long_window_reader_goal.json" \
     read_on "$LONG_FACTS" "$goal" smollm2_fidelity_long_window_reader_goal uio "${SINKS_WINDOW[@]}" \
     --facts-lengths 4096 8192 16384
-stage "25. facts at 2K in the goal's reading: reader_goal and StreamingLLM" \
-    "$RESULTS/smollm2_fidelity_far_window_reader_goal.json" \
-    read_on "$HELD_OUT_FACTS" "$goal" smollm2_fidelity_far_window_reader_goal "uio streaming" "${SINKS_WINDOW[@]}" \
-    --streaming-window 1028
-stage "25. facts at 2K in the goal's reading: reader_depth" "$RESULTS/smollm2_fidelity_far_window_reader_depth.json" \
-    read_on "$HELD_OUT_FACTS" "$depth" smollm2_fidelity_far_window_reader_depth uio "${SINKS_WINDOW[@]}"
+stage "26. data: fresh records of one fact anywhere in 1,984-4,032 tokens" "$DATA/facts_long.jsonl" \
+    fact_data facts_long --tokens "${GOAL_TOKENS[@]}" --facts 1 1 --questions 1 1 --depth 0 1 --seed 4
+alone_stage 26 reader_long "$depth" "$LONG_STEPS" facts_long "at every depth in 2K-4K tokens" \
+    data.documents_per_step=2 data.max_tokens=4096
+long=$trained
+stage "26. facts at 4K-32K from memory alone: reader_long" "$RESULTS/smollm2_fidelity_long_reader_long.json" \
+    read_alone "$LONG_FACTS" "$long" smollm2_fidelity_long_reader_long uio
+stage "26. facts at 2K from memory alone: reader_long" "$RESULTS/smollm2_fidelity_far_reader_long.json" \
+    read_alone "$HELD_OUT_FACTS" "$long" smollm2_fidelity_far_reader_long uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
