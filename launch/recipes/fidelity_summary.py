@@ -12,8 +12,9 @@ trained from the ratio-8 and the ratio-4 parts (``smollm2_fidelity_reader[_ratio
 ``..._window.json``: facts in held-out wording by depth, and perplexity, with memory and the same
 reading without); and facts read from memory alone, by readers trained to (``smollm2_fidelity_near_*``:
 one segment back on short held-out records; ``..._mid_*``: 1-3 segments back; ``..._far_*``: the
-2K held-out records; ``..._long_*``: the long held-out records at 4K and 8K), against no memory and
-full attention.
+2K held-out records; ``..._long_*``: the long held-out records at 4K and 8K, or 4K to 32K;
+``..._16k_*``: at 16K), against no memory and full attention, and in the goal's reading (sinks and
+a raw window beside every memory, ``..._long_window_*``) against StreamingLLM.
 Writes ``smollm2_fidelity.json`` (per stage: steps, training loss, ROUGE-L, BLEU-4, the held-out
 loss with and without memory; the reader's figures; the goal of ROUGE-L 0.9 at ratio 8) and
 ``smollm2_fidelity.png`` (training loss by step against the held-out loss without memory;
@@ -74,6 +75,8 @@ READERS = {
     "reader_depth": (os.path.join(FIDELITY, "reader_depth"), "reader_span2", ALONE + ", the fact at any depth", {}),
     "reader_goal": (os.path.join(FIDELITY, "reader_goal"), "reader_depth",
                     "fact records alone (2K-4K tokens, 2-4 facts asked), read in the goal's reading", {}),
+    "reader_long": (os.path.join(FIDELITY, "reader_long"), "reader_depth",
+                    ALONE + ", the fact at any depth of 2K-4K tokens", {}),
 }
 DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts in held-out wording: test -> (what it reads, how, its rows: row -> (evaluation file, method),
@@ -111,6 +114,7 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_far_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_far_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_far_reader_depth", "uio"),
+        "reader_long": ("smollm2_fidelity_far_reader_long", "uio"),
         "full attention": ("smollm2_release_baselines", "full")}, None),
     "long": ("the long held-out records at 4K and 8K (the fact in the first half), every memory; the "
              "baselines read 4 sinks and 768 raw tokens", ALONE_READING, {
@@ -120,16 +124,19 @@ FACT_TESTS = {
         "reader_span2": ("smollm2_fidelity_long_reader_span2", "uio"),
         "reader_span_exact": ("smollm2_fidelity_long_reader_span_exact", "uio"),
         "reader_depth": ("smollm2_fidelity_long_reader_depth", "uio"),
+        "reader_long": ("smollm2_fidelity_long_reader_long", "uio"),
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K")),
     "16K": ("the long held-out records at 16K, every memory; the baselines read 4 sinks and 768 raw tokens",
             ALONE_READING, {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
-        "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio")}, ("16K",)),
-    "2K goal": ("the 2K held-out records; StreamingLLM reads 4 sinks and 1,024 raw tokens", GOAL_READING, {
-        "StreamingLLM": ("smollm2_fidelity_far_window_reader_goal", "streaming"),
-        "reader_depth": ("smollm2_fidelity_far_window_reader_depth", "uio"),
-        "reader_goal": ("smollm2_fidelity_far_window_reader_goal", "uio")}, None),
+        "reader_depth": ("smollm2_fidelity_16k_reader_depth", "uio"),
+        "reader_long": ("smollm2_fidelity_long_reader_long", "uio")}, ("16K",)),
+    "32K": ("the long held-out records at 32K, every memory; the baselines read 4 sinks and 768 raw tokens",
+            ALONE_READING, {
+        "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
+        "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
+        "reader_long": ("smollm2_fidelity_long_reader_long", "uio")}, ("32K",)),
     "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
         "reader_depth": ("smollm2_fidelity_long_window_reader_depth", "uio"),
@@ -137,8 +144,8 @@ FACT_TESTS = {
         "full attention": ("smollm2_release_long_facts_baselines", "full")}, ("4K", "8K", "16K")),
 }
 TEST_LABELS = {"near": "1 back\n(480 tokens)", "mid": "1-3 back\n(736, 992)", "far": "0-7 back\n(2K)",
-               "long": "8-31 back\n(4K, 8K)", "16K": "32-63 back\n(16K)", "goal": "4K-16K with\n4 sinks and\n768 raw tokens",
-               "2K goal": "2K with\n4 sinks and\n768 raw tokens"}
+               "long": "8-31 back\n(4K, 8K)", "16K": "32-63 back\n(16K)",
+               "32K": "64-127 back\n(32K)", "goal": "4K-16K with\n4 sinks and\n768 raw tokens"}
 
 
 def _metrics_dir(milestone: str, run: str) -> str | None:
