@@ -90,7 +90,8 @@
 #      1.00 / 1.45 / 2.27 / 3.09 nats a token at 2K / 4K / 8K / 16K); so one lever: step 23's
 #      reader trained LONG_STEPS steps from memory alone on fresh records as step 23's (one fact
 #      anywhere, one question) but of step 25's lengths, 2 a rank and step (about as many tokens
-#      as step 23's 4 shorter ones); its facts at 4K-32K and at 2K, from memory alone.
+#      as step 23's 4 shorter ones); its facts at 4K-32K (at 32K the 124 most recent memories, the
+#      most SmolLM2's positions hold) and at 2K, from memory alone.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -338,8 +339,12 @@ stage "26. data: fresh records of one fact anywhere in 1,984-4,032 tokens" "$DAT
 alone_stage 26 reader_long "$depth" "$LONG_STEPS" facts_long "at every depth in 2K-4K tokens" \
     data.documents_per_step=2 data.max_tokens=4096
 long=$trained
+# every memory of a 32K prompt (128 segments of 64 slots) is more than SmolLM2's 8,192 positions hold
+# beside a segment: the most that fit, 124 (31,744 tokens back), read the long records; below 32K
+# that is every memory
+LONG_WINDOW=124
 stage "26. facts at 4K-32K from memory alone: reader_long" "$RESULTS/smollm2_fidelity_long_reader_long.json" \
-    read_alone "$LONG_FACTS" "$long" smollm2_fidelity_long_reader_long uio
+    read_alone "$LONG_FACTS" "$long" smollm2_fidelity_long_reader_long uio --memory-window "$LONG_WINDOW"
 stage "26. facts at 2K from memory alone: reader_long" "$RESULTS/smollm2_fidelity_far_reader_long.json" \
     read_alone "$HELD_OUT_FACTS" "$long" smollm2_fidelity_far_reader_long uio
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
