@@ -136,6 +136,7 @@ FACT_TESTS = {
             ALONE_READING, {
         "no memory": ("smollm2_release_long_facts_baselines", "no_memory"),
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),
+        "reader_depth": ("smollm2_fidelity_32k_reader_depth", "uio"),
         "reader_long": ("smollm2_fidelity_long_reader_long", "uio")}, ("32K",)),
     "goal": ("the long held-out records at 4K, 8K and 16K", GOAL_READING, {
         "StreamingLLM": ("smollm2_release_long_facts_baselines", "streaming"),

@@ -91,7 +91,7 @@
 #      reader trained LONG_STEPS steps from memory alone on fresh records as step 23's (one fact
 #      anywhere, one question) but of step 25's lengths, 2 a rank and step (about as many tokens
 #      as step 23's 4 shorter ones); its facts at 4K-32K (at 32K the 124 most recent memories, the
-#      most SmolLM2's positions hold) and at 2K, from memory alone.
+#      most SmolLM2's positions hold) and at 2K, from memory alone; and step 23's reader at 32K.
 # Parts committed under $MILESTONES/ae_long are not trained again: another machine continues from
 # them (`--set init_from=release/milestones/fidelity/ae_long`). Stages are skipped when their
 # output exists, so an interrupted recipe continues where it stopped.
@@ -347,4 +347,7 @@ stage "26. facts at 4K-32K from memory alone: reader_long" "$RESULTS/smollm2_fid
     read_alone "$LONG_FACTS" "$long" smollm2_fidelity_long_reader_long uio --memory-window "$LONG_WINDOW"
 stage "26. facts at 2K from memory alone: reader_long" "$RESULTS/smollm2_fidelity_far_reader_long.json" \
     read_alone "$HELD_OUT_FACTS" "$long" smollm2_fidelity_far_reader_long uio
+stage "26. facts at 32K from memory alone: reader_depth" "$RESULTS/smollm2_fidelity_32k_reader_depth.json" \
+    read_alone "$LONG_FACTS" "$depth" smollm2_fidelity_32k_reader_depth uio --memory-window "$LONG_WINDOW" \
+    --facts-lengths 32768
 stamp "done: figures: $PY launch/recipes/fidelity_summary.py"
