@@ -41,6 +41,9 @@ from summary_common import (
     summary_main,
 )
 
+from uio_ds.eval.facts import DEPTH_BUCKETS as DEPTHS
+from uio_ds.eval.facts import length_bucket
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MILESTONES = os.path.join(REPO, "release", "milestones")
 FIDELITY = os.path.join(MILESTONES, "fidelity")
@@ -78,7 +81,6 @@ READERS = {
     "reader_long": (os.path.join(FIDELITY, "reader_long"), "reader_depth",
                     ALONE + ", the fact at any depth of 2K-4K tokens", {}),
 }
-DEPTHS = ("0-1/3", "1/3-2/3", "2/3-1")
 # facts in held-out wording: test -> (what it reads, how, its rows: row -> (evaluation file, method),
 # the lengths compared or None: a row's figures are then those of these lengths alone, and a row
 # with none of them is left out: the long records' baselines read 4K to 32K, the memory alone 4K
@@ -165,6 +167,31 @@ def _by_depth(report: dict, method: str) -> dict:
     return {d: cells[f"depth:{d}"]["accuracy"] for d in DEPTHS if f"depth:{d}" in cells}
 
 
+def _of_lengths(report: dict, method: str, lengths) -> tuple[dict, dict]:
+    """A method's exact answers by depth and its figures by segments back over the records of
+    ``lengths`` alone, from the answers its report lists record by record (a report over more
+    lengths has these cells over all of them). By depth only where the answers carry the fact's
+    depth, and the answer loss only where they carry it (reports since both were listed)."""
+    said = [s for s in report["facts"]["methods"][method].get("said", []) if length_bucket(s["tokens"]) in lengths]
+
+    def figures(rows: list) -> dict:
+        losses = [s.get("answer_loss") for s in rows]
+        return {"accuracy": sum(s["right"] for s in rows) / len(rows),
+                "answer_loss": None if None in losses else sum(losses) / len(rows),
+                "key_match": sum(s["key_match"] for s in rows) / len(rows), "n": len(rows)}
+
+    backs: dict[int, list] = {}
+    for s in said:
+        if "back" in s:
+            backs.setdefault(s["back"], []).append(s)
+    depths: dict[str, list] = {}
+    if said and all("depth" in s for s in said):
+        for s in said:
+            depths.setdefault(DEPTHS[min(2, int(s["depth"] * 3))], []).append(s)
+    return ({d: figures(depths[d])["accuracy"] for d in DEPTHS if d in depths},
+            {str(b): figures(rows) for b, rows in sorted(backs.items())})
+
+
 def _pooled(cells) -> dict:
     """The figures of several cells taken together (means weighted by their records)."""
     cells = list(cells)
@@ -223,6 +250,8 @@ def summarize(results: str, runs: str, times: str | None) -> dict:
                 entry["by_length"] = {n: by_length[n] for n in lengths if n in by_length}
                 if not entry["by_length"]:
                     continue
+                if set(by_length) - set(lengths):  # the report's own breakdowns span other lengths too
+                    entry["by_depth"], entry["by_segments_back"] = _of_lengths(r, method, lengths)
                 pooled = _pooled(entry["by_length"].values())
                 if pooled["key_match"] is None and pooled["n"] == entry["n"]:  # an old report's, from its answers
                     pooled["key_match"] = entry["key_match"]

@@ -481,11 +481,19 @@ def test_fidelity_summary_follows_reconstruction_across_stages(tiny_dirs, tmp_pa
     assert goal["accuracy"] == pytest.approx((3 * cells["all"]["accuracy"] + 1.0) / 4)
     assert "4 sinks, 768 raw tokens and every memory" in tests["goal"]["reading"]
     assert "facts read from 4 sinks, 768 raw tokens and every memory" in capsys.readouterr().out
-    # one report at every length (4K-32K from memory alone): each length in its own test
+    # one report at every length (4K-32K from memory alone): each length in its own test, its
+    # breakdowns by depth and distance from the answers of that length alone
     cells["length:32K"] = dict(cells["all"], n=1, accuracy=0.0)
+    said = report["facts"]["methods"]["uio"]["said"]
+    assert {"answer_loss", "depth", "back"} <= set(said[0])
+    said[0].update(tokens=32750, back=120, right=False, key_match=0.25, answer_loss=3.5, depth=0.5)
     (results / "smollm2_fidelity_long_reader_long.json").write_text(json.dumps(report))
     assert mod.main(["--results", str(results), "--runs", str(runs)]) == 0
     tests = json.loads((results / "smollm2_fidelity.json").read_text())["fact_tests"]
     assert {t: list(tests[t]["rows"]["reader_long"]["by_length"]) for t in ("long", "16K", "32K")} == \
         {"long": ["4K", "8K"], "16K": ["16K"], "32K": ["32K"]}
     assert tests["32K"]["rows"]["reader_long"]["accuracy"] == 0.0 and tests["long"]["rows"]["reader_long"]["n"] == 3
+    assert tests["32K"]["rows"]["reader_long"]["by_segments_back"] == \
+        {"120": {"accuracy": 0.0, "answer_loss": 3.5, "key_match": 0.25, "n": 1}}
+    assert tests["32K"]["rows"]["reader_long"]["by_depth"] == {"1/3-2/3": 0.0}
+    assert "120" not in tests["long"]["rows"]["reader_long"]["by_segments_back"]

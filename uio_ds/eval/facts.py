@@ -12,8 +12,9 @@ haystack, the asked fact's depth (thirds of the prompt), length and, given the m
 length, how many segments before the question's the fact lies (``back:0`` is the question's own
 segment, read without memory), so held-out wording and text are reported apart from what
 training saw. Each method's report also lists what it said, record by record (the key, its kind,
-the prompt's tokens, whether it was right, its key match, how far back the fact lies, and the
-answer's first line), to tell a near miss from noise.
+the prompt's tokens, whether it was right, its key match, the answer's loss, the fact's depth, how
+far back it lies, and the answer's first line), to tell a near miss from noise and to cross the
+breakdowns (depth or distance at one length).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
             loss = sum(losses) / len(losses)
             fact = _asked(record)
             said.append({"key": key, "key_kind": fact["key_kind"], "tokens": prompt.shape[1], "right": bool(right),
-                         "key_match": round(match, 4), "said": first_line[:SAID_CHARS]})
+                         "key_match": round(match, 4), "answer_loss": round(loss, 4), "depth": fact["depth"],
+                         "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
             depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
             if back is not None:
