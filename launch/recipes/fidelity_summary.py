@@ -42,7 +42,7 @@ from summary_common import (
 )
 
 from uio_ds.eval.facts import DEPTH_BUCKETS as DEPTHS
-from uio_ds.eval.facts import length_bucket
+from uio_ds.eval.facts import depth_bucket, length_bucket
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MILESTONES = os.path.join(REPO, "release", "milestones")
@@ -187,7 +187,7 @@ def _of_lengths(report: dict, method: str, lengths) -> tuple[dict, dict]:
     depths: dict[str, list] = {}
     if said and all("depth" in s for s in said):
         for s in said:
-            depths.setdefault(DEPTHS[min(2, int(s["depth"] * 3))], []).append(s)
+            depths.setdefault(depth_bucket(s["depth"]), []).append(s)
     return ({d: figures(depths[d])["accuracy"] for d in DEPTHS if d in depths},
             {str(b): figures(rows) for b, rows in sorted(backs.items())})
 

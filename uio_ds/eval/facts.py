@@ -155,7 +155,7 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                          "key_match": round(match, 4), "answer_loss": round(loss, 4), "depth": fact["depth"],
                          "said": first_line[:SAID_CHARS]})
             split = FACT_TEMPLATES.get(fact["template"], ("unknown",))[0]
-            depth = DEPTH_BUCKETS[min(2, int(fact["depth"] * 3))]
+            depth = depth_bucket(fact["depth"])
             if back is not None:
                 said[-1]["back"] = back
             for cell in ("all", f"template:{fact['template']} ({split})", f"wording:{split}",
@@ -172,6 +172,11 @@ def evaluate_facts(methods: Sequence[Method], tokenizer, records: Sequence[dict]
                              "key_match": sum(v["match"]) / len(v["match"])} for name, v in sorted(cells.items())}}
     return {"records": len(records), "records_sha1": records_digest(records), "answer_tokens": answer_tokens,
             "segment_length": segment_length, "methods": report}
+
+
+def depth_bucket(depth: float) -> str:
+    """The third of the prompt a fact at ``depth`` (0 = its start, 1 = its end) lies in."""
+    return DEPTH_BUCKETS[min(2, int(depth * 3))]
 
 
 def length_bucket(tokens: int) -> str:
