@@ -180,14 +180,15 @@ def _of_lengths(report: dict, method: str, lengths) -> tuple[dict, dict]:
                 "answer_loss": None if None in losses else sum(losses) / len(rows),
                 "key_match": sum(s["key_match"] for s in rows) / len(rows), "n": len(rows)}
 
-    backs: dict[int, list] = {}
-    for s in said:
-        if "back" in s:
-            backs.setdefault(s["back"], []).append(s)
-    depths: dict[str, list] = {}
-    if said and all("depth" in s for s in said):
+    def grouped(key) -> dict:
+        groups: dict = {}
         for s in said:
-            depths.setdefault(depth_bucket(s["depth"]), []).append(s)
+            groups.setdefault(key(s), []).append(s)
+        return groups
+
+    backs = grouped(lambda s: s.get("back"))
+    backs.pop(None, None)  # an answer whose prompt did not hold its key
+    depths = grouped(lambda s: depth_bucket(s["depth"])) if all("depth" in s for s in said) else {}
     return ({d: figures(depths[d])["accuracy"] for d in DEPTHS if d in depths},
             {str(b): figures(rows) for b, rows in sorted(backs.items())})
 
